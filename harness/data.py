@@ -1,0 +1,379 @@
+"""CIFAR-10: download, import, validate, cache and split.
+
+The official "python version" archive holds six Python-2 pickles of 10,000 images each.
+Pickles can run arbitrary code, so they are read with a restricted unpickler that admits
+only what those batches hold (numpy array reconstruction, dtype, dict, list, bytes/str,
+int); tar members are read in memory, never extracted, and refused when unsafe.
+
+A validated dataset is cached once as ``$HARNESS_HOME/cifar10.npz`` (plain arrays, no
+pickle), together with the sha256 of the archive it came from, so later commands load it
+in a fraction of a second and every run can record which data it saw.
+
+Splits follow the study: validation = the first 10% of the training images (5,000 of
+50,000), train = the rest (45,000), test = the test batch (10,000).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.records import atomic_write_bytes
+
+log = logging.getLogger("harness")
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+CACHE_NAME = "cifar10.npz"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")
+IMAGES_PER_BATCH = 10_000
+PIXELS = 32 * 32 * 3
+VALIDATION_FRACTION = 0.1  # 5,000 of the 50,000 training images, as in the study
+
+# An official batch is 31 MB; anything far beyond that is not CIFAR-10.
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_MEMBERS = 64
+
+
+class DataError(Exception):
+    """Bad or missing data. The message names the file and the problem in one line."""
+
+
+# --------------------------------------------------------------------------- safe unpickling
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _plain_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("object dtype is not allowed")
+    return dtype
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Admits only the globals an official CIFAR-10 batch references."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused persistent id")
+
+
+def safe_unpickle(data: bytes, where: str):
+    """Unpickle a Python-2 pickle (keys as bytes) with the restricted unpickler."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{where}: unsafe or corrupt pickle ({e})") from None
+    except Exception as e:  # truncated or garbled pickles raise many kinds of errors
+        raise DataError(f"{where}: corrupt pickle ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------------- the dataset
+
+@dataclass
+class Dataset:
+    """CIFAR-10 as arrays: images uint8 (N, 32, 32, 3), labels int64 (N,)."""
+
+    x_train: np.ndarray  # the full 50,000 training images, in archive order
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    label_names: tuple[str, ...]
+    sha256: str        # of the archive (or of the batch files, for an imported folder)
+    source: str        # where it was imported from
+    verified: str      # "checksum" (official sha256) or "content" (validated by content)
+
+    @property
+    def record(self) -> dict:
+        """What a run records about its data."""
+        return {"sha256": self.sha256, "source": self.source, "verified": self.verified,
+                "train_images": int(len(self.x_train)), "test_images": int(len(self.x_test))}
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+    def norm_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and variance of the TRAIN split only (0-255 scale)."""
+        x = self.train.x.reshape(-1, 3).astype(np.float64)
+        return x.mean(axis=0).astype(np.float32), x.var(axis=0).astype(np.float32)
+
+
+def split(ds: Dataset, val_fraction: float = VALIDATION_FRACTION) -> Splits:
+    """Validation = the first ``val_fraction`` of the training images, train = the rest."""
+    n_val = int(round(len(ds.x_train) * val_fraction))
+    return Splits(train=Split(ds.x_train[n_val:], ds.y_train[n_val:]),
+                  val=Split(ds.x_train[:n_val], ds.y_train[:n_val]),
+                  test=Split(ds.x_test, ds.y_test))
+
+
+def parse_batch(obj, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check one unpickled batch and return (images (N,32,32,3) uint8, labels (N,) int64)."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a dict, found {type(obj).__name__}")
+    data, labels = obj.get(b"data"), obj.get(b"labels")
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise DataError(f"{where}: missing 'data' array or 'labels' list")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
+        raise DataError(f"{where}: data is {data.dtype} {data.shape}, expected uint8 (N, {PIXELS})")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise DataError(f"{where}: labels must be a list of ints")
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) != len(data):
+        raise DataError(f"{where}: {len(data)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{where}: labels outside 0-9 (min {y.min()}, max {y.max()})")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), y
+
+
+def _assemble(blobs: dict[str, bytes], origin: str) -> tuple[np.ndarray, ...]:
+    missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in blobs]
+    if missing:
+        raise DataError(f"{origin}: missing {', '.join(missing)}")
+    parts = [parse_batch(safe_unpickle(blobs[n], f"{origin}:{n}"), f"{origin}:{n}")
+             for n in (*TRAIN_BATCHES, TEST_BATCH)]
+    sizes = {len(y) for _, y in parts}
+    if len(sizes) != 1 or 0 in sizes:
+        raise DataError(f"{origin}: batches differ in size or are empty ({sorted(sizes)})")
+    if sizes != {IMAGES_PER_BATCH}:
+        log.warning("%s holds %d images per batch, not %d: this is not the full CIFAR-10",
+                    origin, sizes.pop(), IMAGES_PER_BATCH)
+    x_train = np.concatenate([x for x, _ in parts[:5]])
+    y_train = np.concatenate([y for _, y in parts[:5]])
+    names = LABEL_NAMES
+    if META in blobs:
+        meta = safe_unpickle(blobs[META], f"{origin}:{META}")
+        raw = meta.get(b"label_names") if isinstance(meta, dict) else None
+        if isinstance(raw, list) and len(raw) == 10:
+            names = tuple(v.decode("latin1") if isinstance(v, bytes) else str(v) for v in raw)
+    return x_train, y_train, parts[5][0], parts[5][1], names
+
+
+def _check_member(m: tarfile.TarInfo, origin: str) -> None:
+    name = m.name
+    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+        raise DataError(f"{origin}: refused member {name!r}: path escapes the archive")
+    if m.issym() or m.islnk():
+        raise DataError(f"{origin}: refused member {name!r}: links are not allowed")
+    if not (m.isfile() or m.isdir()):
+        raise DataError(f"{origin}: refused member {name!r}: not a regular file")
+    if m.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{origin}: refused member {name!r}: absurd size ({m.size} bytes)")
+
+
+def read_archive(path: Path) -> tuple[np.ndarray, ...]:
+    """Read and validate a cifar-10-python.tar.gz without extracting it."""
+    wanted = {*TRAIN_BATCHES, TEST_BATCH, META}
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for i, m in enumerate(tar):
+                if i >= MAX_MEMBERS:
+                    raise DataError(f"{path}: too many members for a CIFAR-10 archive")
+                _check_member(m, str(path))
+                base = Path(m.name).name
+                if m.isfile() and base in wanted:
+                    if base in blobs:
+                        raise DataError(f"{path}: member {base} appears twice")
+                    blobs[base] = tar.extractfile(m).read()
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})") from None
+    return _assemble(blobs, str(path))
+
+
+def _batch_folder(path: Path) -> Path:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / TEST_BATCH).is_file():
+            return candidate
+    raise DataError(f"{path}: no {TEST_BATCH} here or in cifar-10-batches-py/")
+
+
+def read_folder(path: Path) -> tuple[np.ndarray, ...]:
+    """Read and validate an extracted cifar-10-batches-py folder."""
+    folder = _batch_folder(path)
+    blobs = {}
+    for name in (*TRAIN_BATCHES, TEST_BATCH, META):
+        f = folder / name
+        if f.is_symlink():
+            raise DataError(f"{f}: refused: links are not allowed")
+        if f.is_file():
+            if f.stat().st_size > MAX_MEMBER_BYTES:
+                raise DataError(f"{f}: refused: absurd size ({f.stat().st_size} bytes)")
+            blobs[name] = f.read_bytes()
+    return _assemble(blobs, str(folder))
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of an archive file; for a folder, of its batch files in a fixed order."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    h = hashlib.sha256()
+    if path.is_dir():
+        folder = _batch_folder(path)
+        for name in (*TRAIN_BATCHES, TEST_BATCH, META):
+            f = folder / name
+            if f.is_file():
+                h.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- cache
+
+def harness_home(home: Path | None = None) -> Path:
+    return Path(home or os.environ.get("HARNESS_HOME") or Path.home() / ".cache" / "harness")
+
+
+def cache_path(home: Path | None = None) -> Path:
+    return harness_home(home) / CACHE_NAME
+
+
+def _write_cache(ds: Dataset, home: Path | None) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+             label_names=np.array(ds.label_names), sha256=np.array(ds.sha256),
+             source=np.array(ds.source), verified=np.array(ds.verified))
+    target = cache_path(home)
+    atomic_write_bytes(target, buf.getvalue())
+    return target
+
+
+def read_cache(home: Path | None = None) -> Dataset | None:
+    path = cache_path(home)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Dataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
+                           tuple(str(s) for s in z["label_names"]), str(z["sha256"]),
+                           str(z["source"]), str(z["verified"]))
+    except Exception as e:
+        raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e}); "
+                        "delete it and import the data again") from None
+
+
+def import_data(path: Path, home: Path | None = None, sha256: str | None = None) -> Dataset:
+    """Validate an archive or extracted folder and cache it. Nothing is cached on error."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    sha256 = sha256 or sha256_of(path)
+    arrays = read_folder(path) if path.is_dir() else read_archive(path)
+    if sha256 == OFFICIAL_SHA256:
+        verified = "checksum"
+    else:
+        verified = "content"
+        log.warning("%s: sha256 %s is not the official archive's; validated by content instead",
+                    path, sha256[:16])
+    ds = Dataset(*arrays, sha256=sha256, source=str(path.resolve()), verified=verified)
+    _write_cache(ds, home)
+    return ds
+
+
+def download(home: Path | None = None, url: str = OFFICIAL_URL,
+             sha256: str = OFFICIAL_SHA256) -> Path:
+    """Download the official archive into the cache: temp file, verify, rename."""
+    import click  # only for the progress bar
+
+    target = harness_home(home) / ARCHIVE_NAME
+    if target.exists() and sha256_of(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with click.progressbar(length=total, label="Downloading CIFAR-10",
+                                   file=None) as bar:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        got = sha256_of(part)
+        if got != sha256:
+            raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}")
+        os.replace(part, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise DataError(f"{url}: download failed ({e}); on a machine without internet, "
+                        "use --archive PATH or `harness data import PATH`") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def load(archive: Path | None = None, home: Path | None = None) -> Dataset:
+    """The dataset, from (in order) ``archive`` or $HARNESS_ARCHIVE, the cache, a download.
+
+    A given archive is checked against the cache by sha256 and imported when it differs.
+    """
+    archive = archive or os.environ.get("HARNESS_ARCHIVE") or None
+    if archive:
+        sha = sha256_of(Path(archive).expanduser())
+        cached = read_cache(home)
+        if cached is not None and cached.sha256 == sha:
+            return cached
+        return import_data(Path(archive), home, sha256=sha)
+    cached = read_cache(home)
+    if cached is not None:
+        return cached
+    return import_data(download(home), home)
+
+
+def class_counts(ds: Dataset) -> dict[str, dict[str, int]]:
+    """Images per class per split, for ``harness data info``."""
+    s = split(ds)
+    return {name: {ds.label_names[c]: int((part.y == c).sum()) for c in range(10)}
+            for name, part in (("train", s.train), ("val", s.val), ("test", s.test))}

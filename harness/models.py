@@ -1,0 +1,89 @@
+"""Model builders: pure functions from a TrainConfig (and the train split's statistics) to an
+uncompiled ``keras.Model``. Keras 3 API only, so the same code runs on the TensorFlow and
+JAX backends.
+
+Every model takes raw 0-255 pixels, shape (32, 32, 3), and standardizes them in its first
+layer with the per-channel mean/variance of the 45k training split, so a saved or exported
+model needs no preprocessing on an edge device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.config import TrainConfig
+
+# Each activation with the initializer that keeps its activations' variance stable.
+INITIALIZERS = {
+    "selu": "lecun_normal",
+    "elu": "he_normal",
+    "relu": "he_normal",
+    "leaky-relu": "he_normal",
+    "gelu": "he_normal",
+}
+
+
+def _activation(name: str):
+    import keras
+
+    if name == "leaky-relu":
+        return keras.layers.LeakyReLU(negative_slope=0.2)
+    return keras.layers.Activation(name)
+
+
+def _dense(cfg: TrainConfig, **kwargs):
+    import keras
+
+    regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
+    constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
+    return keras.layers.Dense(cfg.units, kernel_initializer=INITIALIZERS[cfg.activation],
+                              kernel_regularizer=regularizer, kernel_constraint=constraint,
+                              **kwargs)
+
+
+def _dropout(cfg: TrainConfig):
+    import keras
+
+    # SELU's self-normalization survives only AlphaDropout, which keeps mean and variance.
+    if cfg.activation == "selu":
+        return keras.layers.AlphaDropout(cfg.dropout)
+    return keras.layers.Dropout(cfg.dropout)
+
+
+def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
+    """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale.
+
+    plain:     Normalize -> Flatten -> N x [Dense(act)] -> Dense(10, softmax)
+    batchnorm: Normalize -> Flatten -> BN -> N x [Dense -> BN -> act] -> Dense(10, softmax)
+    """
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
+    model.add(keras.Input(shape=(32, 32, 3), name="pixels"))
+    model.add(layers.Normalization(axis=-1, mean=np.asarray(mean, np.float32),
+                                   variance=np.asarray(variance, np.float32), name="standardize"))
+    model.add(layers.Flatten())
+    if cfg.arch == "batchnorm":
+        model.add(layers.BatchNormalization())
+    for _ in range(cfg.layers):
+        if cfg.arch == "batchnorm":
+            # The study's ordering: linear Dense, then BN, then the activation.
+            model.add(_dense(cfg))
+            model.add(layers.BatchNormalization())
+            model.add(_activation(cfg.activation))
+        elif cfg.activation in ("leaky-relu",):
+            model.add(_dense(cfg))
+            model.add(_activation(cfg.activation))
+        else:
+            model.add(_dense(cfg, activation=cfg.activation))
+        if cfg.dropout:
+            model.add(_dropout(cfg))
+    model.add(layers.Dense(10, activation="softmax", name="probabilities"))
+    return model
+
+
+def count_params(model) -> dict[str, int]:
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    return {"trainable": trainable, "non_trainable": total - trainable, "total": total}

@@ -1,0 +1,140 @@
+"""The run directory and its records: the one place that knows the on-disk layout.
+
+Every stage (train, evaluate, and later tune, prune, export, bench, compare) reads and
+writes runs through this module. Every file is written atomically: a temporary file in the
+same folder, flushed, then renamed over the target, so a killed process never leaves a half
+written record behind.
+
+Layout of ``<results>/runs/<name>/``::
+
+    config.json     the resolved TrainConfig (preset, then file, then flags)
+    metrics.json    status, train/val/test accuracy and loss of the best model, timings,
+                    parameter counts, data sha256, library versions
+    model.keras     the best model (lowest val_loss), raw 0-255 pixels in, probabilities out
+    history.csv     one row per epoch (Keras CSVLogger) plus epoch_seconds
+    logs/           TensorBoard event files
+    backup/         BackupAndRestore state while a run is unfinished (deleted when it ends)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+METRICS_SCHEMA_VERSION = 1
+
+# Run statuses written to metrics.json.
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a result, read without importing them."""
+    names = ["numpy", "keras", "tensorflow", "jax", "tf-keras", "keras-tuner",
+             "tensorflow-model-optimization", "onnx", "tf2onnx", "onnxruntime", "ai-edge-litert"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run. Creating the object touches nothing on disk."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, results: Path, name: str) -> "RunDir":
+        return cls(Path(results) / "runs" / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.keras"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def backup(self) -> Path:
+        return self.path / "backup"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation.json"
+
+    def exists(self) -> bool:
+        return self.config.exists()
+
+    def read_config(self) -> dict:
+        return read_json(self.config)
+
+    def read_metrics(self) -> dict | None:
+        return read_json(self.metrics) if self.metrics.exists() else None
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write_json(self.metrics, {"schema": METRICS_SCHEMA_VERSION, **metrics})

@@ -1,0 +1,263 @@
+"""Training: the study's recipe as Keras callbacks around one ``model.fit``.
+
+A run lives in ``<results>/runs/<name>/`` (see :mod:`harness.records`). Re-running the same
+command after an interruption, ``kill -9`` included, resumes from the last finished epoch:
+Keras' BackupAndRestore restores weights and optimizer state, and :class:`ResumeState`
+restores what the other callbacks had learned (best val_loss, patience counters), so a
+resumed run makes the same decisions an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from harness import data as data_mod
+from harness.config import ConfigError, TrainConfig, from_dict
+from harness.evaluate import evaluate_splits
+from harness.models import build_model, count_params
+from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_text,
+                             library_versions)
+
+
+class TrainingFailed(Exception):
+    """The run ended without a usable model (NaN loss); metrics.json says why."""
+
+
+class RunComplete(Exception):
+    """The run already finished; nothing to do without --overwrite."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None):
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Adds ``epoch_seconds`` (training + validation) to each epoch's logs."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["epoch_seconds"] = time.perf_counter() - self._t0
+
+    class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+        """ModelCheckpoint(save_best_only) that saves beside the target, then renames."""
+
+        def __init__(self, target: Path):
+            self.target = Path(target)
+            super().__init__(str(target.with_name(".checkpoint.tmp.keras")),
+                             monitor="val_loss", save_best_only=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if Path(self.filepath).exists():
+                Path(self.filepath).replace(self.target)
+
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                          restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
+                                                patience=cfg.lr_patience)
+    checkpoint = AtomicCheckpoint(run.model)
+
+    class ResumeState(keras.callbacks.Callback):
+        """Saves, and on resume restores, the state of the stateful callbacks above.
+
+        Listed after them, so its on_train_begin runs after theirs (which reset state) and
+        its on_epoch_end sees their updates. Kept in the backup folder, which
+        BackupAndRestore deletes when the run ends.
+        """
+
+        path = run.backup / "harness_state.json"
+
+        def on_train_begin(self, logs=None):
+            if not resume_state:
+                return
+            early.best, early.wait = resume_state["early_best"], resume_state["early_wait"]
+            early.best_epoch = resume_state["early_best_epoch"]
+            plateau.best, plateau.wait = resume_state["plateau_best"], resume_state["plateau_wait"]
+            plateau.cooldown_counter = resume_state["plateau_cooldown"]
+            checkpoint.best = resume_state["checkpoint_best"]
+            if run.model.exists():  # so restore_best_weights still has the best weights
+                early.best_weights = keras.saving.load_model(run.model).get_weights()
+
+        def on_epoch_end(self, epoch, logs=None):
+            state = {"early_best": early.best, "early_wait": early.wait,
+                     "early_best_epoch": early.best_epoch, "plateau_best": plateau.best,
+                     "plateau_wait": plateau.wait, "plateau_cooldown": plateau.cooldown_counter,
+                     "checkpoint_best": checkpoint.best}
+            saved = _read_states(self.path)
+            saved[str(epoch + 1)] = {k: _plain(v) for k, v in state.items()}
+            keep = sorted(saved, key=int)[-2:]  # the backup may lag this epoch by one
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
+
+    callbacks = [early, plateau, EpochTimer(), keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
+                 ResumeState()]
+    tensorboard = _tensorboard(run)
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
+    # Last, so an epoch counts as done only once everything above has recorded it.
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup)))
+    return callbacks
+
+
+def _tensorboard(run: RunDir):
+    """TensorBoard logging needs TensorFlow's summary ops; skip it where TF is absent."""
+    import importlib.util
+
+    import keras
+
+    if importlib.util.find_spec("tensorflow") is None:
+        print("note: tensorflow is not installed; TensorBoard logs are skipped", file=sys.stderr)
+        return None
+    return keras.callbacks.TensorBoard(log_dir=str(run.logs))
+
+
+def _plain(v):
+    if v is None:
+        return None
+    return float(v) if isinstance(v, (float, np.floating)) else int(v)
+
+
+def _read_states(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _backup_epoch(run: RunDir) -> int:
+    """Epochs finished according to BackupAndRestore (0 when there is no backup)."""
+    meta = run.backup / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def read_history(run: RunDir) -> list[dict[str, float]]:
+    if not run.history.exists():
+        return []
+    with open(run.history, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _truncate_history(run: RunDir, epochs: int) -> None:
+    """Drop history rows of epochs the backup does not cover (they will be run again)."""
+    if not run.history.exists():
+        return
+    with open(run.history, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs]
+    lines = [",".join(r) for r in kept]
+    atomic_write_text(run.history, "\n".join(lines) + "\n" if lines else "")
+
+
+def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tuple[RunDir, int]:
+    """Create or reopen the run directory; returns it and the epoch to resume from."""
+    run = RunDir.named(results, cfg.run_name)
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    if run.exists():
+        saved = from_dict(run.read_config())
+        if saved != cfg:
+            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
+                    if getattr(cfg, k) != v}
+            raise ConfigError(f"run {run.path} exists with other settings "
+                              f"(saved vs asked: {diff}); choose another --name or --overwrite")
+        status = (run.read_metrics() or {}).get("status")
+        if status == COMPLETED:
+            raise RunComplete(f"run {run.path} is already complete; use --overwrite to train again")
+        resume_from = _backup_epoch(run)
+        if resume_from == 0:  # failed, or killed before its first epoch ended: start again
+            shutil.rmtree(run.path)
+    else:
+        resume_from = 0
+    run.path.mkdir(parents=True, exist_ok=True)
+    if resume_from == 0:
+        atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        _truncate_history(run, resume_from)
+    return run, resume_from
+
+
+def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path,
+          overwrite: bool = False, verbose: int | None = None) -> dict:
+    """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
+
+    Raises RunComplete if the run already finished, TrainingFailed on a NaN/Inf loss.
+    """
+    import keras
+
+    run, resume_from = prepare_run(cfg, results, overwrite)
+    resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
+    keras.utils.set_random_seed(cfg.seed)
+    splits = data_mod.split(ds)
+    model = build_model(cfg, *splits.norm_stats())
+    model.compile(optimizer=keras.optimizers.Nadam(learning_rate=cfg.lr),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    base = {"run": run.name, "config": cfg.to_dict(), "data": ds.record,
+            "params": count_params(model), "versions": library_versions(),
+            "backend": keras.backend.backend(), "started_at": _now(),
+            "resumed_from_epoch": resume_from}
+    run.write_metrics({**base, "status": RUNNING})
+    if resume_from:
+        print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    model.fit(splits.train.x, splits.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
+              validation_data=(splits.val.x, splits.val.y), shuffle=True,
+              callbacks=_make_callbacks(cfg, run, resume_state),
+              verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    wall = time.perf_counter() - t0
+
+    history = read_history(run)
+    losses = [row.get("loss", math.nan) for row in history]
+    summary = {**base, "finished_at": _now(), "wall_time_s": round(wall, 3),
+               "epochs_run": len(history),
+               "seconds_per_epoch": _median([r["epoch_seconds"] for r in history[1:]]
+                                            or [r["epoch_seconds"] for r in history])}
+    if not history or not all(math.isfinite(v) for v in losses) or not run.model.exists():
+        message = "loss became NaN/Inf; training stopped (try a lower --lr)"
+        run.write_metrics({**summary, "status": FAILED, "message": message})
+        raise TrainingFailed(f"{run.path}: {message}")
+
+    best_model = keras.saving.load_model(run.model)
+    best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    metrics = {**summary, "status": COMPLETED, "best_epoch": best_epoch + 1,
+               **evaluate_splits(best_model, splits)}
+    run.write_metrics(metrics)
+    return metrics
+
+
+def evaluate_run(run: RunDir, ds: data_mod.Dataset) -> dict:
+    """Re-evaluate a saved run's best model on validation and test; writes evaluation.json."""
+    import keras
+
+    from harness.records import atomic_write_json
+
+    if not run.model.exists():
+        raise FileNotFoundError(f"{run.path}: no model.keras (not a finished run directory)")
+    model = keras.saving.load_model(run.model)
+    result = {"run": run.name, "data": ds.record, "evaluated_at": _now(),
+              **evaluate_splits(model, data_mod.split(ds), names=("val", "test"))}
+    atomic_write_json(run.evaluation, result)
+    return result
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 4) if values else None
