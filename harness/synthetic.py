@@ -55,7 +55,12 @@ def py2_pickle(entries: list[tuple[bytes, bytes]]) -> bytes:
 def batch_pickle(images: np.ndarray, labels: np.ndarray, label: str) -> bytes:
     """One batch: images uint8 (N, 32, 32, 3) stored as (N, 3072) channel-major rows."""
     rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
-    names = [_str(f"img_{i:05d}.png".encode()) for i in range(len(images))]
+    return rows_pickle(rows, labels, label)
+
+
+def rows_pickle(rows: np.ndarray, labels, label: str) -> bytes:
+    """A batch pickle of raw uint8 rows, whatever their shape (tests use odd ones)."""
+    names = [_str(f"img_{i:05d}.png".encode()) for i in range(len(rows))]
     return py2_pickle([(b"batch_label", _str(label.encode())),
                        (b"labels", _list([_int(int(v)) for v in labels])),
                        (b"data", _uint8_array(rows)),

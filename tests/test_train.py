@@ -1,0 +1,105 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from harness import data
+from harness.config import ConfigError, resolve
+from harness.evaluate import score
+from harness.records import RunDir
+from harness.train import RunComplete, TrainingFailed, evaluate_run, train
+
+SMALL = dict(layers=2, units=32, batch_size=64, epochs=2)
+
+
+def test_two_epoch_run_writes_a_complete_run_directory(tmp_path, archive):
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "name": "tiny"})
+    metrics = train(cfg, ds, tmp_path / "results", verbose=0)
+    run = RunDir.named(tmp_path / "results", "tiny")
+    assert json.loads(run.config.read_text()) == cfg.to_dict()
+    saved = json.loads(run.metrics.read_text())
+    assert saved == {**metrics, "schema": 1}
+    assert saved["status"] == "completed" and saved["epochs_run"] == 2
+    assert 1 <= saved["best_epoch"] <= 2 and saved["wall_time_s"] > 0
+    assert saved["seconds_per_epoch"] > 0
+    assert saved["data"]["sha256"] == ds.sha256
+    assert saved["params"]["trainable"] == 3072 * 32 + 32 + 32 * 32 + 32 + 330
+    assert {"keras", "numpy", "python"} <= set(saved["versions"])
+    for split in ("train", "val", "test"):
+        assert 0 <= saved[split]["accuracy"] <= 1 and saved[split]["loss"] > 0
+    assert saved["test"]["accuracy"] > 0.5  # the synthetic classes are easy to separate
+    with open(run.history) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "epoch_seconds",
+            "learning_rate"} <= set(rows[0])
+    assert any(run.logs.rglob("*.tfevents.*"))
+    assert not run.backup.exists()  # cleaned up once the run finished
+    # The saved model is the best one and takes raw pixels.
+    model = keras.saving.load_model(run.model)
+    probs = model.predict(ds.x_test.astype(np.float32), verbose=0)
+    assert score(probs, ds.y_test) == pytest.approx(saved["test"])
+    assert evaluate_run(run, ds)["test"] == pytest.approx(saved["test"])
+    assert run.evaluation.exists()
+
+
+def test_same_command_twice_does_not_retrain(tmp_path, archive):
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "epochs": 1, "name": "once"})
+    train(cfg, ds, tmp_path, verbose=0)
+    with pytest.raises(RunComplete):
+        train(cfg, ds, tmp_path, verbose=0)
+    with pytest.raises(ConfigError, match="other settings"):
+        train(resolve("selu", overrides={**SMALL, "units": 8, "name": "once"}), ds, tmp_path)
+    again = train(cfg, ds, tmp_path, overwrite=True, verbose=0)
+    assert again["status"] == "completed"
+
+
+def test_nan_loss_is_recorded_as_failed(tmp_path, archive):
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "l2": 1e38, "name": "nan"})
+    with pytest.raises(TrainingFailed, match="NaN"):
+        train(cfg, ds, tmp_path, verbose=0)
+    metrics = RunDir.named(tmp_path, "nan").read_metrics()
+    assert metrics["status"] == "failed" and "NaN" in metrics["message"]
+
+
+@pytest.mark.slow
+def test_run_killed_midway_resumes(tmp_path, archive):
+    """kill -9 during training, then the same command finishes the run where it stopped."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("preset: selu\nlayers: 2\nunits: 32\nbatch-size: 4\nepochs: 12\n"
+                        "patience: 50\nname: killed\n")
+    cmd = [sys.executable, "-m", "harness.cli", "--archive", str(archive),
+           "--results", str(tmp_path / "results"), "train", "--config", str(cfg_file)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = RunDir.named(tmp_path / "results", "killed")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run.backup / "training_metadata.json").exists() and run.history.exists() \
+                and len(run.history.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run.read_metrics()["status"] == "running"
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming" in done.stderr
+    metrics = run.read_metrics()
+    assert metrics["status"] == "completed" and metrics["resumed_from_epoch"] >= 2
+    with open(run.history) as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == list(range(12))  # no epoch lost, none repeated
+    assert not run.backup.exists()
