@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import pickle
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -336,12 +337,13 @@ def download(home: Path | None = None, url: str = OFFICIAL_URL,
     part = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with click.progressbar(length=total, label="Downloading CIFAR-10",
-                                   file=None) as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
+            total = int(resp.headers.get("Content-Length") or 0)
+            chunks = iter(lambda: resp.read(1 << 20), b"")  # the bar counts 1 MiB chunks
+            with click.progressbar(chunks, length=-(-total // (1 << 20)) or None,
+                                   label="Downloading CIFAR-10 (MiB)",
+                                   file=sys.stderr) as bar:
+                for chunk in bar:
                     out.write(chunk)
-                    bar.update(len(chunk))
         got = sha256_of(part)
         if got != sha256:
             raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}")

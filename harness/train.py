@@ -10,6 +10,7 @@ resumed run makes the same decisions an uninterrupted one would.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
@@ -163,8 +164,9 @@ def _truncate_history(run: RunDir, epochs: int) -> None:
     with open(run.history, newline="") as f:
         rows = list(csv.reader(f))
     kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs]
-    lines = [",".join(r) for r in kept]
-    atomic_write_text(run.history, "\n".join(lines) + "\n" if lines else "")
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(kept)
+    atomic_write_text(run.history, out.getvalue())
 
 
 def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tuple[RunDir, int]:
