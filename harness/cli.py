@@ -158,6 +158,7 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
         cfg = resolve(preset, config_file, flags)
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
+    _select_backend(cfg.backend)
     from harness.train import RunComplete, TrainingFailed, train as train_run
 
     ds = obj.dataset()
@@ -171,6 +172,18 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     except TrainingFailed as e:
         raise click.ClickException(f"training failed: {e}") from None
     click.echo(_summary(obj.results, cfg.run_name, metrics))
+
+
+def _select_backend(backend: str | None) -> None:
+    """Point Keras at ``backend`` before it is imported (it reads KERAS_BACKEND once)."""
+    if backend is None or "keras" in sys.modules:
+        return  # train() reports a mismatch with the backend already loaded
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        raise click.ClickException(f"backend {backend!r} is not installed "
+                                   f"(pip install {backend})")
+    os.environ["KERAS_BACKEND"] = backend
 
 
 def _summary(results: Path, name: str, m: dict) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 ARCHITECTURES = ("plain", "batchnorm")
+SCHEDULES = ("plateau", "cosine")
+MONITORS = ("val_loss", "val_accuracy")
+BACKENDS = ("tensorflow", "jax")
 ACTIVATIONS = ("selu", "elu", "relu", "leaky-relu", "gelu")
 
 
@@ -36,10 +39,18 @@ class TrainConfig:
     lr: float = 1e-4             # initial learning rate
     batch_size: int = 32         # images per step
     epochs: int = 100            # upper bound; EarlyStopping usually ends sooner
-    patience: int = 6            # EarlyStopping patience, epochs without val_loss improvement
+    monitor: str = "val_loss"    # what picks the best epoch (checkpoint, early stopping,
+                                 # plateau): "val_loss" (the study) or "val_accuracy"
+    patience: int = 6            # EarlyStopping patience, epochs without improvement
     lr_factor: float = 0.5       # ReduceLROnPlateau factor
     lr_patience: int = 3         # ReduceLROnPlateau patience, epochs
+    schedule: str = "plateau"    # "plateau": ReduceLROnPlateau (the study); "cosine": linear
+                                 # warm-up to lr, then cosine decay to 0 over all epochs
+    warmup_epochs: float = 0.0   # cosine only: epochs of linear warm-up from lr/10
     seed: int = 42
+    # --- execution (speed only; the arithmetic is the same)
+    backend: str | None = None   # Keras backend; None = $KERAS_BACKEND (default tensorflow)
+    steps_per_execution: int = 1  # training steps per compiled call
     # --- bookkeeping
     preset: str | None = None
     name: str | None = None      # run name; defaults to the preset
@@ -64,6 +75,13 @@ class TrainConfig:
             ("lr_factor", 0 < self.lr_factor < 1, "must be in (0, 1)"),
             ("lr_patience", isinstance(self.lr_patience, int) and self.lr_patience >= 1,
              "must be >= 1"),
+            ("monitor", self.monitor in MONITORS, f"must be one of {', '.join(MONITORS)}"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
+            ("backend", self.backend is None or self.backend in BACKENDS,
+             f"must be one of {', '.join(BACKENDS)} or null"),
+            ("steps_per_execution", isinstance(self.steps_per_execution, int)
+             and self.steps_per_execution >= 1, "must be an integer >= 1"),
             ("name", self.name is None or _safe_name(self.name),
              "must be a plain name (letters, digits, '.', '_', '-')"),
         ]
@@ -89,6 +107,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "selu": dict(arch="plain", activation="selu", lr=1e-4),
     # The study's second net: BN + 5 x [Dense(he_normal, max_norm 1) + BN + ELU], Nadam 1e-3.
     "bn-elu": dict(arch="batchnorm", activation="elu", max_norm=1.0, lr=1e-3),
+    # The same networks trained at the machine's limit (benchmarks/train_speed.py): large
+    # batches with warm-up + cosine decay, compiled multi-step execution on the JAX backend.
+    "selu-fast": dict(arch="plain", activation="selu", lr=5e-3, batch_size=1024, epochs=12,
+                      schedule="cosine", warmup_epochs=1, monitor="val_accuracy",
+                      patience=12, backend="jax",
+                      steps_per_execution=4),
+    "bn-elu-fast": dict(arch="batchnorm", activation="elu", max_norm=1.0, lr=1e-2,
+                        batch_size=1024, epochs=15, schedule="cosine", warmup_epochs=1,
+                        monitor="val_accuracy", patience=15, backend="jax",
+                        steps_per_execution=4),
 }
 
 

@@ -41,11 +41,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None):
+def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=()):
     import keras
 
-    class EpochTimer(keras.callbacks.Callback):
-        """Adds ``epoch_seconds`` (training + validation) to each epoch's logs."""
+    class EpochLog(keras.callbacks.Callback):
+        """Adds ``epoch_seconds`` (training + validation) and ``learning_rate`` to the logs."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -53,25 +53,30 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None):
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:
                 logs["epoch_seconds"] = time.perf_counter() - self._t0
+                # ReduceLROnPlateau logs the rate the epoch ran with; so do schedules.
+                logs.setdefault("learning_rate", float(np.asarray(
+                    self.model.optimizer.learning_rate)))
 
     class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
         """ModelCheckpoint(save_best_only) that saves beside the target, then renames."""
 
-        def __init__(self, target: Path):
+        def __init__(self, target: Path, monitor: str):
             self.target = Path(target)
             super().__init__(str(target.with_name(".checkpoint.tmp.keras")),
-                             monitor="val_loss", save_best_only=True)
+                             monitor=monitor, save_best_only=True)
 
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
             if Path(self.filepath).exists():
                 Path(self.filepath).replace(self.target)
 
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+    early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
                                           restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.lr_factor,
-                                                patience=cfg.lr_patience)
-    checkpoint = AtomicCheckpoint(run.model)
+    # With a cosine schedule the learning rate is a function of the step: no plateau logic.
+    plateau = (keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=cfg.lr_factor,
+                                                 patience=cfg.lr_patience)
+               if cfg.schedule == "plateau" else None)
+    checkpoint = AtomicCheckpoint(run.model, cfg.monitor)
 
     class ResumeState(keras.callbacks.Callback):
         """Saves, and on resume restores, the state of the stateful callbacks above.
@@ -88,32 +93,57 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None):
                 return
             early.best, early.wait = resume_state["early_best"], resume_state["early_wait"]
             early.best_epoch = resume_state["early_best_epoch"]
-            plateau.best, plateau.wait = resume_state["plateau_best"], resume_state["plateau_wait"]
-            plateau.cooldown_counter = resume_state["plateau_cooldown"]
+            if plateau is not None:
+                plateau.best, plateau.wait = resume_state["plateau_best"], resume_state["plateau_wait"]
+                plateau.cooldown_counter = resume_state["plateau_cooldown"]
             checkpoint.best = resume_state["checkpoint_best"]
             if run.model.exists():  # so restore_best_weights still has the best weights
                 early.best_weights = keras.saving.load_model(run.model).get_weights()
 
         def on_epoch_end(self, epoch, logs=None):
             state = {"early_best": early.best, "early_wait": early.wait,
-                     "early_best_epoch": early.best_epoch, "plateau_best": plateau.best,
-                     "plateau_wait": plateau.wait, "plateau_cooldown": plateau.cooldown_counter,
-                     "checkpoint_best": checkpoint.best}
+                     "early_best_epoch": early.best_epoch, "checkpoint_best": checkpoint.best}
+            if plateau is not None:
+                state.update(plateau_best=plateau.best, plateau_wait=plateau.wait,
+                             plateau_cooldown=plateau.cooldown_counter)
             saved = _read_states(self.path)
             saved[str(epoch + 1)] = {k: _plain(v) for k, v in state.items()}
             keep = sorted(saved, key=int)[-2:]  # the backup may lag this epoch by one
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
 
-    callbacks = [early, plateau, EpochTimer(), keras.callbacks.TerminateOnNaN(),
+    callbacks = [early, plateau, EpochLog(), keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
-                 ResumeState()]
-    tensorboard = _tensorboard(run)
-    if tensorboard is not None:
-        callbacks.append(tensorboard)
+                 ResumeState(), _tensorboard(run), *extra]
+    callbacks = [c for c in callbacks if c is not None]
     # Last, so an epoch counts as done only once everything above has recorded it.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup)))
+    # double_checkpoint keeps the previous epoch's backup, which BackupAndRestore falls back
+    # to when a kill -9 lands in the middle of writing the weights file.
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup), double_checkpoint=True))
     return callbacks
+
+
+def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    """Nadam with a constant learning rate (plateau) or warm-up + cosine decay."""
+    import keras
+
+    lr = cfg.lr
+    if cfg.schedule == "cosine":
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr,
+            decay_steps=cfg.epochs * steps_per_epoch - warmup,
+            warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
+    return keras.optimizers.Nadam(learning_rate=lr)
+
+
+def check_backend(cfg: TrainConfig) -> None:
+    """Keras picks its backend once per process, at import: it must be the asked one."""
+    import keras
+
+    if cfg.backend and keras.backend.backend() != cfg.backend:
+        raise ConfigError(f"backend={cfg.backend!r}, but Keras in this process runs on "
+                          f"{keras.backend.backend()!r}; run with KERAS_BACKEND={cfg.backend}")
 
 
 def _tensorboard(run: RunDir):
@@ -197,21 +227,25 @@ def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tup
     return run, resume_from
 
 
-def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path,
-          overwrite: bool = False, verbose: int | None = None) -> dict:
+def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool = False,
+          verbose: int | None = None, extra_callbacks=()) -> dict:
     """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
 
-    Raises RunComplete if the run already finished, TrainingFailed on a NaN/Inf loss.
+    ``extra_callbacks`` run after the run's own (benchmarks use this to watch test accuracy
+    per epoch outside the timed part of the epoch). Raises RunComplete if the run already
+    finished, TrainingFailed on a NaN/Inf loss, ConfigError on a backend mismatch.
     """
     import keras
 
+    check_backend(cfg)
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
     splits = data_mod.split(ds)
     model = build_model(cfg, *splits.norm_stats())
-    model.compile(optimizer=keras.optimizers.Nadam(learning_rate=cfg.lr),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=_optimizer(cfg, math.ceil(len(splits.train) / cfg.batch_size)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=cfg.steps_per_execution)
     base = {"run": run.name, "config": cfg.to_dict(), "data": ds.record,
             "params": count_params(model), "versions": library_versions(),
             "backend": keras.backend.backend(), "started_at": _now(),
@@ -223,7 +257,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path,
     t0 = time.perf_counter()
     model.fit(splits.train.x, splits.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
               validation_data=(splits.val.x, splits.val.y), shuffle=True,
-              callbacks=_make_callbacks(cfg, run, resume_state),
+              callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks),
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
     wall = time.perf_counter() - t0
 
@@ -239,7 +273,8 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path,
         raise TrainingFailed(f"{run.path}: {message}")
 
     best_model = keras.saving.load_model(run.model)
-    best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    sign = 1 if cfg.monitor == "val_loss" else -1  # the same choice as the checkpoint's
+    best_epoch = min(range(len(history)), key=lambda i: sign * history[i][cfg.monitor])
     metrics = {**summary, "status": COMPLETED, "best_epoch": best_epoch + 1,
                **evaluate_splits(best_model, splits)}
     run.write_metrics(metrics)

@@ -10,7 +10,7 @@ def test_presets_are_the_studys_recipe():
         assert (cfg.lr_factor, cfg.lr_patience, cfg.layers, cfg.units) == (0.5, 3, 5, 100)
     assert (selu.arch, selu.activation, selu.lr, selu.max_norm) == ("plain", "selu", 1e-4, None)
     assert (bn.arch, bn.activation, bn.lr, bn.max_norm) == ("batchnorm", "elu", 1e-3, 1.0)
-    assert set(PRESETS) == {"selu", "bn-elu"}
+    assert {"selu", "bn-elu", "selu-fast", "bn-elu-fast"} <= set(PRESETS)
 
 
 def test_file_then_flags(tmp_path):
@@ -39,3 +39,10 @@ def test_bad_config_files_name_the_key(tmp_path, text, match):
 def test_unsafe_run_name_is_refused():
     with pytest.raises(ConfigError, match="name"):
         TrainConfig(name="../x").validate()
+
+
+@pytest.mark.parametrize("key,value", [("schedule", "step"), ("warmup_epochs", 100),
+                                       ("backend", "torch"), ("steps_per_execution", 0)])
+def test_execution_settings_are_checked(key, value):
+    with pytest.raises(ConfigError, match=key):
+        resolve("selu", overrides={key: value})

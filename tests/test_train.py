@@ -103,3 +103,23 @@ def test_run_killed_midway_resumes(tmp_path, archive):
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == list(range(12))  # no epoch lost, none repeated
     assert not run.backup.exists()
+
+
+def test_cosine_schedule_warms_up_then_decays(tmp_path, archive):
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "epochs": 4, "schedule": "cosine",
+                                     "warmup_epochs": 1, "lr": 1e-3, "name": "cos"})
+    train(cfg, ds, tmp_path, verbose=0)
+    with open(RunDir.named(tmp_path, "cos").history) as f:
+        lrs = [float(r["learning_rate"]) for r in csv.DictReader(f)]
+    # Logged at each epoch's end: the peak after warm-up, then strictly decaying towards 0.
+    assert lrs[0] == pytest.approx(1e-3, rel=0.01)
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] >= 0
+    assert lrs[3] < 1e-4
+
+
+def test_backend_mismatch_is_a_clear_error(tmp_path, archive):
+    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
+    cfg = resolve("selu", overrides={**SMALL, "backend": other, "name": "b"})
+    with pytest.raises(ConfigError, match=f"KERAS_BACKEND={other}"):
+        train(cfg, data.load(archive), tmp_path, verbose=0)
