@@ -152,13 +152,7 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
 
     Re-running the same command after an interruption resumes the run.
     """
-    if preset is None and config_file is None:
-        raise click.UsageError("give --preset (selu or bn-elu) or --config FILE")
-    try:
-        cfg = resolve(preset, config_file, flags)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
-    _select_backend(cfg.backend)
+    cfg = _base_config(preset, config_file, flags)
     from harness.train import RunComplete, TrainingFailed, train as train_run
 
     ds = obj.dataset()
@@ -172,6 +166,137 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     except TrainingFailed as e:
         raise click.ClickException(f"training failed: {e}") from None
     click.echo(_summary(obj.results, cfg.run_name, metrics))
+
+
+def _base_config(preset, config_file, flags, default_epochs=None):
+    """Preset, then file, then flags; for sweeps and searches epochs default to 10."""
+    if preset is None and config_file is None:
+        raise click.UsageError("give --preset or --config FILE")
+    if default_epochs and flags.get("epochs") is None:
+        flags = {**flags, "epochs": default_epochs}
+    try:
+        cfg = resolve(preset, config_file, flags)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+    _select_backend(cfg.backend)
+    return cfg
+
+
+def _floats(text: str, count: int | None = 2, kind=float):
+    """'1e-5,1e-3' -> (1e-05, 0.001); a click callback raises BadParameter (exit 2)."""
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+    if count and len(values) != count:
+        raise click.BadParameter(f"{text!r}: expected {count} values (low,high)")
+    return values
+
+
+def _range(kind=float):
+    return lambda ctx, param, value: None if value is None else _floats(value, 2, kind)
+
+
+@main.command("sweep-lr")
+@_train_options
+@click.option("--rates", default=",".join(f"{r:g}" for r in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3,
+                                                                 3e-3, 1e-2)),
+              show_default=True, callback=lambda c, p, v: _floats(v, None),
+              help="Comma-separated learning rates; each trains a fresh model.")
+@click.pass_obj
+def sweep_lr(obj: Context, preset, config_file, rates, **flags):
+    """Train a fresh model per learning rate (default 10 epochs each); name the best.
+
+    Writes results/sweeps/<name>/sweep.json; TensorBoard: --logdir results/sweeps/<name>/runs.
+    """
+    if not rates or any(r <= 0 for r in rates):
+        raise click.BadParameter("rates must be positive numbers", param_hint="--rates")
+    name = flags.pop("name") or f"{preset or 'sweep'}-lr"
+    cfg = _base_config(preset, config_file, flags, default_epochs=10)
+    from harness.tune import format_sweep, sweep_lr as run_sweep
+
+    record = run_sweep(cfg, obj.dataset(), obj.results, name, rates, cfg.epochs)
+    click.echo(format_sweep(record))
+
+
+@main.command()
+@_train_options
+@click.option("--tuner", "kind", type=click.Choice(["bayesian", "hyperband", "random"]),
+              default="bayesian", show_default=True, help="KerasTuner search algorithm.")
+@click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Trials to run (bayesian, random).")
+@click.option("--layers-range", default="1,10", show_default=True, callback=_range(int),
+              help="n_hidden low,high.")
+@click.option("--units-range", default="64,256", show_default=True, callback=_range(int),
+              help="n_neurons low,high.")
+@click.option("--lr-range", default="1e-5,1e-3", show_default=True, callback=_range(),
+              help="learning rate low,high (log scale).")
+@click.option("--activations", help="Also search these activations (comma-separated).")
+@click.option("--dropout-range", callback=_range(), help="Also search dropout low,high.")
+@click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log).")
+@click.option("--batch-sizes", help="Also search these batch sizes (comma-separated).")
+@click.option("--tuner-id", envvar="KERASTUNER_TUNER_ID",
+              help="Distributed: 'chief', or a worker id such as tuner0.")
+@click.option("--oracle-ip", envvar="KERASTUNER_ORACLE_IP", help="Distributed: chief address.")
+@click.option("--oracle-port", type=click.IntRange(1, 65535), envvar="KERASTUNER_ORACLE_PORT",
+              help="Distributed: chief port.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+              help="Worker: seconds to wait for the chief before giving up.")
+@click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Chief: seconds without word from a worker before its trial is re-run "
+                   "elsewhere.")
+@click.pass_obj
+def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, units_range,
+         lr_range, activations, dropout_range, l1_range, batch_sizes, tuner_id, oracle_ip,
+         oracle_port, connect_timeout, worker_timeout, **flags):
+    """Search hyperparameters with KerasTuner (the study's Bayesian search by default).
+
+    Re-running the same command resumes the search. Writes results/tuning/<name>/ and the
+    best model as a run directory in results/tuning/<name>/best/.
+    """
+    from harness.tune import SearchSpace
+
+    name = flags.pop("name") or f"{preset or 'search'}-{kind}"
+    distributed = [tuner_id, oracle_ip, oracle_port]
+    if any(v is not None for v in distributed) and None in distributed:
+        raise click.UsageError("distributed tuning needs --tuner-id, --oracle-ip and "
+                               "--oracle-port (or their KERASTUNER_* variables) together")
+    try:
+        space = SearchSpace(
+            layers=layers_range, units=units_range, lr=lr_range,
+            activations=tuple(a.strip() for a in activations.split(",")) if activations else (),
+            dropout=dropout_range, l1=l1_range,
+            batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else ()).validate()
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+    cfg = _base_config(preset, config_file, flags, default_epochs=10)
+    if tuner_id is not None:
+        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip,
+                          KERASTUNER_ORACLE_PORT=str(oracle_port))
+    from harness import tune as tune_mod
+
+    if tuner_id not in (None, "chief"):
+        try:
+            tune_mod.wait_for_chief(oracle_ip, oracle_port, connect_timeout)
+        except ConnectionError as e:
+            raise click.ClickException(str(e)) from None
+    ds = obj.dataset()
+    summary = tune_mod.tune(cfg, ds, obj.results, name, space, kind, max_trials,
+                            worker_timeout=worker_timeout,
+                            verbose=1 if sys.stdout.isatty() else 2)
+    if summary is not None:
+        root = obj.results / "tuning" / name
+        click.echo(tune_mod.format_trials(json.loads((root / "trials.json").read_text())))
+        click.echo(f"best trial {summary['best_trial']}: val accuracy "
+                   f"{summary['best_val_accuracy']:.4f}, test accuracy "
+                   f"{summary['best_test_accuracy']:.4f}; {summary['best_hyperparameters']}")
+        click.echo(f"search took {summary['search_seconds']:.0f} s; best model: "
+                   f"{summary['best_run']}")
+    if tuner_id == "chief":
+        # KerasTuner's gRPC server outlives search(); nothing is left to do, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _select_backend(backend: str | None) -> None:

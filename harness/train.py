@@ -41,12 +41,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=()):
+def epoch_log():
+    """A callback adding ``epoch_seconds`` (training + validation) and ``learning_rate``."""
     import keras
 
     class EpochLog(keras.callbacks.Callback):
-        """Adds ``epoch_seconds`` (training + validation) and ``learning_rate`` to the logs."""
-
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
 
@@ -56,6 +55,32 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
                 # ReduceLROnPlateau logs the rate the epoch ran with; so do schedules.
                 logs.setdefault("learning_rate", float(np.asarray(
                     self.model.optimizer.learning_rate)))
+
+    return EpochLog()
+
+
+def recipe_callbacks(cfg: TrainConfig) -> tuple:
+    """The recipe's own callbacks: EarlyStopping and (plateau schedule) ReduceLROnPlateau."""
+    import keras
+
+    early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
+                                          restore_best_weights=True)
+    # With a cosine schedule the learning rate is a function of the step: no plateau logic.
+    plateau = (keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=cfg.lr_factor,
+                                                 patience=cfg.lr_patience)
+               if cfg.schedule == "plateau" else None)
+    return early, plateau
+
+
+def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
+    """Nadam (with the configured schedule), sparse cross-entropy, accuracy."""
+    model.compile(optimizer=_optimizer(cfg, math.ceil(n_train / cfg.batch_size)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=cfg.steps_per_execution)
+
+
+def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=()):
+    import keras
 
     class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
         """ModelCheckpoint(save_best_only) that saves beside the target, then renames."""
@@ -70,12 +95,7 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
             if Path(self.filepath).exists():
                 Path(self.filepath).replace(self.target)
 
-    early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
-                                          restore_best_weights=True)
-    # With a cosine schedule the learning rate is a function of the step: no plateau logic.
-    plateau = (keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=cfg.lr_factor,
-                                                 patience=cfg.lr_patience)
-               if cfg.schedule == "plateau" else None)
+    early, plateau = recipe_callbacks(cfg)
     checkpoint = AtomicCheckpoint(run.model, cfg.monitor)
 
     class ResumeState(keras.callbacks.Callback):
@@ -112,7 +132,7 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
 
-    callbacks = [early, plateau, EpochLog(), keras.callbacks.TerminateOnNaN(),
+    callbacks = [early, plateau, epoch_log(), keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
                  ResumeState(), _tensorboard(run), *extra]
     callbacks = [c for c in callbacks if c is not None]
@@ -243,9 +263,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     keras.utils.set_random_seed(cfg.seed)
     splits = data_mod.split(ds)
     model = build_model(cfg, *splits.norm_stats())
-    model.compile(optimizer=_optimizer(cfg, math.ceil(len(splits.train) / cfg.batch_size)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=cfg.steps_per_execution)
+    compile_model(model, cfg, len(splits.train))
     base = {"run": run.name, "config": cfg.to_dict(), "data": ds.record,
             "params": count_params(model), "versions": library_versions(),
             "backend": keras.backend.backend(), "started_at": _now(),
@@ -279,6 +297,14 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
                **evaluate_splits(best_model, splits)}
     run.write_metrics(metrics)
     return metrics
+
+
+def save_model(model, path: Path) -> None:
+    """``model.save`` beside ``path``, then rename: never a half-written model.keras."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
 
 
 def evaluate_run(run: RunDir, ds: data_mod.Dataset) -> dict:

@@ -1,0 +1,426 @@
+"""Learning-rate sweeps and KerasTuner searches, resumable, on one machine or distributed.
+
+A sweep trains a FRESH model per learning rate through :func:`harness.train.train` (the
+study reused one model across rates, so each rate started where the previous one ended).
+Every rate is a normal run directory under ``<results>/sweeps/<name>/runs/``, so its
+TensorBoard curves overlay with ``tensorboard --logdir <results>/sweeps/<name>/runs`` and
+an interrupted sweep resumes rate by rate, epoch by epoch.
+
+A search subclasses KerasTuner's ``HyperModel``: ``build`` turns hyperparameters into a
+TrainConfig and calls the same model builder and compile step as ``harness train``;
+``fit`` adds the recipe's EarlyStopping and ReduceLROnPlateau. KerasTuner owns the loop,
+its state (so a re-run resumes without redoing finished trials) and, through
+KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT, the distribution over
+a chief and workers.
+
+Layout of ``<results>/tuning/<name>/``::
+
+    keras_tuner/               KerasTuner's own state (oracle, trials, checkpoints)
+    trial_meta/<id>.json       who ran each trial, its seconds and memory (one writer each)
+    trials.csv, trials.json    the trial table: hyperparameters, score, epochs, seconds
+    best_hyperparameters.json
+    best/                      the best trial's model as a normal run directory
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import resource
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from harness import data as data_mod
+from harness.config import ACTIVATIONS, ConfigError, TrainConfig
+from harness.records import COMPLETED, RunDir, atomic_write_json, atomic_write_text, read_json
+
+DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+TUNERS = ("bayesian", "hyperband", "random")
+CHANCE = 0.2  # a sweep rate whose best val accuracy never beats this (chance: 0.1) diverged
+
+
+# --------------------------------------------------------------------------- sweep
+
+def sweep_lr(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
+             rates=DEFAULT_RATES, epochs: int = 10, verbose: int | None = None) -> dict:
+    """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
+    from harness.train import RunComplete, TrainingFailed, read_history, train
+
+    root = Path(results) / "sweeps" / name
+    rows = []
+    for rate in rates:
+        cfg = replace(base, lr=float(rate), epochs=epochs, name=f"lr-{rate:g}",
+                      warmup_epochs=min(base.warmup_epochs, epochs - 1)).validate()
+        run = RunDir.named(root, cfg.name)
+        try:
+            train(cfg, ds, root, verbose=verbose)
+        except (RunComplete, TrainingFailed):
+            pass  # finished earlier, or diverged: both are recorded in metrics.json
+        rows.append(_sweep_row(rate, run.read_metrics() or {}, read_history(run)))
+    usable = [r for r in rows if not r["diverged"]]
+    best = max(usable, key=lambda r: r["best_val_accuracy"]) if usable else None
+    record = {"name": name, "base_config": base.to_dict(), "epochs": epochs,
+              "data": ds.record, "rates": rows, "best_lr": best["lr"] if best else None,
+              "tensorboard": str(root / "runs")}
+    atomic_write_json(root / "sweep.json", record)
+    return record
+
+
+def _sweep_row(rate: float, metrics: dict, history: list[dict]) -> dict:
+    val_acc = [h["val_accuracy"] for h in history if math.isfinite(h.get("val_accuracy", math.nan))]
+    val_loss = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]
+    best_acc = max(val_acc) if val_acc else 0.0
+    return {"lr": float(rate), "status": metrics.get("status"),
+            "best_val_accuracy": best_acc,
+            "best_val_loss": min(val_loss) if val_loss else None,
+            "epoch_of_best": (val_acc.index(best_acc) + 1) if val_acc else None,
+            "epochs_run": len(history),
+            "diverged": metrics.get("status") != COMPLETED or best_acc <= CHANCE}
+
+
+def format_sweep(record: dict) -> str:
+    lines = [f"{'lr':>8}  {'best val acc':>12}  {'best val loss':>13}  {'epoch':>5}  diverged"]
+    for r in record["rates"]:
+        loss = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
+        lines.append(f"{r['lr']:>8g}  {r['best_val_accuracy']:>12.4f}  {loss:>13}  "
+                     f"{r['epoch_of_best'] or '-':>5}  {'yes' if r['diverged'] else 'no'}")
+    lines.append(f"best learning rate: {record['best_lr']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- search space
+
+@dataclass
+class SearchSpace:
+    """What a search may vary. Defaults are the study's space (with lr on a log scale)."""
+
+    layers: tuple[int, int] = (1, 10)          # n_hidden, inclusive
+    units: tuple[int, int] = (64, 256)         # n_neurons, inclusive
+    lr: tuple[float, float] = (1e-5, 1e-3)     # sampled log-uniformly
+    activations: tuple[str, ...] = ()          # empty = keep the base config's
+    dropout: tuple[float, float] | None = None
+    l1: tuple[float, float] | None = None      # sampled log-uniformly
+    batch_sizes: tuple[int, ...] = ()          # empty = keep the base config's
+
+    def validate(self) -> "SearchSpace":
+        def check(key, rng, lo_min, integer=False, log=False):
+            lo, hi = rng
+            if integer and not (isinstance(lo, int) and isinstance(hi, int)):
+                raise ConfigError(f"{key} range {rng}: must be integers")
+            if lo < lo_min or (log and lo <= 0):
+                raise ConfigError(f"{key} range {rng}: lower end must be > {lo_min}"
+                                  if log else f"{key} range {rng}: lower end must be >= {lo_min}")
+            if (hi < lo) if integer else (hi <= lo):
+                raise ConfigError(f"{key} range {rng}: empty or inverted")
+
+        check("layers", self.layers, 1, integer=True)
+        check("units", self.units, 1, integer=True)
+        check("lr", self.lr, 0, log=True)
+        if self.dropout is not None:
+            check("dropout", self.dropout, 0)
+            if self.dropout[1] >= 1:
+                raise ConfigError(f"dropout range {self.dropout}: must stay below 1")
+        if self.l1 is not None:
+            check("l1", self.l1, 0, log=True)
+        bad = [a for a in self.activations if a not in ACTIVATIONS]
+        if bad:
+            raise ConfigError(f"activations {bad}: must be among {', '.join(ACTIVATIONS)}")
+        if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes {self.batch_sizes}: must be integers >= 1")
+        return self
+
+    def config_for(self, hp, base: TrainConfig) -> TrainConfig:
+        """Register the hyperparameters on ``hp`` and return the config they describe."""
+        def clamp(v, rng):
+            return min(max(v, rng[0]), rng[1])
+
+        values = dict(
+            layers=hp.Int("n_hidden", *self.layers, default=clamp(base.layers, self.layers)),
+            units=hp.Int("n_neurons", *self.units, default=clamp(base.units, self.units)),
+            lr=hp.Float("learning_rate", *self.lr, sampling="log"))
+        if self.activations:
+            values["activation"] = hp.Choice("activation", list(self.activations))
+        if self.dropout is not None:
+            values["dropout"] = hp.Float("dropout", *self.dropout)
+        if self.l1 is not None:
+            values["l1"] = hp.Float("l1", *self.l1, sampling="log")
+        if self.batch_sizes:
+            values["batch_size"] = hp.Choice("batch_size", list(self.batch_sizes))
+        return replace(base, **values)
+
+
+# --------------------------------------------------------------------------- search
+
+def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits):
+    import keras_tuner as kt
+
+    from harness.models import build_model
+    from harness.train import compile_model, epoch_log, recipe_callbacks
+
+    mean, variance = splits.norm_stats()
+
+    class StudyHyperModel(kt.HyperModel):
+        """A TrainConfig per trial, built and compiled exactly as ``harness train`` does."""
+
+        def build(self, hp):
+            cfg = space.config_for(hp, base)
+            model = build_model(cfg, mean, variance)
+            compile_model(model, cfg, len(splits.train))
+            return model
+
+        def fit(self, hp, model, *args, callbacks=(), epochs=None, **kwargs):
+            cfg = space.config_for(hp, base)
+            # Ours first, so epoch_seconds is in the logs KerasTuner records.
+            ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
+            return model.fit(*args, batch_size=cfg.batch_size, epochs=epochs or cfg.epochs,
+                             callbacks=[*ours, *callbacks], **kwargs)
+
+    return StudyHyperModel()
+
+
+def _tuner_class(kind: str):
+    import keras_tuner as kt
+
+    base = {"bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
+            "random": kt.RandomSearch}[kind]
+
+    def run_trial(self, trial, *args, **kwargs):
+        """Records who ran the trial, how long it took and the process's memory after it."""
+        t0 = time.perf_counter()
+        result = base.run_trial(self, trial, *args, **kwargs)
+        meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+                "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        atomic_write_json(Path(self.project_dir).parent / "trial_meta" /
+                          f"{trial.trial_id}.json", meta)
+        return result
+
+    return type(f"Harness{base.__name__}", (base,), {"run_trial": run_trial})
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (not the peak)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: int,
+               seed: int = 42):
+    """A KerasTuner tuner over ``directory`` (reloaded, never overwritten: that is resume)."""
+    if kind not in TUNERS:
+        raise ConfigError(f"tuner={kind!r}: must be one of {', '.join(TUNERS)}")
+    common = dict(objective="val_accuracy", directory=str(directory),
+                  project_name="keras_tuner", overwrite=False, seed=seed)
+    cls = _tuner_class(kind)
+    if kind == "bayesian":  # the study's settings
+        return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
+    if kind == "hyperband":
+        return cls(hypermodel, max_epochs=epochs, factor=3, **common)
+    return cls(hypermodel, max_trials=max_trials, **common)
+
+
+def wait_for_chief(ip: str, port: int, timeout: float) -> None:
+    """A worker's first step: reach the chief's oracle, or fail naming the address."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=2).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"cannot reach the chief at {ip}:{port} after "
+                                      f"{timeout:g} s ({e})") from None
+            time.sleep(0.5)
+
+
+def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Thread:
+    """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
+
+    KerasTuner's chief waits for every running trial to end, so one dead worker would hang
+    the search forever. Workers report after every epoch; a trial whose worker has not
+    been heard from within ``timeout`` goes back to the oracle's retry queue and the
+    worker is forgotten (a worker that comes back simply asks for a new trial).
+    """
+    import keras_tuner as kt
+
+    heard: dict[str, float] = {}
+    create, update = oracle.create_trial, oracle.update_trial
+
+    def create_trial(tuner_id):
+        heard[tuner_id] = time.monotonic()
+        return create(tuner_id)
+
+    def update_trial(trial_id, metrics, step=0):
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if trial.trial_id == trial_id:
+                heard[tuner_id] = time.monotonic()
+        return update(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def requeue_silent(oracle):
+        now = time.monotonic()
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if now - heard.get(tuner_id, now) > timeout:
+                oracle.ongoing_trials.pop(tuner_id)
+                oracle.tuner_ids.discard(tuner_id)
+                oracle._retry_queue.append(trial.trial_id)
+                heard.pop(tuner_id, None)
+                print(f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
+                      "goes to another worker", flush=True)
+
+    def loop():
+        while True:
+            time.sleep(interval)
+            requeue_silent(oracle)
+
+    oracle.create_trial, oracle.update_trial = create_trial, update_trial
+    thread = threading.Thread(target=loop, name="harness-worker-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
+         space: SearchSpace, kind: str = "bayesian", max_trials: int = 10,
+         worker_timeout: float = 600.0, verbose: int = 1) -> dict | None:
+    """Run (or resume, or join) a search; on the chief or alone, write every output.
+
+    Returns the summary on the process that writes outputs, None on a worker.
+    """
+    from harness.train import check_backend
+
+    check_backend(base)
+    space.validate()
+    root = Path(results) / "tuning" / name
+    splits = data_mod.split(ds)
+    tuner = make_tuner(kind, make_hypermodel(base, space, splits), root, max_trials,
+                       base.epochs, base.seed)
+    role = os.environ.get("KERASTUNER_TUNER_ID")
+    if role == "chief":
+        watch_workers(tuner.oracle, worker_timeout)
+    atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
+                                             "max_trials": max_trials, "space": space.__dict__,
+                                             "base_config": base.to_dict(), "data": ds.record})
+    t0 = time.perf_counter()
+    tuner.search(splits.train.x, splits.train.y, validation_data=(splits.val.x, splits.val.y),
+                 verbose=verbose)
+    if role not in (None, "chief"):
+        return None  # a worker: the chief writes the outputs
+    return write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
+
+
+def _trial_rows(tuner, root: Path) -> list[dict]:
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        history = trial.metrics.get_history("loss") if trial.metrics.exists("loss") else []
+        seconds = (trial.metrics.get_history("epoch_seconds")
+                   if trial.metrics.exists("epoch_seconds") else [])
+        meta_file = root / "trial_meta" / f"{trial.trial_id}.json"
+        meta = read_json(meta_file) if meta_file.exists() else {}
+        rows.append({"trial_id": trial.trial_id, "status": str(trial.status),
+                     "score": None if trial.score is None else float(trial.score),
+                     **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
+                     "epochs": len(history),
+                     "train_seconds": round(float(sum(o.mean() for o in seconds)), 3),
+                     "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
+                     "rss_mb": meta.get("rss_mb")})
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
+                  ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
+    """Trial table, best hyperparameters, and the best model as a run directory."""
+    import keras
+    import keras_tuner as kt
+
+    from harness.evaluate import evaluate_splits
+    from harness.models import count_params
+    from harness.records import library_versions
+    from harness.train import save_model
+
+    rows = _trial_rows(tuner, root)
+    atomic_write_json(root / "trials.json", rows)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(root / "trials.csv", out.getvalue())
+
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best_hp = best_trial.hyperparameters
+    cfg = replace(space.config_for(kt.HyperParameters.from_config(best_hp.get_config()), base),
+                  name="best")
+    model = tuner.load_model(best_trial)
+    best_row = next(r for r in rows if r["trial_id"] == best_trial.trial_id)
+    run = RunDir(root / "best")
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    save_model(model, run.model)
+    _write_trial_history(best_trial, run)
+    evaluated = evaluate_splits(model, splits)
+    metrics = {"run": f"{root.name}/best", "status": COMPLETED, "config": cfg.to_dict(),
+               "data": ds.record, "params": count_params(model), "versions": library_versions(),
+               "backend": keras.backend.backend(), "epochs_run": best_row["epochs"],
+               "best_epoch": int(np.argmax(_history(best_trial, "val_accuracy")) + 1),
+               "wall_time_s": best_row["train_seconds"],
+               "tuning": {"name": root.name, "trial_id": best_trial.trial_id,
+                          "score": float(best_trial.score)}, **evaluated}
+    run.write_metrics(metrics)
+    summary = {"name": root.name, "trials": len(rows),
+               "completed": sum(r["status"] == "COMPLETED" for r in rows),
+               "search_seconds": round(search_seconds, 1),
+               "best_trial": best_trial.trial_id, "best_val_accuracy": float(best_trial.score),
+               "best_test_accuracy": evaluated["test"]["accuracy"],
+               "best_hyperparameters": best_hp.values, "best_run": str(run.path)}
+    atomic_write_json(root / "best_hyperparameters.json",
+                      {"trial_id": best_trial.trial_id, "score": float(best_trial.score),
+                       "values": best_hp.values, "config": cfg.to_dict()})
+    atomic_write_json(root / "summary.json", summary)
+    return summary
+
+
+def _history(trial, metric: str) -> list[float]:
+    if not trial.metrics.exists(metric):
+        return []
+    return [float(o.mean()) for o in trial.metrics.get_history(metric)]
+
+
+def _write_trial_history(trial, run: RunDir) -> None:
+    names = ["accuracy", "epoch_seconds", "learning_rate", "loss", "val_accuracy", "val_loss"]
+    columns = {n: _history(trial, n) for n in names}
+    epochs = max((len(v) for v in columns.values()), default=0)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *names])
+    for e in range(epochs):
+        writer.writerow([e, *(columns[n][e] if e < len(columns[n]) else "" for n in names)])
+    atomic_write_text(run.history, out.getvalue())
+
+
+def format_trials(rows: list[dict]) -> str:
+    hp_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("hp_")]
+    head = f"{'trial':>5} {'status':<10}{'score':>7}" + "".join(f"{k[3:]:>16}" for k in hp_keys)
+    lines = [head + f"{'epochs':>7}{'seconds':>9}  worker"]
+    for r in rows:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        hps = "".join(f"{_fmt(r.get(k)):>16}" for k in hp_keys)
+        lines.append(f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{r['epochs']:>7}"
+                     f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)
