@@ -193,12 +193,16 @@ def _tuner_class(kind: str):
             "random": kt.RandomSearch}[kind]
 
     def run_trial(self, trial, *args, **kwargs):
-        """Records who ran the trial, how long it took and the process's memory after it."""
+        """Records who ran the trial, its per-epoch history (KerasTuner keeps only the best
+        epoch), its wall time and the process's memory after it."""
         t0 = time.perf_counter()
         result = base.run_trial(self, trial, *args, **kwargs)
+        runs = result if isinstance(result, list) else [result]
+        history = next((r.history for r in runs if hasattr(r, "history")), {})
         meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
                 "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "history": {k: [float(v) for v in vals] for k, vals in history.items()}}
         atomic_write_json(Path(self.project_dir).parent / "trial_meta" /
                           f"{trial.trial_id}.json", meta)
         return result
@@ -322,16 +326,13 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
 def _trial_rows(tuner, root: Path) -> list[dict]:
     rows = []
     for trial in tuner.oracle.trials.values():
-        history = trial.metrics.get_history("loss") if trial.metrics.exists("loss") else []
-        seconds = (trial.metrics.get_history("epoch_seconds")
-                   if trial.metrics.exists("epoch_seconds") else [])
-        meta_file = root / "trial_meta" / f"{trial.trial_id}.json"
-        meta = read_json(meta_file) if meta_file.exists() else {}
+        meta = _trial_meta(root, trial.trial_id)
+        history = meta.get("history", {})
         rows.append({"trial_id": trial.trial_id, "status": str(trial.status),
                      "score": None if trial.score is None else float(trial.score),
                      **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
-                     "epochs": len(history),
-                     "train_seconds": round(float(sum(o.mean() for o in seconds)), 3),
+                     "epochs": len(history.get("loss", [])),
+                     "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
                      "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
                      "rss_mb": meta.get("rss_mb")})
     return sorted(rows, key=lambda r: r["trial_id"])
@@ -367,12 +368,13 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     save_model(model, run.model)
-    _write_trial_history(best_trial, run)
+    best_history = _trial_meta(root, best_trial.trial_id).get("history", {})
+    _write_trial_history(best_history, run)
     evaluated = evaluate_splits(model, splits)
     metrics = {"run": f"{root.name}/best", "status": COMPLETED, "config": cfg.to_dict(),
                "data": ds.record, "params": count_params(model), "versions": library_versions(),
                "backend": keras.backend.backend(), "epochs_run": best_row["epochs"],
-               "best_epoch": int(np.argmax(_history(best_trial, "val_accuracy")) + 1),
+               "best_epoch": int(np.argmax(best_history.get("val_accuracy", [0])) + 1),
                "wall_time_s": best_row["train_seconds"],
                "tuning": {"name": root.name, "trial_id": best_trial.trial_id,
                           "score": float(best_trial.score)}, **evaluated}
@@ -390,15 +392,15 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     return summary
 
 
-def _history(trial, metric: str) -> list[float]:
-    if not trial.metrics.exists(metric):
-        return []
-    return [float(o.mean()) for o in trial.metrics.get_history(metric)]
+def _trial_meta(root: Path, trial_id: str) -> dict:
+    path = root / "trial_meta" / f"{trial_id}.json"
+    return read_json(path) if path.exists() else {}
 
 
-def _write_trial_history(trial, run: RunDir) -> None:
-    names = ["accuracy", "epoch_seconds", "learning_rate", "loss", "val_accuracy", "val_loss"]
-    columns = {n: _history(trial, n) for n in names}
+def _write_trial_history(history: dict[str, list[float]], run: RunDir) -> None:
+    """The trial's epochs as history.csv, the same columns ``harness train`` writes."""
+    names = sorted(history)
+    columns = history
     epochs = max((len(v) for v in columns.values()), default=0)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
