@@ -1,0 +1,191 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import harness.train as train_mod
+from harness import data
+from harness.cli import main
+from harness.config import ConfigError, resolve
+from harness.records import RunDir
+from harness.tune import SearchSpace, sweep_lr, tune
+
+SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
+SEARCH_ARGS = ["tune", "--preset", "bn-elu", "--layers-range", "1,2", "--units-range", "8,16",
+               "--batch-size", "64"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def test_sweep_trains_a_fresh_model_per_rate(tmp_path, archive, monkeypatch):
+    built = []
+    real_build = train_mod.build_model
+
+    def recording_build(cfg, mean, variance):
+        model = real_build(cfg, mean, variance)
+        built.append([w.copy() for w in model.get_weights()])
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", recording_build)
+    rates = (1e-4, 1e-2, 1e-3)
+    base = resolve("selu", overrides={"layers": 1, "units": 16, "batch_size": 64})
+    record = sweep_lr(base, data.load(archive), tmp_path, "s", rates=rates, epochs=2, verbose=0)
+
+    root = tmp_path / "sweeps" / "s"
+    assert [r["lr"] for r in record["rates"]] == list(rates)
+    assert json.loads((root / "sweep.json").read_text()) == record
+    assert record["best_lr"] in rates
+    runs = [RunDir.named(root, f"lr-{r:g}") for r in rates]
+    assert [run.read_metrics()["config"]["lr"] for run in runs] == list(rates)
+    assert all(r["epochs_run"] == 2 for r in record["rates"])
+    finals = [keras.saving.load_model(run.model).get_weights() for run in runs]
+    assert len(built) == len(rates)
+    for i in range(1, len(rates)):
+        # Each rate starts from fresh weights, not where the previous rate ended...
+        assert not all(np.allclose(a, b) for a, b in zip(built[i], finals[i - 1]))
+        # ...and from the same seeded initialization, so the rates compete fairly.
+        assert all(np.array_equal(a, b) for a, b in zip(built[i], built[0]))
+
+
+def test_sweep_cli_prints_table(tmp_path, archive):
+    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
+                                       "sweep-lr", "--preset", "selu", "--layers", "1",
+                                       "--units", "8", "--epochs", "1", "--rates", "1e-3,1e-2"])
+    assert result.exit_code == 0, result.output
+    assert "best learning rate:" in result.output and "diverged" in result.output
+    assert (tmp_path / "sweeps/selu-lr/runs/lr-0.01/metrics.json").exists()
+
+
+@pytest.mark.parametrize("kind,trials", [("bayesian", 3), ("hyperband", None)])
+def test_search_writes_every_output(tmp_path, archive, kind, trials):
+    ds = data.load(archive)
+    base = resolve("bn-elu", overrides={"epochs": 2, "batch_size": 64})
+    summary = tune(base, ds, tmp_path, "t", SPACE, kind, max_trials=trials or 10, verbose=0)
+    root = tmp_path / "tuning" / "t"
+    rows = json.loads((root / "trials.json").read_text())
+    if trials:
+        assert len(rows) == trials
+    assert all(r["status"] == "COMPLETED" and r["epochs"] >= 1 for r in rows)
+    assert all(1 <= r["hp_n_hidden"] <= 2 and 8 <= r["hp_n_neurons"] <= 16 for r in rows)
+    assert len((root / "trials.csv").read_text().splitlines()) == len(rows) + 1
+    best = json.loads((root / "best_hyperparameters.json").read_text())
+    assert best["score"] == max(r["score"] for r in rows)
+    assert (root / "keras_tuner" / "oracle.json").exists()
+    run = RunDir(root / "best")
+    metrics = run.read_metrics()
+    assert metrics["status"] == "completed" and metrics["tuning"]["trial_id"] == best["trial_id"]
+    assert metrics["config"]["layers"] == best["values"]["n_hidden"]
+    assert summary["best_test_accuracy"] == metrics["test"]["accuracy"]
+    model = keras.saving.load_model(run.model)
+    probs = model.predict(ds.x_test.astype(np.float32), verbose=0)
+    assert float((probs.argmax(1) == ds.y_test).mean()) == pytest.approx(metrics["test"]["accuracy"])
+    assert len(run.history.read_text().splitlines()) == metrics["epochs_run"] + 1
+
+
+@pytest.mark.parametrize("space", [SearchSpace(layers=(3, 1)), SearchSpace(units=(0, 10)),
+                                   SearchSpace(lr=(0.0, 1e-3)), SearchSpace(lr=(1e-3, 1e-3)),
+                                   SearchSpace(dropout=(0.2, 1.0)),
+                                   SearchSpace(activations=("tanh",))])
+def test_bad_search_spaces_are_refused(space):
+    with pytest.raises(ConfigError):
+        space.validate()
+
+
+def _cli(tmp_path, archive, *args):
+    return [sys.executable, "-m", "harness.cli", "--archive", str(archive),
+            "--results", str(tmp_path), *args]
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_redoing_trials(tmp_path, archive):
+    cmd = _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "3", "--epochs", "20",
+               "--name", "r")
+    meta0 = tmp_path / "tuning" / "r" / "trial_meta" / "0.json"
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not meta0.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well into the second trial
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    first = meta0.read_text()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "tuning" / "r" / "trials.json").read_text())
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2"]
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    assert meta0.read_text() == first  # trial 0 was not run again
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed(tmp_path, archive, kill_worker: bool):
+    port = str(_free_port())
+    args = _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4", "--epochs", "12",
+                "--name", "d", "--oracle-ip", "127.0.0.1", "--oracle-port", port)
+    logs = {who: open(tmp_path / f"{who}.log", "w") for who in ("chief", "tuner0", "tuner1")}
+    procs = {"chief": subprocess.Popen([*args, "--tuner-id", "chief", "--worker-timeout", "5"],
+                                       env=ENV, stdout=logs["chief"], stderr=subprocess.STDOUT)}
+    for who in ("tuner0", "tuner1"):
+        procs[who] = subprocess.Popen([*args, "--tuner-id", who], env=ENV, stdout=logs[who],
+                                      stderr=subprocess.STDOUT)
+    try:
+        if kill_worker:  # once tuner1 is inside a trial
+            deadline = time.monotonic() + 120
+            while "Epoch 2/" not in (tmp_path / "tuner1.log").read_text():
+                assert time.monotonic() < deadline and procs["tuner1"].poll() is None
+                time.sleep(0.1)
+            procs["tuner1"].kill()
+        assert procs["chief"].wait(timeout=300) == 0, (tmp_path / "chief.log").read_text()[-3000:]
+        assert procs["tuner0"].wait(timeout=60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+        for f in logs.values():
+            f.close()
+    rows = json.loads((tmp_path / "tuning" / "d" / "trials.json").read_text())
+    assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
+    assert (tmp_path / "tuning" / "d" / "best" / "model.keras").exists()
+    return rows, (tmp_path / "chief.log").read_text()
+
+
+@pytest.mark.slow
+def test_distributed_search_spreads_trials_over_workers(tmp_path, archive):
+    rows, _ = _distributed(tmp_path, archive, kill_worker=False)
+    assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
+
+
+@pytest.mark.slow
+def test_distributed_search_survives_a_killed_worker(tmp_path, archive):
+    rows, chief_log = _distributed(tmp_path, archive, kill_worker=True)
+    assert "worker tuner1 silent" in chief_log
+
+
+def test_tune_cli_errors(tmp_path, archive):
+    run = lambda *a: CliRunner().invoke(main, ["--archive", str(archive), "--results",
+                                              str(tmp_path), *a])
+    assert run("tune", "--preset", "bn-elu", "--tuner", "grid").exit_code == 2
+    result = run("tune", "--preset", "bn-elu", "--layers-range", "5,1")
+    assert result.exit_code == 2 and "empty or inverted" in result.output
+    result = run("tune", "--preset", "bn-elu", "--tuner-id", "tuner0")
+    assert result.exit_code == 2 and "together" in result.output
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    result = run("tune", "--preset", "bn-elu", "--tuner-id", "tuner0", "--oracle-ip",
+                 "127.0.0.1", "--oracle-port", str(port), "--connect-timeout", "1")
+    assert result.exit_code == 1
+    assert f"cannot reach the chief at 127.0.0.1:{port}" in result.output
+    assert time.monotonic() - t0 < 30
