@@ -236,7 +236,8 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
 @click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log).")
 @click.option("--batch-sizes", help="Also search these batch sizes (comma-separated).")
 @click.option("--tuner-id", envvar="KERASTUNER_TUNER_ID",
-              help="Distributed: 'chief', or a worker id such as tuner0.")
+              help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a "
+                   "fresh worker id.")
 @click.option("--oracle-ip", envvar="KERASTUNER_ORACLE_IP", help="Distributed: chief address.")
 @click.option("--oracle-port", type=click.IntRange(1, 65535), envvar="KERASTUNER_ORACLE_PORT",
               help="Distributed: chief port.")
@@ -270,6 +271,10 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
+    if tuner_id == "auto":  # scaled workers share one command line: each needs its own id
+        import uuid
+
+        tuner_id = f"worker-{uuid.uuid4().hex[:8]}"
     if tuner_id is not None:
         os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip,
                           KERASTUNER_ORACLE_PORT=str(oracle_port))
