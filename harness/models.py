@@ -50,6 +50,23 @@ def _dropout(cfg: TrainConfig):
     return keras.layers.Dropout(cfg.dropout)
 
 
+def standardize_layer(mean: np.ndarray, variance: np.ndarray):
+    """A frozen per-channel standardization, (x - mean) / sqrt(variance), as the first layer.
+
+    It is a BatchNormalization layer with no scale or offset, frozen (so it always uses its
+    moving statistics) and loaded with the train split's statistics. Keras' Normalization
+    layer would do the same arithmetic, but it keeps its statistics as constants, which the
+    ONNX exporter turns into extra model inputs; these are ordinary weights.
+    """
+    import keras
+
+    layer = keras.layers.BatchNormalization(axis=-1, center=False, scale=False, epsilon=1e-6,
+                                            name="standardize", trainable=False)
+    layer.build((None, 32, 32, 3))
+    layer.set_weights([np.asarray(mean, np.float32), np.asarray(variance, np.float32)])
+    return layer
+
+
 def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale.
 
@@ -61,8 +78,7 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
 
     model = keras.Sequential(name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
     model.add(keras.Input(shape=(32, 32, 3), name="pixels"))
-    model.add(layers.Normalization(axis=-1, mean=np.asarray(mean, np.float32),
-                                   variance=np.asarray(variance, np.float32), name="standardize"))
+    model.add(standardize_layer(mean, variance))
     model.add(layers.Flatten())
     if cfg.arch == "batchnorm":
         model.add(layers.BatchNormalization())

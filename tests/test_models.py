@@ -15,7 +15,8 @@ def dense_layers(model):
 def test_selu_is_the_studys_network():
     model = build_model(resolve("selu"), MEAN, VAR)
     kinds = [type(l).__name__ for l in model.layers]
-    assert kinds == ["Normalization", "Flatten"] + ["Dense"] * 6
+    assert kinds == ["BatchNormalization", "Flatten"] + ["Dense"] * 6
+    assert model.layers[0].name == "standardize" and not model.layers[0].trainable
     hidden = dense_layers(model)[:-1]
     assert all(l.units == 100 and l.activation.__name__ == "selu" for l in hidden)
     assert all(isinstance(l.kernel_initializer, keras.initializers.LecunNormal) for l in hidden)
@@ -27,7 +28,7 @@ def test_selu_is_the_studys_network():
 def test_bn_elu_is_the_studys_network():
     model = build_model(resolve("bn-elu"), MEAN, VAR)
     kinds = [type(l).__name__ for l in model.layers]
-    assert kinds[:3] == ["Normalization", "Flatten", "BatchNormalization"]
+    assert kinds[:3] == ["BatchNormalization", "Flatten", "BatchNormalization"]
     assert kinds[3:-1] == ["Dense", "BatchNormalization", "Activation"] * 5
     hidden = dense_layers(model)[:-1]
     assert all(isinstance(l.kernel_initializer, keras.initializers.HeNormal) for l in hidden)
