@@ -304,6 +304,40 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         os._exit(0)
 
 
+def _run_dir(obj: Context, run: Path) -> RunDir:
+    """A run given as a path, or as a name under results/runs/; must hold model.keras."""
+    run_dir = RunDir(run) if run.exists() else RunDir.named(obj.results, str(run))
+    if not run_dir.model.exists():
+        raise click.BadParameter(f"{run}: no finished run here (no model.keras)", param_hint="RUN")
+    return run_dir
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "formats", type=click.Choice(["onnx", "tflite", "saved_model", "all"]),
+              multiple=True, default=["all"], show_default=True, help="Export format(s).")
+@click.option("--quantize", "quantizations", multiple=True, default=["all"], show_default=True,
+              type=click.Choice(["float32", "float16", "dynamic", "int8", "all"]),
+              help="TFLite precision(s).")
+@click.pass_obj
+def export(obj: Context, run: Path, formats, quantizations):
+    """Export a run's model and verify each file through its own runtime."""
+    from harness import export as export_mod
+
+    run_dir = _run_dir(obj, run)
+    formats = export_mod.FORMATS if "all" in formats else formats
+    quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
+    records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
+    click.echo(f"{'file':<24}{'runtime':<13}{'KiB':>8}{'max diff':>11}{'test acc':>10}"
+               f"{'drop':>8}")
+    for r in records:
+        click.echo(f"{r['file']:<24}{r['runtime']:<13}{r['size_bytes'] / 1024:>8.1f}"
+                   f"{r['max_abs_diff']:>11.2e}{r['test']['accuracy']:>10.4f}"
+                   f"{r['accuracy_drop_points']:>7.2f}{'  FLAGGED' if r['flagged'] else ''}")
+    if any(r["flagged"] for r in records):
+        raise click.ClickException("an export lost more accuracy than allowed (see FLAGGED)")
+
+
 def _select_backend(backend: str | None) -> None:
     """Point Keras at ``backend`` before it is imported (it reads KERAS_BACKEND once)."""
     if backend is None or "keras" in sys.modules:
@@ -332,9 +366,7 @@ def _summary(results: Path, name: str, m: dict) -> str:
 @click.pass_obj
 def evaluate(obj: Context, run: Path):
     """Re-evaluate a saved run (a name under results/runs/ or a path) on val and test."""
-    run_dir = RunDir(run) if run.exists() else RunDir.named(obj.results, str(run))
-    if not run_dir.model.exists():
-        raise click.BadParameter(f"{run}: no finished run here (no model.keras)", param_hint="RUN")
+    run_dir = _run_dir(obj, run)
     from harness.train import evaluate_run
 
     result = evaluate_run(run_dir, obj.dataset())

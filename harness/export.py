@@ -1,0 +1,121 @@
+"""Exports of a run's model: SavedModel, ONNX, TFLite (float32, float16, dynamic, int8).
+
+Every export is verified as it is written, through its own runtime (:mod:`harness.runtimes`):
+the largest absolute difference of its outputs from the Keras model's on 256 test images,
+and its accuracy on the whole test set, scored by the same :func:`harness.evaluate.score`
+as every other result. A float export that loses more than 0.1 point of test accuracy, or
+an int8 one that loses more than 1 point, is flagged.
+
+Files go to ``<run>/exports/``: ``model.onnx``, ``model_<quantization>.tflite``,
+``saved_model/``, each (but the SavedModel) with a ``.json`` record beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from harness import data as data_mod
+from harness.evaluate import evaluate_keras, predict_keras, score
+from harness.records import RunDir, atomic_write_bytes, atomic_write_json
+
+FORMATS = ("onnx", "tflite", "saved_model")
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+PROBE_IMAGES = 256
+MAX_DROP_POINTS = {"float32": 0.1, "float16": 0.1, "dynamic": 1.0, "int8": 1.0}
+REPRESENTATIVE_IMAGES = 500  # from the training split, for int8 calibration
+
+
+def export_saved_model(model, target: Path) -> Path:
+    """``model.export`` into a temporary folder, then renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".saved_model."))
+    try:
+        model.export(str(tmp / "m"), format="tf_saved_model", verbose=False)
+        shutil.rmtree(target, ignore_errors=True)
+        (tmp / "m").replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def export_onnx(model, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        path = Path(tmp) / "model.onnx"
+        model.export(str(path), format="onnx", verbose=False)
+        path.replace(target)
+    return target
+
+
+def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        # Full-integer: uint8 pixels in (the raw 0-255 image), float probabilities out.
+        converter.representative_dataset = lambda: (
+            [representative[i:i + 1].astype(np.float32)] for i in range(len(representative)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+    return converter.convert()
+
+
+def verify(path: Path, quantization: str, reference_probe: np.ndarray, keras_test: dict,
+           splits: data_mod.Splits) -> dict:
+    """Check an exported file against the Keras model's outputs and test accuracy."""
+    from harness.runtimes import load, predict_batched
+
+    runtime = load(path)
+    probe = splits.test.x[:len(reference_probe)]
+    diff = float(np.abs(predict_batched(runtime, probe) - reference_probe).max())
+    test = score(predict_batched(runtime, splits.test.x), splits.test.y)
+    drop = 100 * (keras_test["accuracy"] - test["accuracy"])
+    return {"runtime": runtime.name, "max_abs_diff": diff, "test": test,
+            "keras_test": keras_test, "accuracy_drop_points": round(drop, 4),
+            "flagged": bool(drop > MAX_DROP_POINTS[quantization])}
+
+
+def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
+               quantizations=QUANTIZATIONS) -> list[dict]:
+    """Write and verify the requested exports of ``run``; return their records."""
+    import keras
+
+    model = keras.saving.load_model(run.model)
+    splits = data_mod.split(ds)
+    reference = predict_keras(model, splits.test.x[:PROBE_IMAGES])
+    keras_test = evaluate_keras(model, splits.test)
+    out = run.path / "exports"
+    records = []
+
+    def record(path: Path, fmt: str, quantization: str) -> dict:
+        rec = {"run": run.name, "format": fmt, "quantization": quantization,
+               "file": path.name, "size_bytes": path.stat().st_size, "data": ds.record,
+               **verify(path, quantization, reference, keras_test, splits)}
+        atomic_write_json(path.with_suffix(path.suffix + ".json"), rec)
+        records.append(rec)
+        return rec
+
+    if "saved_model" in formats or "tflite" in formats:
+        saved_model = export_saved_model(model, out / "saved_model")
+    if "onnx" in formats:
+        record(export_onnx(model, out / "model.onnx"), "onnx", "float32")
+    if "tflite" in formats:
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(splits.train), size=min(REPRESENTATIVE_IMAGES, len(splits.train)),
+                          replace=False)
+        for q in quantizations:
+            path = out / f"model_{q}.tflite"
+            atomic_write_bytes(path, tflite_bytes(saved_model, q, splits.train.x[pick]))
+            record(path, "tflite", q)
+    if "saved_model" not in formats and "tflite" in formats:
+        shutil.rmtree(out / "saved_model", ignore_errors=True)
+    return records

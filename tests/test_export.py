@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness import data, runtimes
+from harness.config import resolve
+from harness.export import export_run, verify
+from harness.records import RunDir
+from harness.train import train
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, archive):
+    results = tmp_path_factory.mktemp("results")
+    ds = data.load(archive, home=results / "home")
+    cfg = resolve("selu", overrides=dict(layers=2, units=32, epochs=2, batch_size=64, name="e"))
+    train(cfg, ds, results, verbose=0)
+    run = RunDir.named(results, "e")
+    return run, ds, export_run(run, ds)
+
+
+def test_every_export_is_written_and_verified(exported):
+    run, _, records = exported
+    by_file = {r["file"]: r for r in records}
+    assert set(by_file) == {"model.onnx", "model_float32.tflite", "model_float16.tflite",
+                            "model_dynamic.tflite", "model_int8.tflite"}
+    assert (run.path / "exports" / "saved_model" / "saved_model.pb").exists()
+    for name, rec in by_file.items():
+        assert (run.path / "exports" / name).stat().st_size == rec["size_bytes"] > 0
+        assert json.loads((run.path / "exports" / f"{name}.json").read_text()) == rec
+        assert 0 <= rec["test"]["accuracy"] <= 1
+    assert by_file["model.onnx"]["max_abs_diff"] < 1e-4
+    assert by_file["model_float32.tflite"]["max_abs_diff"] < 1e-4
+    assert by_file["model_float16.tflite"]["max_abs_diff"] < 1e-2
+    for name in ("model.onnx", "model_float32.tflite"):
+        assert not by_file[name]["flagged"] and by_file[name]["accuracy_drop_points"] == 0
+    assert by_file["model_int8.tflite"]["runtime"] == "litert"
+
+
+def test_verification_catches_a_broken_export(exported):
+    run, ds, records = exported
+    splits = data.split(ds)
+    onnx = run.path / "exports" / "model.onnx"
+    wrong = np.full((len(splits.test.x[:256]), 10), 0.1, np.float32)  # not the model's answer
+    result = verify(onnx, "float32", wrong, {"accuracy": 1.0, "loss": 0.0}, splits)
+    assert result["max_abs_diff"] > 0.1
+    assert result["flagged"]  # it "lost" accuracy against a perfect reference
+
+
+def test_runtimes_work_without_tensorflow(exported):
+    run, ds, _ = exported
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+            "import numpy as np; from harness import runtimes\n"
+            f"x = np.load({str(run.path / 'x.npy')!r})\n"
+            "for f in sys.argv[1:]:\n"
+            "    p = runtimes.predict_batched(runtimes.load(f), x, 7)\n"
+            "    assert p.shape == (len(x), 10) and np.allclose(p.sum(1), 1, atol=1e-2), f\n"
+            "print('ok')")
+    np.save(run.path / "x.npy", ds.x_test[:20])
+    files = [str(run.path / "exports" / f) for f in ("model.onnx", "model_int8.tflite")]
+    done = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_unknown_model_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not an .onnx or .tflite"):
+        runtimes.load(tmp_path / "model.pt")
