@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -52,20 +51,10 @@ def measure_sgemm(n: int = 2048, repeats: int = 10) -> float:
 
 
 def machine_facts() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from harness.records import library_versions
+    from harness.records import machine_facts as facts
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "versions": library_versions(),
-            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "XLA_FLAGS",
-                                                       "TF_NUM_INTRAOP_THREADS")}}
+    return {**facts(), "threads": {k: os.environ.get(k) for k in (
+        "OMP_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS")}}
 
 
 def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:

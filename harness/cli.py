@@ -338,6 +338,30 @@ def export(obj: Context, run: Path, formats, quantizations):
         raise click.ClickException("an export lost more accuracy than allowed (see FLAGGED)")
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--export", "export_kind", type=click.Choice(["onnx", "tflite", "all"]),
+              default="onnx", show_default=True, help="Which exports to make and time.")
+@click.option("--calls", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="Timed batch-1 calls per runtime (after warm-up).")
+@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Untimed calls first.")
+@click.pass_obj
+def bench(obj: Context, runs, export_kind, calls, warmup):
+    """Accuracy against batch-1 latency for each run, as Keras and as its exports.
+
+    Writes results/bench/<run>.json with machine facts and prints a table.
+    """
+    from harness.bench import bench_run, format_rows, write_bench
+
+    run_dirs = [_run_dir(obj, run) for run in runs]
+    ds = obj.dataset()
+    for run_dir in run_dirs:
+        record = bench_run(run_dir, ds, export_kind, calls, warmup)
+        click.echo(f"{run_dir.name}  ->  {write_bench(record, obj.results)}")
+        click.echo(format_rows(record["rows"]))
+
+
 def _select_backend(backend: str | None) -> None:
     """Point Keras at ``backend`` before it is imported (it reads KERAS_BACKEND once)."""
     if backend is None or "keras" in sys.modules:

@@ -85,6 +85,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def machine_facts() -> dict:
+    """CPU model, cores, platform and library versions, for benchmark records."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "versions": library_versions()}
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run. Creating the object touches nothing on disk."""

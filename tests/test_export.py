@@ -68,3 +68,21 @@ def test_runtimes_work_without_tensorflow(exported):
 def test_unknown_model_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not an .onnx or .tflite"):
         runtimes.load(tmp_path / "model.pt")
+
+
+def test_bench_record_has_every_field(exported, tmp_path):
+    from harness.bench import bench_run, write_bench
+
+    run, ds, _ = exported
+    record = bench_run(run, ds, "all", calls=20, warmup=5)
+    path = write_bench(record, tmp_path)
+    assert json.loads(path.read_text()) == record
+    assert {"cpu", "cores", "versions"} <= set(record["machine"])
+    runtimes_seen = {r["runtime"] for r in record["rows"]}
+    assert runtimes_seen == {"keras-predict", "keras-call", "onnxruntime", "litert"}
+    assert len(record["rows"]) == 2 + 5  # two Keras ways, ONNX, four TFLite precisions
+    for row in record["rows"]:
+        assert 0 < row["p50_us"] <= row["p90_us"] <= row["p99_us"]
+        assert row["throughput_ips"] > 0 and row["size_bytes"] > 0
+        assert row["params"] > 0 and 0 <= row["sparsity"] <= 1
+        assert 0 <= row["test"]["accuracy"] <= 1

@@ -1,0 +1,125 @@
+"""Accuracy against latency: every exported model through every runtime, MLPerf-Tiny style.
+
+For a run (and its exports) this measures, per runtime:
+
+- batch-1 latency: ``warmup`` calls, then ``calls`` timed calls (``time.perf_counter``
+  around each call only), p50/p90/p99 in microseconds, one intra-op thread;
+- throughput at batch 256 with all cores, images per second (median of 5 passes);
+- file size, parameters, sparsity of the Dense kernels, and test accuracy through that
+  runtime, scored by :func:`harness.evaluate.score`.
+
+Keras runs in-process twice: ``model.predict`` (what most code calls) and the direct call
+``model(x)``; predict is slow per call, so it gets a tenth of the calls.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import data as data_mod
+from harness.evaluate import score
+from harness.records import RunDir, atomic_write_json, machine_facts
+
+THROUGHPUT_BATCH = 256
+
+
+def latency_us(predict, image: np.ndarray, calls: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        predict(image)
+    times = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        predict(image)
+        times[i] = time.perf_counter() - t0
+    p50, p90, p99 = np.percentile(times * 1e6, [50, 90, 99])
+    return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": calls}
+
+
+def throughput(predict, images: np.ndarray, passes: int = 5) -> float:
+    predict(images)
+    rates = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        predict(images)
+        rates.append(len(images) / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def dense_sparsity(model) -> float:
+    """Fraction of exactly-zero weights in the Dense kernels."""
+    import keras
+
+    kernels = [np.asarray(l.kernel) for l in model.layers if isinstance(l, keras.layers.Dense)]
+    total = sum(k.size for k in kernels)
+    return float(sum((k == 0).sum() for k in kernels) / total) if total else 0.0
+
+
+def _batched(predict, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
+              warmup: int = 200) -> dict:
+    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
+    import keras
+
+    from harness import export as export_mod
+    from harness import runtimes
+
+    splits = data_mod.split(ds)
+    model = keras.saving.load_model(run.model)
+    formats = {"onnx": ("onnx",), "tflite": ("tflite",), "all": ("onnx", "tflite")}[export]
+    records = export_mod.export_run(run, ds, formats)
+    image = splits.test.x[:1].astype(np.float32)
+    batch = splits.test.x[:THROUGHPUT_BATCH].astype(np.float32)
+    params = int(sum(np.prod(w.shape) for w in model.weights))
+    common = {"run": run.name, "params": params, "sparsity": dense_sparsity(model)}
+
+    def direct(x):
+        return np.asarray(model(x, training=False))
+
+    rows = []
+    keras_size = run.model.stat().st_size
+    for runtime, predict, n in (("keras-predict", lambda x: model.predict(x, verbose=0),
+                                 max(calls // 10, 50)), ("keras-call", direct, calls)):
+        rows.append({**common, "format": "keras", "precision": "float32", "runtime": runtime,
+                     "file": run.model.name, "size_bytes": keras_size,
+                     **latency_us(predict, image, n, min(warmup, n)),
+                     "throughput_ips": throughput(direct, batch),
+                     "test": score(_batched(direct, splits.test.x.astype(np.float32)),
+                                   splits.test.y)})
+    for rec in records:
+        path = run.path / "exports" / rec["file"]
+        single = runtimes.load(path, threads=1)
+        multi = runtimes.load(path, threads=os.cpu_count() or 1)
+        rows.append({**common, "format": rec["format"], "precision": rec["quantization"],
+                     "runtime": rec["runtime"], "file": rec["file"],
+                     "size_bytes": rec["size_bytes"],
+                     **latency_us(single.predict, image, calls, warmup),
+                     "throughput_ips": throughput(multi.predict, batch),
+                     "test": rec["test"], "flagged": rec["flagged"]})
+    return {"benchmark": "bench", "run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine_facts(), "data": ds.record,
+            "threads": {"latency": 1, "throughput": os.cpu_count(),
+                        "keras": "TensorFlow/JAX defaults (all cores)"},
+            "calls": calls, "warmup": warmup, "rows": rows}
+
+
+def write_bench(record: dict, results: Path) -> Path:
+    path = Path(results) / "bench" / f"{record['run']}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'runtime':<14}{'file':<22}{'KiB':>8}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}"
+             f"{'img/s @256':>12}{'test acc':>10}"]
+    for r in rows:
+        lines.append(f"{r['runtime']:<14}{r['file']:<22}{r['size_bytes'] / 1024:>8.1f}"
+                     f"{r['p50_us']:>10.1f}{r['p90_us']:>10.1f}{r['p99_us']:>10.1f}"
+                     f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}")
+    return "\n".join(lines)
