@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the output; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -360,6 +361,31 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
         record = bench_run(run_dir, ds, export_kind, calls, warmup)
         click.echo(f"{run_dir.name}  ->  {write_bench(record, obj.results)}")
         click.echo(format_rows(record["rows"]))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Classes to print per image.")
+def predict(model: Path, images, top: int):
+    """Classify images with an exported .onnx or .tflite model (no TensorFlow needed).
+
+    Any PNG/JPEG is converted to RGB and resized to 32 x 32 first.
+    """
+    from harness import runtimes
+
+    try:
+        runtime = runtimes.load(model)
+        pixels = np.stack([runtimes.read_image(path) for path in images])
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    x = pixels if runtime.name == "litert" else pixels.astype(np.float32)
+    probs = np.concatenate([runtime.predict(x[i:i + 1]) for i in range(len(x))])
+    for path, p in zip(images, probs):
+        best = np.argsort(p)[::-1][:top]
+        click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} {p[c]:.3f}" for c in best))
 
 
 def _select_backend(backend: str | None) -> None:

@@ -86,3 +86,26 @@ def test_bench_record_has_every_field(exported, tmp_path):
         assert row["throughput_ips"] > 0 and row["size_bytes"] > 0
         assert row["params"] > 0 and 0 <= row["sparsity"] <= 1
         assert 0 <= row["test"]["accuracy"] <= 1
+
+
+def test_predict_runs_without_tensorflow(exported, tmp_path):
+    from PIL import Image
+
+    run, ds, _ = exported
+    Image.fromarray(ds.x_test[0]).resize((64, 48)).save(tmp_path / "a.png")
+    Image.fromarray(ds.x_test[1]).save(tmp_path / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+            "from harness.cli import main; main()")
+    for model in ("model.onnx", "model_int8.tflite"):
+        args = [sys.executable, "-c", code, "predict", "--top", "2",
+                str(run.path / "exports" / model), str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+        done = subprocess.run(args, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines = done.stdout.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "a.png"))
+        assert lines[0].count(",") == 1  # two classes with probabilities
+    bad = subprocess.run([sys.executable, "-c", code, "predict", str(run.path / "exports" /
+                          "model.onnx"), str(tmp_path / "notes.txt")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "not a readable image" in bad.stderr
