@@ -388,6 +388,50 @@ def predict(model: Path, images, top: int):
         click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} {p[c]:.3f}" for c in best))
 
 
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--threshold", type=click.FloatRange(min=0), help="Zero |w| <= this.")
+@click.option("--target-sparsity", type=click.FloatRange(0, 1, max_open=True),
+              help="Zero the smallest weights up to this fraction (all Dense kernels).")
+@click.option("--name", help="New run name (default <run>-sparse).")
+@click.pass_obj
+def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
+    """Zero the small weights of a run (best after training with --l1); a new run."""
+    if (threshold is None) == (target_sparsity is None):
+        raise click.UsageError("give exactly one of --threshold or --target-sparsity")
+    from harness.sparsity import sparsify as run_sparsify
+
+    parent = _run_dir(obj, run)
+    m = run_sparsify(parent, obj.dataset(), obj.results, name or f"{parent.name}-sparse",
+                     threshold, target_sparsity)
+    for layer in m["sparsity_per_layer"]:
+        click.echo(f"{layer['layer']:<20}{str(layer['shape']):<14}{layer['sparsity']:>8.1%}")
+    click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
+               f"-> {RunDir.named(obj.results, m['run']).path}")
+
+
+@main.command("prune-units")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              show_default=True, help="Fraction of hidden units kept in every layer.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Fine-tuning epochs.")
+@click.option("--name", help="New run name (default <run>-units<N>).")
+@click.pass_obj
+def prune_units(obj: Context, run: Path, keep, epochs, name):
+    """Structured pruning: drop the weakest hidden units, rebuild narrower layers, fine-tune."""
+    from harness.config import from_dict
+    from harness.sparsity import prune_units as run_prune
+
+    parent = _run_dir(obj, run)
+    cfg = from_dict(parent.read_config())
+    _select_backend(cfg.backend)
+    units = max(1, int(round(cfg.units * keep)))
+    m = run_prune(parent, obj.dataset(), obj.results, name or f"{parent.name}-units{units}",
+                  keep, epochs)
+    click.echo(_summary(obj.results, m["run"], m))
+
+
 def _select_backend(backend: str | None) -> None:
     """Point Keras at ``backend`` before it is imported (it reads KERAS_BACKEND once)."""
     if backend is None or "keras" in sys.modules:

@@ -248,12 +248,16 @@ def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tup
 
 
 def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool = False,
-          verbose: int | None = None, extra_callbacks=()) -> dict:
+          verbose: int | None = None, extra_callbacks=(), initial_weights=None,
+          record: dict | None = None) -> dict:
     """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
 
     ``extra_callbacks`` run after the run's own (benchmarks use this to watch test accuracy
-    per epoch outside the timed part of the epoch). Raises RunComplete if the run already
-    finished, TrainingFailed on a NaN/Inf loss, ConfigError on a backend mismatch.
+    per epoch outside the timed part of the epoch). ``initial_weights`` start the model
+    from given weights instead of its initializers (fine-tuning a derived model), and
+    ``record`` adds fields to metrics.json (such as the parent run). Raises RunComplete if
+    the run already finished, TrainingFailed on a NaN/Inf loss, ConfigError on a backend
+    mismatch.
     """
     import keras
 
@@ -263,8 +267,10 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     keras.utils.set_random_seed(cfg.seed)
     splits = data_mod.split(ds)
     model = build_model(cfg, *splits.norm_stats())
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))
-    base = {"run": run.name, "config": cfg.to_dict(), "data": ds.record,
+    base = {**(record or {}), "run": run.name, "config": cfg.to_dict(), "data": ds.record,
             "params": count_params(model), "versions": library_versions(),
             "backend": keras.backend.backend(), "started_at": _now(),
             "resumed_from_epoch": resume_from}

@@ -1,0 +1,66 @@
+import keras
+import numpy as np
+import pytest
+
+from harness import data
+from harness.config import resolve
+from harness.records import RunDir
+from harness.sparsity import prune_units, sparsify
+from harness.train import train
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory, archive):
+    results = tmp_path_factory.mktemp("results")
+    ds = data.load(archive, home=results / "home")
+    for preset, name in (("selu", "p-selu"), ("bn-elu", "p-bn")):
+        cfg = resolve(preset, overrides=dict(layers=2, units=32, epochs=2, batch_size=64,
+                                             l1=1e-5, name=name))
+        train(cfg, ds, results, verbose=0)
+    return results, ds
+
+
+def test_sparsify_reaches_the_target(parents):
+    results, ds = parents
+    m = sparsify(RunDir.named(results, "p-selu"), ds, results, "s80", target=0.8)
+    assert m["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert m["parent"] == "p-selu" and m["variant"] == "sparsified"
+    assert [l["shape"] for l in m["sparsity_per_layer"]] == [[3072, 32], [32, 32], [32, 10]]
+    model = keras.saving.load_model(RunDir.named(results, "s80").model)
+    kernels = [np.asarray(l.kernel) for l in model.layers if isinstance(l, keras.layers.Dense)]
+    zeros = sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
+    assert zeros == pytest.approx(m["sparsity"])
+    assert 0 <= m["test"]["accuracy"] <= 1
+    with pytest.raises(ValueError):
+        sparsify(RunDir.named(results, "p-selu"), ds, results, "x")
+
+
+@pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
+def test_structured_pruning_shrinks_layers_and_keeps_outputs_sane(parents, parent):
+    results, ds = parents
+    m = prune_units(RunDir.named(results, parent), ds, results, f"{parent}-half", keep=0.5,
+                    epochs=2, verbose=0)
+    assert m["status"] == "completed" and m["kept_units"] == 16 and m["parent"] == parent
+    model = keras.saving.load_model(RunDir.named(results, f"{parent}-half").model)
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 16), (16, 16), (16, 10)]
+    probs = model.predict(ds.x_test.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-4)
+    assert m["test"]["accuracy"] > 0.3  # far above chance (0.1) on the synthetic classes
+
+
+@pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
+def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
+    from harness.config import from_dict
+    from harness.models import build_model
+    from harness.sparsity import shrink_weights
+
+    results, ds = parents
+    run = RunDir.named(results, parent)
+    old = keras.saving.load_model(run.model)
+    cfg = from_dict(run.read_config())
+    new = build_model(cfg, *data.split(ds).norm_stats())
+    keeps = [np.arange(cfg.units)] * cfg.layers
+    new.set_weights(shrink_weights(old, new, keeps))
+    x = ds.x_test[:32].astype(np.float32)
+    np.testing.assert_allclose(new.predict(x, verbose=0), old.predict(x, verbose=0), atol=1e-6)
