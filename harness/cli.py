@@ -410,6 +410,26 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
                f"-> {RunDir.named(obj.results, m['run']).path}")
 
 
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.8, show_default=True, help="Target fraction of zero Dense weights.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Fine-tuning epochs (the polynomial schedule reaches the target at 80%).")
+@click.option("--name", help="New run name (default <run>-pruned<percent>).")
+@click.pass_obj
+def prune(obj: Context, run: Path, sparsity, epochs, name):
+    """Magnitude pruning with tensorflow-model-optimization, fine-tuned; a new run."""
+    from harness.sparsity import prune_magnitude
+
+    parent = _run_dir(obj, run)
+    m = prune_magnitude(parent, obj.dataset(), obj.results,
+                        name or f"{parent.name}-pruned{round(sparsity * 100)}", sparsity, epochs,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
+               f"-> {RunDir.named(obj.results, m['run']).path}")
+
+
 @main.command("prune-units")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5,

@@ -120,3 +120,116 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
     return train(small, ds, results, verbose=verbose, initial_weights=weights,
                  record={"parent": parent.name, "variant": "structured-pruned",
                          "kept_units": units, "parent_units": cfg.units})
+
+
+# --------------------------------------------------------------------------- magnitude pruning
+
+def _mirror_in_tf_keras(model):
+    """The same Sequential rebuilt layer by layer in tf_keras (tfmot accepts no Keras 3)."""
+    import keras
+    import tf_keras
+
+    tl = tf_keras.layers
+    mirror = tf_keras.Sequential([tl.InputLayer(input_shape=(32, 32, 3))])
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            reg = layer.kernel_regularizer
+            con = layer.kernel_constraint
+            mirror.add(tl.Dense(
+                layer.units, activation=keras.activations.serialize(layer.activation),
+                kernel_regularizer=tf_keras.regularizers.L1L2(l1=float(reg.l1), l2=float(reg.l2))
+                if reg is not None else None,
+                kernel_constraint=tf_keras.constraints.MaxNorm(float(con.max_value))
+                if con is not None else None, name=layer.name))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            mirror.add(tl.BatchNormalization(axis=-1, center=layer.center, scale=layer.scale,
+                                             epsilon=layer.epsilon, trainable=layer.trainable,
+                                             name=layer.name))
+        elif isinstance(layer, keras.layers.Flatten):
+            mirror.add(tl.Flatten(name=layer.name))
+        elif isinstance(layer, keras.layers.LeakyReLU):
+            mirror.add(tl.LeakyReLU(alpha=float(layer.negative_slope), name=layer.name))
+        elif isinstance(layer, keras.layers.Activation):
+            mirror.add(tl.Activation(keras.activations.serialize(layer.activation),
+                                     name=layer.name))
+        elif isinstance(layer, keras.layers.AlphaDropout):
+            mirror.add(tl.AlphaDropout(layer.rate, name=layer.name))
+        elif isinstance(layer, keras.layers.Dropout):
+            mirror.add(tl.Dropout(layer.rate, name=layer.name))
+        else:
+            raise TypeError(f"cannot mirror layer {layer.name} ({type(layer).__name__})")
+    mirror.set_weights(model.get_weights())
+    return mirror
+
+
+def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
+                    sparsity: float = 0.8, epochs: int = 5, lr_scale: float = 0.1,
+                    verbose: int = 2) -> dict:
+    """tensorflow-model-optimization's magnitude pruning of every Dense kernel to
+    ``sparsity`` on a polynomial schedule while fine-tuning for ``epochs``.
+
+    The bridge: mirror the model in tf_keras, copy the weights, wrap the Dense layers with
+    ``prune_low_magnitude``, fine-tune, strip the wrappers, copy the weights back into the
+    Keras 3 model. Writes and returns the new run's metrics.
+    """
+    import keras
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    from harness.models import count_params
+    from harness.train import save_model
+
+    cfg = replace(from_dict(parent.read_config()), name=name)
+    model = keras.saving.load_model(parent.model)
+    splits = data_mod.split(ds)
+    mirror = _mirror_in_tf_keras(model)
+    steps = int(np.ceil(len(splits.train) / cfg.batch_size)) * epochs
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+        end_step=max(1, int(steps * 0.8)), frequency=max(1, steps // 50))
+
+    def wrap(layer):
+        if isinstance(layer, tf_keras.layers.Dense):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    pruned = tf_keras.models.clone_model(mirror, clone_function=wrap)
+    pruned.set_weights(_wrapped_weights(mirror, pruned))
+    pruned.compile(optimizer=tf_keras.optimizers.Nadam(cfg.lr * lr_scale),
+                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    pruned.fit(splits.train.x.astype(np.float32), splits.train.y, batch_size=cfg.batch_size,
+               epochs=epochs, validation_data=(splits.val.x.astype(np.float32), splits.val.y),
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=verbose)
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    model.set_weights(stripped.get_weights())
+
+    dense = _dense_layers(model)
+    per_layer = [{"layer": l.name, "shape": list(l.kernel.shape),
+                  "sparsity": float((np.asarray(l.kernel) == 0).mean())} for l in dense]
+    total = sum(np.prod(p["shape"]) for p in per_layer)
+    overall = sum(p["sparsity"] * np.prod(p["shape"]) for p in per_layer) / total
+    run = RunDir.named(results, name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    save_model(model, run.model)
+    metrics = {"run": name, "status": COMPLETED, "parent": parent.name,
+               "variant": "magnitude-pruned", "config": cfg.to_dict(),
+               "target_sparsity": sparsity, "sparsity": float(overall),
+               "sparsity_per_layer": per_layer, "fine_tune_epochs": epochs, "data": ds.record,
+               "params": count_params(model), "versions": library_versions(),
+               "backend": keras.backend.backend(), **evaluate_splits(model, splits)}
+    run.write_metrics(metrics)
+    return metrics
+
+
+def _wrapped_weights(plain, wrapped) -> list[np.ndarray]:
+    """``plain``'s weights in ``wrapped``'s order: pruning wrappers add a mask and counters."""
+    out = []
+    for p_layer, w_layer in zip(plain.layers, wrapped.layers):
+        if hasattr(w_layer, "layer"):  # PruneLowMagnitude: kernel, bias, then mask, threshold, step
+            kernel, bias = p_layer.get_weights()
+            extra = [np.asarray(v) for v in w_layer.weights[2:]]
+            out.extend([kernel, bias, *extra])
+        else:
+            out.extend(p_layer.get_weights())
+    return out

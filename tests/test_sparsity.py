@@ -64,3 +64,23 @@ def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
     new.set_weights(shrink_weights(old, new, keeps))
     x = ds.x_test[:32].astype(np.float32)
     np.testing.assert_allclose(new.predict(x, verbose=0), old.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
+def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
+    from harness.sparsity import _mirror_in_tf_keras, prune_magnitude
+
+    results, ds = parents
+    run = RunDir.named(results, parent)
+    model = keras.saving.load_model(run.model)
+    x = ds.x_test[:16].astype(np.float32)
+    mirror = _mirror_in_tf_keras(model)
+    np.testing.assert_allclose(mirror.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    m = prune_magnitude(run, ds, results, f"{parent}-p80", sparsity=0.8, epochs=2, verbose=0)
+    assert m["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert all(l["sparsity"] == pytest.approx(0.8, abs=0.02) for l in m["sparsity_per_layer"])
+    pruned = keras.saving.load_model(RunDir.named(results, f"{parent}-p80").model)
+    probs = pruned.predict(x, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-4)
+    assert m["parent"] == parent and m["variant"] == "magnitude-pruned"
