@@ -32,13 +32,41 @@ def _dense_layers(model):
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
 
-def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
-             threshold: float | None = None, target: float | None = None) -> dict:
-    """Zero small Dense weights of ``parent``'s model; write and return the new run's metrics."""
+def _sparsity_per_layer(model) -> tuple[list[dict], float]:
+    """Zero fraction of each Dense kernel, and of all of them together."""
+    per_layer = [{"layer": l.name, "shape": list(l.kernel.shape),
+                  "sparsity": float((np.asarray(l.kernel) == 0).mean())}
+                 for l in _dense_layers(model)]
+    total = sum(np.prod(p["shape"]) for p in per_layer)
+    return per_layer, float(sum(p["sparsity"] * np.prod(p["shape"]) for p in per_layer) / total)
+
+
+def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, name: str,
+                   record: dict) -> dict:
+    """A derived model as a run directory: parent's config, model.keras, metrics.json."""
     import keras
 
     from harness.models import count_params
     from harness.train import save_model
+
+    cfg = replace(from_dict(parent.read_config()), name=name)
+    per_layer, overall = _sparsity_per_layer(model)
+    run = RunDir.named(results, name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    save_model(model, run.model)
+    metrics = {"run": name, "status": COMPLETED, "parent": parent.name, **record,
+               "config": cfg.to_dict(), "sparsity": overall, "sparsity_per_layer": per_layer,
+               "data": ds.record, "params": count_params(model), "versions": library_versions(),
+               "backend": keras.backend.backend(), **evaluate_splits(model, data_mod.split(ds))}
+    run.write_metrics(metrics)
+    return metrics
+
+
+def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
+             threshold: float | None = None, target: float | None = None) -> dict:
+    """Zero small Dense weights of ``parent``'s model; write and return the new run's metrics."""
+    import keras
 
     if (threshold is None) == (target is None):
         raise ValueError("give exactly one of threshold or target sparsity")
@@ -47,27 +75,11 @@ def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
     if target is not None:
         magnitudes = np.concatenate([np.abs(np.asarray(l.kernel)).ravel() for l in dense])
         threshold = float(np.quantile(magnitudes, target))
-    per_layer = []
     for layer in dense:
         kernel = np.asarray(layer.kernel)
-        pruned = np.where(np.abs(kernel) <= threshold, 0.0, kernel).astype(kernel.dtype)
-        layer.kernel.assign(pruned)
-        per_layer.append({"layer": layer.name, "shape": list(kernel.shape),
-                          "sparsity": float((pruned == 0).mean())})
-    total = sum(np.prod(p["shape"]) for p in per_layer)
-    overall = sum(p["sparsity"] * np.prod(p["shape"]) for p in per_layer) / total
-    run = RunDir.named(results, name)
-    run.path.mkdir(parents=True, exist_ok=True)
-    cfg = replace(from_dict(parent.read_config()), name=name)
-    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    save_model(model, run.model)
-    metrics = {"run": name, "status": COMPLETED, "parent": parent.name, "variant": "sparsified",
-               "config": cfg.to_dict(), "threshold": threshold, "sparsity": float(overall),
-               "sparsity_per_layer": per_layer, "data": ds.record, "params": count_params(model),
-               "versions": library_versions(), "backend": keras.backend.backend(),
-               **evaluate_splits(model, data_mod.split(ds))}
-    run.write_metrics(metrics)
-    return metrics
+        layer.kernel.assign(np.where(np.abs(kernel) <= threshold, 0.0, kernel).astype(kernel.dtype))
+    return _write_variant(parent, model, ds, results, name,
+                          {"variant": "sparsified", "threshold": threshold})
 
 
 def shrink_weights(old_model, new_model, keeps: list[np.ndarray]) -> list[np.ndarray]:
@@ -176,10 +188,7 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from harness.models import count_params
-    from harness.train import save_model
-
-    cfg = replace(from_dict(parent.read_config()), name=name)
+    cfg = from_dict(parent.read_config())
     model = keras.saving.load_model(parent.model)
     splits = data_mod.split(ds)
     mirror = _mirror_in_tf_keras(model)
@@ -202,24 +211,9 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=verbose)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     model.set_weights(stripped.get_weights())
-
-    dense = _dense_layers(model)
-    per_layer = [{"layer": l.name, "shape": list(l.kernel.shape),
-                  "sparsity": float((np.asarray(l.kernel) == 0).mean())} for l in dense]
-    total = sum(np.prod(p["shape"]) for p in per_layer)
-    overall = sum(p["sparsity"] * np.prod(p["shape"]) for p in per_layer) / total
-    run = RunDir.named(results, name)
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    save_model(model, run.model)
-    metrics = {"run": name, "status": COMPLETED, "parent": parent.name,
-               "variant": "magnitude-pruned", "config": cfg.to_dict(),
-               "target_sparsity": sparsity, "sparsity": float(overall),
-               "sparsity_per_layer": per_layer, "fine_tune_epochs": epochs, "data": ds.record,
-               "params": count_params(model), "versions": library_versions(),
-               "backend": keras.backend.backend(), **evaluate_splits(model, splits)}
-    run.write_metrics(metrics)
-    return metrics
+    return _write_variant(parent, model, ds, results, name,
+                          {"variant": "magnitude-pruned", "target_sparsity": sparsity,
+                           "fine_tune_epochs": epochs})
 
 
 def _wrapped_weights(plain, wrapped) -> list[np.ndarray]:
