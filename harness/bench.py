@@ -58,10 +58,6 @@ def dense_sparsity(model) -> float:
     return float(sum((k == 0).sum() for k in kernels) / total) if total else 0.0
 
 
-def _batched(predict, x: np.ndarray, batch: int = THROUGHPUT_BATCH) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])
-
-
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
               warmup: int = 200) -> dict:
     """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
@@ -90,8 +86,9 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
                      "file": run.model.name, "size_bytes": keras_size,
                      **latency_us(predict, image, n, min(warmup, n)),
                      "throughput_ips": throughput(direct, batch),
-                     "test": score(_batched(direct, splits.test.x.astype(np.float32)),
-                                   splits.test.y)})
+                     "test": score(runtimes.predict_batched(
+                         direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
+                         splits.test.y)})
     for rec in records:
         path = run.path / "exports" / rec["file"]
         single = runtimes.load(path, threads=1)

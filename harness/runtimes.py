@@ -91,5 +91,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def predict_batched(runtime, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Probabilities for all of ``x`` in batches of ``batch`` images."""
-    return np.concatenate([runtime.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    """Probabilities for all of ``x`` in batches of ``batch`` images; ``runtime`` is a
+    runtime above or any function from images to probabilities."""
+    predict = getattr(runtime, "predict", runtime)
+    return np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])
