@@ -18,6 +18,8 @@ Layout of ``<results>/runs/<name>/``::
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -65,6 +67,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def atomic_write_csv(path: Path, rows: list[list]) -> None:
+    """Rows (the first one a header) as a CSV file, written atomically."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    atomic_write_text(path, out.getvalue())
 
 
 def read_json(path: Path) -> Any:
@@ -143,6 +152,9 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config.exists()
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.config, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def read_config(self) -> dict:
         return read_json(self.config)

@@ -14,7 +14,6 @@ its ``variant``, so bench and compare read it like any other run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 from harness import data as data_mod
 from harness.config import from_dict
 from harness.evaluate import evaluate_splits
-from harness.records import COMPLETED, RunDir, atomic_write_text, library_versions
+from harness.records import COMPLETED, RunDir, library_versions
 
 
 def _dense_layers(model):
@@ -53,7 +52,7 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
     per_layer, overall = _sparsity_per_layer(model)
     run = RunDir.named(results, name)
     run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    run.write_config(cfg.to_dict())
     save_model(model, run.model)
     metrics = {"run": name, "status": COMPLETED, "parent": parent.name, **record,
                "config": cfg.to_dict(), "sparsity": overall, "sparsity_per_layer": per_layer,

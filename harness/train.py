@@ -10,7 +10,6 @@ resumed run makes the same decisions an uninterrupted one would.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import shutil
@@ -25,8 +24,8 @@ from harness import data as data_mod
 from harness.config import ConfigError, TrainConfig, from_dict
 from harness.evaluate import evaluate_splits
 from harness.models import build_model, count_params
-from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_text,
-                             library_versions)
+from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv,
+                             atomic_write_text, library_versions)
 
 
 class TrainingFailed(Exception):
@@ -213,10 +212,8 @@ def _truncate_history(run: RunDir, epochs: int) -> None:
         return
     with open(run.history, newline="") as f:
         rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs]
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(kept)
-    atomic_write_text(run.history, out.getvalue())
+    atomic_write_csv(run.history,
+                     rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs])
 
 
 def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tuple[RunDir, int]:
@@ -241,7 +238,7 @@ def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tup
         resume_from = 0
     run.path.mkdir(parents=True, exist_ok=True)
     if resume_from == 0:
-        atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        run.write_config(cfg.to_dict())
     else:
         _truncate_history(run, resume_from)
     return run, resume_from

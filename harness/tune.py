@@ -24,9 +24,6 @@ Layout of ``<results>/tuning/<name>/``::
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import resource
@@ -40,7 +37,8 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.config import ACTIVATIONS, ConfigError, TrainConfig
-from harness.records import COMPLETED, RunDir, atomic_write_json, atomic_write_text, read_json
+from harness.records import (COMPLETED, RunDir, atomic_write_csv, atomic_write_json,
+                             read_json)
 
 DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TUNERS = ("bayesian", "hyperband", "random")
@@ -352,11 +350,7 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     rows = _trial_rows(tuner, root)
     atomic_write_json(root / "trials.json", rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(root / "trials.csv", out.getvalue())
+    atomic_write_csv(root / "trials.csv", [keys, *([r.get(k, "") for k in keys] for r in rows)])
 
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best_hp = best_trial.hyperparameters
@@ -366,7 +360,7 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     best_row = next(r for r in rows if r["trial_id"] == best_trial.trial_id)
     run = RunDir(root / "best")
     run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    run.write_config(cfg.to_dict())
     save_model(model, run.model)
     best_history = _trial_meta(root, best_trial.trial_id).get("history", {})
     _write_trial_history(best_history, run)
@@ -400,14 +394,10 @@ def _trial_meta(root: Path, trial_id: str) -> dict:
 def _write_trial_history(history: dict[str, list[float]], run: RunDir) -> None:
     """The trial's epochs as history.csv, the same columns ``harness train`` writes."""
     names = sorted(history)
-    columns = history
-    epochs = max((len(v) for v in columns.values()), default=0)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["epoch", *names])
-    for e in range(epochs):
-        writer.writerow([e, *(columns[n][e] if e < len(columns[n]) else "" for n in names)])
-    atomic_write_text(run.history, out.getvalue())
+    epochs = max((len(v) for v in history.values()), default=0)
+    atomic_write_csv(run.history, [["epoch", *names], *(
+        [e, *(history[n][e] if e < len(history[n]) else "" for n in names)]
+        for e in range(epochs))])
 
 
 def format_trials(rows: list[dict]) -> str:
