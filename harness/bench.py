@@ -22,6 +22,7 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.evaluate import score
+from harness.models import load_keras_model
 from harness.records import RunDir, atomic_write_json, machine_facts
 
 THROUGHPUT_BATCH = 256
@@ -61,13 +62,12 @@ def dense_sparsity(model) -> float:
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
               warmup: int = 200) -> dict:
     """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
-    import keras
 
     from harness import export as export_mod
     from harness import runtimes
 
     splits = data_mod.split(ds)
-    model = keras.saving.load_model(run.model)
+    model = load_keras_model(run.model)
     formats = {"onnx": ("onnx",), "tflite": ("tflite",), "all": ("onnx", "tflite")}[export]
     records = export_mod.export_run(run, ds, formats)
     image = splits.test.x[:1].astype(np.float32)
@@ -85,7 +85,7 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
         rows.append({**common, "format": "keras", "precision": "float32", "runtime": runtime,
                      "file": run.model.name, "size_bytes": keras_size,
                      **latency_us(predict, image, n, min(warmup, n)),
-                     "throughput_ips": throughput(direct, batch),
+                     "throughput_ips": throughput(predict, batch),
                      "test": score(runtimes.predict_batched(
                          direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
                          splits.test.y)})

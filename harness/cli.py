@@ -18,8 +18,10 @@ import numpy as np
 # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the output; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from harness import compare as compare_mod
 from harness import data as data_mod
-from harness.config import ACTIVATIONS, ARCHITECTURES, PRESETS, ConfigError, resolve
+from harness.config import (ACTIVATIONS, ARCHITECTURES, AUGMENTATIONS, OPTIMIZERS, PRESETS,
+                            ConfigError, resolve)
 from harness.records import RunDir
 
 
@@ -117,11 +119,12 @@ def data_info(obj: Context, as_json: bool):
 def _train_options(f):
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)),
-                     help="Start from the study's recipe: selu or bn-elu."),
+                     help="Start from a recipe: the study's selu or bn-elu, their -fast "
+                          "versions, mlp-frontier(-gpu), or the resnet8 CNN reference."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
                      path_type=Path), help="YAML or JSON file of settings; flags override it."),
         click.option("--arch", type=click.Choice(ARCHITECTURES),
-                     help="plain Dense stack, or BatchNorm around each Dense."),
+                     help="plain Dense stack, BatchNorm around each Dense, or the resnet8 CNN."),
         click.option("--activation", type=click.Choice(ACTIVATIONS),
                      help="Hidden activation; the initializer follows from it."),
         click.option("--layers", type=click.IntRange(min=1), help="Hidden layers."),
@@ -132,8 +135,17 @@ def _train_options(f):
         click.option("--l2", type=click.FloatRange(min=0), help="L2 kernel penalty."),
         click.option("--max-norm", type=click.FloatRange(min=0, min_open=True),
                      help="Max-norm constraint on hidden kernels."),
+        click.option("--augment", type=click.Choice(AUGMENTATIONS),
+                     help="Training-time flips (and 4-pixel translations)."),
+        click.option("--mixup", type=click.FloatRange(0, 10),
+                     help="Mixup alpha (0 = off): blend pairs of images and their labels."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer."),
+        click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
+                     help="Decoupled weight decay (not on biases or normalization)."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
+                     help="Label smoothing of the cross-entropy."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                     help="Initial learning rate (Nadam)."),
+                     help="Initial learning rate."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Images per step."),
         click.option("--epochs", type=click.IntRange(min=1), help="Most epochs to run."),
         click.option("--seed", type=int, help="Random seed."),
@@ -297,7 +309,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
                    f"{summary['best_val_accuracy']:.4f}, test accuracy "
                    f"{summary['best_test_accuracy']:.4f}; {summary['best_hyperparameters']}")
         click.echo(f"search took {summary['search_seconds']:.0f} s; best model: "
-                   f"{summary['best_run']}")
+                   f"{root / summary['best_run']}")
     if tuner_id == "chief":
         # KerasTuner's gRPC server outlives search(); nothing is left to do, so leave now.
         sys.stdout.flush()
@@ -361,6 +373,38 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
         record = bench_run(run_dir, ds, export_kind, calls, warmup)
         click.echo(f"{run_dir.name}  ->  {write_bench(record, obj.results)}")
         click.echo(format_rows(record["rows"]))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for report.md, results.csv and the pictures "
+                   "[default: <results>/report].")
+@click.option("--format", "fmt", type=click.Choice(compare_mod.FORMATS), default="table",
+              show_default=True, help="How to print the table.")
+@click.option("--sort", "sort_key", type=click.Choice(compare_mod.SORT_KEYS), default="accuracy",
+              show_default=True,
+              help="Column to sort by (accuracy and throughput high to low, others low to "
+                   "high).")
+@click.pass_obj
+def compare(obj: Context, paths, out, fmt, sort_key):
+    """Every run, tuning and bench record under PATHS in one table, with pictures.
+
+    Files that break the record schema are named and skipped. Writes report.md,
+    results.csv, accuracy_vs_latency.png and training_curves.png to --out.
+    """
+    records = compare_mod.collect_records(paths)
+    for path, reason in records.skipped:
+        click.secho(f"skipped {path}: {reason}", err=True, fg="yellow")
+    for note in records.notes:
+        click.echo(f"note: {note}", err=True)
+    try:
+        report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
+    except compare_mod.NoRecords as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(compare_mod.format_rows(report.rows, fmt))
+    click.echo("wrote " + ", ".join(str(p) for p in report.files), err=True)
 
 
 @main.command()

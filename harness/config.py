@@ -12,7 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ARCHITECTURES = ("plain", "batchnorm")
+ARCHITECTURES = ("plain", "batchnorm", "resnet8")
+OPTIMIZERS = ("nadam", "adamw", "lion")
+AUGMENTATIONS = ("none", "flip", "flip-shift")
 SCHEDULES = ("plateau", "cosine")
 MONITORS = ("val_loss", "val_accuracy")
 BACKENDS = ("tensorflow", "jax")
@@ -26,7 +28,9 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # --- architecture
-    arch: str = "plain"          # "plain": Dense stack; "batchnorm": BN before and after each Dense
+    arch: str = "plain"          # "plain": Dense stack; "batchnorm": BN before and after each
+                                 # Dense; "resnet8": the CNN reference (MLPerf Tiny's ResNet-8;
+                                 # layers/units/l1/max_norm do not apply)
     activation: str = "selu"     # one of ACTIVATIONS; the initializer follows from it
     layers: int = 5              # hidden Dense layers
     units: int = 100             # units per hidden layer
@@ -34,8 +38,15 @@ class TrainConfig:
     l1: float = 0.0              # L1 kernel penalty per hidden layer
     l2: float = 0.0              # L2 kernel penalty per hidden layer
     max_norm: float | None = None  # max-norm kernel constraint on hidden layers; None = none
+    augment: str = "none"        # training-only: "flip" (random horizontal flips), "flip-shift"
+                                 # (flips and translations by up to `shift` pixels, zero-padded)
+    shift: int = 4               # pixels, for "flip-shift"
+    mixup: float = 0.0           # mixup alpha: train on x = l x_i + (1 - l) x_j with labels
+                                 # mixed alike, l ~ Beta(alpha, alpha) per image; 0 = off
     # --- optimisation
-    optimizer: str = "nadam"
+    optimizer: str = "nadam"     # one of OPTIMIZERS
+    weight_decay: float = 0.0    # decoupled weight decay (not on biases or normalization)
+    label_smoothing: float = 0.0  # cross-entropy against (1 - s) one-hot + s / 10
     lr: float = 1e-4             # initial learning rate
     batch_size: int = 32         # images per step
     epochs: int = 100            # upper bound; EarlyStopping usually ends sooner
@@ -66,7 +77,14 @@ class TrainConfig:
             ("l1", self.l1 >= 0, "must be >= 0"),
             ("l2", self.l2 >= 0, "must be >= 0"),
             ("max_norm", self.max_norm is None or self.max_norm > 0, "must be > 0 or null"),
-            ("optimizer", self.optimizer == "nadam", "only 'nadam' is supported"),
+            ("augment", self.augment in AUGMENTATIONS,
+             f"must be one of {', '.join(AUGMENTATIONS)}"),
+            ("shift", isinstance(self.shift, int) and 0 <= self.shift < 16,
+             "must be an integer in [0, 16)"),
+            ("mixup", 0 <= self.mixup <= 10, "must be in [0, 10] (0 = off)"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+            ("weight_decay", 0 <= self.weight_decay < 1, "must be in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
             ("lr", self.lr > 0, "must be > 0"),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
              "must be an integer >= 1"),
@@ -117,6 +135,30 @@ PRESETS: dict[str, dict[str, Any]] = {
                         batch_size=1024, epochs=15, schedule="cosine", warmup_epochs=1,
                         monitor="val_accuracy", patience=15, backend="jax",
                         steps_per_execution=4),
+    # The accuracy frontier without convolutions (benchmarks/frontier.py): fully connected
+    # on flattened pixels, with what modern training adds: BatchNorm + GELU, dropout, flips
+    # and 4-pixel translations, label smoothing, AdamW, warm-up + cosine. Sized for about 30
+    # minutes on a 2-core CPU; the benchmark sets the epochs to fit a time budget.
+    "mlp-frontier": dict(arch="batchnorm", activation="gelu", layers=3, units=1024,
+                         dropout=0.1, augment="flip-shift", label_smoothing=0.1,
+                         optimizer="adamw", weight_decay=0.05, lr=1e-3, batch_size=256,
+                         epochs=120, schedule="cosine", warmup_epochs=3,
+                         monitor="val_accuracy", patience=1000, backend="jax",
+                         steps_per_execution=4),
+    # The same family sized for one large GPU (about 10 minutes on an H100/H200): wider and
+    # deeper, batch 512, more dropout.
+    "mlp-frontier-gpu": dict(arch="batchnorm", activation="gelu", layers=4, units=3072,
+                             dropout=0.2, augment="flip-shift", label_smoothing=0.1,
+                             optimizer="adamw", weight_decay=0.05, lr=1e-3, batch_size=512,
+                             epochs=300, schedule="cosine", warmup_epochs=5,
+                             monitor="val_accuracy", patience=1000, backend="jax",
+                             steps_per_execution=4),
+    # The CNN reference row: MLPerf Tiny's ResNet-8 for CIFAR-10 (78k parameters).
+    "resnet8": dict(arch="resnet8", activation="relu", augment="flip-shift",
+                    label_smoothing=0.1, optimizer="adamw", weight_decay=5e-4, lr=3e-3,
+                    batch_size=256, epochs=40, schedule="cosine", warmup_epochs=2,
+                    monitor="val_accuracy", patience=1000, backend="jax",
+                    steps_per_execution=4),
 }
 
 

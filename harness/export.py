@@ -20,6 +20,7 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.evaluate import evaluate_keras, predict_keras, score
+from harness.models import load_keras_model
 from harness.records import RunDir, atomic_write_bytes, atomic_write_json
 
 FORMATS = ("onnx", "tflite", "saved_model")
@@ -87,9 +88,8 @@ def verify(path: Path, quantization: str, reference_probe: np.ndarray, keras_tes
 def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
                quantizations=QUANTIZATIONS) -> list[dict]:
     """Write and verify the requested exports of ``run``; return their records."""
-    import keras
 
-    model = keras.saving.load_model(run.model)
+    model = load_keras_model(run.model)
     splits = data_mod.split(ds)
     reference = predict_keras(model, splits.test.x[:PROBE_IMAGES])
     keras_test = evaluate_keras(model, splits.test)

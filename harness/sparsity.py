@@ -22,6 +22,7 @@ import numpy as np
 from harness import data as data_mod
 from harness.config import from_dict
 from harness.evaluate import evaluate_splits
+from harness.models import load_keras_model
 from harness.records import COMPLETED, RunDir, library_versions
 
 
@@ -65,11 +66,10 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
 def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
              threshold: float | None = None, target: float | None = None) -> dict:
     """Zero small Dense weights of ``parent``'s model; write and return the new run's metrics."""
-    import keras
 
     if (threshold is None) == (target is None):
         raise ValueError("give exactly one of threshold or target sparsity")
-    model = keras.saving.load_model(parent.model)
+    model = load_keras_model(parent.model)
     dense = _dense_layers(model)
     if target is not None:
         magnitudes = np.concatenate([np.abs(np.asarray(l.kernel)).ravel() for l in dense])
@@ -113,14 +113,13 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
                 verbose: int | None = None) -> dict:
     """Keep the ``keep`` fraction of units with the largest incoming-weight norm in every
     hidden layer, then fine-tune for ``epochs`` at ``lr_scale`` times the parent's rate."""
-    import keras
 
     from harness.models import build_model
     from harness.train import train
 
     cfg = from_dict(parent.read_config())
     units = max(1, int(round(cfg.units * keep)))
-    model = keras.saving.load_model(parent.model)
+    model = load_keras_model(parent.model)
     hidden = _dense_layers(model)[:-1]
     keeps = [np.sort(np.argsort(-np.linalg.norm(np.asarray(l.kernel), axis=0))[:units])
              for l in hidden]
@@ -183,12 +182,11 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
     ``prune_low_magnitude``, fine-tune, strip the wrappers, copy the weights back into the
     Keras 3 model. Writes and returns the new run's metrics.
     """
-    import keras
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
     cfg = from_dict(parent.read_config())
-    model = keras.saving.load_model(parent.model)
+    model = load_keras_model(parent.model)
     splits = data_mod.split(ds)
     mirror = _mirror_in_tf_keras(model)
     steps = int(np.ceil(len(splits.train) / cfg.batch_size)) * epochs

@@ -23,9 +23,15 @@ import numpy as np
 from harness import data as data_mod
 from harness.config import ConfigError, TrainConfig, from_dict
 from harness.evaluate import evaluate_splits
-from harness.models import build_model, count_params
+from harness.models import build_model, count_params, load_keras_model, loss_for
 from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv,
                              atomic_write_text, library_versions)
+
+
+# A backup is written when the time since the last one is at least this many times what the
+# last one took, so backups cost at most about 1/BACKUP_COST_RATIO of the training time.
+BACKUP_COST_RATIO = 10
+STATES_KEPT = 200  # callback states kept for resuming (covers the backup's lag)
 
 
 class TrainingFailed(Exception):
@@ -72,10 +78,58 @@ def recipe_callbacks(cfg: TrainConfig) -> tuple:
 
 
 def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
-    """Nadam (with the configured schedule), sparse cross-entropy, accuracy."""
+    """The configured optimizer and schedule, sparse cross-entropy (optionally smoothed),
+    accuracy."""
     model.compile(optimizer=_optimizer(cfg, math.ceil(n_train / cfg.batch_size)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  loss=loss_for(cfg), metrics=["accuracy"],
                   steps_per_execution=cfg.steps_per_execution)
+
+
+def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple) -> dict:
+    """``model.fit`` keyword arguments for the training arrays and validation pair: the
+    arrays themselves (shuffled by Keras each epoch), or with mixup a generator of mixed
+    batches and one-hot validation labels. train() and the tuner both fit through this."""
+    if not cfg.mixup:
+        return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
+                "shuffle": True}
+    return {"x": mixup_batches(x, y, cfg.batch_size, cfg.mixup, cfg.seed),
+            "validation_data": (val[0], np.eye(CLASSES, dtype=np.float32)[val[1]])}
+
+
+CLASSES = 10
+
+
+def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int):
+    """Shuffled batches of mixed images and labels (Zhang et al. 2018, one l per image).
+
+    Mixing happens on raw pixels; the model's first layer standardizes linearly, so this is
+    the same as mixing standardized inputs. Whole batches are mixed at once in numpy."""
+    import keras
+
+    class MixupBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self):
+            return math.ceil(len(x) / batch_size)
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch_size:(i + 1) * batch_size]
+            images = x[idx].astype(np.float32)
+            labels = np.eye(CLASSES, dtype=np.float32)[y[idx]]
+            lam = self.rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
+            partner = self.rng.permutation(len(idx))
+            images = (lam.reshape(-1, *[1] * (images.ndim - 1)) * images
+                      + (1 - lam.reshape(-1, *[1] * (images.ndim - 1))) * images[partner])
+            labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
+            return images, labels
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return MixupBatches()
 
 
 def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=()):
@@ -117,7 +171,7 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
                 plateau.cooldown_counter = resume_state["plateau_cooldown"]
             checkpoint.best = resume_state["checkpoint_best"]
             if run.model.exists():  # so restore_best_weights still has the best weights
-                early.best_weights = keras.saving.load_model(run.model).get_weights()
+                early.best_weights = load_keras_model(run.model).get_weights()
 
         def on_epoch_end(self, epoch, logs=None):
             state = {"early_best": early.best, "early_wait": early.wait,
@@ -127,7 +181,8 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
                              plateau_cooldown=plateau.cooldown_counter)
             saved = _read_states(self.path)
             saved[str(epoch + 1)] = {k: _plain(v) for k, v in state.items()}
-            keep = sorted(saved, key=int)[-2:]  # the backup may lag this epoch by one
+            # The backup lags this epoch by one or more (see ThrottledBackup): keep enough.
+            keep = sorted(saved, key=int)[-STATES_KEPT:]
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
 
@@ -136,14 +191,40 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
                  ResumeState(), _tensorboard(run), *extra]
     callbacks = [c for c in callbacks if c is not None]
     # Last, so an epoch counts as done only once everything above has recorded it.
-    # double_checkpoint keeps the previous epoch's backup, which BackupAndRestore falls back
-    # to when a kill -9 lands in the middle of writing the weights file.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run.backup), double_checkpoint=True))
+    callbacks.append(throttled_backup(run.backup))
     return callbacks
 
 
+def throttled_backup(folder: Path):
+    """Keras' BackupAndRestore, writing only when the time since its last write is at least
+    BACKUP_COST_RATIO times what that write took.
+
+    Every epoch of the study's nets is seconds long and a backup of them takes milliseconds,
+    so they back up every epoch; a 30M-parameter net whose epoch takes 0.3 s on a GPU would
+    otherwise spend most of its time writing backups. double_checkpoint keeps the previous
+    backup, which BackupAndRestore falls back to when a kill -9 lands in the middle of a write.
+    """
+    import keras
+
+    class ThrottledBackup(keras.callbacks.BackupAndRestore):
+        def __init__(self):
+            super().__init__(str(folder), double_checkpoint=True)
+            self._saved_at, self._save_seconds = -math.inf, 0.0
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() - self._saved_at < BACKUP_COST_RATIO * self._save_seconds:
+                return
+            t0 = time.monotonic()
+            super().on_epoch_end(epoch, logs)
+            self._saved_at = time.monotonic()
+            self._save_seconds = self._saved_at - t0
+
+    return ThrottledBackup()
+
+
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
-    """Nadam with a constant learning rate (plateau) or warm-up + cosine decay."""
+    """Nadam, AdamW or Lion with a constant learning rate (plateau) or warm-up + cosine
+    decay; decoupled weight decay spares biases and normalization parameters."""
     import keras
 
     lr = cfg.lr
@@ -153,7 +234,14 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
             initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr,
             decay_steps=cfg.epochs * steps_per_epoch - warmup,
             warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
-    return keras.optimizers.Nadam(learning_rate=lr)
+    kind = {"nadam": keras.optimizers.Nadam, "adamw": keras.optimizers.AdamW,
+            "lion": keras.optimizers.Lion}[cfg.optimizer]
+    if not cfg.weight_decay:
+        return kind(learning_rate=lr) if cfg.optimizer != "adamw" else kind(
+            learning_rate=lr, weight_decay=0.0)
+    optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
 
 
 def check_backend(cfg: TrainConfig) -> None:
@@ -276,8 +364,8 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
         print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model.fit(splits.train.x, splits.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
-              validation_data=(splits.val.x, splits.val.y), shuffle=True,
+    model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y)),
+              epochs=cfg.epochs,
               callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks),
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
     wall = time.perf_counter() - t0
@@ -293,7 +381,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
         run.write_metrics({**summary, "status": FAILED, "message": message})
         raise TrainingFailed(f"{run.path}: {message}")
 
-    best_model = keras.saving.load_model(run.model)
+    best_model = load_keras_model(run.model)
     sign = 1 if cfg.monitor == "val_loss" else -1  # the same choice as the checkpoint's
     best_epoch = min(range(len(history)), key=lambda i: sign * history[i][cfg.monitor])
     metrics = {**summary, "status": COMPLETED, "best_epoch": best_epoch + 1,
@@ -312,13 +400,12 @@ def save_model(model, path: Path) -> None:
 
 def evaluate_run(run: RunDir, ds: data_mod.Dataset) -> dict:
     """Re-evaluate a saved run's best model on validation and test; writes evaluation.json."""
-    import keras
 
     from harness.records import atomic_write_json
 
     if not run.model.exists():
         raise FileNotFoundError(f"{run.path}: no model.keras (not a finished run directory)")
-    model = keras.saving.load_model(run.model)
+    model = load_keras_model(run.model)
     result = {"run": run.name, "data": ds.record, "evaluated_at": _now(),
               **evaluate_splits(model, data_mod.split(ds), names=("val", "test"))}
     atomic_write_json(run.evaluation, result)

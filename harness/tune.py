@@ -161,7 +161,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
     import keras_tuner as kt
 
     from harness.models import build_model
-    from harness.train import compile_model, epoch_log, recipe_callbacks
+    from harness.train import compile_model, epoch_log, fit_inputs, recipe_callbacks
 
     mean, variance = splits.norm_stats()
 
@@ -174,12 +174,14 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
             compile_model(model, cfg, len(splits.train))
             return model
 
-        def fit(self, hp, model, *args, callbacks=(), epochs=None, **kwargs):
+        def fit(self, hp, model, x, y, validation_data, callbacks=(), epochs=None, **kwargs):
             cfg = space.config_for(hp, base)
             # Ours first, so epoch_seconds is in the logs KerasTuner records.
             ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
-            return model.fit(*args, batch_size=cfg.batch_size, epochs=epochs or cfg.epochs,
-                             callbacks=[*ours, *callbacks], **kwargs)
+            kwargs.pop("shuffle", None)
+            return model.fit(**fit_inputs(cfg, x, y, validation_data),
+                             epochs=epochs or cfg.epochs, callbacks=[*ours, *callbacks],
+                             **kwargs)
 
     return StudyHyperModel()
 
@@ -378,7 +380,8 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                "search_seconds": round(search_seconds, 1),
                "best_trial": best_trial.trial_id, "best_val_accuracy": float(best_trial.score),
                "best_test_accuracy": evaluated["test"]["accuracy"],
-               "best_hyperparameters": best_hp.values, "best_run": str(run.path)}
+               "best_hyperparameters": best_hp.values,
+               "best_run": run.path.name}  # relative to this summary's folder
     atomic_write_json(root / "best_hyperparameters.json",
                       {"trial_id": best_trial.trial_id, "score": float(best_trial.score),
                        "values": best_hp.values, "config": cfg.to_dict()})

@@ -1,0 +1,152 @@
+"""Accuracy frontier under a wall-time budget: the best a preset reaches in N minutes.
+
+The question of the study, "how far can a network without convolutions go on CIFAR-10?",
+needs a budget to be answerable: any MLP gets better with more epochs. This benchmark gives
+a preset a wall-time budget and spends it in two steps, both through ``harness.train.train``
+(the code path of ``harness train``):
+
+1. calibration: a short run of the same configuration (4 epochs by default, thrown away)
+   measures the wall seconds per epoch (epochs 2+, callbacks included), the first epoch's extra cost
+   (compilation) and the final evaluation's cost;
+2. the real run, with as many epochs as fit the budget, so its warm-up + cosine schedule
+   ends exactly when the budget does.
+
+The budget counts the whole ``train()`` call of the real run (compilation, every epoch and
+the final evaluation); the calibration's time is reported beside it, not hidden. The run
+directory lands in ``<results>/runs/<name>/`` like any other run, and a JSON record in
+``<out>/frontier-<name>.json``.
+
+Usage (the figures in results/reference/README.md come from these commands):
+    python benchmarks/frontier.py --archive cifar-10-python.tar.gz --preset mlp-frontier \\
+        --budget-min 30 --results results/reference
+    python benchmarks/frontier.py --archive ... --preset resnet8 --budget-min 15 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archive", help="CIFAR-10 archive (default: $HARNESS_ARCHIVE or the cache)")
+    p.add_argument("--preset", default="mlp-frontier")
+    p.add_argument("--budget-min", type=float, default=30.0,
+                   help="wall-time budget of the real run, minutes")
+    p.add_argument("--calibration-epochs", type=int, default=4)
+    p.add_argument("--name", help="run name (default: the preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, e.g. --set units=2048 (repeatable)")
+    p.add_argument("--results", default="results", help="results root for the run directory")
+    p.add_argument("--out", default="results/bench", help="folder for the JSON record")
+    return p.parse_args(argv)
+
+
+def overrides_from(pairs: list[str]) -> dict:
+    from harness.config import TrainConfig, _coerce
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key = key.replace("-", "_")
+        if key not in known or not value:
+            sys.exit(f"--set {pair!r}: expected KEY=VALUE with KEY a TrainConfig field")
+        out[key] = _coerce(key, value)
+    return out
+
+
+def timed_train(cfg, ds, results: Path) -> tuple[dict, float]:
+    from harness.train import train
+
+    t0 = time.perf_counter()
+    metrics = train(cfg, ds, results, overwrite=True, verbose=0)
+    return metrics, time.perf_counter() - t0
+
+
+def calibrate(cfg, ds, epochs: int) -> dict:
+    """Seconds per epoch, the first epoch's extra cost and the after-fit cost of ``cfg``."""
+    from harness.records import RunDir
+    from harness.train import read_history
+
+    short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
+                                name=f"{cfg.run_name}-calibration")
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics, total = timed_train(short, ds, Path(tmp))
+        seconds = [row["epoch_seconds"] for row in read_history(RunDir.named(tmp, short.name))]
+    # Wall time per epoch after the first, callbacks (checkpoints, backups) included.
+    per_epoch = (metrics["wall_time_s"] - seconds[0]) / (len(seconds) - 1)
+    return {"epochs": epochs, "epoch_seconds": seconds, "seconds_per_epoch": per_epoch,
+            "first_epoch_extra_s": max(seconds[0] - per_epoch, 0.0),
+            "after_fit_s": max(total - metrics["wall_time_s"], 0.0), "total_s": total}
+
+
+def accelerator() -> str:
+    """The device Keras trained on, e.g. 'NVIDIA H200' or 'cpu'."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return device.device_kind if device.platform != "cpu" else "cpu"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return gpus[0].name if gpus else "cpu"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from harness.config import PRESETS
+
+    backend = PRESETS.get(args.preset, {}).get("backend")
+    if backend:
+        os.environ.setdefault("KERAS_BACKEND", backend)
+    from harness import data
+    from harness.config import resolve
+    from harness.records import atomic_write_json, machine_facts
+
+    ds = data.load(Path(args.archive) if args.archive else None)
+    cfg = resolve(args.preset, overrides={**overrides_from(args.set), "name": args.name})
+    budget = args.budget_min * 60
+    print(f"calibrating {cfg.run_name} ({args.calibration_epochs} epochs) ...", flush=True)
+    cal = calibrate(cfg, ds, args.calibration_epochs)
+    # 3% of the budget is kept as a margin for epoch-to-epoch noise.
+    spare = budget * 0.97 - cal["first_epoch_extra_s"] - cal["after_fit_s"]
+    epochs = max(math.floor(spare / cal["seconds_per_epoch"]), 1)
+    cfg = dataclasses.replace(cfg, epochs=epochs,
+                              warmup_epochs=min(cfg.warmup_epochs, epochs - 1)).validate()
+    print(f"{cal['seconds_per_epoch']:.2f} s/epoch -> {epochs} epochs in "
+          f"{args.budget_min:g} min", flush=True)
+    metrics, total = timed_train(cfg, ds, Path(args.results))
+    record = {
+        "benchmark": "frontier", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "preset": args.preset, "run": cfg.run_name, "config": cfg.to_dict(),
+        "budget_s": budget, "calibration": cal, "train_call_s": round(total, 2),
+        "within_budget": total <= budget, "epochs": epochs,
+        "seconds_per_epoch": metrics["seconds_per_epoch"], "best_epoch": metrics["best_epoch"],
+        "params": metrics["params"], "backend": metrics["backend"],
+        "accuracy": {k: metrics[k]["accuracy"] for k in ("train", "val", "test")},
+        "data": metrics["data"], "machine": {**machine_facts(), "accelerator": accelerator()},
+    }
+    out = Path(args.out) / f"frontier-{cfg.run_name}.json"
+    atomic_write_json(out, record)
+    print(f"{cfg.run_name}: test {record['accuracy']['test']:.2%} (val "
+          f"{record['accuracy']['val']:.2%}), {epochs} epochs, train() {total / 60:.1f} min "
+          f"of a {args.budget_min:g} min budget (+{cal['total_s']:.0f} s calibration) -> {out}")
+    print(json.dumps(record["accuracy"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""harness compare: schema validation, rows, the Pareto front, the report files, the CLI.
+
+Every record here is written by hand (no training): a run directory, a bench record and a
+tuning summary shaped like the ones the other stages write.
+"""
+
+import copy
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness import compare as cmp
+from harness.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def metrics(name: str, accuracy: float = 0.5, **extra) -> dict:
+    return {"schema": 1, "run": name, "status": "completed",
+            "config": {"arch": "batchnorm", "activation": "relu", "layers": 2, "units": 8,
+                       "preset": "bn-elu-fast", "l1": 0.0},
+            "params": {"total": 1234}, "test": {"accuracy": accuracy, "loss": 1.5}, **extra}
+
+
+def bench_row(run: str, runtime: str, precision: str, accuracy: float, p50: float) -> dict:
+    return {"run": run, "runtime": runtime, "format": "tflite", "precision": precision,
+            "file": f"model_{precision}.tflite", "params": 1234, "size_bytes": 5000,
+            "sparsity": 0.0, "p50_us": p50, "p90_us": p50 * 1.2, "p99_us": p50 * 2,
+            "throughput_ips": 1e5, "test": {"accuracy": accuracy, "loss": 1.5},
+            "flagged": False, "calls": 100}
+
+
+def bench(run: str, rows: list[dict]) -> dict:
+    return {"benchmark": "bench", "run": run, "created": "2026-11-26T20:16:33+0000",
+            "machine": {"cpu": "Test CPU", "cores": 2}, "data": {}, "threads": {},
+            "calls": 100, "warmup": 10, "rows": rows}
+
+
+def summary(name: str = "search") -> dict:
+    return {"name": name, "trials": 3, "completed": 3, "search_seconds": 12.5,
+            "best_trial": "02", "best_val_accuracy": 0.52, "best_test_accuracy": 0.51,
+            "best_hyperparameters": {"n_hidden": 3, "n_neurons": 64, "learning_rate": 1e-4},
+            "best_run": "results/tuning/search/best"}
+
+
+def write_json(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def write_run(results: Path, name: str, accuracy: float = 0.5, epochs: int = 4,
+              **extra) -> Path:
+    run = results / "runs" / name
+    write_json(run / "metrics.json", metrics(name, accuracy, **extra))
+    lines = ["epoch,accuracy,loss,val_accuracy,val_loss"]
+    lines += [f"{e},0.5,1.0,{0.2 + 0.05 * e + accuracy / 10:.4f},1.0" for e in range(epochs)]
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """Two benchmarked runs, one without a bench record, and a tuning search with its best."""
+    root = tmp_path / "results"
+    write_run(root, "fast", 0.45)
+    write_run(root, "big", 0.55)
+    write_run(root, "plain", 0.50)
+    write_json(root / "bench" / "fast.json", bench("fast", [
+        bench_row("fast", "litert", "dynamic", 0.45, 12.0),
+        bench_row("fast", "onnxruntime", "float32", 0.45, 40.0)]))
+    write_json(root / "bench" / "big.json", bench("big", [
+        bench_row("big", "litert", "dynamic", 0.55, 20.0),
+        bench_row("big", "litert", "int8", 0.54, 45.0),
+        bench_row("big", "keras-call", "float32", 0.55, 9000.0)]))
+    best = root / "tuning" / "search" / "best"
+    write_json(best / "metrics.json", metrics("search/best", 0.51,
+                                              tuning={"name": "search", "trial_id": "02"}))
+    write_json(root / "tuning" / "search" / "summary.json", summary())
+    return root
+
+
+# --------------------------------------------------------------------------- schema
+
+def test_valid_records_pass_validation():
+    assert cmp.validate_run(metrics("a"))["run"] == "a"
+    assert cmp.validate_bench(bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)]))
+    assert cmp.validate_tuning(summary())["name"] == "search"
+    # An unfinished run needs only its name and status: it is noted, not compared.
+    assert cmp.validate_run({"schema": 1, "run": "a", "status": "running"})
+
+
+def _without(record: dict, dotted: str) -> dict:
+    record = copy.deepcopy(record)
+    *parents, last = dotted.split(".")
+    target = record
+    for part in parents:
+        target = target[int(part)] if isinstance(target, list) else target[part]
+    del target[last]
+    return record
+
+
+def _with(record: dict, dotted: str, value) -> dict:
+    record = copy.deepcopy(record)
+    *parents, last = dotted.split(".")
+    target = record
+    for part in parents:
+        target = target[int(part)] if isinstance(target, list) else target[part]
+    target[last] = value
+    return record
+
+
+GOOD_BENCH = bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)])
+
+
+@pytest.mark.parametrize("validate, record, message", [
+    (cmp.validate_run, _without(metrics("a"), "test.accuracy"),
+     "missing field 'test.accuracy'"),
+    (cmp.validate_run, _without(metrics("a"), "config"),
+     "missing field 'config.arch'"),
+    (cmp.validate_run, _with(metrics("a"), "test.accuracy", 1.5),
+     "field 'test.accuracy' is 1.5, expected a number in [0, 1]"),
+    (cmp.validate_run, _with(metrics("a"), "config.layers", "5"),
+     "field 'config.layers' is \"5\", expected an integer"),
+    (cmp.validate_run, _with(metrics("a"), "params.total", True),
+     "field 'params.total' is true, expected an integer >= 0"),
+    (cmp.validate_run, _with(metrics("a"), "status", "done"),
+     "field 'status' is 'done', expected running, completed or failed"),
+    (cmp.validate_run, _with(metrics("a"), "schema", 99),
+     "schema 99 is newer than this harness reads (1)"),
+    (cmp.validate_run, _with(metrics("a"), "sparsity", -0.1),
+     "field 'sparsity' is -0.1, expected a number in [0, 1]"),
+    (cmp.validate_bench, _without(GOOD_BENCH, "rows.0.p50_us"),
+     "missing field 'rows[0].p50_us'"),
+    (cmp.validate_bench, _with(GOOD_BENCH, "rows.0.p99_us", 0),
+     "field 'rows[0].p99_us' is 0, expected a positive number"),
+    (cmp.validate_bench, _with(GOOD_BENCH, "rows.0.run", "b"),
+     "field 'rows[0].run' is 'b', expected the record's run 'a'"),
+    (cmp.validate_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
+    (cmp.validate_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
+    (cmp.validate_tuning, _without(summary(), "best_test_accuracy"),
+     "missing field 'best_test_accuracy'"),
+])
+def test_missing_and_bad_fields_are_named(validate, record, message):
+    with pytest.raises(cmp.RecordError) as e:
+        validate(record)
+    assert message in str(e.value)
+
+
+def test_every_problem_is_reported_not_just_the_first():
+    record = _without(_without(metrics("a"), "test"), "params")
+    with pytest.raises(cmp.RecordError) as e:
+        cmp.validate_run(record)
+    assert "'params.total'" in str(e.value) and "'test.accuracy'" in str(e.value)
+
+
+def test_collect_skips_malformed_files_with_the_reason(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "good")
+    (root / "runs" / "broken").mkdir(parents=True)
+    (root / "runs" / "broken" / "metrics.json").write_text('{"run": "broken", ')
+    write_json(root / "runs" / "listed" / "metrics.json", [1, 2])
+    write_json(root / "runs" / "partial" / "metrics.json", _without(metrics("partial"), "test"))
+    write_json(root / "runs" / "unfinished" / "metrics.json",
+               {"schema": 1, "run": "unfinished", "status": "failed"})
+    bad_history = write_run(root, "badhist") / "history.csv"
+    bad_history.write_text("epoch,val_accuracy\n0,0.3\n1,oops\n")
+    write_json(root / "bench" / "train_speed.json", {"benchmark": "train_speed", "results": []})
+    write_json(root / "bench" / "nameless.json", {"rows": []})
+    # Other tools' files are not records and are not read.
+    write_json(root / "runs" / "good" / "exports" / "model.onnx.json", {"file": "model.onnx"})
+    write_json(root / "tuning" / "s" / "keras_tuner" / "trial_00" / "summary.json", [])
+
+    records = cmp.collect_records([root])
+
+    assert sorted(r.metrics["run"] for r in records.runs) == ["badhist", "good"]
+    skipped = {p.relative_to(root).as_posix(): reason for p, reason in records.skipped}
+    assert set(skipped) == {"runs/broken/metrics.json", "runs/listed/metrics.json",
+                            "runs/partial/metrics.json", "runs/badhist/history.csv",
+                            "bench/nameless.json"}
+    assert skipped["runs/broken/metrics.json"].startswith("not valid JSON (line 1")
+    assert skipped["runs/listed/metrics.json"] == "expected a JSON object, found list"
+    assert "missing field 'test.accuracy'" in skipped["runs/partial/metrics.json"]
+    assert skipped["runs/badhist/history.csv"] == (
+        "line 3: epoch '1' or val_accuracy 'oops' is not a number")
+    assert "missing field 'benchmark'" in skipped["bench/nameless.json"]
+    assert len(records.notes) == 2
+    assert any("'unfinished' is failed" in n for n in records.notes)
+    assert any("'train_speed' benchmark" in n for n in records.notes)
+    # The run with a bad history is still compared, without a curve.
+    assert next(r for r in records.runs if r.metrics["run"] == "badhist").history == []
+
+
+def test_a_file_given_directly_must_be_a_record(tmp_path):
+    other = write_json(tmp_path / "notes.json", {"a": 1})
+    records = cmp.collect_records([other])
+    assert len(records) == 0
+    reason = "not a run (metrics.json), tuning (summary.json) or bench (bench/*.json) record"
+    assert records.skipped == [(other, reason)]
+
+
+# --------------------------------------------------------------------------- rows and Pareto
+
+def test_pareto_front_on_hand_made_points():
+    points = [
+        (0.50, 10.0),   # 0 on the front
+        (0.60, 20.0),   # 1 on the front
+        (0.55, 30.0),   # 2 beaten by 1 (more accurate and faster)
+        (0.60, 25.0),   # 3 beaten by 1 (as accurate, faster)
+        (0.40, 5.0),    # 4 on the front (fastest)
+        (0.40, 8.0),    # 5 beaten by 0 and 4
+        (0.70, None),   # 6 no latency: never on the front
+        (None, 1.0),    # 7 no accuracy: never on the front
+        (0.50, 10.0),   # 8 equal to 0: neither beats the other
+        (0.65, 90.0),   # 9 on the front (most accurate with a latency)
+    ]
+    assert cmp.pareto_front(points) == [True, True, False, False, True, False, False, False,
+                                        True, True]
+    assert cmp.pareto_front([]) == []
+
+
+def test_bench_rows_replace_the_run_row_and_tuning_names_its_best(results):
+    rows = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results])))
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    assert sorted(by_model) == ["big", "fast", "plain", "search/best"]
+    assert sorted(r["runtime"] for r in by_model["big"]) == ["keras-call", "litert", "litert"]
+    assert [r["runtime"] for r in by_model["plain"]] == ["keras-evaluate"]
+    assert by_model["plain"][0]["p50_us"] is None and by_model["plain"][0]["accuracy"] == 0.5
+    best = by_model["search/best"][0]
+    assert best["variant"] == "tuned (search trial 02 of 3)"
+    assert best["architecture"] == "batchnorm 2x8 relu"
+    front = sorted((r["model"], r["runtime"], r["precision"]) for r in rows if r["pareto"])
+    assert front == [("big", "litert", "dynamic"), ("fast", "litert", "dynamic")]
+
+
+def test_a_tuning_summary_alone_gives_a_row(tmp_path):
+    write_json(tmp_path / "tuning" / "search" / "summary.json", summary())
+    [row] = cmp.build_rows(cmp.collect_records([tmp_path]))
+    assert (row["model"], row["architecture"], row["accuracy"]) == ("search/best", "3x64", 0.51)
+
+
+def test_architecture_and_variant_say_what_the_model_is(tmp_path):
+    write_run(tmp_path, "dense")
+    cnn = metrics("cnn")
+    cnn["config"].update(arch="resnet8", dropout=0.1)
+    write_json(tmp_path / "runs" / "cnn" / "metrics.json", cnn)
+    write_json(tmp_path / "runs" / "cut" / "metrics.json",
+               metrics("cut", variant="structured-pruned", parent="dense"))
+    rows = {r["model"]: r for r in cmp.build_rows(cmp.collect_records([tmp_path]))}
+    assert (rows["dense"]["architecture"], rows["dense"]["variant"]) == (
+        "batchnorm 2x8 relu", "trained (bn-elu-fast)")
+    assert (rows["cnn"]["architecture"], rows["cnn"]["variant"]) == (
+        "resnet8", "trained (bn-elu-fast, dropout 0.1)")
+    assert rows["cut"]["variant"] == "structured-pruned (dense)"
+
+
+def test_a_bench_without_its_run_still_shows(tmp_path):
+    write_json(tmp_path / "bench" / "lonely.json",
+               bench("lonely", [bench_row("lonely", "litert", "int8", 0.3, 50.0)]))
+    [row] = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([tmp_path])))
+    assert (row["model"], row["architecture"], row["p50_us"], row["pareto"]) == (
+        "lonely", None, 50.0, True)
+
+
+def test_runs_sharing_a_name_are_told_apart_by_path(tmp_path):
+    write_run(tmp_path / "a", "same", 0.4)
+    write_run(tmp_path / "b", "same", 0.6)
+    write_json(tmp_path / "b" / "bench" / "same.json",
+               bench("same", [bench_row("same", "litert", "int8", 0.6, 50.0)]))
+    rows = cmp.build_rows(cmp.collect_records([tmp_path]))
+    models = {r["model"]: r["runtime"] for r in rows}
+    assert len(models) == 2
+    a, b = sorted(models)
+    assert a.endswith("a/runs/same") and models[a] == "keras-evaluate"
+    assert b.endswith("b/runs/same") and models[b] == "litert"  # its own results folder's bench
+
+
+def test_sorting(results):
+    rows = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results])))
+    by_accuracy = cmp.sort_rows(rows)
+    assert [r["accuracy"] for r in by_accuracy] == sorted((r["accuracy"] for r in rows),
+                                                          reverse=True)
+    by_p50 = [r["p50_us"] for r in cmp.sort_rows(rows, "p50_us")]
+    assert by_p50 == [12.0, 20.0, 40.0, 45.0, 9000.0, None, None]
+    assert cmp.sort_rows(rows, "model")[0]["model"] == "big"
+    with pytest.raises(ValueError, match="sort key 'speed'"):
+        cmp.sort_rows(rows, "speed")
+
+
+def test_table_formats(results):
+    rows = cmp.sort_rows(cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results]))))
+    table = cmp.format_rows(rows, "table").splitlines()
+    assert len(table) == len(rows) + 1
+    assert table[1].startswith("*  big") and "20.0 us" in table[1] and "55.00%" in table[1]
+    markdown = cmp.format_rows(rows, "markdown").splitlines()
+    assert markdown[1].startswith("| --- |") and len(markdown) == len(rows) + 2
+    parsed = list(csv.DictReader(cmp.format_rows(rows, "csv").splitlines()))
+    assert len(parsed) == len(rows) and parsed[0]["p50_us"] == "20.0"
+    assert json.loads(cmp.format_rows(rows, "json"))[0]["pareto"] is True
+
+
+# --------------------------------------------------------------------------- report
+
+def _check_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 15_000, f"{path.name}: {len(data)} bytes, suspiciously small"
+    pixels = imread(path)
+    assert pixels.shape[0] >= 500 and pixels.shape[1] >= 1000
+    assert pixels.std() > 0.05  # something is drawn, not a blank canvas
+
+
+def test_report_files_are_written(results, tmp_path):
+    out = tmp_path / "report"
+    report = cmp.compare([results], out)
+    assert sorted(p.name for p in report.files) == [
+        "accuracy_vs_latency.png", "report.md", "results.csv", "training_curves.png"]
+    _check_png(out / "accuracy_vs_latency.png")
+    _check_png(out / "training_curves.png")
+    with open(out / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(report.rows) == 7
+    md = (out / "report.md").read_text()
+    assert "![accuracy vs latency](accuracy_vs_latency.png)" in md
+    assert "![training curves](training_curves.png)" in md
+    assert "| * | big |" in md
+    assert "4 runs, 1 tuning search and 2 bench records" in md
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_pictures_without_latency_or_history_are_still_images(tmp_path):
+    write_json(tmp_path / "runs" / "x" / "metrics.json", metrics("x"))
+    report = cmp.compare([tmp_path], tmp_path / "out")
+    assert all(r["p50_us"] is None for r in report.rows)
+    for name in ("accuracy_vs_latency.png", "training_curves.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_valid_record_is_an_error(tmp_path):
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "metrics.json").write_text("nonsense")
+    with pytest.raises(cmp.NoRecords, match=r"1 file\(s\) skipped"):
+        cmp.compare([tmp_path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_imports_neither_tensorflow_nor_keras(results, tmp_path):
+    code = ("import sys; from harness.compare import compare; "
+            f"compare([{str(results)!r}], {str(tmp_path / 'out')!r}); "
+            "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_committed_reference_records_are_valid():
+    records = cmp.collect_records([REPO / "results" / "reference"])
+    assert records.skipped == []
+    assert len(records.runs) >= 10 and records.benches and records.tunings
+    assert all(run.history for run in records.runs if (run.dir / "history.csv").exists())
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _invoke(results_dir: Path, *args):
+    return CliRunner().invoke(main, ["--results", str(results_dir), "compare", *args])
+
+
+def test_cli_prints_the_table_and_writes_the_default_report(results):
+    result = _invoke(results, str(results), "--format", "json", "--sort", "p50_us")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["p50_us"] for r in rows][:2] == [12.0, 20.0]
+    assert (results / "report" / "report.md").exists()
+    assert "wrote" in result.stderr
+
+
+def test_cli_names_skipped_files_and_honours_out(results, tmp_path):
+    (results / "runs" / "bad").mkdir()
+    (results / "runs" / "bad" / "metrics.json").write_text("{}")
+    result = _invoke(results, str(results), "--out", str(tmp_path / "elsewhere"))
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "bad" in result.stderr
+    assert "missing field 'schema'" in result.stderr
+    assert (tmp_path / "elsewhere" / "accuracy_vs_latency.png").exists()
+    assert result.stdout.splitlines()[0].split()[:2] == ["model", "architecture"]
+
+
+def test_cli_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _invoke(tmp_path, str(empty))
+    assert result.exit_code == 1 and "no valid run, tuning or bench record" in result.output
+
+    (empty / "metrics.json").write_text("[")
+    result = _invoke(tmp_path, str(empty))
+    assert result.exit_code == 1 and "not valid JSON" in result.stderr
+
+    result = _invoke(tmp_path, str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+    result = _invoke(tmp_path, str(empty), "--sort", "speed")
+    assert result.exit_code == 2 and "Invalid value for '--sort'" in result.output
+
+    result = _invoke(tmp_path)
+    assert result.exit_code == 2 and "Missing argument 'PATHS...'" in result.output

@@ -1,0 +1,125 @@
+"""The frontier building blocks: augmentation, smoothed loss, optimizers, the CNN reference."""
+
+import dataclasses
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from harness import data
+from harness.config import ConfigError, resolve
+from harness.models import build_model, custom_objects, load_keras_model
+from harness.records import RunDir
+from harness.train import train
+
+
+def _moved(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
+    """``image`` flipped left-right (if asked), then translated by (dy, dx) with zero fill."""
+    src = image[:, ::-1] if flip else image
+    out = np.zeros_like(src)
+    h, w = src.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        src[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_augmentation_is_a_flip_and_a_shift_when_training_and_identity_otherwise():
+    layer = custom_objects()["RandomFlipShift"](shift=2, seed=3)
+    x = np.random.default_rng(0).normal(size=(64, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    seen = set()
+    for image, out in zip(x, y):
+        matches = [m for m in itertools.product((False, True), range(-2, 3), range(-2, 3))
+                   if np.allclose(_moved(image, *m), out, atol=1e-5)]
+        assert len(matches) == 1, "each output must be exactly one flip/shift of its input"
+        seen.add(matches[0])
+    assert len(seen) > 10  # the moves are random, not one fixed move
+    assert any(m[0] for m in seen) and not all(m[0] for m in seen)
+
+
+def test_smoothed_loss_matches_its_definition():
+    loss = custom_objects()["SmoothedSparseCrossentropy"](0.1)
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
+    labels = np.array([0, 1])
+    target = np.full((2, 3), 0.1 / 3) + 0.9 * np.eye(3)[labels]
+    expected = -(target * np.log(probs)).sum(axis=1).mean()
+    assert float(loss(labels, probs)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_resnet8_has_the_mlperf_tiny_shape():
+    cfg = resolve("resnet8")
+    model = build_model(cfg, np.zeros(3), np.ones(3))
+    assert model.output_shape == (None, 10)
+    assert 77_000 < model.count_params() < 80_000  # MLPerf Tiny: about 78k parameters
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 9
+
+
+@pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
+                                       ("label_smoothing", 1.0), ("weight_decay", -0.1),
+                                       ("arch", "vit")])
+def test_frontier_settings_are_checked(key, value):
+    with pytest.raises(ConfigError, match=key):
+        resolve("mlp-frontier", overrides={key: value})
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw")),
+    ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
+    ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
+    ("resnet8", dict()),
+])
+def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
+    ds = data.load(archive)
+    cfg = resolve(preset, overrides={**overrides, "epochs": 2, "warmup_epochs": 1,
+                                     "batch_size": 64, "name": "f"})
+    cfg = dataclasses.replace(cfg, backend=None)  # whatever backend the tests run on
+    metrics = train(cfg, ds, tmp_path / "results", verbose=0)
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 2
+    model = load_keras_model(RunDir.named(tmp_path / "results", "f").model)
+    test = data.split(ds).test
+    probs = np.asarray(model.predict(test.x, verbose=0))
+    assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(
+        metrics["test"]["accuracy"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_augmented_model_exports_without_its_augmentation(tmp_path, archive):
+    """The augmentation layer is the identity at inference: the ONNX file matches Keras."""
+    from harness.export import export_run
+
+    ds = data.load(archive)
+    cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
+        "layers": 1, "units": 16, "epochs": 1, "warmup_epochs": 0, "batch_size": 64,
+        "name": "aug"}), backend=None)
+    train(cfg, ds, tmp_path / "results", verbose=0)
+    (record,) = export_run(RunDir.named(tmp_path / "results", "aug"), ds, ("onnx",))
+    assert record["max_abs_diff"] < 1e-4 and not record["flagged"]
+
+
+def test_mixup_batches_mix_images_and_labels_alike():
+    from harness.train import mixup_batches
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(100, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(100) % 10
+    batches = mixup_batches(x, y, batch_size=32, alpha=0.4, seed=1)
+    assert len(batches) == 4
+    seen, mixed = [], []
+    for i in range(len(batches)):
+        images, labels = batches[i]
+        assert images.dtype == np.float32 and labels.shape == (len(images), 10)
+        np.testing.assert_allclose(labels.sum(axis=1), 1, rtol=1e-6)
+        seen.append(len(images))
+        mixed.append(((labels.max(axis=1) > 0.05) & (labels.max(axis=1) < 0.95)).any())
+        for image, label in zip(images, labels):
+            # the label's weights say which two training images were blended, and how much
+            weights = {c: w for c, w in enumerate(label) if w > 1e-6}
+            assert 1 <= len(weights) <= 2
+            if len(weights) == 1:
+                continue  # two images of one class: the label cannot tell the blend
+            candidates = [j for j in range(100) if y[j] in weights]
+            assert any(np.allclose(image, weights[y[j]] * x[j] + (1 - weights[y[j]]) * x[k],
+                                   atol=1e-3) for j in candidates for k in candidates)
+    assert sum(seen) == 100 and any(mixed)
