@@ -85,11 +85,29 @@ def verify(path: Path, quantization: str, reference_probe: np.ndarray, keras_tes
             "flagged": bool(drop > MAX_DROP_POINTS[quantization])}
 
 
+def exportable(model):
+    """``model`` with exact GELU written as 0.5 x (1 + erf(x / sqrt 2)).
+
+    Keras' TensorFlow GELU computes the same function through erfc, which neither tf2onnx
+    nor TFLite's builtin ops support; erf is supported by both. The arithmetic is unchanged
+    (verification still compares against the model as trained)."""
+    import keras
+    from keras import ops
+
+    def gelu_erf(x):
+        return 0.5 * x * (1.0 + ops.erf(x / np.sqrt(2.0).astype("float32")))
+
+    for layer in model.layers:
+        if getattr(layer, "activation", None) is keras.activations.gelu:
+            layer.activation = gelu_erf
+    return model
+
+
 def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
                quantizations=QUANTIZATIONS) -> list[dict]:
     """Write and verify the requested exports of ``run``; return their records."""
 
-    model = load_keras_model(run.model)
+    model = exportable(load_keras_model(run.model))
     splits = data_mod.split(ds)
     reference = predict_keras(model, splits.test.x[:PROBE_IMAGES])
     keras_test = evaluate_keras(model, splits.test)

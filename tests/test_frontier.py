@@ -65,7 +65,7 @@ def test_frontier_settings_are_checked(key, value):
 
 
 @pytest.mark.parametrize("preset,overrides", [
-    ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw")),
+    ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw", mixup=0.0)),
     ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
     ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
     ("resnet8", dict()),
