@@ -139,6 +139,10 @@ def _train_options(f):
                      help="Training-time flips (and 4-pixel translations)."),
         click.option("--mixup", type=click.FloatRange(0, 10),
                      help="Mixup alpha (0 = off): blend pairs of images and their labels."),
+        click.option("--teacher", help="Distill from this finished run: its probabilities "
+                     "on the training images become targets (with --teacher-weight)."),
+        click.option("--teacher-weight", type=click.FloatRange(0, 1),
+                     help="Weight of the teacher's probabilities in the targets (0.7)."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer."),
         click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
                      help="Decoupled weight decay (not on biases or normalization)."),

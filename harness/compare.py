@@ -442,7 +442,10 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
         variant = m["variant"] + (f" ({m['parent']})" if "parent" in m else "")
     else:
         # The regularizers the preset name does not tell, when set.
-        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2") if cfg.get(k))
+        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup")
+                        if cfg.get(k))
+        if cfg.get("teacher"):
+            extra += f", teacher {cfg['teacher']}"
         variant = f"trained ({cfg.get('preset') or 'no preset'}{extra})"
     architecture = cfg["arch"]
     if architecture in DENSE_ARCHS:

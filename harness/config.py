@@ -43,6 +43,9 @@ class TrainConfig:
     shift: int = 4               # pixels, for "flip-shift"
     mixup: float = 0.0           # mixup alpha: train on x = l x_i + (1 - l) x_j with labels
                                  # mixed alike, l ~ Beta(alpha, alpha) per image; 0 = off
+    teacher: str | None = None   # knowledge distillation: a finished run (same results root)
+                                 # whose probabilities on the training images become targets
+    teacher_weight: float = 0.7  # targets = w * teacher probabilities + (1 - w) * one-hot
     # --- optimisation
     optimizer: str = "nadam"     # one of OPTIMIZERS
     weight_decay: float = 0.0    # decoupled weight decay (not on biases or normalization)
@@ -82,6 +85,9 @@ class TrainConfig:
             ("shift", isinstance(self.shift, int) and 0 <= self.shift < 16,
              "must be an integer in [0, 16)"),
             ("mixup", 0 <= self.mixup <= 10, "must be in [0, 10] (0 = off)"),
+            ("teacher", self.teacher is None or _safe_name(self.teacher),
+             "must be a run name or null"),
+            ("teacher_weight", 0 <= self.teacher_weight <= 1, "must be in [0, 1]"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
             ("weight_decay", 0 <= self.weight_decay < 1, "must be in [0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),

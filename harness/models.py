@@ -144,8 +144,8 @@ def load_keras_model(path):
 
 def loss_for(cfg: TrainConfig):
     """The training loss: sparse cross-entropy, with label smoothing when configured; with
-    mixup the labels are mixed probability vectors, so plain categorical cross-entropy."""
-    if cfg.mixup:
+    mixup or a teacher the targets are probability vectors, so categorical cross-entropy."""
+    if cfg.mixup or cfg.teacher:
         import keras
 
         return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)

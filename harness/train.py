@@ -22,7 +22,7 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.config import ConfigError, TrainConfig, from_dict
-from harness.evaluate import evaluate_splits
+from harness.evaluate import evaluate_splits, predict_keras
 from harness.models import build_model, count_params, load_keras_model, loss_for
 from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv,
                              atomic_write_text, library_versions)
@@ -85,22 +85,48 @@ def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
                   steps_per_execution=cfg.steps_per_execution)
 
 
-def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple) -> dict:
-    """``model.fit`` keyword arguments for the training arrays and validation pair: the
-    arrays themselves (shuffled by Keras each epoch), or with mixup a generator of mixed
-    batches and one-hot validation labels. train() and the tuner both fit through this."""
-    if not cfg.mixup:
+def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
+               targets: np.ndarray | None = None) -> dict:
+    """``model.fit`` keyword arguments for the training arrays and validation pair.
+
+    Integer labels: the arrays themselves (shuffled by Keras each epoch). With ``targets``
+    (N, 10 probabilities, from a teacher) or mixup, the targets are probability vectors
+    (mixed batches come from a generator) and validation labels become one-hot. train()
+    and the tuner both fit through this."""
+    if not cfg.mixup and targets is None:
         return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
                 "shuffle": True}
-    return {"x": mixup_batches(x, y, cfg.batch_size, cfg.mixup, cfg.seed),
-            "validation_data": (val[0], np.eye(CLASSES, dtype=np.float32)[val[1]])}
+    one_hot = np.eye(CLASSES, dtype=np.float32)
+    targets = one_hot[y] if targets is None else targets
+    validation = (val[0], one_hot[val[1]])
+    if not cfg.mixup:
+        return {"x": x, "y": targets, "batch_size": cfg.batch_size,
+                "validation_data": validation, "shuffle": True}
+    return {"x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed),
+            "validation_data": validation}
 
 
 CLASSES = 10
 
 
+def teacher_targets(cfg: TrainConfig, results: Path, splits) -> tuple[np.ndarray, dict]:
+    """Distillation targets for the training split: ``teacher_weight`` x the teacher run's
+    probabilities + the rest on the one-hot labels; and what metrics.json records of it."""
+    teacher = RunDir.named(results, cfg.teacher)
+    if not teacher.model.exists():
+        raise ConfigError(f"teacher={cfg.teacher!r}: no finished run at {teacher.path}")
+    probs = predict_keras(load_keras_model(teacher.model), splits.train.x)
+    one_hot = np.eye(CLASSES, dtype=np.float32)[splits.train.y]
+    targets = (cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * one_hot)
+    record = {"run": cfg.teacher, "weight": cfg.teacher_weight,
+              "train_accuracy": float((probs.argmax(axis=1) == splits.train.y).mean()),
+              "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy")}
+    return targets.astype(np.float32), record
+
+
 def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int):
-    """Shuffled batches of mixed images and labels (Zhang et al. 2018, one l per image).
+    """Shuffled batches of mixed images and targets (Zhang et al. 2018, one l per image);
+    ``y`` holds integer labels or (N, 10) probability vectors.
 
     Mixing happens on raw pixels; the model's first layer standardizes linearly, so this is
     the same as mixing standardized inputs. Whole batches are mixed at once in numpy."""
@@ -118,7 +144,8 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
         def __getitem__(self, i):
             idx = self.order[i * batch_size:(i + 1) * batch_size]
             images = x[idx].astype(np.float32)
-            labels = np.eye(CLASSES, dtype=np.float32)[y[idx]]
+            labels = (np.eye(CLASSES, dtype=np.float32)[y[idx]] if y.ndim == 1
+                      else y[idx].astype(np.float32))
             lam = self.rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
             partner = self.rng.permutation(len(idx))
             images = (lam.reshape(-1, *[1] * (images.ndim - 1)) * images
@@ -347,10 +374,12 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     import keras
 
     check_backend(cfg)
+    splits = data_mod.split(ds)
+    # The teacher's targets first: a missing teacher is an error before any file is written.
+    targets, teacher = teacher_targets(cfg, results, splits) if cfg.teacher else (None, None)
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
-    splits = data_mod.split(ds)
     model = build_model(cfg, *splits.norm_stats())
     if initial_weights is not None:
         model.set_weights(initial_weights)
@@ -358,13 +387,14 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     base = {**(record or {}), "run": run.name, "config": cfg.to_dict(), "data": ds.record,
             "params": count_params(model), "versions": library_versions(),
             "backend": keras.backend.backend(), "started_at": _now(),
-            "resumed_from_epoch": resume_from}
+            "resumed_from_epoch": resume_from, **({"teacher": teacher} if teacher else {})}
     run.write_metrics({**base, "status": RUNNING})
     if resume_from:
         print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y)),
+    model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y),
+                           targets),
               epochs=cfg.epochs,
               callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks),
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))

@@ -307,6 +307,9 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     space.validate()
     root = Path(results) / "tuning" / name
     splits = data_mod.split(ds)
+    if base.teacher:
+        raise ConfigError("tune does not distill: train the student with `harness train "
+                          "--teacher RUN` instead")
     tuner = make_tuner(kind, make_hypermodel(base, space, splits), root, max_trials,
                        base.epochs, base.seed)
     role = os.environ.get("KERASTUNER_TUNER_ID")

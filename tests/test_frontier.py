@@ -123,3 +123,26 @@ def test_mixup_batches_mix_images_and_labels_alike():
             assert any(np.allclose(image, weights[y[j]] * x[j] + (1 - weights[y[j]]) * x[k],
                                    atol=1e-3) for j in candidates for k in candidates)
     assert sum(seen) == 100 and any(mixed)
+
+
+def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
+    ds = data.load(archive)
+    results = tmp_path / "results"
+    small = {"layers": 1, "units": 16, "epochs": 2, "batch_size": 64}
+    train(resolve("selu", overrides={**small, "name": "teach"}), ds, results, verbose=0)
+    missing = resolve("selu", overrides={**small, "name": "s0", "teacher": "nobody"})
+    with pytest.raises(ConfigError, match="teacher='nobody'"):
+        train(missing, ds, results, verbose=0)
+    assert not RunDir.named(results, "s0").path.exists()  # nothing written for a bad teacher
+
+    from harness.train import teacher_targets
+
+    cfg = resolve("selu", overrides={**small, "name": "student", "teacher": "teach",
+                                     "teacher_weight": 0.5})
+    splits = data.split(ds)
+    targets, record = teacher_targets(cfg, results, splits)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, rtol=1e-5)
+    assert (targets[np.arange(len(targets)), splits.train.y] >= 0.5 - 1e-6).all()
+    assert 0 < targets.min() and record["run"] == "teach" and record["weight"] == 0.5
+    metrics = train(cfg, ds, results, verbose=0)
+    assert metrics["status"] == "completed" and metrics["teacher"]["run"] == "teach"
