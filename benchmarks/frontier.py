@@ -51,17 +51,18 @@ def parse_args(argv=None):
 
 
 def overrides_from(pairs: list[str]) -> dict:
-    from harness.config import TrainConfig, _coerce
+    from harness.config import ConfigError, settings_from
 
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
+    raw = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        key = key.replace("-", "_")
-        if key not in known or not value:
+        if not value:
             sys.exit(f"--set {pair!r}: expected KEY=VALUE with KEY a TrainConfig field")
-        out[key] = _coerce(key, value)
-    return out
+        raw[key] = value
+    try:
+        return settings_from(raw, "--set")
+    except ConfigError as e:
+        sys.exit(str(e))
 
 
 def timed_train(cfg, ds, results: Path) -> tuple[dict, float]:

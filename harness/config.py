@@ -200,12 +200,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, found {type(raw).__name__}")
+    return settings_from(raw, str(path))
+
+
+def settings_from(raw: dict, where: str) -> dict[str, Any]:
+    """TrainConfig fields from a mapping of untyped values (a file's, or ``--set`` pairs'):
+    dashes or underscores in keys; an unknown key or a badly typed value is a ConfigError."""
     known = {f.name for f in fields(TrainConfig)}
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
         if k not in known:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+            raise ConfigError(f"{where}: unknown setting {key!r}")
         out[k] = _coerce(k, value)
     return out
 

@@ -32,6 +32,7 @@ from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_cs
 # last one took, so backups cost at most about 1/BACKUP_COST_RATIO of the training time.
 BACKUP_COST_RATIO = 10
 STATES_KEPT = 200  # callback states kept for resuming (covers the backup's lag)
+CLASSES = 10
 
 
 class TrainingFailed(Exception):
@@ -96,9 +97,8 @@ def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
     if not cfg.mixup and targets is None:
         return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
                 "shuffle": True}
-    one_hot = np.eye(CLASSES, dtype=np.float32)
-    targets = one_hot[y] if targets is None else targets
-    validation = (val[0], one_hot[val[1]])
+    targets = one_hot(y) if targets is None else targets
+    validation = (val[0], one_hot(val[1]))
     if not cfg.mixup:
         return {"x": x, "y": targets, "batch_size": cfg.batch_size,
                 "validation_data": validation, "shuffle": True}
@@ -106,7 +106,8 @@ def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
             "validation_data": validation}
 
 
-CLASSES = 10
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(CLASSES, dtype=np.float32)[labels]
 
 
 def teacher_targets(cfg: TrainConfig, results: Path, splits) -> tuple[np.ndarray, dict]:
@@ -116,8 +117,7 @@ def teacher_targets(cfg: TrainConfig, results: Path, splits) -> tuple[np.ndarray
     if not teacher.model.exists():
         raise ConfigError(f"teacher={cfg.teacher!r}: no finished run at {teacher.path}")
     probs = predict_keras(load_keras_model(teacher.model), splits.train.x)
-    one_hot = np.eye(CLASSES, dtype=np.float32)[splits.train.y]
-    targets = (cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * one_hot)
+    targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * one_hot(splits.train.y)
     record = {"run": cfg.teacher, "weight": cfg.teacher_weight,
               "train_accuracy": float((probs.argmax(axis=1) == splits.train.y).mean()),
               "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy")}
@@ -144,12 +144,11 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
         def __getitem__(self, i):
             idx = self.order[i * batch_size:(i + 1) * batch_size]
             images = x[idx].astype(np.float32)
-            labels = (np.eye(CLASSES, dtype=np.float32)[y[idx]] if y.ndim == 1
-                      else y[idx].astype(np.float32))
+            labels = one_hot(y[idx]) if y.ndim == 1 else y[idx].astype(np.float32)
             lam = self.rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
             partner = self.rng.permutation(len(idx))
-            images = (lam.reshape(-1, *[1] * (images.ndim - 1)) * images
-                      + (1 - lam.reshape(-1, *[1] * (images.ndim - 1))) * images[partner])
+            w = lam.reshape(-1, *[1] * (images.ndim - 1))
+            images = w * images + (1 - w) * images[partner]
             labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
             return images, labels
 
