@@ -73,14 +73,19 @@ def timed_train(cfg, ds, results: Path) -> tuple[dict, float]:
     return metrics, time.perf_counter() - t0
 
 
-def calibrate(cfg, ds, epochs: int) -> dict:
-    """Seconds per epoch, the first epoch's extra cost and the after-fit cost of ``cfg``."""
+def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
+    """Seconds per epoch, the first epoch's extra cost and the after-fit cost of ``cfg``.
+    A distillation teacher is read from ``results`` (linked into the throw-away folder)."""
     from harness.records import RunDir
     from harness.train import read_history
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
                                 name=f"{cfg.run_name}-calibration")
     with tempfile.TemporaryDirectory() as tmp:
+        if cfg.teacher:
+            link = RunDir.named(Path(tmp), cfg.teacher).path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(RunDir.named(results, cfg.teacher).path.resolve())
         metrics, total = timed_train(short, ds, Path(tmp))
         seconds = [row["epoch_seconds"] for row in read_history(RunDir.named(tmp, short.name))]
     # Wall time per epoch after the first, callbacks (checkpoints, backups) included.
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
     cfg = resolve(args.preset, overrides={**overrides_from(args.set), "name": args.name})
     budget = args.budget_min * 60
     print(f"calibrating {cfg.run_name} ({args.calibration_epochs} epochs) ...", flush=True)
-    cal = calibrate(cfg, ds, args.calibration_epochs)
+    cal = calibrate(cfg, ds, args.calibration_epochs, Path(args.results))
     # 3% of the budget is kept as a margin for epoch-to-epoch noise.
     spare = budget * 0.97 - cal["first_epoch_extra_s"] - cal["after_fit_s"]
     epochs = max(math.floor(spare / cal["seconds_per_epoch"]), 1)

@@ -484,9 +484,13 @@ def prune(obj: Context, run: Path, sparsity, epochs, name):
               show_default=True, help="Fraction of hidden units kept in every layer.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
               help="Fine-tuning epochs.")
+@click.option("--lr-scale", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True, help="Fine-tuning rate as a multiple of the parent's.")
+@click.option("--teacher", help="Distill from this finished run while fine-tuning "
+              "(the parent run is a good choice).")
 @click.option("--name", help="New run name (default <run>-units<N>).")
 @click.pass_obj
-def prune_units(obj: Context, run: Path, keep, epochs, name):
+def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     """Structured pruning: drop the weakest hidden units, rebuild narrower layers, fine-tune."""
     from harness.config import from_dict
     from harness.sparsity import prune_units as run_prune
@@ -496,7 +500,7 @@ def prune_units(obj: Context, run: Path, keep, epochs, name):
     _select_backend(cfg.backend)
     units = max(1, int(round(cfg.units * keep)))
     m = run_prune(parent, obj.dataset(), obj.results, name or f"{parent.name}-units{units}",
-                  keep, epochs)
+                  keep, epochs, lr_scale=lr_scale, teacher=teacher)
     click.echo(_summary(obj.results, m["run"], m))
 
 

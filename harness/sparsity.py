@@ -7,9 +7,10 @@ its ``variant``, so bench and compare read it like any other run.
   ones up to a target sparsity (over all Dense kernels together). Meant for models trained
   with an L1 penalty (``harness train --l1 ...``), whose weights are already mostly tiny.
   Zeros shrink a compressed file but not dense matrix arithmetic.
-- :func:`prune_units` removes whole hidden units, those with the smallest incoming-weight
-  norm, rebuilds narrower Dense layers (slicing the BatchNorm statistics that follow them)
-  and fine-tunes. Narrower layers are what speeds dense inference up.
+- :func:`prune_units` removes whole hidden units, the least salient ones (see
+  :func:`unit_saliency`), rebuilds narrower Dense layers (slicing the BatchNorm statistics
+  that follow them) and fine-tunes, optionally distilling from a teacher run. Narrower
+  layers are what speeds dense inference up.
 """
 
 from __future__ import annotations
@@ -108,11 +109,34 @@ def shrink_weights(old_model, new_model, keeps: list[np.ndarray]) -> list[np.nda
     return weights
 
 
+def unit_saliency(model) -> list[np.ndarray]:
+    """How much each hidden unit can move the next layer: its output scale times the norm of
+    its outgoing weights.
+
+    The output scale is the |gamma| of the BatchNormalization after the unit (BN fixes the
+    unit's spread to gamma, whatever its incoming weights; "network slimming", Liu et al.
+    2017) or, without BN, the norm of its incoming weights. One array per hidden Dense
+    layer, one value per unit."""
+    import keras
+
+    layers = list(model.layers)
+    dense = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Dense)]
+    saliency = []
+    for i, nxt in zip(dense[:-1], dense[1:]):
+        bn = next((layer for layer in layers[i + 1:nxt]
+                   if isinstance(layer, keras.layers.BatchNormalization)), None)
+        scale = (np.abs(np.asarray(bn.gamma)) if bn is not None and bn.scale
+                 else np.linalg.norm(np.asarray(layers[i].kernel), axis=0))
+        saliency.append(scale * np.linalg.norm(np.asarray(layers[nxt].kernel), axis=1))
+    return saliency
+
+
 def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
-                keep: float = 0.5, epochs: int = 5, lr_scale: float = 0.1,
-                verbose: int | None = None) -> dict:
-    """Keep the ``keep`` fraction of units with the largest incoming-weight norm in every
-    hidden layer, then fine-tune for ``epochs`` at ``lr_scale`` times the parent's rate."""
+                keep: float = 0.5, epochs: int = 5, lr_scale: float = 1.0,
+                teacher: str | None = None, verbose: int | None = None) -> dict:
+    """Keep the ``keep`` fraction of the most salient units in every hidden layer, then
+    fine-tune for ``epochs`` with the parent's schedule at ``lr_scale`` times its rate,
+    distilling from the run ``teacher`` if given (the parent itself is a good one)."""
 
     from harness.models import build_model
     from harness.train import train
@@ -120,16 +144,15 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
     cfg = from_dict(parent.read_config())
     units = max(1, int(round(cfg.units * keep)))
     model = load_keras_model(parent.model)
-    hidden = _dense_layers(model)[:-1]
-    keeps = [np.sort(np.argsort(-np.linalg.norm(np.asarray(l.kernel), axis=0))[:units])
-             for l in hidden]
+    keeps = [np.sort(np.argsort(-s)[:units]) for s in unit_saliency(model)]
     small = replace(cfg, units=units, name=name, epochs=epochs, lr=cfg.lr * lr_scale,
-                    warmup_epochs=0.0).validate()
+                    warmup_epochs=0.0, teacher=teacher).validate()
     splits = data_mod.split(ds)
     weights = shrink_weights(model, build_model(small, *splits.norm_stats()), keeps)
     return train(small, ds, results, verbose=verbose, initial_weights=weights,
                  record={"parent": parent.name, "variant": "structured-pruned",
-                         "kept_units": units, "parent_units": cfg.units})
+                         "kept_units": units, "parent_units": cfg.units,
+                         "saliency": "BN |gamma| (or incoming norm) x outgoing norm"})
 
 
 # --------------------------------------------------------------------------- magnitude pruning

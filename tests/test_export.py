@@ -109,3 +109,42 @@ def test_predict_runs_without_tensorflow(exported, tmp_path):
                           "model.onnx"), str(tmp_path / "notes.txt")], capture_output=True,
                          text=True)
     assert bad.returncode == 1 and "not a readable image" in bad.stderr
+
+
+def test_folded_inference_model_is_the_same_function():
+    import keras
+
+    from harness.export import exportable
+    from harness.models import build_model
+
+    cfg = resolve("mlp-frontier", overrides=dict(layers=2, units=16, backend=None))
+    rng = np.random.default_rng(0)
+    model = build_model(cfg, mean=np.array([125.0, 122.0, 113.0]),
+                        variance=np.array([3900.0, 3800.0, 4400.0]))
+    for layer in model.layers:  # BatchNorm statistics far from the identity
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "standardize":
+            layer.set_weights([rng.uniform(0.5, 2, w.shape).astype(np.float32)
+                               for w in layer.get_weights()])
+    pixels = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(model(pixels, training=False))
+    lean = exportable(model)
+    kinds = [type(layer).__name__ for layer in lean.layers]
+    assert kinds[:3] == ["InputLayer", "FlatPixels", "Dense"], kinds
+    assert "Dropout" not in kinds and "RandomFlipShift" not in kinds
+    assert lean.layers[2].kernel.shape == (3072, 16)
+    np.testing.assert_allclose(np.asarray(lean(pixels)), expected, atol=2e-5)
+
+    cnn = build_model(resolve("resnet8", overrides=dict(backend=None)),
+                      mean=np.zeros(3), variance=np.ones(3))
+    assert exportable(cnn) is cnn  # nothing to fold
+
+
+def test_exported_mlp_graph_starts_with_one_reshape(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    run, _, _ = exported
+    interpreter = Interpreter(model_path=str(run.path / "exports" / "model_float32.tflite"))
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops[:2] == ["RESHAPE", "FULLY_CONNECTED"], ops
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops

@@ -39,8 +39,9 @@ def test_sparsify_reaches_the_target(parents):
 def test_structured_pruning_shrinks_layers_and_keeps_outputs_sane(parents, parent):
     results, ds = parents
     m = prune_units(RunDir.named(results, parent), ds, results, f"{parent}-half", keep=0.5,
-                    epochs=2, verbose=0)
+                    epochs=2, teacher=parent, verbose=0)
     assert m["status"] == "completed" and m["kept_units"] == 16 and m["parent"] == parent
+    assert m["teacher"]["run"] == parent  # fine-tuned distilling from the parent
     model = keras.saving.load_model(RunDir.named(results, f"{parent}-half").model)
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
     assert [tuple(l.kernel.shape) for l in dense] == [(3072, 16), (16, 16), (16, 10)]
@@ -84,3 +85,20 @@ def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
     probs = pruned.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-4)
     assert m["parent"] == parent and m["variant"] == "magnitude-pruned"
+
+
+def test_saliency_follows_batchnorm_scale_and_outgoing_weights():
+    from harness.sparsity import unit_saliency
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(2),
+                              keras.layers.Dense(2)])
+    model.layers[0].set_weights([np.full((4, 3), 100.0)])  # incoming norm ignored after BN
+    bn = model.layers[1]
+    bn.set_weights([np.array([1.0, 0.01, 2.0]), *bn.get_weights()[1:]])
+    model.layers[2].set_weights([np.array([[1.0, 0], [1, 0], [0, 0.1]]), np.zeros(2)])
+    model.layers[3].set_weights([np.array([[3.0, 4], [0, 0]]), np.zeros(2)])
+    first, second = unit_saliency(model)
+    np.testing.assert_allclose(first, [1.0, 0.01, 0.2], rtol=1e-6)  # |gamma| x outgoing
+    # no BatchNorm: incoming norm x outgoing norm
+    np.testing.assert_allclose(second, [np.sqrt(2) * 5, 0.1 * 0], rtol=1e-6)
