@@ -616,12 +616,20 @@ def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
     ax.plot([r["p50_us"] for r in front], [r["accuracy"] * 100 for r in front],
             drawstyle="steps-post", color="black", linestyle="--", linewidth=1, zorder=2)
     # Up and to the left of a point on the front nothing can lie (it would dominate the
-    # point), so the labels go there, with room made at the left and top edges.
+    # point), so the labels go there, with room made at the left and top edges. Labels of
+    # neighbours on the front (close in latency and accuracy) are stacked upwards, with a
+    # leader line, so they do not cover each other.
+    stack, previous = 0, None
     for r in front:
+        close = (previous is not None and r["p50_us"] < 3 * previous["p50_us"]
+                 and abs(r["accuracy"] - previous["accuracy"]) < 0.04)
+        stack = stack + 1 if close else 0
         ax.annotate(f"{r['model']}\n{_kind_label(r)}", (r["p50_us"], r["accuracy"] * 100),
-                    xytext=(-7, 5), textcoords="offset points", fontsize=8, ha="right",
-                    va="bottom", bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6",
-                                       "alpha": 0.9})
+                    xytext=(-7, 5 + 26 * stack), textcoords="offset points", fontsize=8,
+                    ha="right", va="bottom",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if stack else None)
+        previous = r
     ax.set_xscale("log")
     p50s, accs = [r["p50_us"] for r in timed], [r["accuracy"] * 100 for r in timed]
     ax.set_xlim(min(p50s) / 6, max(p50s) * 1.6)

@@ -163,7 +163,9 @@ def fold_input_affine(model):
     for layer in layers[first + 1:]:
         if not isinstance(layer, keras.layers.Dropout):
             h = layer(h)
-    return keras.Model(inputs, h, name=model.name)
+    lean = keras.Model(inputs, h, name=model.name)
+    lean(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras' exporters want it called
+    return lean
 
 
 def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,

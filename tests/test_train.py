@@ -63,6 +63,24 @@ def test_same_command_twice_does_not_retrain(tmp_path, archive):
     assert again["status"] == "completed"
 
 
+def test_nan_stops_a_jax_run_whose_per_batch_callbacks_run_async(tmp_path, archive):
+    """On JAX, TerminateOnNaN and TensorBoard are async_safe (they get their logs on a
+    worker thread): a NaN loss must still stop the run early and be recorded."""
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-c", "from harness.cli import main; main()", "--archive",
+           str(archive), "--results", str(results), "train", "--preset", "selu-fast",
+           "--layers", "1", "--units", "8", "--batch-size", "64", "--epochs", "4",
+           "--l2", "1e38", "--name", "nan"]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    metrics = RunDir.named(results, "nan").read_metrics()
+    assert metrics["status"] == "failed" and "NaN" in metrics["message"]
+    assert metrics["backend"] == "jax"
+    rows = list(csv.DictReader(open(RunDir.named(results, "nan").history)))
+    assert len(rows) < 4  # stopped, not run to the end
+
+
 def test_nan_loss_is_recorded_as_failed(tmp_path, archive):
     ds = data.load(archive)
     cfg = resolve("selu", overrides={**SMALL, "l2": 1e38, "name": "nan"})
