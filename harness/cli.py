@@ -498,9 +498,8 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     parent = _run_dir(obj, run)
     cfg = from_dict(parent.read_config())
     _select_backend(cfg.backend)
-    units = max(1, int(round(cfg.units * keep)))
-    m = run_prune(parent, obj.dataset(), obj.results, name or f"{parent.name}-units{units}",
-                  keep, epochs, lr_scale=lr_scale, teacher=teacher)
+    m = run_prune(parent, obj.dataset(), obj.results, name, keep, epochs, lr_scale=lr_scale,
+                  teacher=teacher)
     click.echo(_summary(obj.results, m["run"], m))
 
 

@@ -131,18 +131,20 @@ def unit_saliency(model) -> list[np.ndarray]:
     return saliency
 
 
-def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
+def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str | None,
                 keep: float = 0.5, epochs: int = 5, lr_scale: float = 1.0,
                 teacher: str | None = None, verbose: int | None = None) -> dict:
     """Keep the ``keep`` fraction of the most salient units in every hidden layer, then
     fine-tune for ``epochs`` with the parent's schedule at ``lr_scale`` times its rate,
-    distilling from the run ``teacher`` if given (the parent itself is a good one)."""
+    distilling from the run ``teacher`` if given (the parent itself is a good one). The new
+    run is ``name``, or ``<parent>-units<N>``."""
 
     from harness.models import build_model
     from harness.train import train
 
     cfg = from_dict(parent.read_config())
     units = max(1, int(round(cfg.units * keep)))
+    name = name or f"{parent.name}-units{units}"
     model = load_keras_model(parent.model)
     keeps = [np.sort(np.argsort(-s)[:units]) for s in unit_saliency(model)]
     small = replace(cfg, units=units, name=name, epochs=epochs, lr=cfg.lr * lr_scale,
