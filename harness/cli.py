@@ -137,6 +137,8 @@ def _train_options(f):
                      help="Max-norm constraint on hidden kernels."),
         click.option("--augment", type=click.Choice(AUGMENTATIONS),
                      help="Training-time flips (and 4-pixel translations)."),
+        click.option("--zoom", type=click.FloatRange(0, 1, max_open=True),
+                     help="With flip-shift: also scale by a random factor in [1-Z, 1+Z]."),
         click.option("--mixup", type=click.FloatRange(0, 10),
                      help="Mixup alpha (0 = off): blend pairs of images and their labels."),
         click.option("--teacher", help="Distill from this finished run: its probabilities "

@@ -41,6 +41,8 @@ class TrainConfig:
     augment: str = "none"        # training-only: "flip" (random horizontal flips), "flip-shift"
                                  # (flips and translations by up to `shift` pixels, zero-padded)
     shift: int = 4               # pixels, for "flip-shift"
+    zoom: float = 0.0            # "flip-shift" also scales each image by a random factor in
+                                 # [1 - zoom, 1 + zoom] (bilinear); 0 = off
     mixup: float = 0.0           # mixup alpha: train on x = l x_i + (1 - l) x_j with labels
                                  # mixed alike, l ~ Beta(alpha, alpha) per image; 0 = off
     teacher: str | None = None   # knowledge distillation: a finished run (same results root)
@@ -84,6 +86,7 @@ class TrainConfig:
              f"must be one of {', '.join(AUGMENTATIONS)}"),
             ("shift", isinstance(self.shift, int) and 0 <= self.shift < 16,
              "must be an integer in [0, 16)"),
+            ("zoom", 0 <= self.zoom < 1, "must be in [0, 1) (0 = off)"),
             ("mixup", 0 <= self.mixup <= 10, "must be in [0, 10] (0 = off)"),
             ("teacher", self.teacher is None or _safe_name(self.teacher),
              "must be a run name or null"),

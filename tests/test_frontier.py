@@ -39,6 +39,23 @@ def test_augmentation_is_a_flip_and_a_shift_when_training_and_identity_otherwise
     assert any(m[0] for m in seen) and not all(m[0] for m in seen)
 
 
+def test_zoom_rescales_about_the_centre_within_its_range():
+    # A ramp along the columns stays a ramp under bilinear scaling: its slope is 1/scale
+    # (negated when flipped) and the centre stays in place.
+    zoom = 0.25
+    layer = custom_objects()["RandomFlipShift"](shift=0, seed=5, zoom=zoom)
+    ramp = np.broadcast_to(np.arange(32, dtype="float32")[None, :, None], (32, 32, 3))
+    x = np.repeat(ramp[None], 64, axis=0)
+    y = np.asarray(layer(x, training=True))
+    inner = y[:, 16, 8:24, 0]  # inside the image for every scale in range
+    slopes = np.array([np.polyfit(np.arange(8, 24), row, 1)[0] for row in inner])
+    assert np.all(np.abs(slopes) >= 1 / (1 + zoom) - 1e-4)
+    assert np.all(np.abs(slopes) <= 1 / (1 - zoom) + 1e-4)
+    np.testing.assert_allclose((inner[:, 7] + inner[:, 8]) / 2, 15.5, atol=1e-4)  # centre
+    assert np.ptp(np.abs(slopes)) > 0.1 and (slopes < 0).any() and (slopes > 0).any()
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+
+
 def test_smoothed_loss_matches_its_definition():
     loss = custom_objects()["SmoothedSparseCrossentropy"](0.1)
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
@@ -58,7 +75,7 @@ def test_resnet8_has_the_mlperf_tiny_shape():
 
 @pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
                                        ("label_smoothing", 1.0), ("weight_decay", -0.1),
-                                       ("arch", "vit")])
+                                       ("arch", "vit"), ("zoom", 1.0)])
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
