@@ -145,12 +145,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                         monitor="val_accuracy", patience=15, backend="jax",
                         steps_per_execution=4),
     # The accuracy frontier without convolutions (benchmarks/frontier.py): fully connected
-    # on flattened pixels, with what modern training adds: BatchNorm + GELU, dropout, flips
-    # and 4-pixel translations, mixup, label smoothing, AdamW, warm-up + cosine. Sized for
+    # on flattened pixels, with what modern training adds: BatchNorm + GELU, flips, 4-pixel
+    # translations and zoom, mixup, label smoothing, AdamW, warm-up + cosine. Sized for
     # about 30 minutes on a 2-core CPU; the benchmark sets the epochs to fit a time budget.
-    # Mixup 0.8 is measured to help: 68.6% vs 67.2% test in 30 minutes here.
+    # Measured in 30 minutes here: mixup 0.8 helps (68.6% vs 67.2% test), and a random zoom
+    # of 0.2 in place of dropout 0.1 helps again (69.5%; zoom with dropout: 68.7%).
     "mlp-frontier": dict(arch="batchnorm", activation="gelu", layers=3, units=1024,
-                         dropout=0.1, augment="flip-shift", mixup=0.8, label_smoothing=0.1,
+                         augment="flip-shift", zoom=0.2, mixup=0.8, label_smoothing=0.1,
                          optimizer="adamw", weight_decay=0.05, lr=1e-3, batch_size=256,
                          epochs=120, schedule="cosine", warmup_epochs=3,
                          monitor="val_accuracy", patience=1000, backend="jax",
