@@ -97,14 +97,15 @@ def custom_objects() -> dict:
         def _moves(self, batch, size, shift, flip, scale):
             offset = keras.random.randint((batch, 1), -shift, shift + 1,
                                           seed=self.seed_generator)
-            out = ops.cast(ops.arange(size)[None, :], self.compute_dtype)
-            centre = (size - 1) / 2
-            # output pixel -> (fractional) input pixel
-            source = (out - centre) / scale + centre - ops.cast(offset, self.compute_dtype)
+            pixels = ops.cast(ops.arange(size), self.compute_dtype)
+            source = pixels[None, :]  # output pixel -> (fractional) input pixel
+            if scale is not None:
+                centre = (size - 1) / 2
+                source = (source - centre) / scale + centre
+            source = source - ops.cast(offset, self.compute_dtype)
             if flip:
                 flipped = keras.random.randint((batch, 1), 0, 2, seed=self.seed_generator)
                 source = ops.where(flipped == 1, size - 1 - source, source)
-            pixels = ops.cast(ops.arange(size), self.compute_dtype)
             # bilinear weights; exactly one-hot for whole-pixel sources, zero outside
             return ops.relu(1.0 - ops.abs(source[..., None] - pixels[None, None, :]))
 
@@ -112,7 +113,7 @@ def custom_objects() -> dict:
             if not training:
                 return x
             batch = ops.shape(x)[0]
-            scale = ops.ones((batch, 1), self.compute_dtype)
+            scale = None
             if self.zoom:
                 scale = keras.random.uniform((batch, 1), 1 - self.zoom, 1 + self.zoom,
                                              dtype=self.compute_dtype,
