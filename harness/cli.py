@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from harness import compare as compare_mod
 from harness import data as data_mod
-from harness.config import (ACTIVATIONS, ARCHITECTURES, AUGMENTATIONS, OPTIMIZERS, PRESETS,
-                            ConfigError, resolve)
+from harness.config import (ACTIVATIONS, ARCHITECTURES, AUGMENTATIONS, INPUT_BNS, OPTIMIZERS,
+                            PRESETS, ConfigError, resolve)
 from harness.records import RunDir
 
 
@@ -125,6 +125,9 @@ def _train_options(f):
                      path_type=Path), help="YAML or JSON file of settings; flags override it."),
         click.option("--arch", type=click.Choice(ARCHITECTURES),
                      help="plain Dense stack, BatchNorm around each Dense, or the resnet8 CNN."),
+        click.option("--input-bn", type=click.Choice(INPUT_BNS),
+                     help="batchnorm arch, the BN on the pixels: learned scale and offset "
+                          "(affine, the study's) or batch statistics only (stats, faster)."),
         click.option("--activation", type=click.Choice(ACTIVATIONS),
                      help="Hidden activation; the initializer follows from it."),
         click.option("--layers", type=click.IntRange(min=1), help="Hidden layers."),

@@ -210,7 +210,7 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale.
 
     plain:     Normalize -> [Augment] -> Flatten -> N x [Dense(act)] -> Dense(10, softmax)
-    batchnorm: Normalize -> [Augment] -> Flatten -> BN -> N x [Dense -> BN -> act]
+    batchnorm: Normalize -> [Augment] -> Flatten -> BN (input_bn) -> N x [Dense -> BN -> act]
                -> Dense(10, softmax)
     resnet8:   see :func:`build_resnet8`
     """
@@ -227,7 +227,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
         model.add(augment)
     model.add(layers.Flatten())
     if cfg.arch == "batchnorm":
-        model.add(layers.BatchNormalization())
+        affine = cfg.input_bn == "affine"
+        model.add(layers.BatchNormalization(center=affine, scale=affine))
     for _ in range(cfg.layers):
         if cfg.arch == "batchnorm":
             # The study's ordering: linear Dense, then BN, then the activation.

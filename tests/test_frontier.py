@@ -75,16 +75,35 @@ def test_resnet8_has_the_mlperf_tiny_shape():
 
 @pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
                                        ("label_smoothing", 1.0), ("weight_decay", -0.1),
-                                       ("arch", "vit"), ("zoom", 1.0)])
+                                       ("arch", "vit"), ("zoom", 1.0),
+                                       ("input_bn", "layer")])
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
+
+
+def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
+    """input_bn="stats" drops only the input BN's gamma and beta (2 x 3,072 weights); it
+    still standardizes each pixel with its batch statistics when training."""
+    stats = build_model(resolve("bn-elu", overrides={"input_bn": "stats"}), np.zeros(3), np.ones(3))
+    affine = build_model(resolve("bn-elu"), np.zeros(3), np.ones(3))
+    first_bn = [layer for layer in stats.layers
+                if isinstance(layer, keras.layers.BatchNormalization)][1]
+    assert not first_bn.trainable_weights and len(first_bn.non_trainable_weights) == 2
+    counts = [sum(int(np.prod(w.shape)) for w in m.trainable_weights) for m in (stats, affine)]
+    assert counts[1] - counts[0] == 2 * 32 * 32 * 3
+    x = np.random.default_rng(0).normal(3, 2, size=(64, 32, 32, 3)).astype("float32")
+    h = keras.layers.Flatten()(x)
+    out = np.asarray(first_bn(h, training=True))
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), 1, atol=1e-2)
 
 
 @pytest.mark.parametrize("preset,overrides", [
     ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw", mixup=0.0)),
     ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
     ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
+    ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
     ("resnet8", dict()),
 ])
 def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
