@@ -130,6 +130,8 @@ def _train_options(f):
                           "(affine, the study's) or batch statistics only (stats, faster)."),
         click.option("--activation", type=click.Choice(ACTIVATIONS),
                      help="Hidden activation; the initializer follows from it."),
+        click.option("--bottleneck", type=click.IntRange(min=0),
+                     help="First a linear Dense of this many units (0 = none)."),
         click.option("--layers", type=click.IntRange(min=1), help="Hidden layers."),
         click.option("--units", type=click.IntRange(min=1), help="Units per hidden layer."),
         click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),

@@ -38,6 +38,9 @@ class TrainConfig:
                                  # "stats" (batch statistics only: the first Dense's weights
                                  # already scale each pixel, and training skips that layer's
                                  # input gradient, the net's largest matrix product)
+    bottleneck: int = 0          # plain/batchnorm: first a linear Dense of this many units
+                                 # (then BN in the batchnorm arch), a learned low-rank
+                                 # projection of the pixels (Lin et al. 2015); 0 = none
     layers: int = 5              # hidden Dense layers
     units: int = 100             # units per hidden layer
     dropout: float = 0.0         # AlphaDropout for selu, Dropout otherwise; 0 = none
@@ -83,6 +86,8 @@ class TrainConfig:
             ("activation", self.activation in ACTIVATIONS,
              f"must be one of {', '.join(ACTIVATIONS)}"),
             ("input_bn", self.input_bn in INPUT_BNS, f"must be one of {', '.join(INPUT_BNS)}"),
+            ("bottleneck", isinstance(self.bottleneck, int) and self.bottleneck >= 0,
+             "must be an integer >= 0 (0 = none)"),
             ("layers", isinstance(self.layers, int) and self.layers >= 1, "must be an integer >= 1"),
             ("units", isinstance(self.units, int) and self.units >= 1, "must be an integer >= 1"),
             ("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)"),

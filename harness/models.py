@@ -209,9 +209,11 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
 def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale.
 
-    plain:     Normalize -> [Augment] -> Flatten -> N x [Dense(act)] -> Dense(10, softmax)
-    batchnorm: Normalize -> [Augment] -> Flatten -> BN (input_bn) -> N x [Dense -> BN -> act]
+    plain:     Normalize -> [Augment] -> Flatten -> [Bottleneck] -> N x [Dense(act)]
                -> Dense(10, softmax)
+    batchnorm: Normalize -> [Augment] -> Flatten -> BN (input_bn) -> [Bottleneck -> BN]
+               -> N x [Dense -> BN -> act] -> Dense(10, softmax)
+    Bottleneck (``cfg.bottleneck`` units) is a linear Dense: no activation.
     resnet8:   see :func:`build_resnet8`
     """
     import keras
@@ -229,6 +231,11 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
         model.add(layers.BatchNormalization(center=affine, scale=affine))
+    if cfg.bottleneck:
+        model.add(layers.Dense(cfg.bottleneck, kernel_initializer="glorot_normal",
+                               name="bottleneck"))
+        if cfg.arch == "batchnorm":
+            model.add(layers.BatchNormalization())
     for _ in range(cfg.layers):
         if cfg.arch == "batchnorm":
             # The study's ordering: linear Dense, then BN, then the activation.

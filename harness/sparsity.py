@@ -147,6 +147,8 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str |
     name = name or f"{parent.name}-units{units}"
     model = load_keras_model(parent.model)
     keeps = [np.sort(np.argsort(-s)[:units]) for s in unit_saliency(model)]
+    if cfg.bottleneck:  # the linear bottleneck keeps all its units; only hidden layers shrink
+        keeps[0] = np.arange(cfg.bottleneck)
     small = replace(cfg, units=units, name=name, epochs=epochs, lr=cfg.lr * lr_scale,
                     warmup_epochs=0.0, teacher=teacher).validate()
     splits = data_mod.split(ds)

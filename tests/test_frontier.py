@@ -76,7 +76,7 @@ def test_resnet8_has_the_mlperf_tiny_shape():
 @pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
                                        ("label_smoothing", 1.0), ("weight_decay", -0.1),
                                        ("arch", "vit"), ("zoom", 1.0),
-                                       ("input_bn", "layer")])
+                                       ("input_bn", "layer"), ("bottleneck", -1)])
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
@@ -104,6 +104,7 @@ def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
     ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
     ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
     ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
+    ("mlp-frontier", dict(layers=1, units=32, bottleneck=8)),
     ("resnet8", dict()),
 ])
 def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
@@ -127,8 +128,8 @@ def test_augmented_model_exports_without_its_augmentation(tmp_path, archive):
 
     ds = data.load(archive)
     cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
-        "layers": 1, "units": 16, "epochs": 1, "warmup_epochs": 0, "batch_size": 64,
-        "name": "aug"}), backend=None)
+        "layers": 1, "units": 16, "bottleneck": 8, "epochs": 1, "warmup_epochs": 0,
+        "batch_size": 64, "name": "aug"}), backend=None)
     train(cfg, ds, tmp_path / "results", verbose=0)
     (record,) = export_run(RunDir.named(tmp_path / "results", "aug"), ds, ("onnx",))
     assert record["max_abs_diff"] < 1e-4 and not record["flagged"]

@@ -13,9 +13,10 @@ from harness.train import train
 def parents(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
-    for preset, name in (("selu", "p-selu"), ("bn-elu", "p-bn")):
+    for preset, name, extra in (("selu", "p-selu", {}), ("bn-elu", "p-bn", {}),
+                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats"))):
         cfg = resolve(preset, overrides=dict(layers=2, units=32, epochs=2, batch_size=64,
-                                             l1=1e-5, name=name))
+                                             l1=1e-5, name=name, **extra))
         train(cfg, ds, results, verbose=0)
     return results, ds
 
@@ -67,7 +68,18 @@ def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
     np.testing.assert_allclose(new.predict(x, verbose=0), old.predict(x, verbose=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
+def test_structured_pruning_keeps_the_linear_bottleneck_whole(parents):
+    results, ds = parents
+    m = prune_units(RunDir.named(results, "p-bneck"), ds, results, "p-bneck-half", keep=0.25,
+                    epochs=1, verbose=0)
+    assert m["status"] == "completed" and m["kept_units"] == 8
+    model = keras.saving.load_model(RunDir.named(results, "p-bneck-half").model)
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 8), (8, 8), (8, 8), (8, 10)]
+    assert dense[0].name == "bottleneck" and dense[0].activation is keras.activations.linear
+
+
+@pytest.mark.parametrize("parent", ["p-selu", "p-bn", "p-bneck"])
 def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
     from harness.sparsity import _mirror_in_tf_keras, prune_magnitude
 
