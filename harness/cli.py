@@ -351,7 +351,10 @@ def export(obj: Context, run: Path, formats, quantizations):
     run_dir = _run_dir(obj, run)
     formats = export_mod.FORMATS if "all" in formats else formats
     quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
-    records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
+    try:
+        records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
+    except export_mod.ExportError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"{'file':<24}{'runtime':<13}{'KiB':>8}{'max diff':>11}{'test acc':>10}"
                f"{'drop':>8}")
     for r in records:
@@ -377,11 +380,15 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.bench import bench_run, format_rows, write_bench
+    from harness.export import ExportError
 
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
-        record = bench_run(run_dir, ds, export_kind, calls, warmup)
+        try:
+            record = bench_run(run_dir, ds, export_kind, calls, warmup)
+        except ExportError as e:
+            raise click.ClickException(str(e)) from None
         click.echo(f"{run_dir.name}  ->  {write_bench(record, obj.results)}")
         click.echo(format_rows(record["rows"]))
 

@@ -168,10 +168,20 @@ def fold_input_affine(model):
     return lean
 
 
+class ExportError(ValueError):
+    """An export cannot be made here; the message says why and what to do."""
+
+
 def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
                quantizations=QUANTIZATIONS) -> list[dict]:
     """Write and verify the requested exports of ``run``; return their records."""
+    import keras
 
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"exports are made with TensorFlow's converters (tf2onnx, TFLite), but Keras runs "
+            f"on {keras.backend.backend()!r} here: run export/bench with "
+            f"KERAS_BACKEND=tensorflow (the default); models trained on any backend load there")
     trained = load_keras_model(run.model)
     splits = data_mod.split(ds)
     reference = predict_keras(trained, splits.test.x[:PROBE_IMAGES])

@@ -65,6 +65,23 @@ def test_runtimes_work_without_tensorflow(exported):
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 
+def test_export_on_another_backend_is_a_clear_error(exported, archive, monkeypatch, tmp_path):
+    """ONNX and TFLite come from TensorFlow's converters: on JAX, bench and export say so
+    (exit 1, one line) instead of failing deep inside Keras with an ImportError."""
+    import keras
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    run, ds, _ = exported
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    for command in (["export", str(run.path)], ["bench", str(run.path)]):
+        result = CliRunner().invoke(main, ["--archive", str(archive), "--results",
+                                           str(tmp_path), *command])
+        assert result.exit_code == 1, result.output
+        assert "KERAS_BACKEND=tensorflow" in result.output and "Traceback" not in result.output
+
+
 def test_unknown_model_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not an .onnx or .tflite"):
         runtimes.load(tmp_path / "model.pt")
