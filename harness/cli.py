@@ -132,6 +132,9 @@ def _train_options(f):
                      help="Hidden activation; the initializer follows from it."),
         click.option("--bottleneck", type=click.IntRange(min=0),
                      help="First a linear Dense of this many units (0 = none)."),
+        click.option("--pca", type=click.IntRange(0, 3072),
+                     help="First project the pixels onto the training images' top N "
+                          "principal components, a fixed layer (0 = none)."),
         click.option("--layers", type=click.IntRange(min=1), help="Hidden layers."),
         click.option("--units", type=click.IntRange(min=1), help="Units per hidden layer."),
         click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),

@@ -449,8 +449,9 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
         variant = f"trained ({cfg.get('preset') or 'no preset'}{extra})"
     architecture = cfg["arch"]
     if architecture in DENSE_ARCHS:
-        bottleneck = f"{cfg['bottleneck']}+" if cfg.get("bottleneck") else ""
-        architecture += f" {bottleneck}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
+        first = "".join(f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", ""))
+                        if cfg.get(k))
+        architecture += f" {first}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
     return {"model": label, "architecture": architecture, "variant": variant,
             "params": m["params"]["total"], "sparsity": m.get("sparsity")}
 

@@ -146,6 +146,16 @@ class Splits:
         x = self.train.x.reshape(-1, 3).astype(np.float64)
         return x.mean(axis=0).astype(np.float32), x.var(axis=0).astype(np.float32)
 
+    def principal_components(self, k: int) -> np.ndarray:
+        """(3072, k): the top-``k`` principal directions of the TRAIN split's flattened
+        images, standardized per channel as the models' first layer does; largest first."""
+        mean, variance = self.norm_stats()
+        x = ((self.train.x.reshape(len(self.train), -1, 3) - mean) / np.sqrt(variance))
+        x = x.reshape(len(self.train), -1).astype(np.float32)
+        x -= x.mean(axis=0)
+        values, vectors = np.linalg.eigh((x.T @ x).astype(np.float64) / len(x))
+        return vectors[:, ::-1][:, :k].astype(np.float32)
+
 
 def split(ds: Dataset, val_fraction: float = VALIDATION_FRACTION) -> Splits:
     """Validation = the first ``val_fraction`` of the training images, train = the rest."""

@@ -206,14 +206,19 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     return keras.Model(inputs, outputs, name="resnet8")
 
 
-def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
-    """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale.
+def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
+                components: np.ndarray | None = None):
+    """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale;
+    ``components`` (3072, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
+    initialization, for callers that load weights next).
 
-    plain:     Normalize -> [Augment] -> Flatten -> [Bottleneck] -> N x [Dense(act)]
+    plain:     Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck] -> N x [Dense(act)]
                -> Dense(10, softmax)
-    batchnorm: Normalize -> [Augment] -> Flatten -> BN (input_bn) -> [Bottleneck -> BN]
-               -> N x [Dense -> BN -> act] -> Dense(10, softmax)
-    Bottleneck (``cfg.bottleneck`` units) is a linear Dense: no activation.
+    batchnorm: Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn) -> [Bottleneck
+               -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
+    PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
+    training images' top principal directions. Bottleneck (``cfg.bottleneck`` units) is a
+    learned linear Dense.
     resnet8:   see :func:`build_resnet8`
     """
     import keras
@@ -228,6 +233,10 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     if augment is not None:
         model.add(augment)
     model.add(layers.Flatten())
+    if cfg.pca:
+        model.add(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca"))
+        if components is not None:
+            model.layers[-1].set_weights([np.asarray(components, np.float32)])
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
         model.add(layers.BatchNormalization(center=affine, scale=affine))

@@ -28,9 +28,11 @@ from harness.records import COMPLETED, RunDir, library_versions
 
 
 def _dense_layers(model):
+    """The learned Dense layers (a frozen PCA projection is data, not pruned)."""
     import keras
 
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return [layer for layer in model.layers
+            if isinstance(layer, keras.layers.Dense) and layer.trainable]
 
 
 def _sparsity_per_layer(model) -> tuple[list[dict], float]:
@@ -96,10 +98,10 @@ def shrink_weights(old_model, new_model, keeps: list[np.ndarray]) -> list[np.nda
     for old, new in zip(old_model.layers, new_model.layers):
         w = [np.asarray(v) for v in old.weights]
         if isinstance(old, keras.layers.Dense):
-            kernel, bias = w
+            kernel, *bias = w  # the PCA projection has no bias
             rows = kept_in if kept_in is not None else slice(None)
             cols = keeps[hidden] if hidden < len(keeps) else slice(None)
-            w = [kernel[rows][:, cols], bias[cols]]
+            w = [kernel[rows][:, cols], *(b[cols] for b in bias)]
             kept_in = keeps[hidden] if hidden < len(keeps) else None
             hidden += 1
         elif isinstance(old, keras.layers.BatchNormalization) and kept_in is not None:
@@ -147,8 +149,9 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str |
     name = name or f"{parent.name}-units{units}"
     model = load_keras_model(parent.model)
     keeps = [np.sort(np.argsort(-s)[:units]) for s in unit_saliency(model)]
-    if cfg.bottleneck:  # the linear bottleneck keeps all its units; only hidden layers shrink
-        keeps[0] = np.arange(cfg.bottleneck)
+    # the PCA projection and the linear bottleneck stay whole; only hidden layers shrink
+    for i, width in enumerate(n for n in (cfg.pca, cfg.bottleneck) if n):
+        keeps[i] = np.arange(width)
     small = replace(cfg, units=units, name=name, epochs=epochs, lr=cfg.lr * lr_scale,
                     warmup_epochs=0.0, teacher=teacher).validate()
     splits = data_mod.split(ds)
@@ -174,6 +177,7 @@ def _mirror_in_tf_keras(model):
             con = layer.kernel_constraint
             mirror.add(tl.Dense(
                 layer.units, activation=keras.activations.serialize(layer.activation),
+                use_bias=layer.use_bias, trainable=layer.trainable,
                 kernel_regularizer=tf_keras.regularizers.L1L2(l1=float(reg.l1), l2=float(reg.l2))
                 if reg is not None else None,
                 kernel_constraint=tf_keras.constraints.MaxNorm(float(con.max_value))
@@ -222,7 +226,7 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
         end_step=max(1, int(steps * 0.8)), frequency=max(1, steps // 50))
 
     def wrap(layer):
-        if isinstance(layer, tf_keras.layers.Dense):
+        if isinstance(layer, tf_keras.layers.Dense) and layer.trainable:
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 

@@ -406,7 +406,8 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg, *splits.norm_stats())
+    model = build_model(cfg, *splits.norm_stats(),
+                        components=splits.principal_components(cfg.pca) if cfg.pca else None)
     if initial_weights is not None:
         model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))

@@ -164,13 +164,14 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
     from harness.train import compile_model, epoch_log, fit_inputs, recipe_callbacks
 
     mean, variance = splits.norm_stats()
+    components = splits.principal_components(base.pca) if base.pca else None
 
     class StudyHyperModel(kt.HyperModel):
         """A TrainConfig per trial, built and compiled exactly as ``harness train`` does."""
 
         def build(self, hp):
             cfg = space.config_for(hp, base)
-            model = build_model(cfg, mean, variance)
+            model = build_model(cfg, mean, variance, components)
             compile_model(model, cfg, len(splits.train))
             return model
 

@@ -257,8 +257,12 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     narrow = metrics("narrow")
     narrow["config"].update(bottleneck=16)
     write_json(tmp_path / "runs" / "narrow" / "metrics.json", narrow)
+    projected = metrics("projected")
+    projected["config"].update(pca=64)
+    write_json(tmp_path / "runs" / "projected" / "metrics.json", projected)
     rows = {r["model"]: r for r in cmp.build_rows(cmp.collect_records([tmp_path]))}
     assert rows["narrow"]["architecture"] == "batchnorm 16+2x8 relu"
+    assert rows["projected"]["architecture"] == "batchnorm pca64+2x8 relu"
     assert (rows["dense"]["architecture"], rows["dense"]["variant"]) == (
         "batchnorm 2x8 relu", "trained (bn-elu-fast)")
     assert (rows["cnn"]["architecture"], rows["cnn"]["variant"]) == (

@@ -56,6 +56,32 @@ def test_zoom_rescales_about_the_centre_within_its_range():
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
 
 
+def test_pca_layer_projects_onto_the_training_images_principal_directions(tmp_path, archive):
+    splits = data.split(data.load(archive))
+    k = 12
+    v = splits.principal_components(k)
+    assert v.shape == (32 * 32 * 3, k)
+    np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-4)  # orthonormal
+    mean, variance = splits.norm_stats()
+    x = ((splits.train.x.reshape(len(splits.train), -1, 3) - mean) / np.sqrt(variance))
+    x = x.reshape(len(splits.train), -1)
+    spread = (x - x.mean(axis=0)) @ v
+    assert np.all(np.diff(spread.var(axis=0)) <= 1e-3)  # largest variance first
+    # no direction orthogonal to the first component carries more variance than it does
+    other = np.linalg.qr(np.random.default_rng(0).normal(size=(x.shape[1], 20)))[0]
+    other -= v[:, :1] @ (v[:, :1].T @ other)
+    other /= np.linalg.norm(other, axis=0)
+    assert spread[:, 0].var() >= ((x - x.mean(axis=0)) @ other).var(axis=0).max()
+    cfg = dataclasses.replace(resolve("mlp-frontier", overrides={"layers": 1, "units": 8,
+                                                                 "pca": k}), backend=None)
+    model = build_model(cfg, mean, variance, components=v)
+    layer = model.get_layer("pca")
+    assert not layer.trainable and not layer.use_bias
+    np.testing.assert_array_equal(np.asarray(layer.kernel), v)
+    assert model.count_params() - sum(int(np.prod(w.shape)) for w in model.trainable_weights) \
+        >= v.size  # the projection is not trained
+
+
 def test_smoothed_loss_matches_its_definition():
     loss = custom_objects()["SmoothedSparseCrossentropy"](0.1)
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
@@ -76,7 +102,8 @@ def test_resnet8_has_the_mlperf_tiny_shape():
 @pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
                                        ("label_smoothing", 1.0), ("weight_decay", -0.1),
                                        ("arch", "vit"), ("zoom", 1.0),
-                                       ("input_bn", "layer"), ("bottleneck", -1)])
+                                       ("input_bn", "layer"), ("bottleneck", -1),
+                                       ("pca", 3073)])
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
@@ -105,6 +132,7 @@ def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
     ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
     ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
     ("mlp-frontier", dict(layers=1, units=32, bottleneck=8)),
+    ("mlp-frontier", dict(layers=1, units=32, pca=24)),
     ("resnet8", dict()),
 ])
 def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
@@ -128,7 +156,7 @@ def test_augmented_model_exports_without_its_augmentation(tmp_path, archive):
 
     ds = data.load(archive)
     cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
-        "layers": 1, "units": 16, "bottleneck": 8, "epochs": 1, "warmup_epochs": 0,
+        "layers": 1, "units": 16, "pca": 24, "bottleneck": 8, "epochs": 1, "warmup_epochs": 0,
         "batch_size": 64, "name": "aug"}), backend=None)
     train(cfg, ds, tmp_path / "results", verbose=0)
     (record,) = export_run(RunDir.named(tmp_path / "results", "aug"), ds, ("onnx",))

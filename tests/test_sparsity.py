@@ -14,7 +14,7 @@ def parents(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
     for preset, name, extra in (("selu", "p-selu", {}), ("bn-elu", "p-bn", {}),
-                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats"))):
+                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats", pca=16))):
         cfg = resolve(preset, overrides=dict(layers=2, units=32, epochs=2, batch_size=64,
                                              l1=1e-5, name=name, **extra))
         train(cfg, ds, results, verbose=0)
@@ -68,15 +68,20 @@ def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
     np.testing.assert_allclose(new.predict(x, verbose=0), old.predict(x, verbose=0), atol=1e-6)
 
 
-def test_structured_pruning_keeps_the_linear_bottleneck_whole(parents):
+def test_structured_pruning_keeps_the_pca_projection_and_linear_bottleneck_whole(parents):
     results, ds = parents
     m = prune_units(RunDir.named(results, "p-bneck"), ds, results, "p-bneck-half", keep=0.25,
                     epochs=1, verbose=0)
     assert m["status"] == "completed" and m["kept_units"] == 8
     model = keras.saving.load_model(RunDir.named(results, "p-bneck-half").model)
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
-    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 8), (8, 8), (8, 8), (8, 10)]
-    assert dense[0].name == "bottleneck" and dense[0].activation is keras.activations.linear
+    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 16), (16, 8), (8, 8), (8, 8),
+                                                       (8, 10)]
+    assert dense[1].name == "bottleneck" and dense[1].activation is keras.activations.linear
+    parent = keras.saving.load_model(RunDir.named(results, "p-bneck").model)
+    assert dense[0].name == "pca" and not dense[0].trainable
+    np.testing.assert_array_equal(np.asarray(dense[0].kernel),  # frozen through fine-tuning
+                                  np.asarray(parent.get_layer("pca").kernel))
 
 
 @pytest.mark.parametrize("parent", ["p-selu", "p-bn", "p-bneck"])
@@ -94,6 +99,10 @@ def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
     assert m["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert all(l["sparsity"] == pytest.approx(0.8, abs=0.02) for l in m["sparsity_per_layer"])
     pruned = keras.saving.load_model(RunDir.named(results, f"{parent}-p80").model)
+    if parent == "p-bneck":  # the frozen PCA projection is neither pruned nor counted
+        assert "pca" not in [l["layer"] for l in m["sparsity_per_layer"]]
+        np.testing.assert_array_equal(np.asarray(pruned.get_layer("pca").kernel),
+                                      np.asarray(model.get_layer("pca").kernel))
     probs = pruned.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-4)
     assert m["parent"] == parent and m["variant"] == "magnitude-pruned"
