@@ -92,7 +92,8 @@ def exportable(model):
       the same function through erfc, which neither tf2onnx nor TFLite's builtin ops
       support; erf is supported by both.
     - For the fully connected nets (:func:`fold_input_affine`), the standardization (and the
-      input BatchNormalization) is folded into the first Dense layer, the flattening becomes
+      input BatchNormalization) is folded into the first Dense layer (and, when that layer is
+      linear, the BatchNormalization after it), the flattening becomes
       one constant-shape reshape, and dropout and augmentation (identities at inference)
       are left out.
 
@@ -124,8 +125,9 @@ def fold_input_affine(model):
     inputs and the dynamic-shape ops that ``Flatten`` becomes in TFLite (SHAPE,
     STRIDED_SLICE, PACK), which also split the XNNPACK delegate in two. ``a`` and ``b`` are
     read off the prefix itself, at x = 0 and x = 255, so any such prefix folds exactly (up to
-    float rounding). Later Dropout layers are dropped. A model of another shape (the CNN)
-    is returned as it is.
+    float rounding). A linear first Dense also absorbs a BatchNormalization right after it.
+    Later Dropout layers are dropped. A model of another shape (the CNN) is returned as it
+    is.
     """
     import keras
     from keras import ops
@@ -155,12 +157,26 @@ def fold_input_affine(model):
         def call(self, x):
             return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
 
+    kernel, bias = a[:, None] * kernel, bias + b @ kernel
+    rest = layers[first + 1:]
+    if (dense.activation is keras.activations.linear and rest
+            and isinstance(rest[0], keras.layers.BatchNormalization)):
+        # A linear first Dense (the PCA projection, the bottleneck, a BN net's first
+        # layer) also absorbs the BatchNormalization after it: per output, y * s + t. Its
+        # outputs then come out standardized, which is what int8 quantizes well.
+        bn, rest = rest[0], rest[1:]
+        s = 1.0 / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+        if bn.scale:
+            s = s * np.asarray(bn.gamma, np.float64)
+        t = -np.asarray(bn.moving_mean, np.float64) * s
+        if bn.center:
+            t = t + np.asarray(bn.beta, np.float64)
+        kernel, bias = kernel * s, bias * s + t
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
     h = folded(FlatPixels(name="flatten")(inputs))
-    folded.set_weights([(a[:, None] * kernel).astype(np.float32),
-                        (bias + b @ kernel).astype(np.float32)])
-    for layer in layers[first + 1:]:
+    folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    for layer in rest:
         if not isinstance(layer, keras.layers.Dropout):
             h = layer(h)
     lean = keras.Model(inputs, h, name=model.name)
