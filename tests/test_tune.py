@@ -27,8 +27,8 @@ def test_sweep_trains_a_fresh_model_per_rate(tmp_path, archive, monkeypatch):
     built = []
     real_build = train_mod.build_model
 
-    def recording_build(cfg, mean, variance):
-        model = real_build(cfg, mean, variance)
+    def recording_build(cfg, mean, variance, components=None):
+        model = real_build(cfg, mean, variance, components)
         built.append([w.copy() for w in model.get_weights()])
         return model
 
