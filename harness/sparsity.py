@@ -197,6 +197,8 @@ def _mirror_in_tf_keras(model):
             mirror.add(tl.AlphaDropout(layer.rate, name=layer.name))
         elif isinstance(layer, keras.layers.Dropout):
             mirror.add(tl.Dropout(layer.rate, name=layer.name))
+        elif type(layer).__name__ == "RandomFlipShift":
+            continue  # training-time augmentation without weights: fine-tuning goes without
         else:
             raise TypeError(f"cannot mirror layer {layer.name} ({type(layer).__name__})")
     mirror.set_weights(model.get_weights())

@@ -14,7 +14,8 @@ def parents(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
     for preset, name, extra in (("selu", "p-selu", {}), ("bn-elu", "p-bn", {}),
-                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats", pca=16))):
+                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats", pca=16,
+                                                           augment="flip-shift", zoom=0.2))):
         cfg = resolve(preset, overrides=dict(layers=2, units=32, epochs=2, batch_size=64,
                                              l1=1e-5, name=name, **extra))
         train(cfg, ds, results, verbose=0)
