@@ -139,14 +139,20 @@ def fold_input_affine(model):
             or any(type(layer).__name__ not in FOLDABLE_PREFIX for layer in layers[:first])):
         return model
 
-    def prefix(value: float) -> np.ndarray:
-        h = ops.convert_to_tensor(np.full((1, *model.input_shape[1:]), value, np.float32))
-        for layer in layers[:first]:
-            h = layer(h, training=False)
-        return ops.convert_to_numpy(h)[0].astype(np.float64)
+    def affine(stack, shape) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) with stack(x) = a * x + b per feature at inference, read off at x = 0
+        and x = 255."""
 
-    b = prefix(0.0)
-    a = (prefix(255.0) - b) / 255.0
+        def at(value: float) -> np.ndarray:
+            h = ops.convert_to_tensor(np.full((1, *shape), value, np.float32))
+            for layer in stack:
+                h = layer(h, training=False)
+            return ops.convert_to_numpy(h)[0].astype(np.float64)
+
+        b = at(0.0)
+        return (at(255.0) - b) / 255.0, b
+
+    a, b = affine(layers[:first], model.input_shape[1:])
     dense = layers[first]
     kernel = np.asarray(dense.kernel, np.float64)
     bias = np.asarray(dense.bias, np.float64) if dense.use_bias else np.zeros(dense.units)
@@ -164,14 +170,8 @@ def fold_input_affine(model):
         # A linear first Dense (the PCA projection, the bottleneck, a BN net's first
         # layer) also absorbs the BatchNormalization after it: per output, y * s + t. Its
         # outputs then come out standardized, which is what int8 quantizes well.
-        bn, rest = rest[0], rest[1:]
-        s = 1.0 / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
-        if bn.scale:
-            s = s * np.asarray(bn.gamma, np.float64)
-        t = -np.asarray(bn.moving_mean, np.float64) * s
-        if bn.center:
-            t = t + np.asarray(bn.beta, np.float64)
-        kernel, bias = kernel * s, bias * s + t
+        s, t = affine(rest[:1], (dense.units,))
+        kernel, bias, rest = kernel * s, bias * s + t, rest[1:]
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
     h = folded(FlatPixels(name="flatten")(inputs))

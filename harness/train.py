@@ -406,8 +406,10 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
+    # the PCA directions only when no given weights replace them (fine-tuning a derived model)
+    fresh_pca = cfg.pca and initial_weights is None
     model = build_model(cfg, *splits.norm_stats(),
-                        components=splits.principal_components(cfg.pca) if cfg.pca else None)
+                        components=splits.principal_components(cfg.pca) if fresh_pca else None)
     if initial_weights is not None:
         model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))
