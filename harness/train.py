@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -87,13 +88,14 @@ def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
 
 
 def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
-               targets: np.ndarray | None = None) -> dict:
+               targets: np.ndarray | None = None, first_epoch: int = 0) -> dict:
     """``model.fit`` keyword arguments for the training arrays and validation pair.
 
     Integer labels: the arrays themselves (shuffled by Keras each epoch). With ``targets``
     (N, 10 probabilities, from a teacher) or mixup, the targets are probability vectors
     (mixed batches come from a generator) and validation labels become one-hot. train()
-    and the tuner both fit through this."""
+    and the tuner both fit through this; a resumed run passes the epoch it resumes at, so
+    its mixed batches are those the uninterrupted run would have had."""
     if not cfg.mixup and targets is None:
         return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
                 "shuffle": True}
@@ -102,7 +104,8 @@ def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
     if not cfg.mixup:
         return {"x": x, "y": targets, "batch_size": cfg.batch_size,
                 "validation_data": validation, "shuffle": True}
-    return {"x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed),
+    return {"x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed,
+                               epoch=first_epoch),
             "validation_data": validation}
 
 
@@ -124,36 +127,46 @@ def teacher_targets(cfg: TrainConfig, results: Path, splits) -> tuple[np.ndarray
     return targets.astype(np.float32), record
 
 
-def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int):
+def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int,
+                  workers: int | None = None, epoch: int = 0):
     """Shuffled batches of mixed images and targets (Zhang et al. 2018, one l per image);
     ``y`` holds integer labels or (N, 10) probability vectors.
 
     Mixing happens on raw pixels; the model's first layer standardizes linearly, so this is
-    the same as mixing standardized inputs. Whole batches are mixed at once in numpy."""
+    the same as mixing standardized inputs. Whole batches are mixed at once in numpy, on
+    ``workers`` threads (default: half the cores, at most 8), so on a GPU the host keeps up
+    with a small net. Each batch draws from its own generator, seeded by (seed, epoch,
+    batch), so the batches are the same whatever the number of threads; ``epoch`` is the
+    first epoch's number."""
     import keras
+
+    if workers is None:
+        workers = max(1, min(8, (os.cpu_count() or 2) // 2))
 
     class MixupBatches(keras.utils.PyDataset):
         def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
+            super().__init__(workers=workers)
+            self.epoch = epoch
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(x))
 
         def __len__(self):
             return math.ceil(len(x) / batch_size)
 
         def __getitem__(self, i):
+            rng = np.random.default_rng([seed, self.epoch, i])
             idx = self.order[i * batch_size:(i + 1) * batch_size]
             images = x[idx].astype(np.float32)
             labels = one_hot(y[idx]) if y.ndim == 1 else y[idx].astype(np.float32)
-            lam = self.rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
-            partner = self.rng.permutation(len(idx))
+            lam = rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
+            partner = rng.permutation(len(idx))
             w = lam.reshape(-1, *[1] * (images.ndim - 1))
             images = w * images + (1 - w) * images[partner]
             labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
             return images, labels
 
         def on_epoch_end(self):
-            self.order = self.rng.permutation(len(x))
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(x))
 
     return MixupBatches()
 
@@ -212,7 +225,9 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
 
-    callbacks = [early, plateau, epoch_log(), _terminate_on_nan(),
+    # EarlyStopping after the epoch timer: its copy of the best weights, like the checkpoint,
+    # happens only on improving epochs, and epoch_seconds measures training + validation.
+    callbacks = [plateau, epoch_log(), early, _terminate_on_nan(),
                  keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
                  ResumeState(), _tensorboard(run), *extra]
     callbacks = [c for c in callbacks if c is not None]
@@ -423,7 +438,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
 
     t0 = time.perf_counter()
     model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y),
-                           targets),
+                           targets, first_epoch=resume_from),
               epochs=cfg.epochs,
               callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks),
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))

@@ -190,6 +190,23 @@ def test_mixup_batches_mix_images_and_labels_alike():
     assert sum(seen) == 100 and any(mixed)
 
 
+def test_mixup_batches_depend_on_seed_epoch_and_index_not_on_threads():
+    from harness.train import mixup_batches
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(64) % 10
+    one, four = (mixup_batches(x, y, 16, 0.4, seed=3, workers=w) for w in (1, 4))
+    assert four.workers == 4
+    for i in (2, 0, 3):  # any order, as threads ask for them
+        np.testing.assert_array_equal(one[i][0], four[i][0])
+    first = one[0][0]
+    one.on_epoch_end()
+    assert not np.array_equal(one[0][0], first)  # a new epoch mixes anew
+    resumed = mixup_batches(x, y, 16, 0.4, seed=3, workers=1, epoch=1)
+    np.testing.assert_array_equal(resumed[0][0], one[0][0])  # as the run resumed there
+
+
 def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
     ds = data.load(archive)
     results = tmp_path / "results"
