@@ -6,7 +6,8 @@ a preset a wall-time budget and spends it in two steps, both through ``harness.t
 (the code path of ``harness train``):
 
 1. calibration: a short run of the same configuration (4 epochs by default, thrown away)
-   measures the wall seconds per epoch (epochs 2+, callbacks included), the first epoch's extra cost
+   measures what an epoch costs (its timed part, the backup, the best-model save, of which
+   a long run pays only a share: see calibrate), the first epoch's extra cost
    (compilation) and the final evaluation's cost;
 2. the real run, with as many epochs as fit the budget, so its warm-up + cosine schedule
    ends exactly when the budget does.
@@ -66,24 +67,26 @@ def overrides_from(pairs: list[str]) -> dict:
         sys.exit(str(e))
 
 
-# Share of a long run's epochs that write a new best model: every calibration epoch does
-# (each improves on the last), later epochs rarely. Measured on the reference runs: 64 of
-# 285 epochs (mlp-frontier-pca512), 76 of 281 (mlp-frontier-seed43), 40 of 227 (the H200's
-# mlp-frontier-gpu-long). The plan charges that share of the measured save cost per epoch.
+# Share of a long run's epochs that write a new best model: every calibration epoch that
+# improves does, later epochs rarely. Measured on the reference runs: 64 of 285 epochs
+# (mlp-frontier-pca512), 76 of 281 (mlp-frontier-seed43), 96 of 595 (mlp-frontier-60min),
+# 40 of 227 (the H200's mlp-frontier-gpu-long). The plan charges that share of the save.
 SAVING_SHARE = 0.3
 
 
-def stopwatch():
+def stopwatch(monitor: str):
     """Calibration only: per epoch, the seconds the run's callbacks spend after the timed
-    part of the epoch (training + validation) up to this callback, which is mostly writing
-    the best model and copying its weights, and the seconds from here to the next epoch,
-    which is mostly the throttled backup."""
+    part of the epoch (training + validation) up to this callback (logs, callback state,
+    and on improving epochs the best model's save and weight copy), whether ``monitor``
+    improved, and the seconds from here to the next epoch (mostly the throttled backup)."""
     import keras
+
+    sign = -1 if monitor == "val_loss" else 1
 
     class Stopwatch(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.saving, self.after, self._end = [], [], None
+            self.rows, self.after, self._end, self._best = [], [], None, -math.inf
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = time.perf_counter()
@@ -92,7 +95,10 @@ def stopwatch():
 
         def on_epoch_end(self, epoch, logs=None):
             self._end = time.perf_counter()
-            self.saving.append(max(self._end - self._begin - logs["epoch_seconds"], 0.0))
+            value = sign * logs[monitor]
+            self.rows.append((max(self._end - self._begin - logs["epoch_seconds"], 0.0),
+                              value > self._best))
+            self._best = max(self._best, value)
 
     return Stopwatch()
 
@@ -110,15 +116,18 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     A distillation teacher is read from ``results`` (linked into the throw-away folder).
 
     An epoch's cost is planned as its timed part (the median over epochs 2+), the backup
-    between epochs (mean over epochs 2+) and SAVING_SHARE of the best-model save (median
-    over epochs 2+): charging every epoch a save, as the calibration epochs all pay, left
-    the H200 runs using a quarter of their budget."""
+    between epochs (mean over epochs 2+), the callbacks' own cost (the median over epochs
+    2+ that did not improve) and SAVING_SHARE of a save (what improving epochs cost more).
+    When every epoch improved, the save cannot be told apart and each epoch is charged one
+    in full: some of the budget is left unused rather than overrun. Charging every epoch a
+    save left the H200 runs using a quarter of their budget: calibrate such fast nets with
+    more epochs (--calibration-epochs 10)."""
     from harness.records import RunDir
     from harness.train import read_history
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
                                 name=f"{cfg.run_name}-calibration")
-    watch = stopwatch()
+    watch = stopwatch(cfg.monitor)
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.teacher:
             link = RunDir.named(Path(tmp), cfg.teacher).path
@@ -127,13 +136,16 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
         metrics, total = timed_train(short, ds, Path(tmp), extra_callbacks=[watch])
         seconds = [row["epoch_seconds"] for row in read_history(RunDir.named(tmp, short.name))]
     timed = statistics.median(seconds[1:])
-    saving = statistics.median(watch.saving[1:])
+    improving = [gap for gap, improved in watch.rows[1:] if improved]
+    plain = [gap for gap, improved in watch.rows[1:] if not improved]
+    callbacks = statistics.median(plain or improving)
+    saving = max(statistics.median(improving) - callbacks, 0.0) if plain and improving else 0.0
     backup = statistics.fmean(watch.after[1:] or watch.after or [0.0])  # the first always writes
-    per_epoch = timed + SAVING_SHARE * saving + backup
+    per_epoch = timed + callbacks + SAVING_SHARE * saving + backup
     # whatever the epochs at full cost do not explain: compilation, mostly
-    first_extra = metrics["wall_time_s"] - epochs * (timed + saving + backup)
+    first_extra = metrics["wall_time_s"] - epochs * (timed + callbacks + saving + backup)
     return {"epochs": epochs, "epoch_seconds": seconds, "timed_epoch_s": timed,
-            "saving_s": saving, "backup_s": backup, "saving_share": SAVING_SHARE,
+            "callbacks_s": callbacks, "improving_epochs": len(improving), "saving_s": saving, "backup_s": backup, "saving_share": SAVING_SHARE,
             "seconds_per_epoch": per_epoch, "first_epoch_extra_s": max(first_extra, 0.0),
             "after_fit_s": max(total - metrics["wall_time_s"], 0.0), "total_s": total}
 
