@@ -145,7 +145,8 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     # whatever the epochs at full cost do not explain: compilation, mostly
     first_extra = metrics["wall_time_s"] - epochs * (timed + callbacks + saving + backup)
     return {"epochs": epochs, "epoch_seconds": seconds, "timed_epoch_s": timed,
-            "callbacks_s": callbacks, "improving_epochs": len(improving), "saving_s": saving, "backup_s": backup, "saving_share": SAVING_SHARE,
+            "callbacks_s": callbacks, "improving_epochs": len(improving), "saving_s": saving,
+            "backup_s": backup, "saving_share": SAVING_SHARE,
             "seconds_per_epoch": per_epoch, "first_epoch_extra_s": max(first_extra, 0.0),
             "after_fit_s": max(total - metrics["wall_time_s"], 0.0), "total_s": total}
 

@@ -146,8 +146,8 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
     class MixupBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=workers)
-            self.epoch = epoch
-            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(x))
+            self.epoch = epoch - 1
+            self.on_epoch_end()
 
         def __len__(self):
             return math.ceil(len(x) / batch_size)
