@@ -74,19 +74,17 @@ def overrides_from(pairs: list[str]) -> dict:
 SAVING_SHARE = 0.3
 
 
-def stopwatch(monitor: str):
+def stopwatch():
     """Calibration only: per epoch, the seconds the run's callbacks spend after the timed
     part of the epoch (training + validation) up to this callback (logs, callback state,
-    and on improving epochs the best model's save and weight copy), whether ``monitor``
-    improved, and the seconds from here to the next epoch (mostly the throttled backup)."""
+    and on improving epochs the best model's save and weight copy), and the seconds from
+    here to the next epoch (mostly the throttled backup)."""
     import keras
-
-    sign = -1 if monitor == "val_loss" else 1
 
     class Stopwatch(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.rows, self.after, self._end, self._best = [], [], None, -math.inf
+            self.gaps, self.after, self._end = [], [], None
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = time.perf_counter()
@@ -95,10 +93,7 @@ def stopwatch(monitor: str):
 
         def on_epoch_end(self, epoch, logs=None):
             self._end = time.perf_counter()
-            value = sign * logs[monitor]
-            self.rows.append((max(self._end - self._begin - logs["epoch_seconds"], 0.0),
-                              value > self._best))
-            self._best = max(self._best, value)
+            self.gaps.append(max(self._end - self._begin - logs["epoch_seconds"], 0.0))
 
     return Stopwatch()
 
@@ -127,17 +122,22 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
                                 name=f"{cfg.run_name}-calibration")
-    watch = stopwatch(cfg.monitor)
+    watch = stopwatch()
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.teacher:
             link = RunDir.named(Path(tmp), cfg.teacher).path
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(RunDir.named(results, cfg.teacher).path.resolve())
         metrics, total = timed_train(short, ds, Path(tmp), extra_callbacks=[watch])
-        seconds = [row["epoch_seconds"] for row in read_history(RunDir.named(tmp, short.name))]
+        history = read_history(RunDir.named(tmp, short.name))
+    seconds = [row["epoch_seconds"] for row in history]
+    # the epochs on which the monitored value improved, as the best-model checkpoint saw it
+    sign = -1 if cfg.monitor == "val_loss" else 1
+    values = [sign * row[cfg.monitor] for row in history]
+    improved = [v > max(values[:i], default=-math.inf) for i, v in enumerate(values)]
     timed = statistics.median(seconds[1:])
-    improving = [gap for gap, improved in watch.rows[1:] if improved]
-    plain = [gap for gap, improved in watch.rows[1:] if not improved]
+    improving = [gap for gap, up in zip(watch.gaps[1:], improved[1:]) if up]
+    plain = [gap for gap, up in zip(watch.gaps[1:], improved[1:]) if not up]
     callbacks = statistics.median(plain or improving)
     saving = max(statistics.median(improving) - callbacks, 0.0) if plain and improving else 0.0
     backup = statistics.fmean(watch.after[1:] or watch.after or [0.0])  # the first always writes
