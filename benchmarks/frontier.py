@@ -200,6 +200,9 @@ def main(argv=None) -> int:
         "seconds_per_epoch": metrics["seconds_per_epoch"], "best_epoch": metrics["best_epoch"],
         "params": metrics["params"], "backend": metrics["backend"],
         "accuracy": {k: metrics[k]["accuracy"] for k in ("train", "val", "test")},
+        **({"accuracy_without_tta": {k: v["accuracy"] for k, v in
+                                     metrics["without_tta"].items()}}
+           if "without_tta" in metrics else {}),
         "data": metrics["data"], "machine": {**machine_facts(), "accelerator": accelerator()},
     }
     out = Path(args.out) / f"frontier-{cfg.run_name}.json"
@@ -208,6 +211,8 @@ def main(argv=None) -> int:
           f"{record['accuracy']['val']:.2%}), {epochs} epochs, train() {total / 60:.1f} min "
           f"of a {args.budget_min:g} min budget (+{cal['total_s']:.0f} s calibration) -> {out}")
     print(json.dumps(record["accuracy"]))
+    if "accuracy_without_tta" in record:
+        print("without test-time augmentation:", json.dumps(record["accuracy_without_tta"]))
     return 0
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from harness import compare as compare_mod
 from harness import data as data_mod
 from harness.config import (ACTIVATIONS, ARCHITECTURES, AUGMENTATIONS, INPUT_BNS, OPTIMIZERS,
-                            PRESETS, ConfigError, resolve)
+                            PRESETS, TTAS, ConfigError, resolve)
 from harness.records import RunDir
 
 
@@ -147,6 +147,9 @@ def _train_options(f):
                      help="Training-time flips (and 4-pixel translations)."),
         click.option("--zoom", type=click.FloatRange(0, 1, max_open=True),
                      help="With flip-shift: also scale by a random factor in [1-Z, 1+Z]."),
+        click.option("--tta", type=click.Choice(TTAS),
+                     help="Test-time augmentation in the model: 'flip' averages the image's and "
+                     "its mirror image's probabilities (inference only; exports include it)."),
         click.option("--mixup", type=click.FloatRange(0, 10),
                      help="Mixup alpha (0 = off): blend pairs of images and their labels."),
         click.option("--teacher", help="Distill from this finished run: its probabilities "
@@ -156,6 +159,9 @@ def _train_options(f):
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer."),
         click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
                      help="Decoupled weight decay (not on biases or normalization)."),
+        click.option("--ema", type=click.FloatRange(0, 1, max_open=True),
+                     help="Validate, checkpoint and save an exponential moving average of the "
+                     "weights with this momentum (0 = off)."),
         click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
                      help="Label smoothing of the cross-entropy."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True),
@@ -555,6 +561,9 @@ def evaluate(obj: Context, run: Path):
     for split_name in ("val", "test"):
         click.echo(f"{split_name:<5} accuracy {result[split_name]['accuracy']:.4f}  "
                    f"loss {result[split_name]['loss']:.4f}")
+    for split_name, part in result.get("without_tta", {}).items():
+        click.echo(f"{split_name:<5} accuracy {part['accuracy']:.4f}  "
+                   f"loss {part['loss']:.4f}  (without test-time augmentation)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -442,7 +442,7 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
         variant = m["variant"] + (f" ({m['parent']})" if "parent" in m else "")
     else:
         # The regularizers the preset name does not tell, when set.
-        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup")
+        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup", "ema")
                         if cfg.get(k))
         if cfg.get("teacher"):
             extra += f", teacher {cfg['teacher']}"
@@ -452,6 +452,8 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
         first = "".join(f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", ""))
                         if cfg.get(k))
         architecture += f" {first}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
+    if cfg.get("tta", "none") != "none":  # part of the model at inference
+        architecture += f" + {cfg['tta']} TTA"
     return {"model": label, "architecture": architecture, "variant": variant,
             "params": m["params"]["total"], "sparsity": m.get("sparsity")}
 

@@ -126,13 +126,19 @@ def fold_input_affine(model):
     STRIDED_SLICE, PACK), which also split the XNNPACK delegate in two. ``a`` and ``b`` are
     read off the prefix itself, at x = 0 and x = 255, so any such prefix folds exactly (up to
     float rounding). A linear first Dense also absorbs a BatchNormalization right after it.
-    Later Dropout layers are dropped. A model of another shape (the CNN) is returned as it
-    is.
+    Later Dropout layers are dropped. Test-time flips (a first FlipPair) stay in front of
+    the folded Dense when the prefix is the same for a mirrored image (per-channel, as the
+    standardization is); otherwise, and for a model of another shape (the CNN), the model
+    is returned as it is.
     """
     import keras
     from keras import ops
 
     layers = list(model.layers)
+    # Test-time flips (FlipPair) come first; per-channel standardization commutes with them,
+    # so they stay in front of the folded Dense (checked below).
+    flip = layers[0] if layers and type(layers[0]).__name__ == "FlipPair" else None
+    layers = layers[1:] if flip is not None else layers
     first = next((i for i, layer in enumerate(layers)
                   if isinstance(layer, keras.layers.Dense)), None)
     if (first is None or not isinstance(model, keras.Sequential)
@@ -153,6 +159,10 @@ def fold_input_affine(model):
         return (at(255.0) - b) / 255.0, b
 
     a, b = affine(layers[:first], model.input_shape[1:])
+    if flip is not None:
+        mirrored = [v.reshape(model.input_shape[1:])[:, ::-1].ravel() for v in (a, b)]
+        if not all(np.allclose(v, m) for v, m in zip((a, b), mirrored)):
+            return model  # a per-pixel (not per-channel) affine would not commute with flips
     dense = layers[first]
     kernel = np.asarray(dense.kernel, np.float64)
     bias = np.asarray(dense.bias, np.float64) if dense.use_bias else np.zeros(dense.units)
@@ -174,7 +184,8 @@ def fold_input_affine(model):
         kernel, bias, rest = kernel * s, bias * s + t, rest[1:]
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
-    h = folded(FlatPixels(name="flatten")(inputs))
+    h = inputs if flip is None else type(flip)(name=flip.name)(inputs)
+    h = folded(FlatPixels(name="flatten")(h))
     folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     for layer in rest:
         if not isinstance(layer, keras.layers.Dropout):

@@ -128,6 +128,37 @@ def custom_objects() -> dict:
                     "zoom": self.zoom}
 
     @keras.saving.register_keras_serializable(package="harness")
+    class FlipPair(keras.layers.Layer):
+        """Test-time flip augmentation, first half: at inference each batch of images is
+        followed by its mirror images (batch 2N), which the rest of the model sees as
+        ordinary images; :class:`PairMean` at the end averages each image's two
+        probability vectors. The identity in training, where random flips already are.
+
+        At batch 1 the net then multiplies 2 rows instead of 1 by each weight matrix: on a
+        CPU, where such products are bound by reading the weights, that costs little."""
+
+        def call(self, x, training=None):
+            if training:
+                return x
+            return ops.concatenate([x, ops.flip(x, axis=2)], axis=0)
+
+        def compute_output_shape(self, input_shape):
+            return (None, *input_shape[1:])
+
+    @keras.saving.register_keras_serializable(package="harness")
+    class PairMean(keras.layers.Layer):
+        """Test-time flip augmentation, second half: the mean of the first and second half
+        of the batch (each image's and its mirror image's outputs, see FlipPair)."""
+
+        def call(self, x, training=None):
+            if training:
+                return x
+            return ops.mean(ops.reshape(x, (2, -1, x.shape[-1])), axis=0)
+
+        def compute_output_shape(self, input_shape):
+            return (None, *input_shape[1:])
+
+    @keras.saving.register_keras_serializable(package="harness")
     class SmoothedSparseCrossentropy(keras.losses.Loss):
         """Sparse categorical cross-entropy against smoothed targets: (1 - s) one-hot + s / K.
         (Keras' sparse loss has no label smoothing; this keeps integer labels everywhere.)"""
@@ -145,7 +176,7 @@ def custom_objects() -> dict:
         def get_config(self):
             return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
-    return {"RandomFlipShift": RandomFlipShift,
+    return {"RandomFlipShift": RandomFlipShift, "FlipPair": FlipPair, "PairMean": PairMean,
             "SmoothedSparseCrossentropy": SmoothedSparseCrossentropy}
 
 
@@ -190,7 +221,10 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
                              kernel_initializer="he_normal", kernel_regularizer=l2)(x)
 
     inputs = keras.Input(shape=(32, 32, 3), name="pixels")
-    x = standardize_layer(mean, variance)(inputs)
+    x = inputs
+    if cfg.tta == "flip":
+        x = custom_objects()["FlipPair"](name="tta_flip")(x)
+    x = standardize_layer(mean, variance)(x)
     augment = _augmentation(cfg)
     if augment is not None:
         x = augment(x)
@@ -203,6 +237,8 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
         x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    if cfg.tta == "flip":
+        outputs = custom_objects()["PairMean"](name="tta_mean")(outputs)
     return keras.Model(inputs, outputs, name="resnet8")
 
 
@@ -212,10 +248,10 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     ``components`` (3072, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
     initialization, for callers that load weights next).
 
-    plain:     Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck] -> N x [Dense(act)]
-               -> Dense(10, softmax)
-    batchnorm: Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn) -> [Bottleneck
-               -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
+    plain:     [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck] -> N x [Dense(act)]
+               -> Dense(10, softmax) -> [TTA mean]
+    batchnorm: [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn) -> [Bottleneck
+               -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax) -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
     training images' top principal directions. Bottleneck (``cfg.bottleneck`` units) is a
     learned linear Dense.
@@ -228,6 +264,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         return build_resnet8(cfg, mean, variance)
     model = keras.Sequential(name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
     model.add(keras.Input(shape=(32, 32, 3), name="pixels"))
+    if cfg.tta == "flip":
+        model.add(custom_objects()["FlipPair"](name="tta_flip"))
     model.add(standardize_layer(mean, variance))
     augment = _augmentation(cfg)
     if augment is not None:
@@ -259,6 +297,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         if cfg.dropout:
             model.add(_dropout(cfg))
     model.add(layers.Dense(10, activation="softmax", name="probabilities"))
+    if cfg.tta == "flip":
+        model.add(custom_objects()["PairMean"](name="tta_mean"))
     return model
 
 

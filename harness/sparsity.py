@@ -197,8 +197,10 @@ def _mirror_in_tf_keras(model):
             mirror.add(tl.AlphaDropout(layer.rate, name=layer.name))
         elif isinstance(layer, keras.layers.Dropout):
             mirror.add(tl.Dropout(layer.rate, name=layer.name))
-        elif type(layer).__name__ == "RandomFlipShift":
-            continue  # training-time augmentation without weights: fine-tuning goes without
+        elif type(layer).__name__ in ("RandomFlipShift", "FlipPair", "PairMean"):
+            # augmentation without weights, at training (RandomFlipShift) or test time:
+            # fine-tuning goes without; the weights come back into the full model
+            continue
         else:
             raise TypeError(f"cannot mirror layer {layer.name} ({type(layer).__name__})")
     mirror.set_weights(model.get_weights())

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,9 +67,24 @@ def epoch_log():
     return EpochLog()
 
 
-def recipe_callbacks(cfg: TrainConfig) -> tuple:
-    """The recipe's own callbacks: EarlyStopping and (plateau schedule) ReduceLROnPlateau."""
+def recipe_callbacks(cfg: TrainConfig, resumed: bool = False) -> tuple:
+    """The recipe's own callbacks: EarlyStopping, (plateau schedule) ReduceLROnPlateau and
+    (``cfg.ema``) the swap of the weights' moving average into the model, listed first.
+
+    With EMA, validation runs on the averaged weights, and at each epoch's end they are
+    swapped into the model for the callbacks after it (checkpoint, early stopping, backup),
+    then swapped out again before the next epoch trains. A backup therefore holds the
+    averaged weights in the model and the trained ones in the optimizer's average slots:
+    a ``resumed`` run starts by swapping them back."""
     import keras
+
+    ema = None
+    if cfg.ema:
+        class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
+            def __init__(self):
+                super().__init__(swap_on_epoch=True)
+                self._ema_weights_in_model = resumed
+        ema = ResumableSwapEMAWeights()
 
     early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
                                           restore_best_weights=True)
@@ -76,7 +92,7 @@ def recipe_callbacks(cfg: TrainConfig) -> tuple:
     plateau = (keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=cfg.lr_factor,
                                                  patience=cfg.lr_patience)
                if cfg.schedule == "plateau" else None)
-    return early, plateau
+    return ema, early, plateau
 
 
 def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
@@ -171,7 +187,8 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
     return MixupBatches()
 
 
-def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=()):
+def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=(),
+                    resumed: bool = False):
     import keras
 
     class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -187,7 +204,7 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
             if Path(self.filepath).exists():
                 Path(self.filepath).replace(self.target)
 
-    early, plateau = recipe_callbacks(cfg)
+    ema, early, plateau = recipe_callbacks(cfg, resumed=resumed)
     checkpoint = AtomicCheckpoint(run.model, cfg.monitor)
 
     class ResumeState(keras.callbacks.Callback):
@@ -227,7 +244,7 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
 
     # EarlyStopping after the epoch timer: its copy of the best weights, like the checkpoint,
     # happens only on improving epochs, and epoch_seconds measures training + validation.
-    callbacks = [plateau, epoch_log(), early, _terminate_on_nan(),
+    callbacks = [ema, plateau, epoch_log(), early, _terminate_on_nan(),
                  keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
                  ResumeState(), _tensorboard(run), *extra]
     callbacks = [c for c in callbacks if c is not None]
@@ -277,10 +294,11 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
             warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
     kind = {"nadam": keras.optimizers.Nadam, "adamw": keras.optimizers.AdamW,
             "lion": keras.optimizers.Lion}[cfg.optimizer]
+    ema = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
     if not cfg.weight_decay:
-        return kind(learning_rate=lr) if cfg.optimizer != "adamw" else kind(
-            learning_rate=lr, weight_decay=0.0)
-    optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay)
+        return kind(learning_rate=lr, **ema) if cfg.optimizer != "adamw" else kind(
+            learning_rate=lr, weight_decay=0.0, **ema)
+    optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay, **ema)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
@@ -440,7 +458,8 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y),
                            targets, first_epoch=resume_from),
               epochs=cfg.epochs,
-              callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks),
+              callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks,
+                                        resumed=resume_from > 0),
               verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
     wall = time.perf_counter() - t0
 
@@ -459,9 +478,19 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     sign = 1 if cfg.monitor == "val_loss" else -1  # the same choice as the checkpoint's
     best_epoch = min(range(len(history)), key=lambda i: sign * history[i][cfg.monitor])
     metrics = {**summary, "status": COMPLETED, "best_epoch": best_epoch + 1,
-               **evaluate_splits(best_model, splits)}
+               **evaluate_splits(best_model, splits), **_without_tta(cfg, best_model, splits)}
     run.write_metrics(metrics)
     return metrics
+
+
+def _without_tta(cfg: TrainConfig, model, splits) -> dict:
+    """For a run with test-time augmentation, the same weights evaluated without it (the
+    augmentation layers have no weights), so every such figure has its plain twin."""
+    if cfg.tta == "none":
+        return {}
+    plain = build_model(replace(cfg, tta="none"), *splits.norm_stats())
+    plain.set_weights(model.get_weights())
+    return {"without_tta": evaluate_splits(plain, splits, names=("val", "test"))}
 
 
 def save_model(model, path: Path) -> None:
@@ -473,15 +502,18 @@ def save_model(model, path: Path) -> None:
 
 
 def evaluate_run(run: RunDir, ds: data_mod.Dataset) -> dict:
-    """Re-evaluate a saved run's best model on validation and test; writes evaluation.json."""
+    """Re-evaluate a saved run's best model on validation and test (with test-time
+    augmentation: also without); writes evaluation.json."""
 
     from harness.records import atomic_write_json
 
     if not run.model.exists():
         raise FileNotFoundError(f"{run.path}: no model.keras (not a finished run directory)")
     model = load_keras_model(run.model)
+    splits = data_mod.split(ds)
     result = {"run": run.name, "data": ds.record, "evaluated_at": _now(),
-              **evaluate_splits(model, data_mod.split(ds), names=("val", "test"))}
+              **evaluate_splits(model, splits, names=("val", "test")),
+              **_without_tta(from_dict(run.read_config()), model, splits)}
     atomic_write_json(run.evaluation, result)
     return result
 

@@ -250,7 +250,7 @@ def test_a_tuning_summary_alone_gives_a_row(tmp_path):
 def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     write_run(tmp_path, "dense")
     cnn = metrics("cnn")
-    cnn["config"].update(arch="resnet8", dropout=0.1)
+    cnn["config"].update(arch="resnet8", dropout=0.1, tta="flip", ema=0.999)
     write_json(tmp_path / "runs" / "cnn" / "metrics.json", cnn)
     write_json(tmp_path / "runs" / "cut" / "metrics.json",
                metrics("cut", variant="structured-pruned", parent="dense"))
@@ -266,7 +266,7 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     assert (rows["dense"]["architecture"], rows["dense"]["variant"]) == (
         "batchnorm 2x8 relu", "trained (bn-elu-fast)")
     assert (rows["cnn"]["architecture"], rows["cnn"]["variant"]) == (
-        "resnet8", "trained (bn-elu-fast, dropout 0.1)")
+        "resnet8 + flip TTA", "trained (bn-elu-fast, dropout 0.1, ema 0.999)")
     assert rows["cut"]["variant"] == "structured-pruned (dense)"
 
 

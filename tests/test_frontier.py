@@ -11,7 +11,7 @@ from harness import data
 from harness.config import ConfigError, resolve
 from harness.models import build_model, custom_objects, load_keras_model
 from harness.records import RunDir
-from harness.train import train
+from harness.train import evaluate_run, train
 
 
 def _moved(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_resnet8_has_the_mlperf_tiny_shape():
                                        ("label_smoothing", 1.0), ("weight_decay", -0.1),
                                        ("arch", "vit"), ("zoom", 1.0),
                                        ("input_bn", "layer"), ("bottleneck", -1),
-                                       ("pca", 3073)])
+                                       ("pca", 3073), ("tta", "rotate")])
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
@@ -133,6 +133,7 @@ def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
     ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
     ("mlp-frontier", dict(layers=1, units=32, bottleneck=8)),
     ("mlp-frontier", dict(layers=1, units=32, pca=24)),
+    ("mlp-frontier", dict(layers=1, units=32, pca=24, tta="flip")),
     ("resnet8", dict()),
 ])
 def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
@@ -148,19 +149,60 @@ def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overr
     assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(
         metrics["test"]["accuracy"])
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    if cfg.tta != "none":  # the same weights without the test-time flips, recorded beside
+        plain = build_model(dataclasses.replace(cfg, tta="none"), np.zeros(3), np.ones(3))
+        plain.set_weights(model.get_weights())
+        probs = np.asarray(plain.predict(test.x, verbose=0))
+        assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(
+            metrics["without_tta"]["test"]["accuracy"])
+        again = evaluate_run(RunDir.named(tmp_path / "results", "f"), ds)  # harness evaluate
+        assert again["without_tta"]["test"] == pytest.approx(metrics["without_tta"]["test"])
+    else:
+        assert "without_tta" not in metrics
 
 
-def test_augmented_model_exports_without_its_augmentation(tmp_path, archive):
-    """The augmentation layer is the identity at inference: the ONNX file matches Keras."""
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_augmented_model_exports_without_its_augmentation(tmp_path, archive, tta):
+    """The augmentation layer is the identity at inference: the ONNX file matches Keras.
+    Test-time flips are part of the inference graph: ONNX and TFLite carry them."""
     from harness.export import export_run
 
     ds = data.load(archive)
     cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
         "layers": 1, "units": 16, "pca": 24, "bottleneck": 8, "epochs": 1, "warmup_epochs": 0,
-        "batch_size": 64, "name": "aug"}), backend=None)
+        "batch_size": 64, "tta": tta, "name": "aug"}), backend=None)
     train(cfg, ds, tmp_path / "results", verbose=0)
-    (record,) = export_run(RunDir.named(tmp_path / "results", "aug"), ds, ("onnx",))
-    assert record["max_abs_diff"] < 1e-4 and not record["flagged"]
+    formats = ("onnx", "tflite") if tta == "flip" else ("onnx",)
+    records = export_run(RunDir.named(tmp_path / "results", "aug"), ds, formats,
+                         ("float32",))
+    assert len(records) == len(formats)
+    for record in records:
+        assert record["max_abs_diff"] < 1e-4 and not record["flagged"], record
+
+
+@pytest.mark.parametrize("arch", ["batchnorm", "resnet8"])
+def test_flip_tta_averages_each_image_with_its_mirror_image(arch):
+    """tta="flip": at inference the model's output is the mean of the same weights' outputs
+    for the image and for its mirror image; in training it is the plain model."""
+    rng = np.random.default_rng(0)
+    overrides = dict(layers=1, units=16, pca=24) if arch == "batchnorm" else {}
+    preset = "mlp-frontier" if arch == "batchnorm" else "resnet8"
+    stats = (np.array([125.0, 122.0, 113.0]), np.array([3900.0, 3800.0, 4400.0]))
+    components = np.linalg.qr(rng.normal(size=(3072, 24)))[0] if arch == "batchnorm" else None
+    plain = build_model(resolve(preset, overrides={**overrides, "augment": "none",
+                                                   "tta": "none"}), *stats, components)
+    tta = build_model(resolve(preset, overrides={**overrides, "augment": "none",
+                                                 "tta": "flip"}), *stats, components)
+    assert tta.count_params() == plain.count_params()
+    tta.set_weights(plain.get_weights())
+    x = rng.integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
+    mirrored = x[:, :, ::-1]
+    assert not np.allclose(plain.predict(x, verbose=0), plain.predict(mirrored, verbose=0))
+    expected = (plain.predict(x, verbose=0) + plain.predict(mirrored, verbose=0)) / 2
+    np.testing.assert_allclose(tta.predict(x, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(tta.predict(mirrored, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(tta(x, training=True)),
+                               np.asarray(plain(x, training=True)), atol=1e-6)
 
 
 def test_mixup_batches_mix_images_and_labels_alike():

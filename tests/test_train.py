@@ -141,3 +141,61 @@ def test_backend_mismatch_is_a_clear_error(tmp_path, archive):
     cfg = resolve("selu", overrides={**SMALL, "backend": other, "name": "b"})
     with pytest.raises(ConfigError, match=f"KERAS_BACKEND={other}"):
         train(cfg, data.load(archive), tmp_path, verbose=0)
+
+
+class _Weights(keras.callbacks.Callback):
+    """Records the model's weights after each epoch's last training step (the trained ones)
+    and at each epoch's end (what the callbacks before it left in the model); stops the run
+    after ``stop_after`` epochs, before the backup of that epoch is written."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.trained, self.at_end, self.first_step, self.stop_after = [], [], None, stop_after
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_step is None:
+            self.first_step = [np.array(w) for w in self.model.get_weights()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = [np.array(w) for w in self.model.get_weights()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trained.append(self.last)
+        self.at_end.append([np.array(w) for w in self.model.get_weights()])
+        if self.stop_after is not None and len(self.at_end) == self.stop_after:
+            raise KeyboardInterrupt
+
+
+def _same(a, b) -> bool:
+    return all(np.allclose(x, y, atol=1e-7) for x, y in zip(a, b))
+
+
+def test_ema_validates_checkpoints_and_saves_the_averaged_weights(tmp_path, archive):
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "epochs": 3, "ema": 0.9, "name": "ema"})
+    watch = _Weights()
+    metrics = train(cfg, ds, tmp_path, verbose=0, extra_callbacks=[watch])
+    best = metrics["best_epoch"] - 1
+    saved = keras.saving.load_model(RunDir.named(tmp_path, "ema").model).get_weights()
+    # at each epoch's end the callbacks see the average, not the trained weights
+    assert all(not _same(a, t) for a, t in zip(watch.at_end, watch.trained))
+    assert _same(saved, watch.at_end[best])
+    # and the validation that picked the best epoch ran on those same weights
+    with open(RunDir.named(tmp_path, "ema").history) as f:
+        logged = [float(r["val_loss"]) for r in csv.DictReader(f)][best]
+    assert metrics["val"]["loss"] == pytest.approx(logged, rel=1e-4)
+
+
+def test_ema_run_resumes_with_the_trained_weights_in_the_model(tmp_path, archive):
+    """A backup holds the average in the model and the trained weights in the optimizer:
+    the resumed run must train on from the trained ones."""
+    ds = data.load(archive)
+    cfg = resolve("selu", overrides={**SMALL, "epochs": 3, "ema": 0.9, "name": "ema"})
+    first = _Weights(stop_after=2)  # epoch 1 is backed up, epoch 2 is not
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, ds, tmp_path, verbose=0, extra_callbacks=[first])
+    again = _Weights()
+    metrics = train(cfg, ds, tmp_path, verbose=0, extra_callbacks=[again])
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs_run"] == 3
+    assert _same(again.first_step, first.trained[0])
+    assert not _same(again.first_step, first.at_end[0])
