@@ -488,8 +488,8 @@ def _without_tta(cfg: TrainConfig, model, splits) -> dict:
     augmentation layers have no weights), so every such figure has its plain twin."""
     if cfg.tta == "none":
         return {}
-    plain = build_model(replace(cfg, tta="none"), *splits.norm_stats())
-    plain.set_weights(model.get_weights())
+    plain = build_model(replace(cfg, tta="none"), np.zeros(3), np.ones(3))  # all copied:
+    plain.set_weights(model.get_weights())  # the standardization's statistics are weights
     return {"without_tta": evaluate_splits(plain, splits, names=("val", "test"))}
 
 
