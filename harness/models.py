@@ -207,6 +207,14 @@ def _augmentation(cfg: TrainConfig):
                                                name="augment")
 
 
+def _tta(cfg: TrainConfig):
+    """The test-time augmentation's two layers (first and last in the model), or Nones."""
+    if cfg.tta == "none":
+        return None, None
+    return custom_objects()["FlipPair"](name="tta_flip"), \
+        custom_objects()["PairMean"](name="tta_mean")
+
+
 def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     """The CNN reference: MLPerf Tiny's ResNet-8 for CIFAR-10 (three residual stages of 16, 32
     and 64 filters, global average pooling; 78k parameters), behind the same standardization
@@ -221,9 +229,8 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
                              kernel_initializer="he_normal", kernel_regularizer=l2)(x)
 
     inputs = keras.Input(shape=(32, 32, 3), name="pixels")
-    x = inputs
-    if cfg.tta == "flip":
-        x = custom_objects()["FlipPair"](name="tta_flip")(x)
+    tta_first, tta_last = _tta(cfg)
+    x = inputs if tta_first is None else tta_first(inputs)
     x = standardize_layer(mean, variance)(x)
     augment = _augmentation(cfg)
     if augment is not None:
@@ -237,8 +244,8 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
         x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
-    if cfg.tta == "flip":
-        outputs = custom_objects()["PairMean"](name="tta_mean")(outputs)
+    if tta_last is not None:
+        outputs = tta_last(outputs)
     return keras.Model(inputs, outputs, name="resnet8")
 
 
@@ -248,10 +255,11 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     ``components`` (3072, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
     initialization, for callers that load weights next).
 
-    plain:     [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck] -> N x [Dense(act)]
-               -> Dense(10, softmax) -> [TTA mean]
-    batchnorm: [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn) -> [Bottleneck
-               -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax) -> [TTA mean]
+    plain:     [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck]
+               -> N x [Dense(act)] -> Dense(10, softmax) -> [TTA mean]
+    batchnorm: [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn)
+               -> [Bottleneck -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
+               -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
     training images' top principal directions. Bottleneck (``cfg.bottleneck`` units) is a
     learned linear Dense.
@@ -264,8 +272,9 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         return build_resnet8(cfg, mean, variance)
     model = keras.Sequential(name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
     model.add(keras.Input(shape=(32, 32, 3), name="pixels"))
-    if cfg.tta == "flip":
-        model.add(custom_objects()["FlipPair"](name="tta_flip"))
+    tta_first, tta_last = _tta(cfg)
+    if tta_first is not None:
+        model.add(tta_first)
     model.add(standardize_layer(mean, variance))
     augment = _augmentation(cfg)
     if augment is not None:
@@ -297,8 +306,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         if cfg.dropout:
             model.add(_dropout(cfg))
     model.add(layers.Dense(10, activation="softmax", name="probabilities"))
-    if cfg.tta == "flip":
-        model.add(custom_objects()["PairMean"](name="tta_mean"))
+    if tta_last is not None:
+        model.add(tta_last)
     return model
 
 
