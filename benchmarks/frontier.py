@@ -17,7 +17,7 @@ the final evaluation); the calibration's time is reported beside it, not hidden.
 directory lands in ``<results>/runs/<name>/`` like any other run, and a JSON record in
 ``<out>/frontier-<name>.json``.
 
-Usage (the figures in results/reference/README.md come from these commands):
+Usage (the records of docs/frontier.md come from commands like these):
     python benchmarks/frontier.py --archive cifar-10-python.tar.gz --preset mlp-frontier \\
         --budget-min 30 --results results/reference
     python benchmarks/frontier.py --archive ... --preset resnet8 --budget-min 15 ...
@@ -68,34 +68,10 @@ def overrides_from(pairs: list[str]) -> dict:
 
 
 # Share of a long run's epochs that write a new best model: every calibration epoch that
-# improves does, later epochs rarely. Measured on the reference runs: 64 of 285 epochs
-# (mlp-frontier-pca512), 76 of 281 (mlp-frontier-seed43), 96 of 595 (mlp-frontier-60min),
-# 40 of 227 (the H200's mlp-frontier-gpu-long). The plan charges that share of the save.
+# improves does, later epochs rarely (count the improving epochs in a reference run's
+# history.csv, e.g. results/reference/runs/mlp-frontier-pca512/). The plan charges that
+# share of the save.
 SAVING_SHARE = 0.3
-
-
-def stopwatch():
-    """Calibration only: per epoch, the seconds the run's callbacks spend after the timed
-    part of the epoch (training + validation) up to this callback (logs, callback state,
-    and on improving epochs the best model's save and weight copy), and the seconds from
-    here to the next epoch (mostly the throttled backup)."""
-    import keras
-
-    class Stopwatch(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.gaps, self.after, self._end = [], [], None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._begin = time.perf_counter()
-            if self._end is not None:
-                self.after.append(self._begin - self._end)
-
-        def on_epoch_end(self, epoch, logs=None):
-            self._end = time.perf_counter()
-            self.gaps.append(max(self._end - self._begin - logs["epoch_seconds"], 0.0))
-
-    return Stopwatch()
 
 
 def timed_train(cfg, ds, results: Path, extra_callbacks=()) -> tuple[dict, float]:
@@ -117,12 +93,13 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     in full: some of the budget is left unused rather than overrun. Charging every epoch a
     save left the H200 runs using a quarter of their budget: calibrate such fast nets with
     more epochs (--calibration-epochs 10)."""
+    from harness.callbacks import Stopwatch
     from harness.records import RunDir
     from harness.train import read_history
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
                                 name=f"{cfg.run_name}-calibration")
-    watch = stopwatch()
+    watch = Stopwatch()  # the callbacks' own cost per epoch, and the backup's
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.teacher:
             link = RunDir.named(Path(tmp), cfg.teacher).path
@@ -175,7 +152,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("KERAS_BACKEND", backend)
     from harness import data
     from harness.config import resolve
-    from harness.records import atomic_write_json, machine_facts
+    from harness.records import machine_facts, write_record
 
     ds = data.load(Path(args.archive) if args.archive else None)
     cfg = resolve(args.preset, overrides={**overrides_from(args.set), "name": args.name})
@@ -206,7 +183,7 @@ def main(argv=None) -> int:
         "data": metrics["data"], "machine": {**machine_facts(), "accelerator": accelerator()},
     }
     out = Path(args.out) / f"frontier-{cfg.run_name}.json"
-    atomic_write_json(out, record)
+    write_record("frontier", out, record)
     print(f"{cfg.run_name}: test {record['accuracy']['test']:.2%} (val "
           f"{record['accuracy']['val']:.2%}), {epochs} epochs, train() {total / 60:.1f} min "
           f"of a {args.budget_min:g} min budget (+{cal['total_s']:.0f} s calibration) -> {out}")

@@ -5,8 +5,9 @@ For a run (and its exports) this measures, per runtime:
 - batch-1 latency: ``warmup`` calls, then ``calls`` timed calls (``time.perf_counter``
   around each call only), p50/p90/p99 in microseconds, one intra-op thread;
 - throughput at batch 256 with all cores, images per second (median of 5 passes);
-- file size, parameters, sparsity of the Dense kernels, and test accuracy through that
-  runtime, scored by :func:`harness.evaluate.score`.
+- file size, parameters, sparsity of the learned Dense kernels
+  (:func:`harness.sparsity.kernel_sparsity`), and test accuracy through that runtime,
+  scored by :func:`harness.evaluate.score`.
 
 Keras runs in-process twice: ``model.predict`` (what most code calls) and the direct call
 ``model(x)``; predict is slow per call, so it gets a tenth of the calls.
@@ -23,7 +24,8 @@ import numpy as np
 from harness import data as data_mod
 from harness.evaluate import score
 from harness.models import load_keras_model
-from harness.records import RunDir, atomic_write_json, machine_facts
+from harness.records import RunDir, machine_facts, write_record
+from harness.sparsity import kernel_sparsity
 
 THROUGHPUT_BATCH = 256
 
@@ -50,15 +52,6 @@ def throughput(predict, images: np.ndarray, passes: int = 5) -> float:
     return float(np.median(rates))
 
 
-def dense_sparsity(model) -> float:
-    """Fraction of exactly-zero weights in the Dense kernels."""
-    import keras
-
-    kernels = [np.asarray(l.kernel) for l in model.layers if isinstance(l, keras.layers.Dense)]
-    total = sum(k.size for k in kernels)
-    return float(sum((k == 0).sum() for k in kernels) / total) if total else 0.0
-
-
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
               warmup: int = 200) -> dict:
     """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
@@ -75,7 +68,8 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
     pixels, pixel_batch = splits.test.x[:1], splits.test.x[:THROUGHPUT_BATCH]
     image, batch = pixels.astype(np.float32), pixel_batch.astype(np.float32)
     params = int(sum(np.prod(w.shape) for w in model.weights))
-    common = {"run": run.name, "params": params, "sparsity": dense_sparsity(model)}
+    sparsity, _ = kernel_sparsity(model)  # learned Dense kernels only (see there)
+    common = {"run": run.name, "params": params, "sparsity": sparsity}
 
     def direct(x):
         return np.asarray(model(x, training=False))
@@ -112,7 +106,7 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
 
 def write_bench(record: dict, results: Path) -> Path:
     path = Path(results) / "bench" / f"{record['run']}.json"
-    atomic_write_json(path, record)
+    write_record("bench", path, record)
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,8 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from harness import compare as compare_mod
 from harness import data as data_mod
-from harness.config import (ACTIVATIONS, ARCHITECTURES, AUGMENTATIONS, INPUT_BNS, OPTIMIZERS,
-                            PRESETS, TTAS, ConfigError, resolve)
+from harness.config import PRESETS, SETTINGS, ConfigError, resolve
 from harness.records import RunDir
 
 
@@ -116,60 +116,35 @@ def data_info(obj: Context, as_json: bool):
 
 # --------------------------------------------------------------------------- train
 
+def _setting_option(name: str, f) -> click.Option:
+    """The Click option of one TrainConfig setting, from its declaration (harness.config).
+    Its default is None: an option not given keeps the preset's or the file's value."""
+    meta = f.metadata
+    bounds = dict(min=meta["low"], max=meta["high"], min_open=meta["low_open"],
+                  max_open=meta["high_open"])
+    ranged = meta["low"] is not None or meta["high"] is not None
+    if meta["choices"]:
+        kind = click.Choice(meta["choices"])
+    elif meta["kind"] is int:
+        kind = click.IntRange(**bounds) if ranged else int
+    elif meta["kind"] is float:
+        kind = click.FloatRange(**bounds) if ranged else float
+    else:
+        kind = str
+    return click.option(f"--{name.replace('_', '-')}", name, type=kind, help=meta["help"])
+
+
 def _train_options(f):
+    """--preset, --config and one option per training setting (harness.config.SETTINGS)."""
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)),
                      help="Start from a recipe: the study's selu or bn-elu, their -fast "
                           "versions, mlp-frontier(-gpu), or the resnet8 CNN reference."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
-                     path_type=Path), help="YAML or JSON file of settings; flags override it."),
-        click.option("--arch", type=click.Choice(ARCHITECTURES),
-                     help="plain Dense stack, BatchNorm around each Dense, or the resnet8 CNN."),
-        click.option("--input-bn", type=click.Choice(INPUT_BNS),
-                     help="batchnorm arch, the BN on the pixels: learned scale and offset "
-                          "(affine, the study's) or batch statistics only (stats, faster)."),
-        click.option("--activation", type=click.Choice(ACTIVATIONS),
-                     help="Hidden activation; the initializer follows from it."),
-        click.option("--bottleneck", type=click.IntRange(min=0),
-                     help="First a linear Dense of this many units (0 = none)."),
-        click.option("--pca", type=click.IntRange(0, 3072),
-                     help="First project the pixels onto the training images' top N "
-                          "principal components, a fixed layer (0 = none)."),
-        click.option("--layers", type=click.IntRange(min=1), help="Hidden layers."),
-        click.option("--units", type=click.IntRange(min=1), help="Units per hidden layer."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
-                     help="Dropout rate (AlphaDropout with selu)."),
-        click.option("--l1", type=click.FloatRange(min=0), help="L1 kernel penalty."),
-        click.option("--l2", type=click.FloatRange(min=0), help="L2 kernel penalty."),
-        click.option("--max-norm", type=click.FloatRange(min=0, min_open=True),
-                     help="Max-norm constraint on hidden kernels."),
-        click.option("--augment", type=click.Choice(AUGMENTATIONS),
-                     help="Training-time flips (and 4-pixel translations)."),
-        click.option("--zoom", type=click.FloatRange(0, 1, max_open=True),
-                     help="With flip-shift: also scale by a random factor in [1-Z, 1+Z]."),
-        click.option("--tta", type=click.Choice(TTAS),
-                     help="Test-time augmentation in the model: 'flip' averages the image's and "
-                     "its mirror image's probabilities (inference only; exports include it)."),
-        click.option("--mixup", type=click.FloatRange(0, 10),
-                     help="Mixup alpha (0 = off): blend pairs of images and their labels."),
-        click.option("--teacher", help="Distill from this finished run: its probabilities "
-                     "on the training images become targets (with --teacher-weight)."),
-        click.option("--teacher-weight", type=click.FloatRange(0, 1),
-                     help="Weight of the teacher's probabilities in the targets (0.7)."),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer."),
-        click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
-                     help="Decoupled weight decay (not on biases or normalization)."),
-        click.option("--ema", type=click.FloatRange(0, 1, max_open=True),
-                     help="Validate, checkpoint and save an exponential moving average of the "
-                     "weights with this momentum (0 = off)."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
-                     help="Label smoothing of the cross-entropy."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                     help="Initial learning rate."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Images per step."),
-        click.option("--epochs", type=click.IntRange(min=1), help="Most epochs to run."),
-        click.option("--seed", type=int, help="Random seed."),
-        click.option("--name", help="Run name: results/runs/<name>/ (default: the preset)."),
+                     path_type=Path), help="YAML or JSON file of settings; flags override it. "
+                     "A run's config.json re-makes that run (its preset is only a label)."),
+        *(_setting_option(name, field) for name, field in SETTINGS.items()
+          if name != "preset"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -402,12 +377,23 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
         click.echo(format_rows(record["rows"]))
 
 
+def _column_keys(ctx, param, value: str | None) -> tuple[str, ...]:
+    try:
+        return compare_mod.parse_columns(value) if value is not None else ()
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, results.csv and the pictures "
                    "[default: <results>/report].")
+@click.option("--columns", metavar="KEY,...", callback=_column_keys,
+              help="Columns to print, in this order (the keys --sort takes) [default for "
+                   "table: model, runtime, precision, accuracy, p50, size, then as many "
+                   "more as the terminal's width allows; other formats: all].")
 @click.option("--format", "fmt", type=click.Choice(compare_mod.FORMATS), default="table",
               show_default=True, help="How to print the table.")
 @click.option("--sort", "sort_key", type=click.Choice(compare_mod.SORT_KEYS), default="accuracy",
@@ -415,7 +401,7 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
               help="Column to sort by (accuracy and throughput high to low, others low to "
                    "high).")
 @click.pass_obj
-def compare(obj: Context, paths, out, fmt, sort_key):
+def compare(obj: Context, paths, out, columns, fmt, sort_key):
     """Every run, tuning and bench record under PATHS in one table, with pictures.
 
     Files that break the record schema are named and skipped. Writes report.md,
@@ -430,19 +416,43 @@ def compare(obj: Context, paths, out, fmt, sort_key):
         report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
     except compare_mod.NoRecords as e:
         raise click.ClickException(str(e)) from None
-    click.echo(compare_mod.format_rows(report.rows, fmt))
+    text, left_out = compare_mod.printed_table(report.rows, fmt, columns,
+                                               shutil.get_terminal_size().columns)
+    click.echo(text)
+    if left_out:
+        click.echo(f"left out to fit the terminal: {', '.join(left_out)} (--columns chooses; "
+                   "results.csv has every column)", err=True)
     click.echo("wrote " + ", ".join(str(p) for p in report.files), err=True)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _image_files(ctx, param, paths: tuple[Path, ...]) -> list[Path]:
+    """The files given, and in place of each folder the PNG/JPEG files in it, sorted."""
+    files = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not inside:
+            raise click.BadParameter(f"{path}: a folder without PNG or JPEG images")
+        files += inside
+    return files
 
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, callback=_image_files,
+                type=click.Path(exists=True, path_type=Path))
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Classes to print per image.")
 def predict(model: Path, images, top: int):
     """Classify images with an exported .onnx or .tflite model (no TensorFlow needed).
 
+    IMAGES are files or folders (every PNG/JPEG in a folder, by name; not its subfolders).
     Any PNG/JPEG is converted to RGB and resized to 32 x 32 first.
     """
     from harness import runtimes

@@ -13,134 +13,141 @@ from pathlib import Path
 from typing import Any
 
 ARCHITECTURES = ("plain", "batchnorm", "resnet8")
-OPTIMIZERS = ("nadam", "adamw", "lion")
-AUGMENTATIONS = ("none", "flip", "flip-shift")
-TTAS = ("none", "flip")
-SCHEDULES = ("plateau", "cosine")
-MONITORS = ("val_loss", "val_accuracy")
-BACKENDS = ("tensorflow", "jax")
+DENSE = ("plain", "batchnorm")  # the fully connected architectures
 ACTIVATIONS = ("selu", "elu", "relu", "leaky-relu", "gelu")
-INPUT_BNS = ("affine", "stats")
 
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key."""
 
 
+def setting(default: Any, help: str, *, kind: type, choices: tuple[str, ...] = (),
+            low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False, optional: bool = False, applies: tuple[str, ...] = (),
+            check: tuple | None = None) -> Any:
+    """One training setting, declared once: a TrainConfig field whose metadata says its
+    type, its choices or range, whether None is allowed (``optional``), the architectures
+    it applies to (empty: all) and its help text. Validation, the Click options of train,
+    tune and sweep-lr, config files, ``--set`` and the docs' table all read it from here.
+
+    ``check`` is (predicate(value, config), reason) for what a range cannot say. A new
+    setting's default must be the behaviour from before it existed, so that saved run
+    configurations that lack it still mean what they meant."""
+    meta = dict(kind=kind, help=help, choices=choices, low=low, high=high, low_open=low_open,
+                high_open=high_open, optional=optional, applies=applies, check=check)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _plain_name(value: str, cfg) -> bool:
+    return _safe_name(value)
+
+
 @dataclass
 class TrainConfig:
     # --- architecture
-    arch: str = "plain"          # "plain": Dense stack; "batchnorm": BN before and after each
-                                 # Dense; "resnet8": the CNN reference (MLPerf Tiny's ResNet-8;
-                                 # layers/units/l1/max_norm do not apply)
-    activation: str = "selu"     # one of ACTIVATIONS; the initializer follows from it
-    input_bn: str = "affine"     # "batchnorm" arch, the BN on the flattened pixels: "affine"
-                                 # (the study's: batch statistics, learned scale and offset) or
-                                 # "stats" (batch statistics only: the first Dense's weights
-                                 # already scale each pixel, and training skips that layer's
-                                 # input gradient, the net's largest matrix product)
-    bottleneck: int = 0          # plain/batchnorm: first a linear Dense of this many units
-                                 # (then BN in the batchnorm arch), a learned low-rank
-                                 # projection of the pixels (Lin et al. 2015); 0 = none
-    pca: int = 0                 # plain/batchnorm: first project the flattened pixels onto the
-                                 # top-N principal components of the training images (a
-                                 # fixed linear layer); 0 = none
-    layers: int = 5              # hidden Dense layers
-    units: int = 100             # units per hidden layer
-    dropout: float = 0.0         # AlphaDropout for selu, Dropout otherwise; 0 = none
-    l1: float = 0.0              # L1 kernel penalty per hidden layer
-    l2: float = 0.0              # L2 kernel penalty per hidden layer
-    max_norm: float | None = None  # max-norm kernel constraint on hidden layers; None = none
-    augment: str = "none"        # training-only: "flip" (random horizontal flips), "flip-shift"
-                                 # (flips and translations by up to `shift` pixels, zero-padded)
-    shift: int = 4               # pixels, for "flip-shift"
-    zoom: float = 0.0            # "flip-shift" also scales each image by a random factor in
-                                 # [1 - zoom, 1 + zoom] (bilinear); 0 = off
-    tta: str = "none"            # test-time augmentation, part of the model at inference:
-                                 # "flip" averages the probabilities for the image and its
-                                 # mirror image (every evaluation and export includes it)
-    mixup: float = 0.0           # mixup alpha: train on x = l x_i + (1 - l) x_j with labels
-                                 # mixed alike, l ~ Beta(alpha, alpha) per image; 0 = off
-    teacher: str | None = None   # knowledge distillation: a finished run (same results root)
-                                 # whose probabilities on the training images become targets
-    teacher_weight: float = 0.7  # targets = w * teacher probabilities + (1 - w) * one-hot
+    arch: str = setting(
+        "plain", "plain: a Dense stack; batchnorm: BatchNorm around each Dense; resnet8: the "
+        "CNN reference (MLPerf Tiny's ResNet-8).", kind=str, choices=ARCHITECTURES)
+    activation: str = setting(
+        "selu", "Hidden activation; the initializer follows from it.", kind=str,
+        choices=ACTIVATIONS, applies=DENSE)
+    input_bn: str = setting(
+        "affine", "The BatchNorm on the flattened pixels: learned scale and offset (affine, "
+        "the study's) or batch statistics only (stats: the next Dense already weights each "
+        "input, and training skips that layer's input gradient).", kind=str,
+        choices=("affine", "stats"), applies=("batchnorm",))
+    bottleneck: int = setting(
+        0, "First a linear Dense of this many units, a learned low-rank projection of the "
+        "pixels (0 = none).", kind=int, low=0, applies=DENSE)
+    pca: int = setting(
+        0, "First project the flattened pixels onto the training images' top N principal "
+        "components, a fixed layer (0 = none).", kind=int, low=0, high=3072, applies=DENSE)
+    layers: int = setting(5, "Hidden Dense layers.", kind=int, low=1, applies=DENSE)
+    units: int = setting(100, "Units per hidden layer.", kind=int, low=1, applies=DENSE)
+    dropout: float = setting(
+        0.0, "Dropout rate after each hidden layer (AlphaDropout with selu; 0 = none).",
+        kind=float, low=0, high=1, high_open=True, applies=DENSE)
+    l1: float = setting(0.0, "L1 kernel penalty per hidden layer.", kind=float, low=0,
+                        applies=DENSE)
+    l2: float = setting(0.0, "L2 kernel penalty per hidden (or conv) layer.", kind=float,
+                        low=0)
+    max_norm: float | None = setting(
+        None, "Max-norm constraint on hidden kernels (none = off).", kind=float, low=0,
+        low_open=True, optional=True, applies=DENSE)
+    augment: str = setting(
+        "none", "Training-time augmentation: random horizontal flips (flip), also "
+        "translations by up to --shift pixels (flip-shift).", kind=str,
+        choices=("none", "flip", "flip-shift"))
+    shift: int = setting(4, "Pixels of the random translations of flip-shift.", kind=int,
+                         low=0, high=16, high_open=True)
+    zoom: float = setting(
+        0.0, "With flip-shift: also scale by a random factor in [1-Z, 1+Z] (0 = off).",
+        kind=float, low=0, high=1, high_open=True)
+    tta: str = setting(
+        "none", "Test-time augmentation inside the model: flip averages the image's and "
+        "its mirror image's probabilities (inference only; exports include it).", kind=str,
+        choices=("none", "flip"))
+    mixup: float = setting(
+        0.0, "Mixup alpha: blend pairs of images and their labels (0 = off).", kind=float,
+        low=0, high=10)
+    teacher: str | None = setting(
+        None, "Distill from this finished run (same results folder): its probabilities on "
+        "the training images become targets.", kind=str, optional=True,
+        check=(_plain_name, "must be a run name"))
+    teacher_weight: float = setting(
+        0.7, "Weight of the teacher's probabilities in the targets (the rest: the labels).",
+        kind=float, low=0, high=1)
     # --- optimisation
-    optimizer: str = "nadam"     # one of OPTIMIZERS
-    weight_decay: float = 0.0    # decoupled weight decay (not on biases or normalization)
-    ema: float = 0.0             # momentum of an exponential moving average of the weights,
-                                 # which validation, checkpoints and the saved model use in
-                                 # place of the trained weights; 0 = off
-    label_smoothing: float = 0.0  # cross-entropy against (1 - s) one-hot + s / 10
-    lr: float = 1e-4             # initial learning rate
-    batch_size: int = 32         # images per step
-    epochs: int = 100            # upper bound; EarlyStopping usually ends sooner
-    monitor: str = "val_loss"    # what picks the best epoch (checkpoint, early stopping,
-                                 # plateau): "val_loss" (the study) or "val_accuracy"
-    patience: int = 6            # EarlyStopping patience, epochs without improvement
-    lr_factor: float = 0.5       # ReduceLROnPlateau factor
-    lr_patience: int = 3         # ReduceLROnPlateau patience, epochs
-    schedule: str = "plateau"    # "plateau": ReduceLROnPlateau (the study); "cosine": linear
-                                 # warm-up to lr, then cosine decay to 0 over all epochs
-    warmup_epochs: float = 0.0   # cosine only: epochs of linear warm-up from lr/10
-    seed: int = 42
+    optimizer: str = setting("nadam", "Optimizer.", kind=str,
+                             choices=("nadam", "adamw", "lion"))
+    weight_decay: float = setting(
+        0.0, "Decoupled weight decay (not on biases or normalization).", kind=float, low=0,
+        high=1, high_open=True)
+    ema: float = setting(
+        0.0, "Validate, checkpoint and save an exponential moving average of the weights "
+        "with this momentum (0 = off).", kind=float, low=0, high=1, high_open=True)
+    label_smoothing: float = setting(
+        0.0, "Cross-entropy against (1 - s) one-hot + s / 10.", kind=float, low=0, high=1,
+        high_open=True)
+    lr: float = setting(1e-4, "Initial learning rate.", kind=float, low=0, low_open=True)
+    batch_size: int = setting(32, "Images per step.", kind=int, low=1)
+    epochs: int = setting(100, "Most epochs to run (early stopping may end sooner).",
+                          kind=int, low=1)
+    monitor: str = setting(
+        "val_loss", "What picks the best epoch (checkpoint, early stopping, plateau).",
+        kind=str, choices=("val_loss", "val_accuracy"))
+    patience: int = setting(6, "EarlyStopping: epochs without improvement.", kind=int,
+                            low=1)
+    lr_factor: float = setting(0.5, "ReduceLROnPlateau factor.", kind=float, low=0, high=1,
+                               low_open=True, high_open=True)
+    lr_patience: int = setting(3, "ReduceLROnPlateau patience, epochs.", kind=int, low=1)
+    schedule: str = setting(
+        "plateau", "plateau: ReduceLROnPlateau (the study's); cosine: linear warm-up to "
+        "--lr, then cosine decay to 0 over all epochs.", kind=str,
+        choices=("plateau", "cosine"))
+    warmup_epochs: float = setting(
+        0.0, "Cosine only: epochs of linear warm-up from lr/10.", kind=float, low=0,
+        check=(lambda v, cfg: v < cfg.epochs, "must be below epochs"))
+    seed: int = setting(42, "Random seed.", kind=int)
     # --- execution (speed only; the arithmetic is the same)
-    backend: str | None = None   # Keras backend; None = $KERAS_BACKEND (default tensorflow)
-    steps_per_execution: int = 1  # training steps per compiled call
+    backend: str | None = setting(
+        None, "Keras backend (none: $KERAS_BACKEND, default tensorflow).", kind=str,
+        choices=("tensorflow", "jax"), optional=True)
+    steps_per_execution: int = setting(1, "Training steps per compiled call.", kind=int,
+                                       low=1)
     # --- bookkeeping
-    preset: str | None = None
-    name: str | None = None      # run name; defaults to the preset
+    preset: str | None = setting(None, "The recipe this configuration started from.",
+                                 kind=str, optional=True)
+    name: str | None = setting(
+        None, "Run name: results/runs/<name>/ (default: the preset).", kind=str,
+        optional=True, check=(_plain_name, "must be a plain name (letters, digits, '.', '_', "
+                                           "'-')"))
 
     def validate(self) -> "TrainConfig":
-        checks = [
-            ("arch", self.arch in ARCHITECTURES, f"must be one of {', '.join(ARCHITECTURES)}"),
-            ("activation", self.activation in ACTIVATIONS,
-             f"must be one of {', '.join(ACTIVATIONS)}"),
-            ("input_bn", self.input_bn in INPUT_BNS, f"must be one of {', '.join(INPUT_BNS)}"),
-            ("bottleneck", isinstance(self.bottleneck, int) and self.bottleneck >= 0,
-             "must be an integer >= 0 (0 = none)"),
-            ("pca", isinstance(self.pca, int) and 0 <= self.pca <= 3072,
-             "must be an integer in [0, 3072] (0 = none)"),
-            ("layers", isinstance(self.layers, int) and self.layers >= 1, "must be an integer >= 1"),
-            ("units", isinstance(self.units, int) and self.units >= 1, "must be an integer >= 1"),
-            ("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)"),
-            ("l1", self.l1 >= 0, "must be >= 0"),
-            ("l2", self.l2 >= 0, "must be >= 0"),
-            ("max_norm", self.max_norm is None or self.max_norm > 0, "must be > 0 or null"),
-            ("augment", self.augment in AUGMENTATIONS,
-             f"must be one of {', '.join(AUGMENTATIONS)}"),
-            ("shift", isinstance(self.shift, int) and 0 <= self.shift < 16,
-             "must be an integer in [0, 16)"),
-            ("zoom", 0 <= self.zoom < 1, "must be in [0, 1) (0 = off)"),
-            ("tta", self.tta in TTAS, f"must be one of {', '.join(TTAS)}"),
-            ("mixup", 0 <= self.mixup <= 10, "must be in [0, 10] (0 = off)"),
-            ("teacher", self.teacher is None or _safe_name(self.teacher),
-             "must be a run name or null"),
-            ("teacher_weight", 0 <= self.teacher_weight <= 1, "must be in [0, 1]"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
-            ("weight_decay", 0 <= self.weight_decay < 1, "must be in [0, 1)"),
-            ("ema", 0 <= self.ema < 1, "must be in [0, 1) (0 = off)"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
-            ("lr", self.lr > 0, "must be > 0"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
-             "must be an integer >= 1"),
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "must be an integer >= 1"),
-            ("patience", isinstance(self.patience, int) and self.patience >= 1, "must be >= 1"),
-            ("lr_factor", 0 < self.lr_factor < 1, "must be in (0, 1)"),
-            ("lr_patience", isinstance(self.lr_patience, int) and self.lr_patience >= 1,
-             "must be >= 1"),
-            ("monitor", self.monitor in MONITORS, f"must be one of {', '.join(MONITORS)}"),
-            ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
-            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, "must be in [0, epochs)"),
-            ("backend", self.backend is None or self.backend in BACKENDS,
-             f"must be one of {', '.join(BACKENDS)} or null"),
-            ("steps_per_execution", isinstance(self.steps_per_execution, int)
-             and self.steps_per_execution >= 1, "must be an integer >= 1"),
-            ("name", self.name is None or _safe_name(self.name),
-             "must be a plain name (letters, digits, '.', '_', '-')"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r}: {why}")
+        for f in fields(self):
+            why = problem(f, getattr(self, f.name), self)
+            if why:
+                raise ConfigError(f"{f.name}={getattr(self, f.name)!r}: {why}")
         return self
 
     @property
@@ -151,20 +158,72 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+SETTINGS = {f.name: f for f in fields(TrainConfig)}
+
+
+def describe_range(meta: dict) -> str:
+    """'one of a, b', 'an integer >= 1', 'a number in [0, 1)', ... (for errors and docs)."""
+    if meta["choices"]:
+        return "one of " + ", ".join(meta["choices"])
+    noun = "an integer" if meta["kind"] is int else "a number" if meta["kind"] is float else ""
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return (f"{noun} in {'(' if meta['low_open'] else '['}{low:g}, {high:g}"
+                f"{')' if meta['high_open'] else ']'}")
+    if low is not None:
+        return f"{noun} {'>' if meta['low_open'] else '>='} {low:g}"
+    return noun or "text"
+
+
+def problem(f: dataclasses.Field, value: Any, cfg: TrainConfig | None = None) -> str | None:
+    """Why ``value`` is not allowed for setting ``f``, or None."""
+    meta = f.metadata
+    if value is None:
+        return None if meta["optional"] else f"must be {describe_range(meta)}"
+    if meta["kind"] is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif meta["kind"] is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if ok and meta["choices"]:
+        ok = value in meta["choices"]
+    if ok and meta["low"] is not None:
+        ok = value > meta["low"] if meta["low_open"] else value >= meta["low"]
+    if ok and meta["high"] is not None:
+        ok = value < meta["high"] if meta["high_open"] else value <= meta["high"]
+    optional = " or null" if meta["optional"] else ""
+    if not ok:
+        return f"must be {describe_range(meta)}{optional}"
+    if meta["check"] is not None and cfg is not None and not meta["check"][0](value, cfg):
+        return meta["check"][1]
+    return None
+
+
+def settings_table() -> str:
+    """The Markdown table of every training setting, for docs/training.md."""
+    lines = ["| flag (config key) | default | allowed | applies to | what it does |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, f in SETTINGS.items():
+        meta = f.metadata
+        allowed = describe_range(meta) + (", or none" if meta["optional"] else "")
+        default = "none" if f.default is None else f"{f.default:g}" if isinstance(
+            f.default, float) else str(f.default)
+        lines.append(f"| `--{name.replace('_', '-')}` (`{name}`) | {default} | {allowed} | "
+                     f"{', '.join(meta['applies']) or 'all'} | "
+                     f"{meta['help'].replace('|', '/')} |")
+    return "\n".join(lines)
+
+
 def _safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
 
 
 # The accuracy frontier without convolutions (benchmarks/frontier.py): fully connected
-# on flattened pixels, with what modern training adds: BatchNorm + GELU, flips, 4-pixel
-# translations and zoom, mixup, label smoothing, AdamW, warm-up + cosine. Sized for
-# about 30 minutes on a 2-core CPU; the benchmark sets the epochs to fit a time budget.
-# Measured in 30 minutes here: mixup 0.8 helps (68.6% vs 67.2% test), and a random zoom
-# of 0.2 in place of dropout 0.1 helps again (69.5%; zoom with dropout: 68.7%); an input
-# BN without learned scale and offset makes epochs 1.4x faster: 70.1% (214 epochs); a
-# fixed projection onto the top 512 principal components first: 75.0% (285 epochs).
-# Test-time flips (tta="flip") add 1.2 points on the same weights (74.1% -> 75.3%, 226
-# epochs; 0.8-1.6 on four earlier runs, the CNN's too); metrics.json has both figures.
+# on flattened pixels, with what modern training adds: a fixed PCA projection, BatchNorm +
+# GELU, flips, translations and zoom, mixup, label smoothing, AdamW, warm-up + cosine, and
+# test-time flips. Sized for about 30 minutes on a 2-core CPU; the benchmark sets the
+# epochs to fit a time budget. What each part is worth: docs/frontier.md, with the records.
 MLP_FRONTIER = dict(arch="batchnorm", pca=512, input_bn="stats", activation="gelu", layers=3,
                     units=1024, augment="flip-shift", zoom=0.2, tta="flip", mixup=0.8,
                     label_smoothing=0.1,
@@ -189,12 +248,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                         monitor="val_accuracy", patience=15, backend="jax",
                         steps_per_execution=4),
     "mlp-frontier": MLP_FRONTIER,
-    # The same recipe for a GPU, where an epoch takes a fraction of a second: 600 epochs,
-    # about what 60 minutes give on the 2-core CPU (595 epochs there: 76.3% against 75.0%
-    # in 30 minutes), and twice the width, which a GPU runs at almost no cost: at an equal
-    # 60 epochs on the CPU, 3 x 2048 reached 68.7% against 66.9% for 3 x 1024 (2.6x slower
-    # epochs there; not measured in long runs). The earlier GPU preset (4 x 3072, dropout
-    # 0.2, no PCA, no mixup) reached 68.9% on an H200.
+    # The same recipe for a GPU, where an epoch takes a fraction of a second: 600 epochs
+    # (about what an hour gives the 2-core CPU) and twice the width, which a GPU runs at
+    # almost no cost (the width comparison: docs/frontier.md).
     "mlp-frontier-gpu": {**MLP_FRONTIER, "units": 2048, "epochs": 600},
     # The CNN reference row: MLPerf Tiny's ResNet-8 for CIFAR-10 (78k parameters), with the
     # same test-time flips as the fully connected nets, so the comparison stays even.
@@ -207,21 +263,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _coerce(key: str, value: Any) -> Any:
-    """Types for values read from a YAML/JSON file (YAML reads 1e-4 as a string)."""
-    kinds = {f.name: f.type for f in fields(TrainConfig)}
-    kind = kinds[key]
+    """Types for values read from a YAML/JSON file or ``--set`` (YAML reads 1e-4 as a
+    string); "none"/"null" is None for the settings that allow it."""
+    meta = SETTINGS[key].metadata
+    kind = meta["kind"]
     try:
-        if value is None:
+        if value is None or (meta["optional"] and str(value).lower() in ("none", "null")):
             return None
-        if "float" in kind:
+        if kind is float:
             return float(value)
-        if kind == "int":
+        if kind is int:
             if isinstance(value, bool) or float(value) != int(float(value)):
                 raise ValueError
             return int(float(value))
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r}: expected {kind}") from None
+        raise ConfigError(f"{key}={value!r}: expected {kind.__name__}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -243,11 +300,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def settings_from(raw: dict, where: str) -> dict[str, Any]:
     """TrainConfig fields from a mapping of untyped values (a file's, or ``--set`` pairs'):
     dashes or underscores in keys; an unknown key or a badly typed value is a ConfigError."""
-    known = {f.name for f in fields(TrainConfig)}
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
-        if k not in known:
+        if k not in SETTINGS:
             raise ConfigError(f"{where}: unknown setting {key!r}")
         out[k] = _coerce(k, value)
     return out
@@ -258,7 +314,10 @@ def resolve(preset: str | None = None, file: Path | None = None,
     """Preset, then config file, then flags (``None`` values in overrides are ignored)."""
     values: dict[str, Any] = {}
     from_file = read_config_file(file) if file else {}
-    preset = preset or from_file.pop("preset", None)
+    if is_saved_config(from_file):
+        values["preset"] = from_file.get("preset")  # a label: the file holds the whole recipe
+    else:
+        preset = preset or from_file.get("preset")
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"preset={preset!r}: must be one of {', '.join(PRESETS)}")
@@ -269,11 +328,42 @@ def resolve(preset: str | None = None, file: Path | None = None,
     return TrainConfig(**values).validate()
 
 
+# The settings every run's config.json has held since the first one. A file holding them
+# all is a saved run configuration: `--config` re-makes that run whatever today's presets
+# are. Settings added since take their defaults, which keep the behaviour from before
+# they existed.
+SAVED_CONFIG_KEYS = frozenset({
+    "arch", "activation", "layers", "units", "dropout", "l1", "l2", "max_norm", "optimizer",
+    "lr", "batch_size", "epochs", "patience", "lr_factor", "lr_patience", "seed", "preset",
+    "name"})
+
+
+def is_saved_config(settings: dict[str, Any]) -> bool:
+    """True for a run's saved config.json (read as a whole: its preset is only a label)."""
+    return SAVED_CONFIG_KEYS <= set(settings)
+
+
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a saved config.json (unknown keys are an error)."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(d) - known
+    unknown = set(d) - set(SETTINGS)
     if unknown:
         raise ConfigError(f"unknown settings {sorted(unknown)}")
     return TrainConfig(**d)
 
+
+
+def update_docs(path: Path) -> None:
+    """Rewrite the settings table between its markers in ``path`` (docs/training.md)."""
+    text = Path(path).read_text(encoding="utf-8")
+    begin, end = "<!-- settings-table:begin -->", "<!-- settings-table:end -->"
+    if begin not in text or end not in text:
+        raise ConfigError(f"{path}: no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    Path(path).write_text(f"{head}{begin}\n{settings_table()}\n{end}{rest.split(end, 1)[1]}",
+                          encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m harness.config docs/training.md
+    import sys
+
+    update_docs(Path(sys.argv[1]))

@@ -110,9 +110,17 @@ def exportable(model):
     return fold_input_affine(model)
 
 
-# Layers that may come before the first Dense of a foldable net: each maps every input
-# feature on its own, affinely, at inference (or moves features, as Flatten does).
-FOLDABLE_PREFIX = ("InputLayer", "BatchNormalization", "Flatten", "Dropout", "RandomFlipShift")
+def foldable_prefix() -> tuple[type, ...]:
+    """The layer classes that may come before the first Dense of a foldable net: each maps
+    every input feature on its own, affinely, at inference (or moves features, as Flatten
+    does; augmentation is the identity there). Classes, for isinstance; a function, so
+    importing this module does not import Keras."""
+    import keras
+
+    from harness.layers import RandomFlipShift
+
+    return (keras.layers.InputLayer, keras.layers.BatchNormalization, keras.layers.Flatten,
+            keras.layers.Dropout, RandomFlipShift)
 
 
 def fold_input_affine(model):
@@ -134,15 +142,18 @@ def fold_input_affine(model):
     import keras
     from keras import ops
 
+    from harness.layers import FlatPixels, FlipPair
+
     layers = list(model.layers)
     # Test-time flips (FlipPair) come first; per-channel standardization commutes with them,
     # so they stay in front of the folded Dense (checked below).
-    flip = layers[0] if layers and type(layers[0]).__name__ == "FlipPair" else None
+    flip = layers[0] if layers and isinstance(layers[0], FlipPair) else None
     layers = layers[1:] if flip is not None else layers
     first = next((i for i, layer in enumerate(layers)
                   if isinstance(layer, keras.layers.Dense)), None)
+    prefix = foldable_prefix()
     if (first is None or not isinstance(model, keras.Sequential)
-            or any(type(layer).__name__ not in FOLDABLE_PREFIX for layer in layers[:first])):
+            or not all(isinstance(layer, prefix) for layer in layers[:first])):
         return model
 
     def affine(stack, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +178,6 @@ def fold_input_affine(model):
     kernel = np.asarray(dense.kernel, np.float64)
     bias = np.asarray(dense.bias, np.float64) if dense.use_bias else np.zeros(dense.units)
 
-    class FlatPixels(keras.layers.Layer):
-        """Flatten with a constant target shape: one reshape op in every exported graph."""
-
-        def call(self, x):
-            return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
-
     kernel, bias = a[:, None] * kernel, bias + b @ kernel
     rest = layers[first + 1:]
     if (dense.activation is keras.activations.linear and rest
@@ -184,7 +189,7 @@ def fold_input_affine(model):
         kernel, bias, rest = kernel * s, bias * s + t, rest[1:]
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
-    h = inputs if flip is None else type(flip)(name=flip.name)(inputs)
+    h = inputs if flip is None else FlipPair(name=flip.name)(inputs)
     h = folded(FlatPixels(name="flatten")(h))
     folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     for layer in rest:

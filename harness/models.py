@@ -9,8 +9,6 @@ model needs no preprocessing on an edge device.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from harness.config import TrainConfig
@@ -69,115 +67,13 @@ def standardize_layer(mean: np.ndarray, variance: np.ndarray):
     return layer
 
 
-@functools.cache
 def custom_objects() -> dict:
-    """harness' own Keras classes, registered for saving and loading (defined on first use,
-    so importing this module does not import Keras)."""
-    import keras
-    from keras import ops
+    """harness' own Keras classes by class name (see :mod:`harness.layers`), for
+    ``keras.saving.load_model``. Imported here, not at the top, so importing this module
+    does not import Keras."""
+    from harness.layers import CUSTOM_OBJECTS
 
-    @keras.saving.register_keras_serializable(package="harness")
-    class RandomFlipShift(keras.layers.Layer):
-        """Training-time augmentation on whole batches: a random horizontal flip, a random
-        translation by up to ``shift`` pixels and (``zoom`` > 0) a random isotropic scaling
-        by a factor in [1 - zoom, 1 + zoom] about the image centre, with bilinear
-        interpolation; zero padding (the mean pixel once inputs are standardized). The
-        identity at inference, so exports carry no trace of it.
-
-        Each move is a 32 x 32 resampling matrix per image and axis, applied with einsum,
-        which runs unchanged on every backend and device and costs about 4% of a 3 x 1024
-        MLP's forward pass. Without zoom the matrices are one-hot (whole-pixel moves).
-        """
-
-        def __init__(self, shift=4, seed=None, zoom=0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.shift, self.seed, self.zoom = int(shift), seed, float(zoom)
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def _moves(self, batch, size, shift, flip, scale):
-            offset = keras.random.randint((batch, 1), -shift, shift + 1,
-                                          seed=self.seed_generator)
-            pixels = ops.cast(ops.arange(size), self.compute_dtype)
-            source = pixels[None, :]  # output pixel -> (fractional) input pixel
-            if scale is not None:
-                centre = (size - 1) / 2
-                source = (source - centre) / scale + centre
-            source = source - ops.cast(offset, self.compute_dtype)
-            if flip:
-                flipped = keras.random.randint((batch, 1), 0, 2, seed=self.seed_generator)
-                source = ops.where(flipped == 1, size - 1 - source, source)
-            # bilinear weights; exactly one-hot for whole-pixel sources, zero outside
-            return ops.relu(1.0 - ops.abs(source[..., None] - pixels[None, None, :]))
-
-        def call(self, x, training=None):
-            if not training:
-                return x
-            batch = ops.shape(x)[0]
-            scale = None
-            if self.zoom:
-                scale = keras.random.uniform((batch, 1), 1 - self.zoom, 1 + self.zoom,
-                                             dtype=self.compute_dtype,
-                                             seed=self.seed_generator)
-            rows = self._moves(batch, x.shape[1], self.shift, flip=False, scale=scale)
-            cols = self._moves(batch, x.shape[2], self.shift, flip=True, scale=scale)
-            x = ops.einsum("bik,bkjc->bijc", rows, x)
-            return ops.einsum("bjk,bikc->bijc", cols, x)
-
-        def get_config(self):
-            return {**super().get_config(), "shift": self.shift, "seed": self.seed,
-                    "zoom": self.zoom}
-
-    @keras.saving.register_keras_serializable(package="harness")
-    class FlipPair(keras.layers.Layer):
-        """Test-time flip augmentation, first half: at inference each batch of images is
-        followed by its mirror images (batch 2N), which the rest of the model sees as
-        ordinary images; :class:`PairMean` at the end averages each image's two
-        probability vectors. The identity in training, where random flips already are.
-
-        At batch 1 the net then multiplies 2 rows instead of 1 by each weight matrix: on a
-        CPU, where such products are bound by reading the weights, that costs little."""
-
-        def call(self, x, training=None):
-            if training:
-                return x
-            return ops.concatenate([x, ops.flip(x, axis=2)], axis=0)
-
-        def compute_output_shape(self, input_shape):
-            return (None, *input_shape[1:])
-
-    @keras.saving.register_keras_serializable(package="harness")
-    class PairMean(keras.layers.Layer):
-        """Test-time flip augmentation, second half: the mean of the first and second half
-        of the batch (each image's and its mirror image's outputs, see FlipPair)."""
-
-        def call(self, x, training=None):
-            if training:
-                return x
-            return ops.mean(ops.reshape(x, (2, -1, x.shape[-1])), axis=0)
-
-        def compute_output_shape(self, input_shape):
-            return (None, *input_shape[1:])
-
-    @keras.saving.register_keras_serializable(package="harness")
-    class SmoothedSparseCrossentropy(keras.losses.Loss):
-        """Sparse categorical cross-entropy against smoothed targets: (1 - s) one-hot + s / K.
-        (Keras' sparse loss has no label smoothing; this keeps integer labels everywhere.)"""
-
-        def __init__(self, label_smoothing=0.1, name="smoothed_sparse_crossentropy", **kwargs):
-            super().__init__(name=name, **kwargs)
-            self.label_smoothing = float(label_smoothing)
-
-        def call(self, y_true, y_pred):
-            labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-            target = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-            return keras.losses.categorical_crossentropy(
-                target, y_pred, label_smoothing=self.label_smoothing)
-
-        def get_config(self):
-            return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-    return {"RandomFlipShift": RandomFlipShift, "FlipPair": FlipPair, "PairMean": PairMean,
-            "SmoothedSparseCrossentropy": SmoothedSparseCrossentropy}
+    return dict(CUSTOM_OBJECTS)
 
 
 def load_keras_model(path):
@@ -195,24 +91,28 @@ def loss_for(cfg: TrainConfig):
 
         return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     if cfg.label_smoothing:
-        return custom_objects()["SmoothedSparseCrossentropy"](cfg.label_smoothing)
+        from harness.layers import SmoothedSparseCrossentropy
+
+        return SmoothedSparseCrossentropy(cfg.label_smoothing)
     return "sparse_categorical_crossentropy"
 
 
 def _augmentation(cfg: TrainConfig):
     if cfg.augment == "none":
         return None
+    from harness.layers import RandomFlipShift
+
     shift, zoom = (cfg.shift, cfg.zoom) if cfg.augment == "flip-shift" else (0, 0.0)
-    return custom_objects()["RandomFlipShift"](shift=shift, seed=cfg.seed, zoom=zoom,
-                                               name="augment")
+    return RandomFlipShift(shift=shift, seed=cfg.seed, zoom=zoom, name="augment")
 
 
 def _tta(cfg: TrainConfig):
     """The test-time augmentation's two layers (first and last in the model), or Nones."""
     if cfg.tta == "none":
         return None, None
-    return custom_objects()["FlipPair"](name="tta_flip"), \
-        custom_objects()["PairMean"](name="tta_mean")
+    from harness.layers import FlipPair, PairMean
+
+    return FlipPair(name="tta_flip"), PairMean(name="tta_mean")
 
 
 def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):

@@ -9,7 +9,7 @@ Layout of ``<results>/runs/<name>/``::
 
     config.json     the resolved TrainConfig (preset, then file, then flags)
     metrics.json    status, train/val/test accuracy and loss of the best model, timings,
-                    parameter counts, data sha256, library versions
+                    parameter counts, data sha256, library versions (format: harness.schemas)
     model.keras     the best model (lowest val_loss), raw 0-255 pixels in, probabilities out
     history.csv     one row per epoch (Keras CSVLogger) plus epoch_seconds
     logs/           TensorBoard event files
@@ -29,10 +29,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-METRICS_SCHEMA_VERSION = 1
-
-# Run statuses written to metrics.json.
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# The statuses and schema version are part of the record formats; imported from here too.
+from harness.schemas import (COMPLETED, FAILED, METRICS_SCHEMA_VERSION, RUNNING,  # noqa: F401
+                             RecordError, check_record)
 
 
 def _read_umask() -> int:
@@ -67,6 +66,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_record(kind: str, path: Path, record: dict) -> None:
+    """``record`` as JSON at ``path``, atomically, once it keeps its format (``kind``: run,
+    tuning, bench or frontier; see harness.schemas). A record that breaks it is not
+    written: RecordError names every problem."""
+    try:
+        check_record(kind, record)
+    except RecordError as e:
+        raise RecordError(f"{path}: not written, not a valid {kind} record: {e}") from None
+    atomic_write_json(path, record)
 
 
 def atomic_write_csv(path: Path, rows: list[list]) -> None:
@@ -163,4 +173,4 @@ class RunDir:
         return read_json(self.metrics) if self.metrics.exists() else None
 
     def write_metrics(self, metrics: dict) -> None:
-        atomic_write_json(self.metrics, {"schema": METRICS_SCHEMA_VERSION, **metrics})
+        write_record("run", self.metrics, {"schema": METRICS_SCHEMA_VERSION, **metrics})

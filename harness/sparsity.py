@@ -27,21 +27,30 @@ from harness.models import load_keras_model
 from harness.records import COMPLETED, RunDir, library_versions
 
 
-def _dense_layers(model):
-    """The learned Dense layers (a frozen PCA projection is data, not pruned)."""
+def learned_dense_layers(model):
+    """The Dense layers whose kernels were learned: every trainable Dense. The frozen PCA
+    projection (``name="pca"``, trainable=False) is data, the training images' principal
+    directions, not a learned weight: it is neither sparsified, pruned nor counted."""
     import keras
 
     return [layer for layer in model.layers
             if isinstance(layer, keras.layers.Dense) and layer.trainable]
 
 
-def _sparsity_per_layer(model) -> tuple[list[dict], float]:
-    """Zero fraction of each Dense kernel, and of all of them together."""
-    per_layer = [{"layer": l.name, "shape": list(l.kernel.shape),
-                  "sparsity": float((np.asarray(l.kernel) == 0).mean())}
-                 for l in _dense_layers(model)]
-    total = sum(np.prod(p["shape"]) for p in per_layer)
-    return per_layer, float(sum(p["sparsity"] * np.prod(p["shape"]) for p in per_layer) / total)
+def kernel_sparsity(model) -> tuple[float, list[dict]]:
+    """The sparsity of ``model``, the one definition that variants' metrics.json and bench
+    records use: the fraction of exactly-zero weights over the kernels of
+    :func:`learned_dense_layers` together (biases, BatchNorm and the frozen PCA projection
+    left out; 0.0 when there are none), and per layer ``{"layer", "shape", "sparsity"}``.
+
+    Bench records written before this definition counted the PCA projection's kernel too,
+    so theirs is lower for a net with PCA."""
+    kernels = [(l.name, np.asarray(l.kernel)) for l in learned_dense_layers(model)]
+    per_layer = [{"layer": name, "shape": list(k.shape), "sparsity": float((k == 0).mean())}
+                 for name, k in kernels]
+    total = sum(k.size for _, k in kernels)
+    zeros = sum(int((k == 0).sum()) for _, k in kernels)
+    return (zeros / total if total else 0.0), per_layer
 
 
 def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, name: str,
@@ -53,7 +62,7 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
     from harness.train import save_model
 
     cfg = replace(from_dict(parent.read_config()), name=name)
-    per_layer, overall = _sparsity_per_layer(model)
+    overall, per_layer = kernel_sparsity(model)
     run = RunDir.named(results, name)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg.to_dict())
@@ -73,7 +82,7 @@ def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
     if (threshold is None) == (target is None):
         raise ValueError("give exactly one of threshold or target sparsity")
     model = load_keras_model(parent.model)
-    dense = _dense_layers(model)
+    dense = learned_dense_layers(model)
     if target is not None:
         magnitudes = np.concatenate([np.abs(np.asarray(l.kernel)).ravel() for l in dense])
         threshold = float(np.quantile(magnitudes, target))
@@ -169,6 +178,8 @@ def _mirror_in_tf_keras(model):
     import keras
     import tf_keras
 
+    from harness.layers import FlipPair, PairMean, RandomFlipShift
+
     tl = tf_keras.layers
     mirror = tf_keras.Sequential([tl.InputLayer(input_shape=(32, 32, 3))])
     for layer in model.layers:
@@ -197,7 +208,7 @@ def _mirror_in_tf_keras(model):
             mirror.add(tl.AlphaDropout(layer.rate, name=layer.name))
         elif isinstance(layer, keras.layers.Dropout):
             mirror.add(tl.Dropout(layer.rate, name=layer.name))
-        elif type(layer).__name__ in ("RandomFlipShift", "FlipPair", "PairMean"):
+        elif isinstance(layer, (RandomFlipShift, FlipPair, PairMean)):
             # augmentation without weights, at training (RandomFlipShift) or test time:
             # fine-tuning goes without; the weights come back into the full model
             continue

@@ -2,8 +2,8 @@
 
 A run lives in ``<results>/runs/<name>/`` (see :mod:`harness.records`). Re-running the same
 command after an interruption, ``kill -9`` included, resumes from the last finished epoch:
-Keras' BackupAndRestore restores weights and optimizer state, and :class:`ResumeState`
-restores what the other callbacks had learned (best val_loss, patience counters), so a
+Keras' BackupAndRestore restores weights and optimizer state, and
+:class:`harness.callbacks.ResumeState` restores what the other callbacks had learned (best val_loss, patience counters), so a
 resumed run makes the same decisions an uninterrupted one would.
 """
 
@@ -27,13 +27,9 @@ from harness.config import ConfigError, TrainConfig, from_dict
 from harness.evaluate import evaluate_splits, predict_keras
 from harness.models import build_model, count_params, load_keras_model, loss_for
 from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv,
-                             atomic_write_text, library_versions)
+                             library_versions)
 
 
-# A backup is written when the time since the last one is at least this many times what the
-# last one took, so backups cost at most about 1/BACKUP_COST_RATIO of the training time.
-BACKUP_COST_RATIO = 10
-STATES_KEPT = 200  # callback states kept for resuming (covers the backup's lag)
 CLASSES = 10
 
 
@@ -50,19 +46,10 @@ def _now() -> str:
 
 
 def epoch_log():
-    """A callback adding ``epoch_seconds`` (training + validation) and ``learning_rate``."""
-    import keras
-
-    class EpochLog(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["epoch_seconds"] = time.perf_counter() - self._t0
-                # ReduceLROnPlateau logs the rate the epoch ran with; so do schedules.
-                logs.setdefault("learning_rate", float(np.asarray(
-                    self.model.optimizer.learning_rate)))
+    """A callback adding ``epoch_seconds`` (training + validation) and ``learning_rate``
+    (:class:`harness.callbacks.EpochLog`; that module imports Keras, so it is imported here,
+    when called)."""
+    from harness.callbacks import EpochLog
 
     return EpochLog()
 
@@ -78,14 +65,9 @@ def recipe_callbacks(cfg: TrainConfig, resumed: bool = False) -> tuple:
     a ``resumed`` run starts by swapping them back."""
     import keras
 
-    ema = None
-    if cfg.ema:
-        class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
-            def __init__(self):
-                super().__init__(swap_on_epoch=True)
-                self._ema_weights_in_model = resumed
-        ema = ResumableSwapEMAWeights()
+    from harness.callbacks import ResumableSwapEMAWeights
 
+    ema = ResumableSwapEMAWeights(resumed) if cfg.ema else None
     early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
                                           restore_best_weights=True)
     # With a cosine schedule the learning rate is a function of the step: no plateau logic.
@@ -154,130 +136,32 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
     with a small net. Each batch draws from its own generator, seeded by (seed, epoch,
     batch), so the batches are the same whatever the number of threads; ``epoch`` is the
     first epoch's number."""
-    import keras
+    from harness.callbacks import MixupBatches
 
     if workers is None:
         workers = max(1, min(8, (os.cpu_count() or 2) // 2))
-
-    class MixupBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(workers=workers)
-            self.epoch = epoch - 1
-            self.on_epoch_end()
-
-        def __len__(self):
-            return math.ceil(len(x) / batch_size)
-
-        def __getitem__(self, i):
-            rng = np.random.default_rng([seed, self.epoch, i])
-            idx = self.order[i * batch_size:(i + 1) * batch_size]
-            images = x[idx].astype(np.float32)
-            labels = one_hot(y[idx]) if y.ndim == 1 else y[idx].astype(np.float32)
-            lam = rng.beta(alpha, alpha, size=len(idx)).astype(np.float32)
-            partner = rng.permutation(len(idx))
-            w = lam.reshape(-1, *[1] * (images.ndim - 1))
-            images = w * images + (1 - w) * images[partner]
-            labels = lam[:, None] * labels + (1 - lam[:, None]) * labels[partner]
-            return images, labels
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self.order = np.random.default_rng([seed, self.epoch]).permutation(len(x))
-
-    return MixupBatches()
+    targets = one_hot(y) if y.ndim == 1 else y
+    return MixupBatches(x, targets, batch_size, alpha, seed, workers, epoch=epoch)
 
 
 def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=(),
                     resumed: bool = False):
     import keras
 
-    class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
-        """ModelCheckpoint(save_best_only) that saves beside the target, then renames."""
-
-        def __init__(self, target: Path, monitor: str):
-            self.target = Path(target)
-            super().__init__(str(target.with_name(".checkpoint.tmp.keras")),
-                             monitor=monitor, save_best_only=True)
-
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            if Path(self.filepath).exists():
-                Path(self.filepath).replace(self.target)
+    from harness.callbacks import AtomicCheckpoint, ResumeState, TerminateOnNaN, ThrottledBackup
 
     ema, early, plateau = recipe_callbacks(cfg, resumed=resumed)
     checkpoint = AtomicCheckpoint(run.model, cfg.monitor)
-
-    class ResumeState(keras.callbacks.Callback):
-        """Saves, and on resume restores, the state of the stateful callbacks above.
-
-        Listed after them, so its on_train_begin runs after theirs (which reset state) and
-        its on_epoch_end sees their updates. Kept in the backup folder, which
-        BackupAndRestore deletes when the run ends.
-        """
-
-        path = run.backup / "harness_state.json"
-
-        def on_train_begin(self, logs=None):
-            if not resume_state:
-                return
-            early.best, early.wait = resume_state["early_best"], resume_state["early_wait"]
-            early.best_epoch = resume_state["early_best_epoch"]
-            if plateau is not None:
-                plateau.best, plateau.wait = resume_state["plateau_best"], resume_state["plateau_wait"]
-                plateau.cooldown_counter = resume_state["plateau_cooldown"]
-            checkpoint.best = resume_state["checkpoint_best"]
-            if run.model.exists():  # so restore_best_weights still has the best weights
-                early.best_weights = load_keras_model(run.model).get_weights()
-
-        def on_epoch_end(self, epoch, logs=None):
-            state = {"early_best": early.best, "early_wait": early.wait,
-                     "early_best_epoch": early.best_epoch, "checkpoint_best": checkpoint.best}
-            if plateau is not None:
-                state.update(plateau_best=plateau.best, plateau_wait=plateau.wait,
-                             plateau_cooldown=plateau.cooldown_counter)
-            saved = _read_states(self.path)
-            saved[str(epoch + 1)] = {k: _plain(v) for k, v in state.items()}
-            # The backup lags this epoch by one or more (see ThrottledBackup): keep enough.
-            keep = sorted(saved, key=int)[-STATES_KEPT:]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps({k: saved[k] for k in keep}))
-
     # EarlyStopping after the epoch timer: its copy of the best weights, like the checkpoint,
     # happens only on improving epochs, and epoch_seconds measures training + validation.
-    callbacks = [ema, plateau, epoch_log(), early, _terminate_on_nan(),
+    callbacks = [ema, plateau, epoch_log(), early, TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
-                 ResumeState(), _tensorboard(run), *extra]
+                 ResumeState(run.backup, early, plateau, checkpoint, resume_state),
+                 _tensorboard(run), *extra]
     callbacks = [c for c in callbacks if c is not None]
     # Last, so an epoch counts as done only once everything above has recorded it.
-    callbacks.append(throttled_backup(run.backup))
+    callbacks.append(ThrottledBackup(run.backup))
     return callbacks
-
-
-def throttled_backup(folder: Path):
-    """Keras' BackupAndRestore, writing only when the time since its last write is at least
-    BACKUP_COST_RATIO times what that write took.
-
-    Every epoch of the study's nets is seconds long and a backup of them takes milliseconds,
-    so they back up every epoch; a 30M-parameter net whose epoch takes 0.3 s on a GPU would
-    otherwise spend most of its time writing backups. double_checkpoint keeps the previous
-    backup, which BackupAndRestore falls back to when a kill -9 lands in the middle of a write.
-    """
-    import keras
-
-    class ThrottledBackup(keras.callbacks.BackupAndRestore):
-        def __init__(self):
-            super().__init__(str(folder), double_checkpoint=True)
-            self._saved_at, self._save_seconds = -math.inf, 0.0
-
-        def on_epoch_end(self, epoch, logs=None):
-            if time.monotonic() - self._saved_at < BACKUP_COST_RATIO * self._save_seconds:
-                return
-            t0 = time.monotonic()
-            super().on_epoch_end(epoch, logs)
-            self._saved_at = time.monotonic()
-            self._save_seconds = self._saved_at - t0
-
-    return ThrottledBackup()
 
 
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
@@ -312,56 +196,16 @@ def check_backend(cfg: TrainConfig) -> None:
                           f"{keras.backend.backend()!r}; run with KERAS_BACKEND={cfg.backend}")
 
 
-# Keras runs the training loop ahead of the device ("async dispatch", JAX backend) only
-# while no callback has a per-batch hook that must see each batch's logs at once; one such
-# hook makes every step wait for the previous one. Both per-batch callbacks below can see
-# their logs late, so they say so (``async_safe``): Keras then hands them their logs on a
-# worker thread. Measured on the 5 x 100 SELU net at batch 1024 (JAX, 2-core CPU): see
-# benchmarks/train_speed.py.
-
-
-def _terminate_on_nan():
-    """TerminateOnNaN, checking each batch's loss without holding the training loop."""
-    import keras
-
-    class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
-        async_safe = True
-
-    return TerminateOnNaN()
-
-
 def _tensorboard(run: RunDir):
     """TensorBoard, per epoch. It needs TensorFlow's summary ops; skipped where TF is absent."""
     import importlib.util
 
-    import keras
+    from harness.callbacks import EpochTensorBoard
 
     if importlib.util.find_spec("tensorflow") is None:
         print("note: tensorflow is not installed; TensorBoard logs are skipped", file=sys.stderr)
         return None
-
-    class EpochTensorBoard(keras.callbacks.TensorBoard):
-        async_safe = True
-
-        def on_train_batch_end(self, batch, logs=None):
-            # update_freq="epoch": the parent would only issue a no-op summary per batch
-            # metric; keep its one-time graph write.
-            super().on_train_batch_end(batch, logs=None)
-
     return EpochTensorBoard(log_dir=str(run.logs), update_freq="epoch")
-
-
-def _plain(v):
-    if v is None:
-        return None
-    return float(v) if isinstance(v, (float, np.floating)) else int(v)
-
-
-def _read_states(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _backup_epoch(run: RunDir) -> int:
@@ -432,12 +276,14 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     """
     import keras
 
+    from harness.callbacks import read_states
+
     check_backend(cfg)
     splits = data_mod.split(ds)
     # The teacher's targets first: a missing teacher is an error before any file is written.
     targets, teacher = teacher_targets(cfg, results, splits) if cfg.teacher else (None, None)
     run, resume_from = prepare_run(cfg, results, overwrite)
-    resume_state = _read_states(run.backup / "harness_state.json").get(str(resume_from))
+    resume_state = read_states(run.backup).get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
     # the PCA directions only when no given weights replace them (fine-tuning a derived model)
     fresh_pca = cfg.pca and initial_weights is None

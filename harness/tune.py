@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from harness import data as data_mod
-from harness.config import ACTIVATIONS, ConfigError, TrainConfig
+from harness.config import SETTINGS, ConfigError, TrainConfig, problem
 from harness.records import (COMPLETED, RunDir, atomic_write_csv, atomic_write_json,
-                             read_json)
+                             read_json, write_record)
 
 DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TUNERS = ("bayesian", "hyperband", "random")
@@ -109,30 +109,27 @@ class SearchSpace:
     batch_sizes: tuple[int, ...] = ()          # empty = keep the base config's
 
     def validate(self) -> "SearchSpace":
-        def check(key, rng, lo_min, integer=False, log=False):
+        """Each end of each range, each activation and batch size must be a value its
+        training setting allows (harness.config.SETTINGS); log-scaled ranges start above 0."""
+        ranges = {"layers": self.layers, "units": self.units, "lr": self.lr,
+                  "dropout": self.dropout, "l1": self.l1}
+        for key, rng in ranges.items():
+            if rng is None:
+                continue
             lo, hi = rng
-            if integer and not (isinstance(lo, int) and isinstance(hi, int)):
-                raise ConfigError(f"{key} range {rng}: must be integers")
-            if lo < lo_min or (log and lo <= 0):
-                raise ConfigError(f"{key} range {rng}: lower end must be > {lo_min}"
-                                  if log else f"{key} range {rng}: lower end must be >= {lo_min}")
-            if (hi < lo) if integer else (hi <= lo):
+            for value in rng:
+                why = problem(SETTINGS[key], value)
+                if why:
+                    raise ConfigError(f"{key} range {rng}: {value!r} {why}")
+            if key in ("lr", "l1") and lo <= 0:
+                raise ConfigError(f"{key} range {rng}: lower end must be > 0 (log scale)")
+            if (hi < lo) if SETTINGS[key].metadata["kind"] is int else (hi <= lo):
                 raise ConfigError(f"{key} range {rng}: empty or inverted")
-
-        check("layers", self.layers, 1, integer=True)
-        check("units", self.units, 1, integer=True)
-        check("lr", self.lr, 0, log=True)
-        if self.dropout is not None:
-            check("dropout", self.dropout, 0)
-            if self.dropout[1] >= 1:
-                raise ConfigError(f"dropout range {self.dropout}: must stay below 1")
-        if self.l1 is not None:
-            check("l1", self.l1, 0, log=True)
-        bad = [a for a in self.activations if a not in ACTIVATIONS]
-        if bad:
-            raise ConfigError(f"activations {bad}: must be among {', '.join(ACTIVATIONS)}")
-        if any((not isinstance(b, int)) or b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"batch sizes {self.batch_sizes}: must be integers >= 1")
+        for key, values in (("activation", self.activations), ("batch_size", self.batch_sizes)):
+            for value in values:
+                why = problem(SETTINGS[key], value)
+                if why:
+                    raise ConfigError(f"{key} {value!r} in the search space: {why}")
         return self
 
     def config_for(self, hp, base: TrainConfig) -> TrainConfig:
@@ -389,7 +386,7 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     atomic_write_json(root / "best_hyperparameters.json",
                       {"trial_id": best_trial.trial_id, "score": float(best_trial.score),
                        "values": best_hp.values, "config": cfg.to_dict()})
-    atomic_write_json(root / "summary.json", summary)
+    write_record("tuning", root / "summary.json", summary)
     return summary
 
 

@@ -1,4 +1,5 @@
-"""harness compare: schema validation, rows, the Pareto front, the report files, the CLI.
+"""harness compare: the record formats (read and written), rows, the Pareto front, the
+report files, the CLI.
 
 Every record here is written by hand (no training): a run directory, a bench record and a
 tuning summary shaped like the ones the other stages write.
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from harness import collect, schemas, table
 from harness import compare as cmp
+from harness.records import RunDir, write_record
 from harness.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,11 +92,11 @@ def results(tmp_path) -> Path:
 # --------------------------------------------------------------------------- schema
 
 def test_valid_records_pass_validation():
-    assert cmp.validate_run(metrics("a"))["run"] == "a"
-    assert cmp.validate_bench(bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)]))
-    assert cmp.validate_tuning(summary())["name"] == "search"
+    assert schemas.check_run(metrics("a"))["run"] == "a"
+    assert schemas.check_bench(bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)]))
+    assert schemas.check_tuning(summary())["name"] == "search"
     # An unfinished run needs only its name and status: it is noted, not compared.
-    assert cmp.validate_run({"schema": 1, "run": "a", "status": "running"})
+    assert schemas.check_run({"schema": 1, "run": "a", "status": "running"})
 
 
 def _without(record: dict, dotted: str) -> dict:
@@ -120,44 +123,90 @@ GOOD_BENCH = bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)])
 
 
 @pytest.mark.parametrize("validate, record, message", [
-    (cmp.validate_run, _without(metrics("a"), "test.accuracy"),
+    (schemas.check_run, _without(metrics("a"), "test.accuracy"),
      "missing field 'test.accuracy'"),
-    (cmp.validate_run, _without(metrics("a"), "config"),
+    (schemas.check_run, _without(metrics("a"), "config"),
      "missing field 'config.arch'"),
-    (cmp.validate_run, _with(metrics("a"), "test.accuracy", 1.5),
+    (schemas.check_run, _with(metrics("a"), "test.accuracy", 1.5),
      "field 'test.accuracy' is 1.5, expected a number in [0, 1]"),
-    (cmp.validate_run, _with(metrics("a"), "config.layers", "5"),
+    (schemas.check_run, _with(metrics("a"), "config.layers", "5"),
      "field 'config.layers' is \"5\", expected an integer"),
-    (cmp.validate_run, _with(metrics("a"), "params.total", True),
+    (schemas.check_run, _with(metrics("a"), "params.total", True),
      "field 'params.total' is true, expected an integer >= 0"),
-    (cmp.validate_run, _with(metrics("a"), "status", "done"),
+    (schemas.check_run, _with(metrics("a"), "status", "done"),
      "field 'status' is 'done', expected running, completed or failed"),
-    (cmp.validate_run, _with(metrics("a"), "schema", 99),
+    (schemas.check_run, _with(metrics("a"), "schema", 99),
      "schema 99 is newer than this harness reads (1)"),
-    (cmp.validate_run, _with(metrics("a"), "sparsity", -0.1),
+    (schemas.check_run, _with(metrics("a"), "sparsity", -0.1),
      "field 'sparsity' is -0.1, expected a number in [0, 1]"),
-    (cmp.validate_bench, _without(GOOD_BENCH, "rows.0.p50_us"),
+    (schemas.check_bench, _without(GOOD_BENCH, "rows.0.p50_us"),
      "missing field 'rows[0].p50_us'"),
-    (cmp.validate_bench, _with(GOOD_BENCH, "rows.0.p99_us", 0),
+    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.p99_us", 0),
      "field 'rows[0].p99_us' is 0, expected a positive number"),
-    (cmp.validate_bench, _with(GOOD_BENCH, "rows.0.run", "b"),
+    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.run", "b"),
      "field 'rows[0].run' is 'b', expected the record's run 'a'"),
-    (cmp.validate_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
-    (cmp.validate_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
-    (cmp.validate_tuning, _without(summary(), "best_test_accuracy"),
+    (schemas.check_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
+    (schemas.check_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
+    (schemas.check_tuning, _without(summary(), "best_test_accuracy"),
      "missing field 'best_test_accuracy'"),
 ])
 def test_missing_and_bad_fields_are_named(validate, record, message):
-    with pytest.raises(cmp.RecordError) as e:
+    with pytest.raises(schemas.RecordError) as e:
         validate(record)
     assert message in str(e.value)
 
 
 def test_every_problem_is_reported_not_just_the_first():
     record = _without(_without(metrics("a"), "test"), "params")
-    with pytest.raises(cmp.RecordError) as e:
-        cmp.validate_run(record)
+    with pytest.raises(schemas.RecordError) as e:
+        schemas.check_run(record)
     assert "'params.total'" in str(e.value) and "'test.accuracy'" in str(e.value)
+
+
+def test_writers_refuse_a_record_that_breaks_its_format(tmp_path):
+    path = tmp_path / "bench" / "a.json"
+    bad = _with(GOOD_BENCH, "rows.0.p50_us", -1.0)
+    with pytest.raises(schemas.RecordError, match=r"not a valid bench record: field "
+                                                  r"'rows\[0\].p50_us' is -1.0"):
+        write_record("bench", path, bad)
+    assert not path.exists() and not list(tmp_path.rglob("*.tmp"))
+    write_record("bench", path, GOOD_BENCH)
+    assert json.loads(path.read_text()) == GOOD_BENCH
+    with pytest.raises(schemas.RecordError, match="missing field 'best_run'"):
+        write_record("tuning", tmp_path / "summary.json", _without(summary(), "best_run"))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_run_metrics_are_checked_by_status_when_written(tmp_path):
+    run = RunDir(tmp_path / "runs" / "a")
+    run.write_metrics({"run": "a", "status": "running"})  # partial numbers are fine then
+    assert json.loads(run.metrics.read_text())["schema"] == schemas.METRICS_SCHEMA_VERSION
+    finished = {k: v for k, v in metrics("a").items() if k != "schema"}
+    with pytest.raises(schemas.RecordError, match="missing field 'test.accuracy'"):
+        run.write_metrics(_without(finished, "test.accuracy"))
+    assert json.loads(run.metrics.read_text())["status"] == "running"  # left as it was
+    run.write_metrics(finished)
+    assert json.loads(run.metrics.read_text())["status"] == "completed"
+
+
+FRONTIER_RECORDS = sorted((REPO / "results" / "reference" / "frontier").glob("frontier-*.json"))
+
+
+def test_frontier_records_are_checked_when_written_and_read(tmp_path):
+    assert FRONTIER_RECORDS
+    for path in FRONTIER_RECORDS:  # every committed one keeps the format
+        schemas.check_frontier(json.loads(path.read_text()))
+    record = json.loads(FRONTIER_RECORDS[0].read_text())
+    with pytest.raises(schemas.RecordError, match="field 'accuracy.test' is 75.3"):
+        write_record("frontier", tmp_path / "f.json", _with(record, "accuracy.test", 75.3))
+    # Under bench/, a frontier record is checked, then left out of the table with a note.
+    write_json(tmp_path / "bench" / "frontier-good.json", record)
+    write_json(tmp_path / "bench" / "frontier-bad.json", _without(record, "budget_s"))
+    records = collect.collect_records([tmp_path])
+    assert [(p.name, reason) for p, reason in records.skipped] == [
+        ("frontier-bad.json", "missing field 'budget_s'")]
+    [note] = records.notes
+    assert "frontier-good.json: a 'frontier' benchmark" in note
 
 
 def test_collect_skips_malformed_files_with_the_reason(tmp_path):
@@ -177,7 +226,7 @@ def test_collect_skips_malformed_files_with_the_reason(tmp_path):
     write_json(root / "runs" / "good" / "exports" / "model.onnx.json", {"file": "model.onnx"})
     write_json(root / "tuning" / "s" / "keras_tuner" / "trial_00" / "summary.json", [])
 
-    records = cmp.collect_records([root])
+    records = collect.collect_records([root])
 
     assert sorted(r.metrics["run"] for r in records.runs) == ["badhist", "good"]
     skipped = {p.relative_to(root).as_posix(): reason for p, reason in records.skipped}
@@ -199,7 +248,7 @@ def test_collect_skips_malformed_files_with_the_reason(tmp_path):
 
 def test_a_file_given_directly_must_be_a_record(tmp_path):
     other = write_json(tmp_path / "notes.json", {"a": 1})
-    records = cmp.collect_records([other])
+    records = collect.collect_records([other])
     assert len(records) == 0
     reason = "not a run (metrics.json), tuning (summary.json) or bench (bench/*.json) record"
     assert records.skipped == [(other, reason)]
@@ -220,13 +269,13 @@ def test_pareto_front_on_hand_made_points():
         (0.50, 10.0),   # 8 equal to 0: neither beats the other
         (0.65, 90.0),   # 9 on the front (most accurate with a latency)
     ]
-    assert cmp.pareto_front(points) == [True, True, False, False, True, False, False, False,
+    assert table.pareto_front(points) == [True, True, False, False, True, False, False, False,
                                         True, True]
-    assert cmp.pareto_front([]) == []
+    assert table.pareto_front([]) == []
 
 
 def test_bench_rows_replace_the_run_row_and_tuning_names_its_best(results):
-    rows = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results])))
+    rows = table.mark_pareto(table.build_rows(collect.collect_records([results])))
     by_model = {}
     for r in rows:
         by_model.setdefault(r["model"], []).append(r)
@@ -243,7 +292,7 @@ def test_bench_rows_replace_the_run_row_and_tuning_names_its_best(results):
 
 def test_a_tuning_summary_alone_gives_a_row(tmp_path):
     write_json(tmp_path / "tuning" / "search" / "summary.json", summary())
-    [row] = cmp.build_rows(cmp.collect_records([tmp_path]))
+    [row] = table.build_rows(collect.collect_records([tmp_path]))
     assert (row["model"], row["architecture"], row["accuracy"]) == ("search/best", "3x64", 0.51)
 
 
@@ -260,7 +309,7 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     projected = metrics("projected")
     projected["config"].update(pca=64)
     write_json(tmp_path / "runs" / "projected" / "metrics.json", projected)
-    rows = {r["model"]: r for r in cmp.build_rows(cmp.collect_records([tmp_path]))}
+    rows = {r["model"]: r for r in table.build_rows(collect.collect_records([tmp_path]))}
     assert rows["narrow"]["architecture"] == "batchnorm 16+2x8 relu"
     assert rows["projected"]["architecture"] == "batchnorm pca64+2x8 relu"
     assert (rows["dense"]["architecture"], rows["dense"]["variant"]) == (
@@ -273,7 +322,7 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
 def test_a_bench_without_its_run_still_shows(tmp_path):
     write_json(tmp_path / "bench" / "lonely.json",
                bench("lonely", [bench_row("lonely", "litert", "int8", 0.3, 50.0)]))
-    [row] = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([tmp_path])))
+    [row] = table.mark_pareto(table.build_rows(collect.collect_records([tmp_path])))
     assert (row["model"], row["architecture"], row["p50_us"], row["pareto"]) == (
         "lonely", None, 50.0, True)
 
@@ -283,7 +332,7 @@ def test_runs_sharing_a_name_are_told_apart_by_path(tmp_path):
     write_run(tmp_path / "b", "same", 0.6)
     write_json(tmp_path / "b" / "bench" / "same.json",
                bench("same", [bench_row("same", "litert", "int8", 0.6, 50.0)]))
-    rows = cmp.build_rows(cmp.collect_records([tmp_path]))
+    rows = table.build_rows(collect.collect_records([tmp_path]))
     models = {r["model"]: r["runtime"] for r in rows}
     assert len(models) == 2
     a, b = sorted(models)
@@ -292,27 +341,59 @@ def test_runs_sharing_a_name_are_told_apart_by_path(tmp_path):
 
 
 def test_sorting(results):
-    rows = cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results])))
-    by_accuracy = cmp.sort_rows(rows)
+    rows = table.mark_pareto(table.build_rows(collect.collect_records([results])))
+    by_accuracy = table.sort_rows(rows)
     assert [r["accuracy"] for r in by_accuracy] == sorted((r["accuracy"] for r in rows),
                                                           reverse=True)
-    by_p50 = [r["p50_us"] for r in cmp.sort_rows(rows, "p50_us")]
+    by_p50 = [r["p50_us"] for r in table.sort_rows(rows, "p50_us")]
     assert by_p50 == [12.0, 20.0, 40.0, 45.0, 9000.0, None, None]
-    assert cmp.sort_rows(rows, "model")[0]["model"] == "big"
+    assert table.sort_rows(rows, "model")[0]["model"] == "big"
     with pytest.raises(ValueError, match="sort key 'speed'"):
-        cmp.sort_rows(rows, "speed")
+        table.sort_rows(rows, "speed")
 
 
 def test_table_formats(results):
-    rows = cmp.sort_rows(cmp.mark_pareto(cmp.build_rows(cmp.collect_records([results]))))
-    table = cmp.format_rows(rows, "table").splitlines()
-    assert len(table) == len(rows) + 1
-    assert table[1].startswith("*  big") and "20.0 us" in table[1] and "55.00%" in table[1]
-    markdown = cmp.format_rows(rows, "markdown").splitlines()
+    rows = table.sort_rows(table.mark_pareto(table.build_rows(collect.collect_records([results]))))
+    text = table.format_rows(rows, "table").splitlines()
+    assert len(text) == len(rows) + 1
+    assert text[1].startswith("*  big") and "20.0 us" in text[1] and "55.00%" in text[1]
+    markdown = table.format_rows(rows, "markdown").splitlines()
     assert markdown[1].startswith("| --- |") and len(markdown) == len(rows) + 2
-    parsed = list(csv.DictReader(cmp.format_rows(rows, "csv").splitlines()))
+    parsed = list(csv.DictReader(table.format_rows(rows, "csv").splitlines()))
     assert len(parsed) == len(rows) and parsed[0]["p50_us"] == "20.0"
-    assert json.loads(cmp.format_rows(rows, "json"))[0]["pareto"] is True
+    assert json.loads(table.format_rows(rows, "json"))[0]["pareto"] is True
+
+
+def test_printed_table_fits_a_narrow_terminal(results):
+    rows = table.sort_rows(table.mark_pareto(table.build_rows(collect.collect_records([results]))))
+    wide, left_out = table.printed_table(rows, width=500)
+    assert left_out == [] and wide.splitlines()[0].split()[:3] == ["model", "runtime", "precision"]
+    text, left_out = table.printed_table(rows, width=85)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 85 < max(map(len, wide.splitlines()))
+    header = lines[0]
+    assert all(h in header for h in ("model", "test acc", "p50 b=1", "file size", "p99 b=1"))
+    assert "img/s" not in header and "variant" not in header and "architecture" not in header
+    assert left_out[-3:] == ["format", "architecture", "variant"]
+    assert lines[1].startswith("*  big") and "55.00%" in lines[1] and "20.0 us" in lines[1]
+    # Too narrow for even the columns a reader decides by: those are printed all the same.
+    text, left_out = table.printed_table(rows, width=10)
+    assert text.splitlines()[0].split() == ["model", "runtime", "precision", "test", "acc", "p50",
+                                            "b=1", "file", "size"]
+    assert len(left_out) == len(table.PRINTED) - table.ALWAYS_PRINTED
+    # Other formats and chosen columns are never cut.
+    assert table.printed_table(rows, "markdown", width=10) == (table.format_rows(rows, "markdown"),
+                                                               [])
+    text, left_out = table.printed_table(rows, columns=["variant", "model"], width=10)
+    assert left_out == [] and text.splitlines()[0].split()[:2] == ["variant", "model"]
+
+
+def test_column_names_are_checked():
+    assert table.parse_columns(" model, p50_us ,accuracy") == ("model", "p50_us", "accuracy")
+    with pytest.raises(ValueError, match=r"unknown column\(s\) 'speed', 'acc'; choose from model"):
+        table.parse_columns("model,speed,acc")
+    with pytest.raises(ValueError, match="no column; choose from"):
+        table.parse_columns(" , ")
 
 
 # --------------------------------------------------------------------------- report
@@ -361,6 +442,14 @@ def test_no_valid_record_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_only_drawing_imports_matplotlib():
+    code = ("import sys; import harness.compare, harness.collect, harness.table, harness.plots; "
+            "assert 'matplotlib' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_compare_imports_neither_tensorflow_nor_keras(results, tmp_path):
     code = ("import sys; from harness.compare import compare; "
             f"compare([{str(results)!r}], {str(tmp_path / 'out')!r}); "
@@ -372,7 +461,7 @@ def test_compare_imports_neither_tensorflow_nor_keras(results, tmp_path):
 
 
 def test_the_committed_reference_records_are_valid():
-    records = cmp.collect_records([REPO / "results" / "reference"])
+    records = collect.collect_records([REPO / "results" / "reference"])
     assert records.skipped == []
     assert len(records.runs) >= 10 and records.benches and records.tunings
     assert all(run.history for run in records.runs if (run.dir / "history.csv").exists())
@@ -401,7 +490,35 @@ def test_cli_names_skipped_files_and_honours_out(results, tmp_path):
     assert "skipped" in result.stderr and "bad" in result.stderr
     assert "missing field 'schema'" in result.stderr
     assert (tmp_path / "elsewhere" / "accuracy_vs_latency.png").exists()
-    assert result.stdout.splitlines()[0].split()[:2] == ["model", "architecture"]
+    assert result.stdout.splitlines()[0].split()[:2] == ["model", "runtime"]
+
+
+def test_cli_table_fits_the_terminal_and_says_what_it_left_out(results, tmp_path):
+    result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results)],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "test acc" in lines[0] and "p50 b=1" in lines[0]
+    [note] = [line for line in result.stderr.splitlines() if line.startswith("left out")]
+    assert "variant" in note and "--columns" in note and "results.csv" in note
+    with open(results / "report" / "results.csv", newline="") as f:  # the full table
+        assert "variant" in next(csv.reader(f))
+
+
+def test_cli_columns_choose_and_reject(results):
+    result = _invoke(results, str(results), "--columns", "p50_us,model", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)[0]) == ["p50_us", "model", "pareto", "flagged",
+                                                  "record"]
+    result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results),
+                                       "--columns", "model,variant"], env={"COLUMNS": "20"})
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].split() == ["model", "variant"]
+    assert "left out" not in result.stderr
+    result = _invoke(results, str(results), "--columns", "model,speed")
+    assert result.exit_code == 2
+    assert "Invalid value for '--columns'" in result.output
+    assert "unknown column(s) 'speed'; choose from model, architecture, variant" in result.output
 
 
 def test_cli_errors(tmp_path):

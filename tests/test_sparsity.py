@@ -127,3 +127,23 @@ def test_saliency_follows_batchnorm_scale_and_outgoing_weights():
     np.testing.assert_allclose(first, [1.0, 0.01, 0.2], rtol=1e-6)  # |gamma| x outgoing
     # no BatchNorm: incoming norm x outgoing norm
     np.testing.assert_allclose(second, [np.sqrt(2) * 5, 0.1 * 0], rtol=1e-6)
+
+
+def test_sparsity_counts_learned_kernels_not_the_frozen_pca_projection():
+    from harness import bench
+    from harness.models import build_model
+    from harness.sparsity import kernel_sparsity
+
+    cfg = resolve("selu", overrides=dict(layers=1, units=16, pca=8))
+    model = build_model(cfg, np.zeros(3), np.ones(3), components=np.zeros((3072, 8)))
+    pca, hidden, out = (l for l in model.layers if isinstance(l, keras.layers.Dense))
+    assert pca.name == "pca" and not pca.trainable  # all zeros, and data: not counted
+    kernel = np.ones((8, 16), np.float32)
+    kernel[:, :4] = 0  # a quarter of the hidden kernel
+    hidden.kernel.assign(kernel)
+    out.kernel.assign(np.ones((16, 10), np.float32))
+    overall, per_layer = kernel_sparsity(model)
+    assert [p["layer"] for p in per_layer] == [hidden.name, "probabilities"]
+    assert [p["sparsity"] for p in per_layer] == [0.25, 0.0]
+    assert overall == pytest.approx(32 / (8 * 16 + 16 * 10))
+    assert bench.kernel_sparsity is kernel_sparsity  # bench records use the same figure

@@ -1,0 +1,137 @@
+"""harness' own Keras layers and loss, registered for saving and loading.
+
+Each class is registered as ``harness>ClassName`` (Keras' registered name for a saved
+``model.keras``), the names they have always had, so run directories written before these
+classes moved here still load through :func:`harness.models.load_keras_model`.
+
+Importing this module imports Keras. :mod:`harness.models`, :mod:`harness.export` and
+:mod:`harness.sparsity` import it inside their functions, so the CLI can choose the Keras
+backend before Keras loads, and ``harness --help`` or ``harness predict`` never load it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class RandomFlipShift(keras.layers.Layer):
+    """Training-time augmentation on whole batches: a random horizontal flip, a random
+    translation by up to ``shift`` pixels and (``zoom`` > 0) a random isotropic scaling
+    by a factor in [1 - zoom, 1 + zoom] about the image centre, with bilinear
+    interpolation; zero padding (the mean pixel once inputs are standardized). The
+    identity at inference, so exports carry no trace of it.
+
+    Each move is a 32 x 32 resampling matrix per image and axis, applied with einsum,
+    which runs unchanged on every backend and device, and is small beside the MLP's own
+    matrix products (its cost is part of the epoch times that benchmarks/train_speed.py
+    and benchmarks/frontier.py record). Without zoom the matrices are one-hot (whole-pixel
+    moves).
+    """
+
+    def __init__(self, shift=4, seed=None, zoom=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift, self.seed, self.zoom = int(shift), seed, float(zoom)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _moves(self, batch, size, shift, flip, scale):
+        offset = keras.random.randint((batch, 1), -shift, shift + 1, seed=self.seed_generator)
+        pixels = ops.cast(ops.arange(size), self.compute_dtype)
+        source = pixels[None, :]  # output pixel -> (fractional) input pixel
+        if scale is not None:
+            centre = (size - 1) / 2
+            source = (source - centre) / scale + centre
+        source = source - ops.cast(offset, self.compute_dtype)
+        if flip:
+            flipped = keras.random.randint((batch, 1), 0, 2, seed=self.seed_generator)
+            source = ops.where(flipped == 1, size - 1 - source, source)
+        # bilinear weights; exactly one-hot for whole-pixel sources, zero outside
+        return ops.relu(1.0 - ops.abs(source[..., None] - pixels[None, None, :]))
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        batch = ops.shape(x)[0]
+        scale = None
+        if self.zoom:
+            scale = keras.random.uniform((batch, 1), 1 - self.zoom, 1 + self.zoom,
+                                         dtype=self.compute_dtype, seed=self.seed_generator)
+        rows = self._moves(batch, x.shape[1], self.shift, flip=False, scale=scale)
+        cols = self._moves(batch, x.shape[2], self.shift, flip=True, scale=scale)
+        x = ops.einsum("bik,bkjc->bijc", rows, x)
+        return ops.einsum("bjk,bikc->bijc", cols, x)
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift, "seed": self.seed,
+                "zoom": self.zoom}
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class FlipPair(keras.layers.Layer):
+    """Test-time flip augmentation, first half: at inference each batch of images is
+    followed by its mirror images (batch 2N), which the rest of the model sees as
+    ordinary images; :class:`PairMean` at the end averages each image's two
+    probability vectors. The identity in training, where random flips already are.
+
+    At batch 1 the net then multiplies 2 rows instead of 1 by each weight matrix; on a
+    CPU such products are bound by reading the weights, so the second row comes cheap
+    (the batch-1 latencies of a run with ``tta="flip"`` are in its bench record, e.g.
+    results/reference/bench/mlp-frontier-tta.json)."""
+
+    def call(self, x, training=None):
+        if training:
+            return x
+        return ops.concatenate([x, ops.flip(x, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class PairMean(keras.layers.Layer):
+    """Test-time flip augmentation, second half: the mean of the first and second half
+    of the batch (each image's and its mirror image's outputs, see FlipPair)."""
+
+    def call(self, x, training=None):
+        if training:
+            return x
+        return ops.mean(ops.reshape(x, (2, -1, x.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class FlatPixels(keras.layers.Layer):
+    """Flatten with a constant target shape: one reshape op in every exported graph (Keras'
+    Flatten becomes SHAPE, STRIDED_SLICE and PACK in TFLite). Used by the lean inference
+    graph of :func:`harness.export.fold_input_affine`, never in a trained model."""
+
+    def call(self, x):
+        return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Sparse categorical cross-entropy against smoothed targets: (1 - s) one-hot + s / K.
+    (Keras' sparse loss has no label smoothing; this keeps integer labels everywhere.)"""
+
+    def __init__(self, label_smoothing=0.1, name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        target = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            target, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+# What load_keras_model passes as custom_objects: every class above, by its class name.
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (RandomFlipShift, FlipPair, PairMean,
+                                                FlatPixels, SmoothedSparseCrossentropy)}

@@ -1,0 +1,289 @@
+"""The comparison table: one row per model and runtime, the Pareto front, and its text forms.
+
+A run with a bench record gives one row per benchmarked runtime (accuracy measured through
+that runtime); a run without one gives a single ``keras-evaluate`` row (the accuracy from
+training, no latency). A tuning summary names the search on its best run's row, or gives a
+row of its own when that run is not among the records. A row is Pareto-optimal (``*``) when
+no other row is at least as accurate and at least as fast at batch 1, and better in one.
+
+The printed table puts first the columns a reader decides by and leaves out descriptive
+ones, from the right, to fit the terminal (``printed_table``); report.md, results.csv and
+the other formats keep every column in the order of COLUMNS.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.collect import BenchRecord, Records, RunRecord, TuningRecord, display_path
+
+# (key, header), in the order of report.md and results.csv. The keys are what --sort and
+# --columns accept and what results.csv and JSON carry.
+COLUMNS = (
+    ("model", "model"),
+    ("architecture", "architecture"),
+    ("variant", "variant"),
+    ("params", "params"),
+    ("sparsity", "sparsity"),
+    ("format", "format"),
+    ("runtime", "runtime"),
+    ("precision", "precision"),
+    ("accuracy", "test acc"),
+    ("p50_us", "p50 b=1"),
+    ("p99_us", "p99 b=1"),
+    ("throughput_ips", "img/s b=256"),
+    ("size_bytes", "file size"),
+)
+SORT_KEYS = tuple(key for key, _ in COLUMNS)
+HEADERS = dict(COLUMNS)
+DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
+FORMATS = ("table", "markdown", "csv", "json")
+# Beyond the columns, each row carries these (results.csv, JSON).
+EXTRA_KEYS = ("pareto", "flagged", "record")
+# The printed table: what a reader decides by first (never left out to fit the terminal),
+# then the rest; descriptive columns last, so that they are the first to go.
+PRINTED = ("model", "runtime", "precision", "accuracy", "p50_us", "size_bytes",
+           "p99_us", "throughput_ips", "params", "sparsity", "format", "architecture", "variant")
+ALWAYS_PRINTED = 6
+
+DENSE_ARCHS = ("plain", "batchnorm")  # others (a CNN reference) ignore layers and units
+
+
+# --------------------------------------------------------------------------- rows
+
+def build_rows(records: Records) -> list[dict]:
+    """One row per bench row, per unbenchmarked run, and per tuning without its best run."""
+    labels = run_labels(records.runs)
+    summaries = {t.path.parent.resolve() / "best": t.summary for t in records.tunings}
+    benched: dict[Path, list[BenchRecord]] = {}
+    orphans = []
+    for bench in records.benches:
+        run = _match_run(bench, records.runs)
+        if run is None:
+            orphans.append(bench)
+        else:
+            benched.setdefault(run.dir.resolve(), []).append(bench)
+
+    rows = []
+    for run in records.runs:
+        common = _run_fields(run, labels[run.path], summaries.get(run.dir.resolve()))
+        benches = benched.get(run.dir.resolve())
+        if benches:
+            rows += [_bench_row(common, bench, r) for bench in benches
+                     for r in bench.record["rows"]]
+        else:
+            rows.append({**common, "format": "keras", "runtime": "keras-evaluate",
+                         "precision": "float32", "accuracy": run.metrics["test"]["accuracy"],
+                         "p50_us": None, "p99_us": None, "throughput_ips": None,
+                         "size_bytes": None, "flagged": None, "record": display_path(run.path)})
+    for bench in orphans:
+        common = {"model": bench.record["run"], "architecture": None, "variant": None}
+        rows += [_bench_row(common, bench, r) for r in bench.record["rows"]]
+    ran = {run.dir.resolve() for run in records.runs}
+    for tuning in records.tunings:
+        if tuning.path.parent.resolve() / "best" not in ran:
+            rows.append(_tuning_row(tuning))
+    return rows
+
+
+def run_labels(runs: list[RunRecord]) -> dict[Path, str]:
+    """The run name; its path where two runs share a name (say, two results folders)."""
+    names = [r.metrics["run"] for r in runs]
+    return {r.path: r.metrics["run"] if names.count(r.metrics["run"]) == 1 else display_path(r.dir)
+            for r in runs}
+
+
+def _match_run(bench: BenchRecord, runs: list[RunRecord]) -> RunRecord | None:
+    """The run a bench record measured: results/bench/X.json belongs to results/runs/X/,
+    else to the one run named X anywhere."""
+    name = bench.record["run"]
+    home = bench.path.parent.parent.resolve() / "runs" / name
+    for run in runs:
+        if run.dir.resolve() == home:
+            return run
+    named = [run for run in runs if name in (run.dir.name, run.metrics["run"])]
+    return named[0] if len(named) == 1 else None
+
+
+def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
+    m, cfg = run.metrics, run.metrics["config"]
+    if "tuning" in m:
+        t = m["tuning"]
+        trials = f" of {summary['trials']}" if summary else ""
+        variant = f"tuned ({t.get('name', '?')} trial {t.get('trial_id', '?')}{trials})"
+    elif "variant" in m:
+        variant = m["variant"] + (f" ({m['parent']})" if "parent" in m else "")
+    else:
+        # The regularizers the preset name does not tell, when set.
+        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup", "ema")
+                        if cfg.get(k))
+        if cfg.get("teacher"):
+            extra += f", teacher {cfg['teacher']}"
+        variant = f"trained ({cfg.get('preset') or 'no preset'}{extra})"
+    architecture = cfg["arch"]
+    if architecture in DENSE_ARCHS:
+        first = "".join(f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", ""))
+                        if cfg.get(k))
+        architecture += f" {first}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
+    if cfg.get("tta", "none") != "none":  # part of the model at inference
+        architecture += f" + {cfg['tta']} TTA"
+    return {"model": label, "architecture": architecture, "variant": variant,
+            "params": m["params"]["total"], "sparsity": m.get("sparsity")}
+
+
+def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
+    return {**common, "params": r["params"], "sparsity": r["sparsity"], "format": r["format"],
+            "runtime": r["runtime"], "precision": r["precision"],
+            "accuracy": r["test"]["accuracy"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+            "throughput_ips": r["throughput_ips"], "size_bytes": r["size_bytes"],
+            "flagged": r.get("flagged"), "record": display_path(bench.path)}
+
+
+def _tuning_row(tuning: TuningRecord) -> dict:
+    s = tuning.summary
+    hp = s["best_hyperparameters"]
+    shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if {"n_hidden", "n_neurons"} <= hp.keys() else None
+    return {"model": f"{s['name']}/best", "architecture": shape,
+            "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
+            "params": None, "sparsity": None, "format": "keras", "runtime": "keras-evaluate",
+            "precision": "float32", "accuracy": s["best_test_accuracy"], "p50_us": None,
+            "p99_us": None, "throughput_ips": None, "size_bytes": None, "flagged": None,
+            "record": display_path(tuning.path)}
+
+
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
+    """For (accuracy, latency) points: True where no other point is at least as accurate
+    and at least as fast, and strictly better in one. A point missing either is never on
+    the front; equal points are all on it."""
+    def known(p):
+        return p[0] is not None and p[1] is not None
+
+    def dominates(a, b):
+        return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+    candidates = [p for p in points if known(p)]
+    return [known(p) and not any(dominates(q, p) for q in candidates) for p in points]
+
+
+def mark_pareto(rows: list[dict]) -> list[dict]:
+    """Set each row's ``pareto`` (accuracy against batch-1 p50)."""
+    front = pareto_front([(r["accuracy"], r["p50_us"]) for r in rows])
+    for row, on in zip(rows, front):
+        row["pareto"] = on
+    return rows
+
+
+def sort_rows(rows: list[dict], key: str = "accuracy") -> list[dict]:
+    """By ``key`` (accuracy and throughput high to low, the rest low to high), blanks last;
+    ties by accuracy, then batch-1 p50, then model."""
+    if key not in SORT_KEYS:
+        raise ValueError(f"sort key {key!r}: must be one of {', '.join(SORT_KEYS)}")
+
+    def order(k, row):
+        v = row[k]
+        if v is None:
+            return (1, 0)
+        return (0, -v if k in DESCENDING and not isinstance(v, str) else v)
+
+    return sorted(rows, key=lambda r: (order(key, r), order("accuracy", r), order("p50_us", r),
+                                       r["model"]))
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if key == "accuracy":
+        return f"{v:.2%}"
+    if key == "sparsity":
+        return f"{v:.0%}"
+    if key in ("p50_us", "p99_us"):
+        return f"{v:.1f} us" if v < 1e3 else f"{v / 1e3:.1f} ms" if v < 1e6 else f"{v / 1e6:.2f} s"
+    if key == "throughput_ips":
+        return f"{v:,.0f}"
+    if key == "params":
+        return f"{v:,}"
+    if key == "size_bytes":
+        return f"{v / 1024:.0f} KiB" if v < 2**20 else f"{v / 2**20:.2f} MiB"
+    return str(v)
+
+
+_NUMERIC = {"params", "sparsity", "accuracy", "p50_us", "p99_us", "throughput_ips", "size_bytes"}
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """Column keys from ``"a,b,c"``; ValueError naming the unknown ones and the valid ones."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in keys if k not in SORT_KEYS]
+    if unknown or not keys:
+        named = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "no column"
+        raise ValueError(f"{named}; choose from {', '.join(SORT_KEYS)}")
+    return keys
+
+
+def format_rows(rows: list[dict], fmt: str = "table", columns: Sequence[str] = ()) -> str:
+    """The rows as an aligned text table, a Markdown table, CSV or JSON, with ``columns``
+    (keys of COLUMNS; default all of them, in order). Text and Markdown tables start with
+    the Pareto mark, CSV and JSON end with EXTRA_KEYS."""
+    keys = tuple(columns) or SORT_KEYS
+    if fmt == "json":
+        return json.dumps([{k: r[k] for k in (*keys, *EXTRA_KEYS)} for r in rows],
+                          indent=2, allow_nan=False)
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(csv_rows(rows, keys))
+        return out.getvalue().rstrip("\n")
+    headers, cells = _text_cells(rows, keys)
+    if fmt == "markdown":
+        align = ["---", *("---:" if k in _NUMERIC else "---" for k in keys)]
+        lines = [headers, align, *cells]
+        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
+                         for line in lines)
+    if fmt != "table":
+        raise ValueError(f"format {fmt!r}: must be one of {', '.join(FORMATS)}")
+    widths = _widths(headers, cells)
+    right = [False, *(k in _NUMERIC for k in keys)]
+    return "\n".join("  ".join(c.rjust(w) if r else c.ljust(w)
+                               for c, w, r in zip(line, widths, right)).rstrip()
+                     for line in [headers, *cells])
+
+
+def printed_table(rows: list[dict], fmt: str = "table", columns: Sequence[str] = (),
+                  width: int = 80) -> tuple[str, list[str]]:
+    """What ``harness compare`` prints, and the keys of the columns left out to fit.
+
+    Chosen ``columns``, or a format other than ``table``, are printed whole. Otherwise the
+    columns are those of PRINTED, and the last ones, after the first ALWAYS_PRINTED, are left
+    out one by one until the table is at most ``width`` characters wide."""
+    if columns or fmt != "table":
+        return format_rows(rows, fmt, columns), []
+    headers, cells = _text_cells(rows, PRINTED)
+    widths = _widths(headers, cells)
+    keep = len(PRINTED)
+    # widths[0] is the Pareto mark; each column after it takes two spaces more.
+    while keep > ALWAYS_PRINTED and widths[0] + sum(w + 2 for w in widths[1:keep + 1]) > width:
+        keep -= 1
+    return format_rows(rows, fmt, PRINTED[:keep]), list(PRINTED[keep:])
+
+
+def _text_cells(rows: list[dict], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    headers = ["", *(HEADERS[k] for k in keys)]
+    cells = [["*" if r["pareto"] else "",
+              *(_cell(k, r[k]) + (" !" if k == "accuracy" and r["flagged"] else "")
+                for k in keys)] for r in rows]
+    return headers, cells
+
+
+def _widths(headers: list[str], cells: list[list[str]]) -> list[int]:
+    return [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
+
+
+def csv_rows(rows: list[dict], keys: Sequence[str] = SORT_KEYS) -> list[list]:
+    """A header of ``keys`` and EXTRA_KEYS, then a list per row (blank for None)."""
+    keys = (*keys, *EXTRA_KEYS)
+    return [list(keys), *([("" if r[k] is None else r[k]) for k in keys] for r in rows)]
