@@ -109,6 +109,9 @@ class TrainConfig:
     label_smoothing: float = setting(
         0.0, "Cross-entropy against (1 - s) one-hot + s / 10.", kind=float, low=0, high=1,
         high_open=True)
+    clip_norm: float | None = setting(
+        None, "Scale each step's gradients down to this global norm at most (none = off).",
+        kind=float, low=0, low_open=True, optional=True)
     lr: float = setting(1e-4, "Initial learning rate.", kind=float, low=0, low_open=True)
     batch_size: int = setting(32, "Images per step.", kind=int, low=1)
     epochs: int = setting(100, "Most epochs to run (early stopping may end sooner).",

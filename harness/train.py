@@ -178,11 +178,13 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
             warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
     kind = {"nadam": keras.optimizers.Nadam, "adamw": keras.optimizers.AdamW,
             "lion": keras.optimizers.Lion}[cfg.optimizer]
-    ema = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
+    options = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
+    if cfg.clip_norm:
+        options["global_clipnorm"] = cfg.clip_norm
     if not cfg.weight_decay:
-        return kind(learning_rate=lr, **ema) if cfg.optimizer != "adamw" else kind(
-            learning_rate=lr, weight_decay=0.0, **ema)
-    optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay, **ema)
+        return kind(learning_rate=lr, **options) if cfg.optimizer != "adamw" else kind(
+            learning_rate=lr, weight_decay=0.0, **options)
+    optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay, **options)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 

@@ -103,3 +103,14 @@ def test_committed_config_rebuilds_its_network(path):
     extra = 6 if str(path.parent.relative_to(REFERENCE)) in STATS_AS_CONSTANTS else 0
     assert built["trainable"] == recorded["trainable"]
     assert built["total"] == recorded["total"] + extra
+
+
+def test_clip_norm_reaches_the_optimizer():
+    """The setting added by one declaration: a flag, validated, and used by the optimizer."""
+    from harness.train import _optimizer
+
+    cfg = resolve("selu", overrides={"clip_norm": 1.5})
+    assert _optimizer(cfg, 10).global_clipnorm == 1.5
+    assert _optimizer(resolve("selu"), 10).global_clipnorm is None
+    with pytest.raises(ConfigError, match="clip_norm"):
+        resolve("selu", overrides={"clip_norm": 0.0})
