@@ -15,6 +15,7 @@ Matplotlib only to draw.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from pathlib import Path
 from harness.collect import Records, collect_records, display_path
 from harness.plots import plot_accuracy_latency, plot_training_curves
 from harness.records import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from harness.table import (FORMATS, SORT_KEYS, build_rows, csv_rows, format_rows, mark_pareto,
-                           parse_columns, printed_table, run_labels, sort_rows)
+from harness.table import (DEFAULT_KEYS, FORMATS, SORT_KEYS, build_rows, csv_rows, format_rows,
+                           machine_label, machines, mark_pareto, parse_columns, printed_table,
+                           run_labels, sort_rows)
 
 # What harness.cli's compare command uses, from this one module.
 __all__ = ["FORMATS", "SORT_KEYS", "NoRecords", "Report", "collect_records", "compare",
@@ -58,22 +60,14 @@ def report(records: Records, out: Path, sort: str = "accuracy",
     return Report(records, rows, write_report(records, rows, Path(out), sources))
 
 
-def _machines(records: Records) -> str:
-    seen = dict.fromkeys(f"{b.record['machine'].get('cpu', '?')}, "
-                         f"{b.record['machine'].get('cores', '?')} cores"
-                         for b in records.benches)
-    return "; ".join(seen)
-
-
 def write_report(records: Records, rows: list[dict], out: Path, sources: Sequence[Path]) -> list[Path]:
     """report.md, results.csv and the two PNGs in ``out``, each written atomically."""
-    machine = _machines(records)
-    files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, machine),
+    files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
              "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs))}
     for name, png in files.items():
         atomic_write_bytes(out / name, png)
     atomic_write_csv(out / "results.csv", csv_rows(rows))
-    atomic_write_text(out / "report.md", render_markdown(records, rows, sources, machine))
+    atomic_write_text(out / "report.md", render_markdown(records, rows, sources))
     return [out / "report.md", out / "results.csv", *(out / name for name in files)]
 
 
@@ -81,36 +75,56 @@ def _count(items: list, noun: str, plural: str = "s") -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else plural}"
 
 
-def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path],
-                    machine: str) -> str:
+def _front_words(records: Records, several: list[str]) -> tuple[str, str]:
+    """What the first paragraph adds and how the picture's note names the front(s): one
+    front, or ``several`` machines, each with its own."""
+    if not several:
+        return "", ("The dashed step line is the Pareto front: the outlined points, for which "
+                    "no other point is both at least as accurate and at least as fast. Anything "
+                    "below and to the right of the line is beaten on both counts by a point on it.")
+    counts = Counter(machine_label(b) for b in records.benches)
+    listed = "; ".join(f"{m} ({counts[m]} bench record{'' if counts[m] == 1 else 's'})"
+                       for m in several)
+    return ((f" The bench records come from {len(several)} machines, whose latencies are not "
+             f"comparable, so each machine has its own Pareto front: {listed}."),
+            ("Each machine has its own step line, its Pareto front (the legend tells which): "
+             "the outlined points, for which no other point timed on the same machine is both "
+             "at least as accurate and at least as fast. Anything below and to the right of a "
+             "line is beaten on both counts by a point on it, on that machine."))
+
+
+def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path]) -> str:
     calls = sorted({(b.record["calls"], b.record["warmup"]) for b in records.benches})
     timing = ", ".join(f"{c} timed calls after {w} warm-up calls" for c, w in calls)
+    on = machines(rows)
+    several = on if len(on) > 1 else []
+    machine_words, front = _front_words(records, several)
     lines = [
         "# Results report", "",
         f"Made by `harness compare {' '.join(str(s) for s in sources)}` from "
         f"{_count(records.runs, 'run')}, {_count(records.tunings, 'tuning search', 'es')} and "
         f"{_count(records.benches, 'bench record')}. Latency: batch 1, one thread"
-        + (f", {timing}" if timing else "") + (f", on {machine}" if machine else "")
-        + "; throughput: batch 256, all cores.", "",
+        + (f", {timing}" if timing else "") + (f", on {on[0]}" if len(on) == 1 else "")
+        + "; throughput: batch 256, all cores." + machine_words, "",
         "## Accuracy against batch-1 latency", "",
         "![accuracy vs latency](accuracy_vs_latency.png)", "",
         ("Each point is one model through one runtime at one precision: up is more accurate, "
         "left answers a single image faster (log scale: each grid line is ten times slower "
         "than the one to its left). Colour names the model, the marker the runtime and "
-        "precision. The dashed step line is the Pareto front: the outlined points, for which "
-        "no other point is both at least as accurate and at least as fast. Anything below "
-        "and to the right of the line is beaten on both counts by a point on it. Runs "
+        f"precision. {front} Runs "
         "without a bench record have no latency and appear only in the table."), "",
         "## Training curves", "",
         "![training curves](training_curves.png)", "",
         ("Validation accuracy after each epoch, from each run's `history.csv` (runs made by "
         "sparsify or prune have none; prune-units runs show their fine-tuning epochs)."), "",
         "## All results", "",
-        ("`*`: Pareto-optimal (test accuracy against batch-1 p50). `!`: flagged by export, "
-         "the file lost more accuracy than allowed. `keras-evaluate` rows are "
+        ("`*`: Pareto-optimal (test accuracy against batch-1 p50"
+         + (", among the rows of the same machine" if several else "") + "). `!`: flagged by "
+         "export, the file lost more accuracy than allowed. `keras-evaluate` rows are "
         "the accuracy recorded at the end of training, with no latency measured. "
         "Raw numbers: `results.csv`."), "",
-        format_rows(rows, "markdown"), "",
+        # With several machines the rows say which one timed them, to check the marks by.
+        format_rows(rows, "markdown", (*DEFAULT_KEYS, "machine") if several else ()), "",
     ]
     if records.skipped:
         lines += ["## Skipped records", "",

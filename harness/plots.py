@@ -1,20 +1,26 @@
 """The report's two pictures, as PNG bytes: accuracy against latency, and training curves.
 
 accuracy_vs_latency.png: test accuracy against batch-1 p50 latency (log scale), one point per
-model x runtime, the Pareto front drawn and labelled. training_curves.png: validation accuracy
-per epoch of every run with a history.csv. Matplotlib is imported only when a picture is drawn,
-through its object API (no pyplot), so that the rest of compare never loads it.
+model x runtime, the Pareto front drawn and labelled (one front per machine when the bench
+records come from several). training_curves.png: validation accuracy per epoch of every run
+with a history.csv. Matplotlib is imported only when a picture is drawn, through its object
+API (no pyplot), so that the rest of compare never loads it.
 """
 
 from __future__ import annotations
 
 import io
+import math
+from itertools import groupby
 from pathlib import Path
 
 from harness.collect import RunRecord
 
 DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
+# (colour, line style) of each machine's front, in the order of harness.table.machines; a
+# single front is the first.
+FRONTS = (("black", "--"), ("crimson", "-."), ("royalblue", ":"), ("darkgreen", (0, (5, 1, 1, 1))))
 
 
 def _figure(width: float, height: float):
@@ -36,11 +42,21 @@ def _latency_label(us: float, _pos=None) -> str:
 
 def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
     """PNG: test accuracy against batch-1 p50 on a log axis; colour = model, marker =
-    runtime and precision; the Pareto front as a step line, its points labelled."""
+    runtime and precision; each machine's Pareto front as a step line, its points labelled.
+    ``machine`` is the title's second line."""
+    return _png(accuracy_latency_figure(rows, machine))
+
+
+def accuracy_latency_figure(rows: list[dict], machine: str = ""):
+    """The Matplotlib Figure plot_accuracy_latency saves."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     timed = [r for r in rows if r["p50_us"] is not None]
-    fig = _figure(11, 6.5)
+    models = list(dict.fromkeys(r["model"] for r in timed))
+    kinds = list(dict.fromkeys(_kind_label(r) for r in timed))
+    machines = sorted({r["machine"] for r in timed})
+    # 6.5 inches hold the two legends' 28 rows at 8 points; each further row takes 0.18.
+    fig = _figure(11, 6.5 + 0.18 * max(0, len(models) + len(kinds) + len(machines) - 28))
     ax = fig.add_subplot()
     title = "Test accuracy against batch-1 latency (p50, one thread)"
     ax.set_title(title + (f"\n{machine}" if machine else ""), fontsize=11)
@@ -48,9 +64,7 @@ def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
         ax.text(0.5, 0.5, "no bench records: no latency to plot", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_axis_off()
-        return _png(fig)
-    models = list(dict.fromkeys(r["model"] for r in timed))
-    kinds = list(dict.fromkeys(_kind_label(r) for r in timed))
+        return fig
     cmap = _colours(len(models))
     for r in timed:
         ax.scatter(r["p50_us"], r["accuracy"] * 100, s=46, alpha=0.85, zorder=3,
@@ -58,8 +72,35 @@ def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
                    marker=MARKERS[kinds.index(_kind_label(r)) % len(MARKERS)],
                    edgecolors="black" if r["pareto"] else "none", linewidths=1.2)
     front = sorted((r for r in timed if r["pareto"]), key=lambda r: (r["p50_us"], r["accuracy"]))
-    ax.plot([r["p50_us"] for r in front], [r["accuracy"] * 100 for r in front],
-            drawstyle="steps-post", color="black", linestyle="--", linewidth=1, zorder=2)
+    for (colour, style), on in zip(FRONTS * len(machines), machines):
+        line = [r for r in front if r["machine"] == on]
+        ax.plot([r["p50_us"] for r in line], [r["accuracy"] * 100 for r in line],
+                drawstyle="steps-post", color=colour, linestyle=style, linewidth=1, zorder=2,
+                gid=f"front {on}")
+    ax.set_xscale("log")
+    p50s, accs = [r["p50_us"] for r in timed], [r["accuracy"] * 100 for r in timed]
+    ax.set_xlim(min(p50s) / 6, max(p50s) * 1.6)
+    ax.set_ylim(min(accs) - 2, max(accs) + 4)
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(_latency_label))
+    ax.set_xlabel("batch-1 latency, p50 (log scale; left is faster)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", axis="x", alpha=0.15)
+    _legends(ax, models, kinds, cmap, machines)
+    if len(machines) > 1:
+        _label_fronts(fig, ax, front)
+    else:
+        _label_front(ax, front)
+    return fig
+
+
+_LABEL_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9}
+_LEADER = {"arrowstyle": "-", "color": "0.5", "lw": 0.6}
+
+
+def _label_front(ax, front: list[dict]) -> None:
+    """One front: each point labelled with its model, runtime and precision."""
     # Up and to the left of a point on the front nothing can lie (it would dominate the
     # point), so the labels go there, with room made at the left and top edges. Labels of
     # neighbours on the front (close in latency and accuracy) are stacked upwards, with a
@@ -71,22 +112,61 @@ def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
         stack = stack + 1 if close else 0
         ax.annotate(f"{r['model']}\n{_kind_label(r)}", (r["p50_us"], r["accuracy"] * 100),
                     xytext=(-7, 5 + 26 * stack), textcoords="offset points", fontsize=8,
-                    ha="right", va="bottom",
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9},
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6} if stack else None)
+                    ha="right", va="bottom", bbox=_LABEL_BOX,
+                    arrowprops=_LEADER if stack else None)
         previous = r
-    ax.set_xscale("log")
-    p50s, accs = [r["p50_us"] for r in timed], [r["accuracy"] * 100 for r in timed]
-    ax.set_xlim(min(p50s) / 6, max(p50s) * 1.6)
-    ax.set_ylim(min(accs) - 2, max(accs) + 4)
-    ax.xaxis.set_major_locator(LogLocator(base=10))
-    ax.xaxis.set_major_formatter(FuncFormatter(_latency_label))
-    ax.set_xlabel("batch-1 latency, p50 (log scale; left is faster)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="major", alpha=0.4)
-    ax.grid(True, which="minor", axis="x", alpha=0.15)
-    _legends(ax, models, kinds, cmap)
-    return _png(fig)
+
+
+def _label_fronts(fig, ax, front: list[dict]) -> None:
+    """Several fronts: one label per model's stretch of its machine's front, set where it
+    covers no other label and no point of a front (tried up and to the left of the point,
+    stacked upwards, then up and to the right, then below); the labels go last, when the
+    axes have their place."""
+    from matplotlib.transforms import Bbox
+
+    fig.draw_without_rendering()  # the layout settled, so that points map to pixels
+    frame, px = ax.get_window_extent(), fig.dpi / 72  # pixels per point
+    marks = [ax.transData.transform((r["p50_us"], r["accuracy"] * 100)) for r in front]
+    # (x, y) offsets in points of the label's bottom corner next to the point.
+    tries = [(side, 5 + 13 * k) for side in (-7, 7) for k in range(12)]
+    tries += [(side, -30 - 13 * k) for side in (-7, 7) for k in range(8)]
+    placed = []
+    for first, names in _stretches(front):
+        text, at = f"{first['model']}\n{names}", (first["p50_us"], first["accuracy"] * 100)
+        probe = ax.text(*at, text, fontsize=8)
+        width, height = probe.get_window_extent().size
+        probe.remove()
+        x, y = ax.transData.transform(at)
+
+        def box(offset):  # left of the point: its right edge at the offset, else its left
+            edge, bottom = x + offset[0] * px, y + offset[1] * px
+            left = edge - width if offset[0] < 0 else edge
+            return Bbox.from_extents(left, bottom, left + width, bottom + height).padded(4)
+
+        def clash(offset):
+            b = box(offset)
+            outside = not (frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1))
+            covered = sum(b.overlaps(other) for other in placed)
+            covered += sum(b.contains(*mark) for mark, r in zip(marks, front) if r is not first)
+            return outside, covered, tries.index(offset)
+
+        best = min(tries, key=clash)
+        ax.annotate(text, at, xytext=best, textcoords="offset points", fontsize=8,
+                    ha="right" if best[0] < 0 else "left", va="bottom", bbox=_LABEL_BOX,
+                    arrowprops=_LEADER if best != tries[0] else None)
+        placed.append(box(best))
+
+
+def _stretches(front: list[dict]):
+    """(fastest point, "runtime precision, precision, ...") for each run of neighbouring
+    points, by latency, that are one model on one machine's front."""
+    for on in sorted({r["machine"] for r in front}):
+        line = [r for r in front if r["machine"] == on]
+        for _, group in groupby(line, key=lambda r: r["model"]):
+            group = list(group)
+            names = [r["precision"] if r["runtime"] == before["runtime"] else _kind_label(r)
+                     for before, r in zip([{"runtime": None}, *group], group)]
+            yield group[0], ", ".join(names)
 
 
 def _kind_label(row: dict) -> str:
@@ -100,15 +180,17 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _legends(ax, models: list[str], kinds: list[str], cmap: list) -> None:
+def _legends(ax, models: list[str], kinds: list[str], cmap: list, machines: list[str]) -> None:
     from matplotlib.lines import Line2D
 
     by_model = [Line2D([], [], marker="o", linestyle="", color=c, label=m)
                 for m, c in zip(models, cmap)]
     by_kind = [Line2D([], [], marker=MARKERS[i % len(MARKERS)], linestyle="", color="0.4",
                       label=k) for i, k in enumerate(kinds)]
-    by_kind.append(Line2D([], [], color="black", linestyle="--", marker="o", markerfacecolor="w",
-                          markeredgecolor="black", label="Pareto front"))
+    by_kind += [Line2D([], [], color=colour, linestyle=style, marker="o", markerfacecolor="w",
+                       markeredgecolor="black",
+                       label="Pareto front" + (f", {on}" if len(machines) > 1 else ""))
+                for (colour, style), on in zip(FRONTS * len(machines), machines)]
     first = ax.legend(handles=by_model, title="model", loc="upper left",
                       bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9)
     ax.add_artist(first)
@@ -116,25 +198,33 @@ def _legends(ax, models: list[str], kinds: list[str], cmap: list) -> None:
               bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
 
 
+LEGEND_ROWS = 24  # runs per legend column in the training curves
+
+
 def plot_training_curves(runs: list[RunRecord], labels: dict[Path, str]) -> bytes:
-    """PNG: validation accuracy per epoch, one line per run with a history."""
-    fig = _figure(10, 5.5)
+    """PNG: validation accuracy per epoch, one line per run with a history. Many runs get
+    more legend columns (the figure widens) and line styles beside the colours; markers
+    only on short histories, where they show the epochs."""
+    with_history = sorted((r for r in runs if r.history), key=lambda r: labels[r.path])
+    columns = max(1, math.ceil(len(with_history) / LEGEND_ROWS))
+    fig = _figure(10 + 2.2 * (columns - 1), 5.5 if columns == 1 else 6.5)
     ax = fig.add_subplot()
     ax.set_title("Validation accuracy per epoch", fontsize=11)
-    with_history = [r for r in runs if r.history]
     if not with_history:
         ax.text(0.5, 0.5, "no history.csv among the runs", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_axis_off()
         return _png(fig)
     colours = _colours(len(with_history))
-    for run, colour in zip(sorted(with_history, key=lambda r: labels[r.path]), colours):
+    styles = ("-", "--", ":", "-.")
+    for i, (run, colour) in enumerate(zip(with_history, colours)):
         epochs, acc = zip(*run.history)
-        ax.plot(epochs, [a * 100 for a in acc], marker="o", markersize=3, linewidth=1.4,
-                color=colour, label=labels[run.path])
+        ax.plot(epochs, [a * 100 for a in acc], marker="o" if len(epochs) <= 40 else None,
+                markersize=3, linewidth=1.4, color=colour, label=labels[run.path],
+                linestyle=styles[(i // 20) % len(styles)] if columns > 1 else "-")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(True, alpha=0.4)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="run",
-              title_fontsize=9)
+              title_fontsize=9, ncols=columns)
     return _png(fig)

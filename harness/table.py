@@ -3,8 +3,10 @@
 A run with a bench record gives one row per benchmarked runtime (accuracy measured through
 that runtime); a run without one gives a single ``keras-evaluate`` row (the accuracy from
 training, no latency). A tuning summary names the search on its best run's row, or gives a
-row of its own when that run is not among the records. A row is Pareto-optimal (``*``) when
-no other row is at least as accurate and at least as fast at batch 1, and better in one.
+row of its own when that run is not among the records. A row from a bench record names the
+``machine`` it was timed on. A row is Pareto-optimal (``*``) when no other row of the same
+machine is at least as accurate and at least as fast at batch 1, and better in one: latencies
+from different machines are not comparable, so each machine has its own front.
 
 The printed table puts first the columns a reader decides by and leaves out descriptive
 ones, from the right, to fit the terminal (``printed_table``); report.md, results.csv and
@@ -21,8 +23,8 @@ from pathlib import Path
 
 from harness.collect import BenchRecord, Records, RunRecord, TuningRecord, display_path
 
-# (key, header), in the order of report.md and results.csv. The keys are what --sort and
-# --columns accept and what results.csv and JSON carry.
+# (key, header), in the order of report.md and results.csv: the default columns. Their keys,
+# and "machine", are what --sort and --columns accept and what results.csv and JSON carry.
 COLUMNS = (
     ("model", "model"),
     ("architecture", "architecture"),
@@ -38,12 +40,16 @@ COLUMNS = (
     ("throughput_ips", "img/s b=256"),
     ("size_bytes", "file size"),
 )
-SORT_KEYS = tuple(key for key, _ in COLUMNS)
-HEADERS = dict(COLUMNS)
+DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
+# The machine a row was timed on is a column only when chosen (--columns) or, in report.md,
+# when there is more than one machine; --sort and --columns take it with the others.
+SORT_KEYS = (*DEFAULT_KEYS, "machine")
+HEADERS = {**dict(COLUMNS), "machine": "machine"}
 DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
 FORMATS = ("table", "markdown", "csv", "json")
-# Beyond the columns, each row carries these (results.csv, JSON).
-EXTRA_KEYS = ("pareto", "flagged", "record")
+# Beyond the columns, each row carries these (results.csv, JSON); machine last, so that the
+# columns results.csv had before it keep their places.
+EXTRA_KEYS = ("pareto", "flagged", "record", "machine")
 # The printed table: what a reader decides by first (never left out to fit the terminal),
 # then the rest; descriptive columns last, so that they are the first to go.
 PRINTED = ("model", "runtime", "precision", "accuracy", "p50_us", "size_bytes",
@@ -79,7 +85,8 @@ def build_rows(records: Records) -> list[dict]:
             rows.append({**common, "format": "keras", "runtime": "keras-evaluate",
                          "precision": "float32", "accuracy": run.metrics["test"]["accuracy"],
                          "p50_us": None, "p99_us": None, "throughput_ips": None,
-                         "size_bytes": None, "flagged": None, "record": display_path(run.path)})
+                         "size_bytes": None, "flagged": None, "record": display_path(run.path),
+                         "machine": None})
     for bench in orphans:
         common = {"model": bench.record["run"], "architecture": None, "variant": None}
         rows += [_bench_row(common, bench, r) for r in bench.record["rows"]]
@@ -140,7 +147,19 @@ def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
             "runtime": r["runtime"], "precision": r["precision"],
             "accuracy": r["test"]["accuracy"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
             "throughput_ips": r["throughput_ips"], "size_bytes": r["size_bytes"],
-            "flagged": r.get("flagged"), "record": display_path(bench.path)}
+            "flagged": r.get("flagged"), "record": display_path(bench.path),
+            "machine": machine_label(bench)}
+
+
+def machine_label(bench: BenchRecord) -> str:
+    """The machine a bench record was timed on: its processor and core count."""
+    m = bench.record["machine"]
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+
+
+def machines(rows: list[dict]) -> list[str]:
+    """The machines of ``rows`` (those from bench records), sorted by name."""
+    return sorted({r["machine"] for r in rows if r["machine"] is not None})
 
 
 def _tuning_row(tuning: TuningRecord) -> dict:
@@ -152,7 +171,7 @@ def _tuning_row(tuning: TuningRecord) -> dict:
             "params": None, "sparsity": None, "format": "keras", "runtime": "keras-evaluate",
             "precision": "float32", "accuracy": s["best_test_accuracy"], "p50_us": None,
             "p99_us": None, "throughput_ips": None, "size_bytes": None, "flagged": None,
-            "record": display_path(tuning.path)}
+            "record": display_path(tuning.path), "machine": None}
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
@@ -170,10 +189,15 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
 
 
 def mark_pareto(rows: list[dict]) -> list[dict]:
-    """Set each row's ``pareto`` (accuracy against batch-1 p50)."""
-    front = pareto_front([(r["accuracy"], r["p50_us"]) for r in rows])
-    for row, on in zip(rows, front):
-        row["pareto"] = on
+    """Set each row's ``pareto`` (accuracy against batch-1 p50), among the rows of its
+    machine: a latency is compared only with latencies timed on the same machine."""
+    by_machine: dict[str | None, list[dict]] = {}
+    for row in rows:
+        by_machine.setdefault(row["machine"], []).append(row)
+    for group in by_machine.values():
+        front = pareto_front([(r["accuracy"], r["p50_us"]) for r in group])
+        for row, on in zip(group, front):
+            row["pareto"] = on
     return rows
 
 
@@ -228,11 +252,11 @@ def parse_columns(text: str) -> tuple[str, ...]:
 
 def format_rows(rows: list[dict], fmt: str = "table", columns: Sequence[str] = ()) -> str:
     """The rows as an aligned text table, a Markdown table, CSV or JSON, with ``columns``
-    (keys of COLUMNS; default all of them, in order). Text and Markdown tables start with
-    the Pareto mark, CSV and JSON end with EXTRA_KEYS."""
-    keys = tuple(columns) or SORT_KEYS
+    (keys of SORT_KEYS; default those of COLUMNS, in order). Text and Markdown tables start
+    with the Pareto mark, CSV and JSON end with those EXTRA_KEYS not among the columns."""
+    keys = tuple(columns) or DEFAULT_KEYS
     if fmt == "json":
-        return json.dumps([{k: r[k] for k in (*keys, *EXTRA_KEYS)} for r in rows],
+        return json.dumps([{k: r[k] for k in _with_extra(keys)} for r in rows],
                           indent=2, allow_nan=False)
     if fmt == "csv":
         out = io.StringIO()
@@ -283,7 +307,11 @@ def _widths(headers: list[str], cells: list[list[str]]) -> list[int]:
     return [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
 
 
-def csv_rows(rows: list[dict], keys: Sequence[str] = SORT_KEYS) -> list[list]:
+def _with_extra(keys: Sequence[str]) -> tuple[str, ...]:
+    return (*keys, *(k for k in EXTRA_KEYS if k not in keys))
+
+
+def csv_rows(rows: list[dict], keys: Sequence[str] = DEFAULT_KEYS) -> list[list]:
     """A header of ``keys`` and EXTRA_KEYS, then a list per row (blank for None)."""
-    keys = (*keys, *EXTRA_KEYS)
+    keys = _with_extra(keys)
     return [list(keys), *([("" if r[k] is None else r[k]) for k in keys] for r in rows)]

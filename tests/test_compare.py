@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import collect, schemas, table
+from harness import collect, plots, schemas, table
 from harness import compare as cmp
 from harness.records import RunDir, write_record
 from harness.cli import main
@@ -39,9 +39,9 @@ def bench_row(run: str, runtime: str, precision: str, accuracy: float, p50: floa
             "flagged": False, "calls": 100}
 
 
-def bench(run: str, rows: list[dict]) -> dict:
+def bench(run: str, rows: list[dict], cpu: str = "Test CPU") -> dict:
     return {"benchmark": "bench", "run": run, "created": "2026-11-26T20:16:33+0000",
-            "machine": {"cpu": "Test CPU", "cores": 2}, "data": {}, "threads": {},
+            "machine": {"cpu": cpu, "cores": 2}, "data": {}, "threads": {},
             "calls": 100, "warmup": 10, "rows": rows}
 
 
@@ -290,6 +290,76 @@ def test_bench_rows_replace_the_run_row_and_tuning_names_its_best(results):
     assert front == [("big", "litert", "dynamic"), ("fast", "litert", "dynamic")]
 
 
+@pytest.fixture
+def two_machines(tmp_path) -> Path:
+    """Two runs benchmarked on two machines: the fast machine's model would dominate the
+    slow machine's best row if their latencies were compared."""
+    root = tmp_path / "results"
+    write_run(root, "quick", 0.60)
+    write_run(root, "slow", 0.55)
+    write_json(root / "bench" / "quick.json", bench("quick", [
+        bench_row("quick", "litert", "dynamic", 0.60, 10.0)], cpu="Fast CPU"))
+    write_json(root / "bench" / "slow.json", bench("slow", [
+        bench_row("slow", "litert", "dynamic", 0.55, 20.0),
+        bench_row("slow", "litert", "int8", 0.50, 30.0)], cpu="Slow CPU"))
+    return root
+
+
+def test_each_machine_has_its_own_front(two_machines):
+    rows = table.build_rows(collect.collect_records([two_machines]))
+    points = [(r["accuracy"], r["p50_us"]) for r in rows]
+    assert table.pareto_front(points).count(True) == 1  # one front for all: quick alone
+    marked = {(r["model"], r["precision"]): (r["machine"], r["pareto"])
+              for r in table.mark_pareto(rows)}
+    assert marked == {("quick", "dynamic"): ("Fast CPU, 2 cores", True),
+                      ("slow", "dynamic"): ("Slow CPU, 2 cores", True),
+                      ("slow", "int8"): ("Slow CPU, 2 cores", False)}
+    assert table.machines(rows) == ["Fast CPU, 2 cores", "Slow CPU, 2 cores"]
+
+
+def test_several_machines_in_the_report_files(two_machines, tmp_path):
+    out = tmp_path / "report"
+    report = cmp.compare([two_machines], out)
+    with open(out / "results.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert list(written[0])[-4:] == ["pareto", "flagged", "record", "machine"]
+    assert {(r["model"], r["machine"], r["pareto"]) for r in written} == {
+        ("quick", "Fast CPU, 2 cores", "True"), ("slow", "Slow CPU, 2 cores", "True"),
+        ("slow", "Slow CPU, 2 cores", "False")}
+    md = (out / "report.md").read_text()
+    first = md.split("\n\n")[1]
+    assert ("come from 2 machines, whose latencies are not comparable, so each machine has "
+            "its own Pareto front: Fast CPU, 2 cores (1 bench record); Slow CPU, 2 cores "
+            "(1 bench record).") in first
+    assert "| file size | machine |" in md and "| 60.00% | 10.0 us |" in md
+    _check_png(out / "accuracy_vs_latency.png")
+    # One step line per machine, each in the legend under its machine, each drawn its own way.
+    ax = plots.accuracy_latency_figure(report.rows).axes[0]
+    fronts = {line.get_gid(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
+    assert set(fronts) == {"front Fast CPU, 2 cores", "front Slow CPU, 2 cores"}
+    assert len(set(fronts.values())) == 2
+    assert {"Pareto front, Fast CPU, 2 cores", "Pareto front, Slow CPU, 2 cores"} <= {
+        t.get_text() for t in ax.get_legend().get_texts()}
+
+
+def test_one_machine_report_keeps_its_form(results, tmp_path):
+    report = cmp.compare([results], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert ("Latency: batch 1, one thread, 100 timed calls after 10 warm-up calls, on Test CPU, "
+            "2 cores; throughput: batch 256, all cores.\n") in md
+    assert "machines" not in md and "The dashed step line is the Pareto front:" in md
+    header = ("|  | model | architecture | variant | params | sparsity | format | runtime | "
+              "precision | test acc | p50 b=1 | p99 b=1 | img/s b=256 | file size |")
+    assert header + "\n" in md
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        assert next(csv.reader(f)) == [*table.DEFAULT_KEYS, "pareto", "flagged", "record",
+                                       "machine"]
+    ax = plots.accuracy_latency_figure(report.rows, "Test CPU, 2 cores").axes[0]
+    [front] = ax.get_lines()
+    assert (front.get_color(), front.get_linestyle()) == ("black", "--")
+    assert "Pareto front" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_a_tuning_summary_alone_gives_a_row(tmp_path):
     write_json(tmp_path / "tuning" / "search" / "summary.json", summary())
     [row] = table.build_rows(collect.collect_records([tmp_path]))
@@ -509,7 +579,13 @@ def test_cli_columns_choose_and_reject(results):
     result = _invoke(results, str(results), "--columns", "p50_us,model", "--format", "json")
     assert result.exit_code == 0, result.output
     assert list(json.loads(result.stdout)[0]) == ["p50_us", "model", "pareto", "flagged",
-                                                  "record"]
+                                                  "record", "machine"]
+    result = _invoke(results, str(results), "--columns", "model,machine", "--sort", "machine")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "machine"] and "Test CPU, 2 cores" in lines[1]
+    result = _invoke(results, str(results), "--columns", "machine", "--format", "csv")
+    assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record"
     result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results),
                                        "--columns", "model,variant"], env={"COLUMNS": "20"})
     assert result.exit_code == 0, result.output
