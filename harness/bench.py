@@ -7,7 +7,14 @@ For a run (and its exports) this measures, per runtime:
 - throughput at batch 256 with all cores, images per second (median of 5 passes);
 - file size, parameters, sparsity of the learned Dense kernels
   (:func:`harness.sparsity.kernel_sparsity`), and test accuracy through that runtime,
-  scored by :func:`harness.evaluate.score`.
+  scored by :func:`harness.evaluate.score`;
+- the footprint on a microcontroller (:mod:`harness.footprint`): ``macs``, the
+  multiply-accumulates of one image through the Keras model (the same on every row of a
+  run); ``flash_bytes``, the model file's bytes (what a device stores: the same figure as
+  ``size_bytes``, on every row); ``arena_bytes``, the tensor arena TensorFlow Lite Micro
+  measures for the file, on full-integer int8 TFLite rows only (TFLM runs int8 only here;
+  None on the other rows). Where TFLM is not installed or cannot run the int8 file,
+  ``arena_bytes`` is None and ``arena_note`` says why.
 
 Keras runs in-process twice: ``model.predict`` (what most code calls) and the direct call
 ``model(x)``; predict is slow per call, so it gets a tenth of the calls.
@@ -23,6 +30,7 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.evaluate import score
+from harness.footprint import TflmError, macs_per_image, tflm_footprint
 from harness.models import load_keras_model
 from harness.records import RunDir, machine_facts, write_record
 from harness.sparsity import kernel_sparsity
@@ -52,6 +60,19 @@ def throughput(predict, images: np.ndarray, passes: int = 5) -> float:
     return float(np.median(rates))
 
 
+def file_footprint(path: Path, fmt: str, precision: str) -> dict:
+    """``flash_bytes`` (the file's bytes) and ``arena_bytes`` of one model file: TFLM's
+    tensor arena for a full-integer int8 TFLite file, else None. Where TFLM is not
+    installed or cannot run the int8 file, ``arena_note`` says why (arena_bytes None)."""
+    fields = {"flash_bytes": path.stat().st_size, "arena_bytes": None}
+    if (fmt, precision) == ("tflite", "int8"):
+        try:
+            fields["arena_bytes"] = tflm_footprint(path.read_bytes())["arena_bytes"]
+        except (ImportError, TflmError) as e:  # ImportError: tflite-micro is not installed
+            fields["arena_note"] = str(e)
+    return fields
+
+
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
               warmup: int = 200) -> dict:
     """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
@@ -69,7 +90,8 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
     image, batch = pixels.astype(np.float32), pixel_batch.astype(np.float32)
     params = int(sum(np.prod(w.shape) for w in model.weights))
     sparsity, _ = kernel_sparsity(model)  # learned Dense kernels only (see there)
-    common = {"run": run.name, "params": params, "sparsity": sparsity}
+    common = {"run": run.name, "params": params, "sparsity": sparsity,
+              "macs": macs_per_image(model)}
 
     def direct(x):
         return np.asarray(model(x, training=False))
@@ -84,7 +106,8 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
                      "throughput_ips": throughput(predict, batch),
                      "test": score(runtimes.predict_batched(
                          direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
-                         splits.test.y)})
+                         splits.test.y),
+                     **file_footprint(run.model, "keras", "float32")})
     for rec in records:
         path = run.path / "exports" / rec["file"]
         single = runtimes.load(path, threads=1)
@@ -94,13 +117,18 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
                      "size_bytes": rec["size_bytes"],
                      **latency_us(single.predict, pixels, calls, warmup),
                      "throughput_ips": throughput(multi.predict, pixel_batch),
-                     "test": rec["test"], "flagged": rec["flagged"]})
+                     "test": rec["test"], "flagged": rec["flagged"],
+                     **file_footprint(path, rec["format"], rec["quantization"])})
     return {"benchmark": "bench", "run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine_facts(), "data": ds.record,
             "inputs": {"keras": "float32 pixels", "exports": "uint8 pixels, converted to "
                        "the model's input type inside each timed call"},
             "threads": {"latency": 1, "throughput": os.cpu_count(),
                         "keras": "TensorFlow/JAX defaults (all cores)"},
+            "footprint": {"macs": "multiply-accumulates per image: the Dense and convolution "
+                          "layers of the Keras model", "flash": "the model file's bytes",
+                          "arena": "TensorFlow Lite Micro's tensor arena, measured on x86-64 "
+                          "(an upper bound for a 32-bit MCU), int8 TFLite files only"},
             "calls": calls, "warmup": warmup, "rows": rows}
 
 

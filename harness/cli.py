@@ -349,6 +349,63 @@ def export(obj: Context, run: Path, formats, quantizations):
         raise click.ClickException("an export lost more accuracy than allowed (see FLAGGED)")
 
 
+def _bundle_name(ctx, param, value: str | None) -> str | None:
+    from harness.deploy import DeployError, check_name
+
+    try:
+        return None if value is None else check_name(value)
+    except DeployError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["linux", "mcu"]), required=True,
+              help="linux: the model, a manifest and a standalone predict.py for any Linux "
+                   "(x86-64, arm64); mcu: a TensorFlow Lite Micro bundle (int8).")
+@click.option("--runtime", type=click.Choice(["litert", "onnx"]), default="litert",
+              show_default=True, help="Runtime on the device: LiteRT (.tflite) or "
+              "onnxruntime (.onnx, float32 only).")
+@click.option("--quantize", "quantization",
+              type=click.Choice(["float32", "float16", "dynamic", "int8"]),
+              help="Precision of the model file [default: float32 for linux, int8 for mcu].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the bundle and its .tar.gz [default: <results>/deploy].")
+@click.option("--name", callback=_bundle_name, help="Bundle name: letters, digits, - _ . "
+              "(first a letter, digit or _) [default: <run>-<target>-<runtime>-<precision>].")
+@click.option("--flash-kb", type=click.IntRange(min=1), help="mcu: flash budget in KiB.")
+@click.option("--ram-kb", type=click.IntRange(min=1), help="mcu: RAM budget in KiB.")
+@click.option("--calls", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="linux: timed batch-1 calls for the manifest's latency (after warm-up).")
+@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
+              help="linux: untimed calls first.")
+@click.option("--allow-flagged", is_flag=True, help="Bundle an export that lost more test "
+              "accuracy than export allows (refused otherwise).")
+@click.pass_obj
+def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, flash_kb, ram_kb,
+           calls, warmup, allow_flagged):
+    """Export a run and write a bundle for a device: a folder, its .tar.gz and sha256.
+
+    The linux bundle needs only numpy, pillow and the runtime, and checks itself on the
+    device with `python predict.py --selftest`; re-running the command replaces it.
+    """
+    from harness import deploy as deploy_mod
+    from harness.export import ExportError
+
+    try:
+        deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
+    except deploy_mod.DeployError as e:
+        raise click.UsageError(str(e)) from None
+    run_dir = _run_dir(obj, run)
+    try:
+        result = deploy_mod.deploy_run(run_dir, obj.dataset(), out or obj.results / "deploy",
+                                       target, runtime, quantization, name, flash_kb, ram_kb,
+                                       calls, warmup, allow_flagged)
+    except (deploy_mod.DeployError, ExportError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(deploy_mod.format_summary(result))
+
+
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--export", "export_kind", type=click.Choice(["onnx", "tflite", "all"]),
@@ -405,7 +462,8 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key):
     """Every run, tuning and bench record under PATHS in one table, with pictures.
 
     Files that break the record schema are named and skipped. Writes report.md,
-    results.csv, accuracy_vs_latency.png and training_curves.png to --out.
+    results.csv, accuracy_vs_latency.png, accuracy_vs_flash.png and training_curves.png
+    to --out.
     """
     records = compare_mod.collect_records(paths)
     for path, reason in records.skipped:

@@ -1,4 +1,4 @@
-"""Every result side by side: runs, tuning searches and benchmarks in one table and two pictures.
+"""Every result side by side: runs, tuning searches and benchmarks in one table and three pictures.
 
 ``compare(paths, out)`` reads and checks every record under ``paths`` (harness.collect,
 against the formats declared in harness.schemas), builds the table and its Pareto front
@@ -7,6 +7,8 @@ against the formats declared in harness.schemas), builds the table and its Paret
     report.md                 the pictures and the table, with notes on skipped files
     results.csv               the table, raw numbers (seconds as microseconds, bytes)
     accuracy_vs_latency.png   test accuracy against batch-1 p50 latency (log scale)
+    accuracy_vs_flash.png     test accuracy against flash of every int8 TFLite file (log
+                              scale), with MLPerf Tiny's ResNet-8 and quality target
     training_curves.png       validation accuracy per epoch of every run with a history.csv
 
 This module is what ``harness compare`` calls; it never imports TensorFlow or Keras, and
@@ -21,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.collect import Records, collect_records, display_path
-from harness.plots import plot_accuracy_latency, plot_training_curves
+from harness.plots import (MLPERF_TINY_TARGET, plot_accuracy_flash, plot_accuracy_latency,
+                           plot_training_curves)
 from harness.records import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from harness.table import (DEFAULT_KEYS, FORMATS, SORT_KEYS, build_rows, csv_rows, format_rows,
-                           machine_label, machines, mark_pareto, parse_columns, printed_table,
-                           run_labels, sort_rows)
+from harness.table import (DEFAULT_KEYS, FORMATS, SORT_KEYS, build_rows, csv_rows, flash_of,
+                           format_rows, machine_label, machines, mark_pareto, parse_columns,
+                           printed_table, reference_row, run_labels, sort_rows)
 
 # What harness.cli's compare command uses, from this one module.
 __all__ = ["FORMATS", "SORT_KEYS", "NoRecords", "Report", "collect_records", "compare",
@@ -61,8 +64,9 @@ def report(records: Records, out: Path, sort: str = "accuracy",
 
 
 def write_report(records: Records, rows: list[dict], out: Path, sources: Sequence[Path]) -> list[Path]:
-    """report.md, results.csv and the two PNGs in ``out``, each written atomically."""
+    """report.md, results.csv and the three PNGs in ``out``, each written atomically."""
     files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
+             "accuracy_vs_flash.png": plot_accuracy_flash(rows),
              "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs))}
     for name, png in files.items():
         atomic_write_bytes(out / name, png)
@@ -93,6 +97,23 @@ def _front_words(records: Records, several: list[str]) -> tuple[str, str]:
              "line is beaten on both counts by a point on it, on that machine."))
 
 
+def _flash_words(rows: list[dict]) -> str:
+    """The note under the flash picture: what a point and each line is."""
+    reference = reference_row(rows)
+    line = ("no ResNet-8 run is among the records, so there is no vertical line"
+            if reference is None else
+            f"the vertical dashed line is the int8 file of MLPerf Tiny's model, ResNet-8, as we "
+            f"trained it ({reference['model']}, {flash_of(reference):,} bytes)")
+    return ("Each point is one full-integer int8 TFLite file, what TensorFlow Lite Micro runs "
+            "on a microcontroller: up is more accurate, left needs less flash (the file's "
+            "bytes, log scale). Outlined and labelled: the files no other is both at least as "
+            "accurate as and at least as small as. The horizontal dashed line is MLPerf Tiny's "
+            f"quality target for image classification, {MLPERF_TINY_TARGET:.0%} top-1 on "
+            f"CIFAR-10; {line}. A point above the target and left of the line would beat the "
+            "reference on both counts. Rows of older bench records, without a flash figure, "
+            "are placed by their file size, the same figure.")
+
+
 def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path]) -> str:
     calls = sorted({(b.record["calls"], b.record["warmup"]) for b in records.benches})
     timing = ", ".join(f"{c} timed calls after {w} warm-up calls" for c, w in calls)
@@ -113,6 +134,9 @@ def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path])
         "than the one to its left). Colour names the model, the marker the runtime and "
         f"precision. {front} Runs "
         "without a bench record have no latency and appear only in the table."), "",
+        "## Accuracy against flash", "",
+        "![accuracy vs flash](accuracy_vs_flash.png)", "",
+        _flash_words(rows), "",
         "## Training curves", "",
         "![training curves](training_curves.png)", "",
         ("Validation accuracy after each epoch, from each run's `history.csv` (runs made by "
@@ -122,10 +146,17 @@ def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path])
          + (", among the rows of the same machine" if several else "") + "). `!`: flagged by "
          "export, the file lost more accuracy than allowed. `keras-evaluate` rows are "
         "the accuracy recorded at the end of training, with no latency measured. "
-        "Raw numbers: `results.csv`."), "",
+        "Footprint: flash is the model file's bytes, arena the tensor arena TensorFlow Lite "
+        "Micro measured for an int8 TFLite file (the only files it runs here), MACs the "
+        "multiply-accumulates per image; `-` where the bench record predates them or has no "
+        "such figure. Raw numbers: `results.csv`."), "",
         # With several machines the rows say which one timed them, to check the marks by.
         format_rows(rows, "markdown", (*DEFAULT_KEYS, "machine") if several else ()), "",
     ]
+    unmeasured = sorted({(r["model"], r["arena_note"]) for r in rows if r["arena_note"]})
+    if unmeasured:
+        lines += ["## Arena not measured", "",
+                  *(f"- {model}: {note}" for model, note in unmeasured), ""]
     if records.skipped:
         lines += ["## Skipped records", "",
                   *(f"- `{display_path(p)}`: {reason}" for p, reason in records.skipped), ""]

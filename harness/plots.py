@@ -1,8 +1,11 @@
-"""The report's two pictures, as PNG bytes: accuracy against latency, and training curves.
+"""The report's three pictures, as PNG bytes: accuracy against latency, accuracy against
+flash, and training curves.
 
 accuracy_vs_latency.png: test accuracy against batch-1 p50 latency (log scale), one point per
 model x runtime, the Pareto front drawn and labelled (one front per machine when the bench
-records come from several). training_curves.png: validation accuracy per epoch of every run
+records come from several). accuracy_vs_flash.png: test accuracy against flash (log scale),
+one point per full-integer int8 TFLite file, with MLPerf Tiny's ResNet-8 and its quality
+target as dashed lines. training_curves.png: validation accuracy per epoch of every run
 with a history.csv. Matplotlib is imported only when a picture is drawn, through its object
 API (no pyplot), so that the rest of compare never loads it.
 """
@@ -15,12 +18,17 @@ from itertools import groupby
 from pathlib import Path
 
 from harness.collect import RunRecord
+from harness.table import flash_of, int8_rows, pareto_front, reference_row
 
 DPI = 120
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 # (colour, line style) of each machine's front, in the order of harness.table.machines; a
 # single front is the first.
 FRONTS = (("black", "--"), ("crimson", "-."), ("royalblue", ":"), ("darkgreen", (0, (5, 1, 1, 1))))
+# MLPerf Tiny's quality target for image classification (CIFAR-10, ResNet-8): 85% top-1,
+# from the benchmarks table at https://mlcommons.org/en/inference-tiny-05 (the same in every
+# version of the suite to date, v0.5 to v1.3).
+MLPERF_TINY_TARGET = 0.85
 
 
 def _figure(width: float, height: float):
@@ -36,8 +44,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _nothing_to_plot(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
 def _latency_label(us: float, _pos=None) -> str:
     return f"{us:g} us" if us < 1e3 else f"{us / 1e3:g} ms" if us < 1e6 else f"{us / 1e6:g} s"
+
+
+def _bytes_label(n: float, _pos=None) -> str:
+    return f"{n / 1024:g} KiB" if n < 2**20 else f"{n / 2**20:g} MiB"
 
 
 def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
@@ -61,9 +78,7 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
     title = "Test accuracy against batch-1 latency (p50, one thread)"
     ax.set_title(title + (f"\n{machine}" if machine else ""), fontsize=11)
     if not timed:
-        ax.text(0.5, 0.5, "no bench records: no latency to plot", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_axis_off()
+        _nothing_to_plot(ax, "no bench records: no latency to plot")
         return fig
     cmap = _colours(len(models))
     for r in timed:
@@ -99,18 +114,20 @@ _LABEL_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 
 _LEADER = {"arrowstyle": "-", "color": "0.5", "lw": 0.6}
 
 
-def _label_front(ax, front: list[dict]) -> None:
-    """One front: each point labelled with its model, runtime and precision."""
+def _label_front(ax, front: list[dict], x: str = "p50_us", text=None) -> None:
+    """One front, sorted by ``x`` (the key of the x axis, a log one): each point labelled
+    with ``text(row)``, by default its model, runtime and precision."""
     # Up and to the left of a point on the front nothing can lie (it would dominate the
     # point), so the labels go there, with room made at the left and top edges. Labels of
     # neighbours on the front (close in latency and accuracy) are stacked upwards, with a
     # leader line, so they do not cover each other.
+    text = text or (lambda r: f"{r['model']}\n{_kind_label(r)}")
     stack, previous = 0, None
     for r in front:
-        close = (previous is not None and r["p50_us"] < 3 * previous["p50_us"]
+        close = (previous is not None and r[x] < 3 * previous[x]
                  and abs(r["accuracy"] - previous["accuracy"]) < 0.04)
         stack = stack + 1 if close else 0
-        ax.annotate(f"{r['model']}\n{_kind_label(r)}", (r["p50_us"], r["accuracy"] * 100),
+        ax.annotate(text(r), (r[x], r["accuracy"] * 100),
                     xytext=(-7, 5 + 26 * stack), textcoords="offset points", fontsize=8,
                     ha="right", va="bottom", bbox=_LABEL_BOX,
                     arrowprops=_LEADER if stack else None)
@@ -180,22 +197,94 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _legends(ax, models: list[str], kinds: list[str], cmap: list, machines: list[str]) -> None:
+def _model_legend(ax, models: list[str], cmap: list) -> None:
+    """The legend of colours, one per model, right of the axes at the top."""
     from matplotlib.lines import Line2D
 
     by_model = [Line2D([], [], marker="o", linestyle="", color=c, label=m)
                 for m, c in zip(models, cmap)]
+    ax.add_artist(ax.legend(handles=by_model, title="model", loc="upper left",
+                            bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9))
+
+
+def _legends(ax, models: list[str], kinds: list[str], cmap: list, machines: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    _model_legend(ax, models, cmap)
     by_kind = [Line2D([], [], marker=MARKERS[i % len(MARKERS)], linestyle="", color="0.4",
                       label=k) for i, k in enumerate(kinds)]
     by_kind += [Line2D([], [], color=colour, linestyle=style, marker="o", markerfacecolor="w",
                        markeredgecolor="black",
                        label="Pareto front" + (f", {on}" if len(machines) > 1 else ""))
                 for (colour, style), on in zip(FRONTS * len(machines), machines)]
-    first = ax.legend(handles=by_model, title="model", loc="upper left",
-                      bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9)
-    ax.add_artist(first)
     ax.legend(handles=by_kind, title="runtime, precision", loc="lower left",
               bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
+
+
+def plot_accuracy_flash(rows: list[dict]) -> bytes:
+    """PNG: test accuracy against flash on a log axis, one point per int8 TFLite file
+    (colour = model), the files no other beats on both outlined and labelled, and MLPerf
+    Tiny's reference as dashed lines (see accuracy_flash_figure)."""
+    return _png(accuracy_flash_figure(rows))
+
+
+def accuracy_flash_figure(rows: list[dict]):
+    """The Matplotlib Figure plot_accuracy_flash saves. Points: the rows of
+    :func:`harness.table.int8_rows` (what TensorFlow Lite Micro runs), identical ones once.
+    Lines (gid ``reference flash`` and ``quality target``): the int8 file of our ResNet-8
+    (:func:`harness.table.reference_row`; no line when no ResNet-8 was benchmarked), and
+    MLPerf Tiny's 85% top-1 target."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    points = list({(r["model"], r["runtime"], flash_of(r), r["accuracy"]):
+                   {**r, "flash": flash_of(r)} for r in int8_rows(rows)}.values())
+    models = list(dict.fromkeys(p["model"] for p in points))
+    # As in the latency picture: 6.5 inches hold 28 legend rows (here 3 are the reference's).
+    fig = _figure(11, 6.5 + 0.18 * max(0, len(models) + 3 - 28))
+    ax = fig.add_subplot()
+    ax.set_title("Test accuracy against flash: the int8 TFLite file a microcontroller stores",
+                 fontsize=11)
+    if not points:
+        _nothing_to_plot(ax, "no int8 TFLite rows: no flash to plot")
+        return fig
+    cmap = _colours(len(models))
+    on_front = pareto_front([(p["accuracy"], p["flash"]) for p in points])
+    for p, on in zip(points, on_front):
+        ax.scatter(p["flash"], p["accuracy"] * 100, s=46, alpha=0.85, zorder=3,
+                   color=cmap[models.index(p["model"])], edgecolors="black" if on else "none",
+                   linewidths=1.2)
+    reference = reference_row(rows)
+    lines = [ax.axhline(MLPERF_TINY_TARGET * 100, color="0.3", linestyle="--", linewidth=1,
+                        zorder=2, gid="quality target",
+                        label=f"MLPerf Tiny quality target: {MLPERF_TINY_TARGET:.0%} top-1")]
+    if reference is not None:
+        flash = flash_of(reference)
+        lines.insert(0, ax.axvline(flash, color="crimson", linestyle="--", linewidth=1, zorder=2,
+                                   gid="reference flash",
+                                   label=f"MLPerf Tiny's ResNet-8, int8: {flash / 1024:.1f} KiB"
+                                         f"\n(our run {reference['model']})"))
+    ax.set_xscale("log")
+    xs = [p["flash"] for p in points] + ([flash_of(reference)] if reference else [])
+    accs = [p["accuracy"] * 100 for p in points] + [MLPERF_TINY_TARGET * 100]
+    ax.set_xlim(min(xs) / 6, max(xs) * 1.6)
+    ax.set_ylim(min(accs) - 2, max(accs) + 4)
+    ax.xaxis.set_major_locator(LogLocator(base=4))  # 16 KiB, 64 KiB, 256 KiB, 1 MiB, ...
+    ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("flash: the int8 model file's bytes (log scale; left is smaller)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.4)
+    _model_legend(ax, models, cmap)
+    front = Line2D([], [], marker="o", linestyle="", markerfacecolor="w",
+                   markeredgecolor="black",
+                   label="outlined: no other file is at least\nas accurate and as small")
+    ax.legend(handles=[*lines, front], title="reference", loc="lower left",
+              bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
+    _label_front(ax, sorted((p for p, on in zip(points, on_front) if on),
+                            key=lambda p: (p["flash"], p["accuracy"])),
+                 x="flash", text=lambda p: p["model"])
+    return fig
 
 
 LEGEND_ROWS = 24  # runs per legend column in the training curves
@@ -211,9 +300,7 @@ def plot_training_curves(runs: list[RunRecord], labels: dict[Path, str]) -> byte
     ax = fig.add_subplot()
     ax.set_title("Validation accuracy per epoch", fontsize=11)
     if not with_history:
-        ax.text(0.5, 0.5, "no history.csv among the runs", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_axis_off()
+        _nothing_to_plot(ax, "no history.csv among the runs")
         return _png(fig)
     colours = _colours(len(with_history))
     styles = ("-", "--", ":", "-.")

@@ -47,6 +47,7 @@ NUMBER = Field((int, float), "a number")
 SECONDS = Field((int, float), "a number >= 0", lambda v: math.isfinite(v) and v >= 0)
 FRACTION = Field((int, float), "a number in [0, 1]", lambda v: 0 <= v <= 1)
 POSITIVE = Field((int, float), "a positive number", lambda v: math.isfinite(v) and v > 0)
+COUNT_OR_NULL = Field((int, type(None)), "an integer >= 0 or null", lambda v: v is None or v >= 0)
 
 
 def exactly(value: str) -> Field:
@@ -77,7 +78,11 @@ BENCH_ROW = {"run": STR, "runtime": STR, "format": STR, "precision": STR, "file"
              "params": COUNT, "size_bytes": COUNT, "sparsity": FRACTION,
              "p50_us": POSITIVE, "p90_us": POSITIVE, "p99_us": POSITIVE,
              "throughput_ips": POSITIVE, "test.accuracy": FRACTION, "test.loss": NUMBER}
-BENCH_ROW_OPTIONAL = {"flagged": BOOL}
+# The footprint (since issue 19; older records lack it): MACs per image of the Keras model,
+# flash (the model file's bytes) and TensorFlow Lite Micro's arena, measured on int8 TFLite
+# files only (null on other rows, or with arena_note saying why TFLM could not measure it).
+BENCH_ROW_OPTIONAL = {"flagged": BOOL, "macs": COUNT, "flash_bytes": COUNT,
+                      "arena_bytes": COUNT_OR_NULL, "arena_note": STR}
 
 # frontier-<run>.json: a preset trained within a wall-time budget.
 FRONTIER = {"benchmark": exactly("frontier"), "created": STR, "command": STR, "preset": STR,

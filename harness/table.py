@@ -11,6 +11,9 @@ from different machines are not comparable, so each machine has its own front.
 The printed table puts first the columns a reader decides by and leaves out descriptive
 ones, from the right, to fit the terminal (``printed_table``); report.md, results.csv and
 the other formats keep every column in the order of COLUMNS.
+
+The footprint columns (flash, arena, MACs) come from bench records that have them
+(harness.bench): rows of older bench records, and rows without a bench record, show "-".
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ COLUMNS = (
     ("p99_us", "p99 b=1"),
     ("throughput_ips", "img/s b=256"),
     ("size_bytes", "file size"),
+    ("flash_bytes", "flash"),           # the model file's bytes, as stored on a device
+    ("arena_bytes", "arena"),           # TFLM's tensor arena, int8 TFLite rows only
+    ("macs", "MACs"),                   # multiply-accumulates per image
 )
 DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
 # The machine a row was timed on is a column only when chosen (--columns) or, in report.md,
@@ -47,16 +53,23 @@ SORT_KEYS = (*DEFAULT_KEYS, "machine")
 HEADERS = {**dict(COLUMNS), "machine": "machine"}
 DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
 FORMATS = ("table", "markdown", "csv", "json")
-# Beyond the columns, each row carries these (results.csv, JSON); machine last, so that the
-# columns results.csv had before it keep their places.
-EXTRA_KEYS = ("pareto", "flagged", "record", "machine")
+# Beyond the columns, each row carries these (results.csv, JSON), each added after those
+# before it, so that the columns results.csv had keep their order; arena_note says why an
+# int8 row has no arena.
+EXTRA_KEYS = ("pareto", "flagged", "record", "machine", "arena_note")
 # The printed table: what a reader decides by first (never left out to fit the terminal),
-# then the rest; descriptive columns last, so that they are the first to go.
+# then the rest; descriptive columns last, so that they are the first to go. Flash is the
+# file size again, so it is printed only when chosen (--columns).
 PRINTED = ("model", "runtime", "precision", "accuracy", "p50_us", "size_bytes",
-           "p99_us", "throughput_ips", "params", "sparsity", "format", "architecture", "variant")
+           "p99_us", "throughput_ips", "arena_bytes", "macs", "params", "sparsity", "format",
+           "architecture", "variant")
 ALWAYS_PRINTED = 6
 
 DENSE_ARCHS = ("plain", "batchnorm")  # others (a CNN reference) ignore layers and units
+REFERENCE_ARCH = "resnet8"  # MLPerf Tiny's image-classification model (harness.models)
+# What a row without a bench row has not measured.
+UNMEASURED = dict.fromkeys(("p50_us", "p99_us", "throughput_ips", "size_bytes", "flash_bytes",
+                            "arena_bytes", "macs", "flagged", "machine", "arena_note"))
 
 
 # --------------------------------------------------------------------------- rows
@@ -82,11 +95,9 @@ def build_rows(records: Records) -> list[dict]:
             rows += [_bench_row(common, bench, r) for bench in benches
                      for r in bench.record["rows"]]
         else:
-            rows.append({**common, "format": "keras", "runtime": "keras-evaluate",
+            rows.append({**common, **UNMEASURED, "format": "keras", "runtime": "keras-evaluate",
                          "precision": "float32", "accuracy": run.metrics["test"]["accuracy"],
-                         "p50_us": None, "p99_us": None, "throughput_ips": None,
-                         "size_bytes": None, "flagged": None, "record": display_path(run.path),
-                         "machine": None})
+                         "record": display_path(run.path)})
     for bench in orphans:
         common = {"model": bench.record["run"], "architecture": None, "variant": None}
         rows += [_bench_row(common, bench, r) for r in bench.record["rows"]]
@@ -147,6 +158,8 @@ def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
             "runtime": r["runtime"], "precision": r["precision"],
             "accuracy": r["test"]["accuracy"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
             "throughput_ips": r["throughput_ips"], "size_bytes": r["size_bytes"],
+            "flash_bytes": r.get("flash_bytes"), "arena_bytes": r.get("arena_bytes"),
+            "macs": r.get("macs"), "arena_note": r.get("arena_note"),
             "flagged": r.get("flagged"), "record": display_path(bench.path),
             "machine": machine_label(bench)}
 
@@ -168,10 +181,9 @@ def _tuning_row(tuning: TuningRecord) -> dict:
     shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if {"n_hidden", "n_neurons"} <= hp.keys() else None
     return {"model": f"{s['name']}/best", "architecture": shape,
             "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
-            "params": None, "sparsity": None, "format": "keras", "runtime": "keras-evaluate",
-            "precision": "float32", "accuracy": s["best_test_accuracy"], "p50_us": None,
-            "p99_us": None, "throughput_ips": None, "size_bytes": None, "flagged": None,
-            "record": display_path(tuning.path), "machine": None}
+            "params": None, "sparsity": None, **UNMEASURED, "format": "keras",
+            "runtime": "keras-evaluate", "precision": "float32",
+            "accuracy": s["best_test_accuracy"], "record": display_path(tuning.path)}
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
@@ -199,6 +211,28 @@ def mark_pareto(rows: list[dict]) -> list[dict]:
         for row, on in zip(group, front):
             row["pareto"] = on
     return rows
+
+
+def flash_of(row: dict) -> int | None:
+    """A row's flash: ``flash_bytes``, or for a row of an older bench record, which lacks it,
+    ``size_bytes`` (the same figure: the model file's bytes)."""
+    return row["flash_bytes"] if row["flash_bytes"] is not None else row["size_bytes"]
+
+
+def int8_rows(rows: list[dict]) -> list[dict]:
+    """The rows of full-integer int8 TFLite files, what TensorFlow Lite Micro runs, that
+    have a flash figure (every bench row has one)."""
+    return [r for r in rows
+            if (r["format"], r["precision"]) == ("tflite", "int8") and flash_of(r) is not None]
+
+
+def reference_row(rows: list[dict]) -> dict | None:
+    """The int8 row of a ResNet-8 run without test-time augmentation, MLPerf Tiny's image
+    classification model, as we trained and exported it: the most accurate such row when
+    there are several (their files differ by a few bytes between converter versions);
+    None when no ResNet-8 run was benchmarked."""
+    resnets = [r for r in int8_rows(rows) if r["architecture"] == REFERENCE_ARCH]
+    return max(resnets, key=lambda r: (r["accuracy"], r["model"]), default=None)
 
 
 def sort_rows(rows: list[dict], key: str = "accuracy") -> list[dict]:
@@ -232,12 +266,17 @@ def _cell(key: str, v) -> str:
         return f"{v:,.0f}"
     if key == "params":
         return f"{v:,}"
-    if key == "size_bytes":
+    if key in ("size_bytes", "flash_bytes"):
         return f"{v / 1024:.0f} KiB" if v < 2**20 else f"{v / 2**20:.2f} MiB"
+    if key == "arena_bytes":
+        return f"{v / 1024:.1f} KiB"
+    if key == "macs":
+        return f"{v / 1e6:.1f} M" if v >= 1e6 else f"{v / 1e3:.1f} k" if v >= 1e3 else str(v)
     return str(v)
 
 
-_NUMERIC = {"params", "sparsity", "accuracy", "p50_us", "p99_us", "throughput_ips", "size_bytes"}
+_NUMERIC = {"params", "sparsity", "accuracy", "p50_us", "p99_us", "throughput_ips", "size_bytes",
+            "flash_bytes", "arena_bytes", "macs"}
 
 
 def parse_columns(text: str) -> tuple[str, ...]:

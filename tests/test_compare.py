@@ -39,6 +39,12 @@ def bench_row(run: str, runtime: str, precision: str, accuracy: float, p50: floa
             "flagged": False, "calls": 100}
 
 
+def footprint(row: dict, macs: int, arena: int | None, note: str | None = None) -> dict:
+    """A bench row with the footprint fields bench writes since issue 19."""
+    row = {**row, "macs": macs, "flash_bytes": row["size_bytes"], "arena_bytes": arena}
+    return {**row, "arena_note": note} if note else row
+
+
 def bench(run: str, rows: list[dict], cpu: str = "Test CPU") -> dict:
     return {"benchmark": "bench", "run": run, "created": "2026-11-26T20:16:33+0000",
             "machine": {"cpu": cpu, "cores": 2}, "data": {}, "threads": {},
@@ -94,6 +100,10 @@ def results(tmp_path) -> Path:
 def test_valid_records_pass_validation():
     assert schemas.check_run(metrics("a"))["run"] == "a"
     assert schemas.check_bench(bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)]))
+    # The footprint fields are optional (older records lack them); the arena may be null.
+    assert schemas.check_bench(bench("a", [
+        footprint(bench_row("a", "litert", "int8", 0.5, 10.0), 1000, 2048),
+        footprint(bench_row("a", "litert", "int8", 0.5, 10.0), 1000, None, "TFLM is missing")]))
     assert schemas.check_tuning(summary())["name"] == "search"
     # An unfinished run needs only its name and status: it is noted, not compared.
     assert schemas.check_run({"schema": 1, "run": "a", "status": "running"})
@@ -147,6 +157,10 @@ GOOD_BENCH = bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)])
      "field 'rows[0].run' is 'b', expected the record's run 'a'"),
     (schemas.check_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
     (schemas.check_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
+    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.arena_bytes", -1),
+     "field 'rows[0].arena_bytes' is -1, expected an integer >= 0 or null"),
+    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.macs", None),
+     "field 'rows[0].macs' is null, expected an integer >= 0"),
     (schemas.check_tuning, _without(summary(), "best_test_accuracy"),
      "missing field 'best_test_accuracy'"),
 ])
@@ -322,7 +336,8 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
     report = cmp.compare([two_machines], out)
     with open(out / "results.csv", newline="") as f:
         written = list(csv.DictReader(f))
-    assert list(written[0])[-4:] == ["pareto", "flagged", "record", "machine"]
+    assert list(written[0])[-9:] == ["size_bytes", "flash_bytes", "arena_bytes", "macs",
+                                     "pareto", "flagged", "record", "machine", "arena_note"]
     assert {(r["model"], r["machine"], r["pareto"]) for r in written} == {
         ("quick", "Fast CPU, 2 cores", "True"), ("slow", "Slow CPU, 2 cores", "True"),
         ("slow", "Slow CPU, 2 cores", "False")}
@@ -331,7 +346,8 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
     assert ("come from 2 machines, whose latencies are not comparable, so each machine has "
             "its own Pareto front: Fast CPU, 2 cores (1 bench record); Slow CPU, 2 cores "
             "(1 bench record).") in first
-    assert "| file size | machine |" in md and "| 60.00% | 10.0 us |" in md
+    assert "| file size | flash | arena | MACs | machine |" in md
+    assert "| 60.00% | 10.0 us |" in md
     _check_png(out / "accuracy_vs_latency.png")
     # One step line per machine, each in the legend under its machine, each drawn its own way.
     ax = plots.accuracy_latency_figure(report.rows).axes[0]
@@ -349,11 +365,12 @@ def test_one_machine_report_keeps_its_form(results, tmp_path):
             "2 cores; throughput: batch 256, all cores.\n") in md
     assert "machines" not in md and "The dashed step line is the Pareto front:" in md
     header = ("|  | model | architecture | variant | params | sparsity | format | runtime | "
-              "precision | test acc | p50 b=1 | p99 b=1 | img/s b=256 | file size |")
+              "precision | test acc | p50 b=1 | p99 b=1 | img/s b=256 | file size | flash | "
+              "arena | MACs |")
     assert header + "\n" in md
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         assert next(csv.reader(f)) == [*table.DEFAULT_KEYS, "pareto", "flagged", "record",
-                                       "machine"]
+                                       "machine", "arena_note"]
     ax = plots.accuracy_latency_figure(report.rows, "Test CPU, 2 cores").axes[0]
     [front] = ax.get_lines()
     assert (front.get_color(), front.get_linestyle()) == ("black", "--")
@@ -466,6 +483,120 @@ def test_column_names_are_checked():
         table.parse_columns(" , ")
 
 
+# --------------------------------------------------------------------------- footprint
+
+RESNET8_MACS = 12_501_632
+EXP_NOTE = "TensorFlow Lite Micro cannot run op EXP: its kernel refuses node 3"
+
+
+@pytest.fixture
+def footprints(tmp_path) -> Path:
+    """Two ResNet-8 runs and an MLP benchmarked with footprint figures (TFLM could not run
+    the MLP's int8 file), and a run whose bench record is older, without them."""
+    root = tmp_path / "results"
+    for name, accuracy in (("cnn", 0.87), ("cnn-short", 0.75)):
+        cnn = metrics(name, accuracy)
+        cnn["config"]["arch"] = "resnet8"
+        write_json(root / "runs" / name / "metrics.json", cnn)
+    write_run(root, "mlp", 0.55)
+    write_run(root, "old", 0.50)
+    write_json(root / "bench" / "cnn.json", bench("cnn", [
+        footprint({**bench_row("cnn", "litert", "int8", 0.86, 100.0), "size_bytes": 98_960},
+                  RESNET8_MACS, 53_000),
+        footprint({**bench_row("cnn", "litert", "float32", 0.87, 300.0), "size_bytes": 320_000},
+                  RESNET8_MACS, None)]))
+    write_json(root / "bench" / "cnn-short.json", bench("cnn-short", [
+        footprint({**bench_row("cnn-short", "litert", "int8", 0.74, 100.0),
+                   "size_bytes": 99_104}, RESNET8_MACS, 53_000)]))
+    write_json(root / "bench" / "mlp.json", bench("mlp", [
+        footprint({**bench_row("mlp", "litert", "int8", 0.55, 6.0), "size_bytes": 200_000},
+                  99_648, None, EXP_NOTE)]))
+    write_json(root / "bench" / "old.json", bench("old", [
+        bench_row("old", "litert", "int8", 0.50, 8.0)]))  # 5,000 bytes, no footprint fields
+    return root
+
+
+def test_footprint_columns_and_old_records(footprints, tmp_path):
+    records = collect.collect_records([footprints])
+    assert records.skipped == []  # the old bench record still loads
+    rows = table.mark_pareto(table.build_rows(records))
+    by = {(r["model"], r["precision"]): r for r in rows}
+    cnn, old = by["cnn", "int8"], by["old", "int8"]
+    assert (cnn["flash_bytes"], cnn["arena_bytes"], cnn["macs"]) == (98_960, 53_000, RESNET8_MACS)
+    assert (old["flash_bytes"], old["arena_bytes"], old["macs"]) == (None, None, None)
+    assert by["mlp", "int8"]["arena_note"] == EXP_NOTE
+    rows = table.sort_rows(rows, "macs")
+    assert [r["macs"] for r in rows][:2] == [99_648, RESNET8_MACS] and rows[-1]["macs"] is None
+    text = table.format_rows(rows, "table", ("model", "precision", "size_bytes", "flash_bytes",
+                                            "arena_bytes", "macs")).splitlines()
+    assert text[0].split() == ["model", "precision", "file", "size", "flash", "arena", "MACs"]
+    cells = {words[0]: words[2:] for words in (line.lstrip("* ").split() for line in text[1:])
+             if words[1] == "int8"}
+    assert cells["mlp"] == ["195", "KiB", "195", "KiB", "-", "99.6", "k"]
+    assert cells["cnn"] == ["97", "KiB", "97", "KiB", "51.8", "KiB", "12.5", "M"]
+    assert cells["old"] == ["5", "KiB", "-", "-", "-"]
+    # The full table: after file size, in report.md, results.csv and JSON; blank for old rows.
+    report = cmp.compare([footprints], tmp_path / "report")
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        written = {(r["model"], r["precision"]): r for r in csv.DictReader(f)}
+    assert (written["cnn", "int8"]["flash_bytes"], written["cnn", "int8"]["macs"]) == (
+        "98960", str(RESNET8_MACS))
+    assert written["old", "int8"]["arena_bytes"] == written["old", "int8"]["macs"] == ""
+    assert written["mlp", "int8"]["arena_note"] == EXP_NOTE
+    [old_json] = [r for r in json.loads(table.format_rows(report.rows, "json"))
+                  if r["model"] == "old" and r["precision"] == "int8"]
+    assert old_json["flash_bytes"] is old_json["arena_bytes"] is old_json["macs"] is None
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| file size | flash | arena | MACs |" in md
+    assert f"## Arena not measured\n\n- mlp: {EXP_NOTE}\n" in md
+
+
+def test_footprint_columns_are_printed_only_where_they_fit(footprints):
+    rows = table.sort_rows(table.mark_pareto(table.build_rows(
+        collect.collect_records([footprints]))))
+    wide, left_out = table.printed_table(rows, width=500)
+    header = wide.splitlines()[0]
+    assert left_out == [] and "arena" in header and "MACs" in header
+    assert "flash" not in header  # the file size again: only when chosen
+    text, left_out = table.printed_table(rows, width=80)
+    assert max(map(len, text.splitlines())) <= 80 and "macs" in left_out
+    assert table.parse_columns("flash_bytes,arena_bytes,macs") == (
+        "flash_bytes", "arena_bytes", "macs")
+
+
+def test_flash_picture_has_the_reference_lines(footprints, tmp_path):
+    report = cmp.compare([footprints], tmp_path / "report")
+    _check_png(tmp_path / "report" / "accuracy_vs_flash.png")
+    ax = plots.accuracy_flash_figure(report.rows).axes[0]
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    assert set(lines) == {"reference flash", "quality target"}
+    # The most accurate ResNet-8's int8 file (cnn, not cnn-short), read from its bench row.
+    assert list(lines["reference flash"].get_xdata()) == [98_960, 98_960]
+    assert list(lines["quality target"].get_ydata()) == [85, 85]
+    assert {line.get_linestyle() for line in lines.values()} == {"--"}
+    assert ax.get_xscale() == "log"
+    # One point per int8 file; the old record's by its file size, the same figure.
+    points = sorted((float(x), round(float(y), 6)) for c in ax.collections
+                    for x, y in c.get_offsets())
+    assert points == [(5_000, 50.0), (98_960, 86.0), (99_104, 74.0), (200_000, 55.0)]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "MLPerf Tiny quality target: 85% top-1" in legend
+    assert any("ResNet-8, int8: 96.6 KiB" in t and "cnn" in t for t in legend)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "![accuracy vs flash](accuracy_vs_flash.png)" in md
+    assert "85% top-1 on CIFAR-10" in md and "(cnn, 98,960 bytes)" in md
+    assert plots.plot_accuracy_flash(report.rows) == plots.plot_accuracy_flash(report.rows)
+
+
+def test_flash_picture_without_a_resnet8_has_no_vertical_line(results, tmp_path):
+    report = cmp.compare([results], tmp_path / "report")
+    ax = plots.accuracy_flash_figure(report.rows).axes[0]
+    assert [line.get_gid() for line in ax.get_lines()] == ["quality target"]
+    assert len([xy for c in ax.collections for xy in c.get_offsets()]) == 1  # big's int8 file
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "no ResNet-8 run is among the records, so there is no vertical line" in md
+
+
 # --------------------------------------------------------------------------- report
 
 def _check_png(path: Path) -> None:
@@ -483,14 +614,17 @@ def test_report_files_are_written(results, tmp_path):
     out = tmp_path / "report"
     report = cmp.compare([results], out)
     assert sorted(p.name for p in report.files) == [
-        "accuracy_vs_latency.png", "report.md", "results.csv", "training_curves.png"]
+        "accuracy_vs_flash.png", "accuracy_vs_latency.png", "report.md", "results.csv",
+        "training_curves.png"]
     _check_png(out / "accuracy_vs_latency.png")
+    _check_png(out / "accuracy_vs_flash.png")
     _check_png(out / "training_curves.png")
     with open(out / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(report.rows) == 7
     md = (out / "report.md").read_text()
     assert "![accuracy vs latency](accuracy_vs_latency.png)" in md
     assert "![training curves](training_curves.png)" in md
+    assert "![accuracy vs flash](accuracy_vs_flash.png)" in md
     assert "| * | big |" in md
     assert "4 runs, 1 tuning search and 2 bench records" in md
     assert not list(out.glob(".*"))  # no temporary files left behind
@@ -500,7 +634,7 @@ def test_pictures_without_latency_or_history_are_still_images(tmp_path):
     write_json(tmp_path / "runs" / "x" / "metrics.json", metrics("x"))
     report = cmp.compare([tmp_path], tmp_path / "out")
     assert all(r["p50_us"] is None for r in report.rows)
-    for name in ("accuracy_vs_latency.png", "training_curves.png"):
+    for name in ("accuracy_vs_latency.png", "accuracy_vs_flash.png", "training_curves.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -579,13 +713,13 @@ def test_cli_columns_choose_and_reject(results):
     result = _invoke(results, str(results), "--columns", "p50_us,model", "--format", "json")
     assert result.exit_code == 0, result.output
     assert list(json.loads(result.stdout)[0]) == ["p50_us", "model", "pareto", "flagged",
-                                                  "record", "machine"]
+                                                  "record", "machine", "arena_note"]
     result = _invoke(results, str(results), "--columns", "model,machine", "--sort", "machine")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["model", "machine"] and "Test CPU, 2 cores" in lines[1]
     result = _invoke(results, str(results), "--columns", "machine", "--format", "csv")
-    assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record"
+    assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record,arena_note"
     result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results),
                                        "--columns", "model,variant"], env={"COLUMNS": "20"})
     assert result.exit_code == 0, result.output

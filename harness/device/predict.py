@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Classify 32 x 32 RGB images with the model of this bundle (made by ``harness deploy``).
+
+Standalone: it needs numpy, pillow and the model's one runtime (ai-edge-litert for a
+.tflite model, onnxruntime for an .onnx one), as pinned in requirements.txt; never harness,
+TensorFlow, Keras or JAX. It reads manifest.json beside it for the model file, the class
+names and the selftest's tolerance.
+
+    python predict.py cat.png photos/ --top 3        # a table; --json for JSON lines
+    python predict.py --selftest                     # the shipped samples, as recorded?
+    python predict.py --npz test.npz --dump-probs probs.npy   # key x: uint8 (N, 32, 32, 3)
+
+Exit status: 0 ok, 1 selftest failed or the runtime failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
+BATCH = 256      # images per runtime call
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit 2."""
+
+
+class Failure(Exception):
+    """The selftest failed or the runtime did: exit 1."""
+
+
+# --------------------------------------------------------------------------- the model
+
+class LiteRT:
+    """ai_edge_litert's Interpreter; integer inputs and outputs are (de)quantized here."""
+
+    package = "ai-edge-litert"
+
+    def __init__(self, path: Path, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        with without_info_lines():
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.dtype = np.dtype(self.input["dtype"])
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) != self.input["shape"][0]:
+            self.interpreter.resize_tensor_input(self.input["index"], [len(pixels), *SIZE, 3])
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+        x = pixels.astype(np.float32)
+        if self.dtype.kind in "iu":  # int8 models: scale 1, zero point 0 leaves pixels as they are
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(self.dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.dtype))
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])
+        if out.dtype.kind in "iu":
+            scale, zero = self.output["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+
+@contextmanager
+def without_info_lines():
+    """Leave out the "INFO: Created TensorFlow Lite XNNPACK delegate" line that LiteRT's C++
+    writes to stderr (fd 2) once a process; pass on every other line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if not line.startswith("INFO: "):
+                    print(line, file=sys.stderr)
+
+
+class Onnx:
+    package = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.dtype = np.dtype(np.float32)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.name: pixels.astype(np.float32)})[0]
+
+
+def open_model(bundle: Path, manifest: dict, threads: int):
+    """The bundle's model through its runtime; a missing runtime is a one-line Failure."""
+    path = bundle / manifest["model"]["file"]
+    kind = {".tflite": LiteRT, ".onnx": Onnx}.get(path.suffix)
+    if kind is None:
+        raise Failure(f"{path.name}: not a .tflite or .onnx model")
+    try:
+        model = kind(path, threads)
+    except ImportError as e:
+        raise Failure(f"{kind.package} is not installed ({e}); "
+                      f"pip install -r {bundle / 'requirements.txt'}") from None
+    except Exception as e:  # the runtimes' own error types (onnxruntime's Fail, ...): one line
+        raise Failure(f"{path.name}: the runtime cannot load it: {one_line(e)}") from None
+    note_version(manifest)
+    return model
+
+
+def predict(model, pixels: np.ndarray) -> np.ndarray:
+    """Probabilities (N, classes) for uint8 pixels (N, 32, 32, 3), BATCH images a call."""
+    try:
+        return np.concatenate([model.run(pixels[i:i + BATCH])
+                               for i in range(0, len(pixels), BATCH)])
+    except Exception as e:
+        raise Failure(f"the runtime failed: {one_line(e)}") from None
+
+
+# --------------------------------------------------------------------------- inputs
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (32, 32, 3); other sizes are resized, with a note."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{path}: not a readable image ({one_line(e)})") from None
+    if rgb.size != SIZE:
+        print(f"note: {path} is {rgb.size[0]}x{rgb.size[1]}; resized to 32x32 (bilinear): the "
+              f"model only sees 32x32 images, so expect lower accuracy", file=sys.stderr)
+        rgb = rgb.resize(SIZE, Image.Resampling.BILINEAR)
+    return np.asarray(rgb, np.uint8)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files given and, in place of each folder, its PNG/JPEG files by name."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir()
+                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise UsageError(f"{path}: a folder without PNG or JPEG images")
+            files += inside
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    return files
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Key x: uint8 images (N, 32, 32, 3); key y (optional): their class indices (N,)."""
+    try:
+        with np.load(path) as data:
+            x = data["x"] if "x" in data.files else None
+            y = data["y"] if "y" in data.files else None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable .npz file ({one_line(e)})") from None
+    if x is None or x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (*SIZE, 3):
+        got = "no key x" if x is None else f"x {x.dtype} {x.shape}"
+        raise UsageError(f"{path}: expected key x of uint8 images (N, 32, 32, 3), got {got}")
+    if y is not None and y.shape != (len(x),):
+        raise UsageError(f"{path}: key y has shape {y.shape}, expected ({len(x)},)")
+    return x, y
+
+
+# --------------------------------------------------------------------------- selftest
+
+def check_files(bundle: Path, manifest: dict) -> None:
+    """Every file the manifest lists is here with its recorded sha256."""
+    for name, facts in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file():
+            raise Failure(f"{name}: listed in manifest.json but missing")
+        if sha256(path) != facts["sha256"]:
+            raise Failure(f"{name}: sha256 differs from manifest.json (damaged or changed)")
+
+
+def compare(probs: np.ndarray, recorded: np.ndarray, tolerance: float,
+            classes: list[str]) -> str | None:
+    """Why ``probs`` break the recorded ones, or None. A class may differ from the recorded
+    one only where the recorded probabilities of the two classes are within ``tolerance``
+    (a near tie); every probability must be within ``tolerance`` of the recorded one."""
+    got, want = probs.argmax(1), recorded.argmax(1)
+    for i in np.flatnonzero(got != want):
+        margin = recorded[i, want[i]] - recorded[i, got[i]]
+        if margin > tolerance:
+            return (f"sample {i}: class {classes[got[i]]}, recorded {classes[want[i]]} with a "
+                    f"margin of {margin:.2e} over it (> tolerance {tolerance:g})")
+    diff = np.abs(probs - recorded)
+    i, c = np.unravel_index(diff.argmax(), diff.shape)
+    if diff[i, c] > tolerance:
+        return (f"sample {i}: probability of {classes[c]} {probs[i, c]:.6f}, recorded "
+                f"{recorded[i, c]:.6f}: off by {diff[i, c]:.2e} (> tolerance {tolerance:g})")
+    return None
+
+
+def selftest(bundle: Path, manifest: dict, model) -> str:
+    """Run the shipped samples and check them against the probabilities recorded at export."""
+    check_files(bundle, manifest)
+    test, classes = manifest["selftest"], manifest["classes"]
+    if model.dtype != np.dtype(manifest["input"]["dtype"]):
+        raise Failure(f"the model takes {model.dtype}, manifest.json says "
+                      f"{manifest['input']['dtype']}")
+    with np.load(bundle / test["file"]) as data:
+        x, y, recorded = data["x"], data["y"], data["probs"]
+    probs = predict(model, x)
+    if probs.shape != recorded.shape:
+        raise Failure(f"the model answers {probs.shape}, recorded {recorded.shape}")
+    problem = compare(probs, recorded, test["tolerance"], classes)
+    if problem:
+        raise Failure(f"selftest failed: {problem}")
+    flips = int((probs.argmax(1) != recorded.argmax(1)).sum())
+    return (f"selftest ok: {len(x)} samples, {manifest['model']['precision']} "
+            f"{manifest['runtime']['name']}: max |p - recorded| "
+            f"{np.abs(probs - recorded).max():.2e} <= {test['tolerance']:g}, "
+            f"{flips} class changes in near ties; accuracy {np.mean(probs.argmax(1) == y):.4f} "
+            f"(recorded {test['accuracy']:.4f})")
+
+
+# --------------------------------------------------------------------------- output
+
+def print_rows(names: list[str], probs: np.ndarray, classes: list[str], top: int,
+               as_json: bool) -> None:
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    width = max(len("image"), *(len(n) for n in names))
+    if not as_json:
+        print(f"{'image':<{width}}" + "".join(f"  {'class':<11}{'prob':>6}" for _ in range(top)))
+    for name, p, ranks in zip(names, probs, best):
+        if as_json:
+            print(json.dumps({"image": name, "top": [
+                {"class": classes[c], "index": int(c), "probability": round(float(p[c]), 6)}
+                for c in ranks]}))
+        else:
+            print(f"{name:<{width}}" + "".join(f"  {classes[c]:<11}{p[c]:>6.3f}" for c in ranks))
+
+
+def print_summary(probs: np.ndarray, y: np.ndarray | None, dumped: str | None,
+                  as_json: bool) -> None:
+    summary = {"images": len(probs)}
+    if dumped:
+        summary["probabilities"] = dumped
+    if y is not None:
+        summary["accuracy"] = round(float(np.mean(probs.argmax(1) == y)), 6)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    if dumped:
+        print(f"wrote {dumped}: {probs.shape[0]} x {probs.shape[1]} probabilities (float32)")
+    if y is not None:
+        print(f"accuracy {summary['accuracy']:.4f} on {len(probs)} images")
+
+
+# --------------------------------------------------------------------------- main
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UsageError(f"{message} (see --help)")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = Parser(prog="predict.py", description="Classify images with this bundle's "
+                    "model (see README.md).")
+    parser.add_argument("images", nargs="*", help="PNG/JPEG files or folders (every PNG/JPEG "
+                        "in a folder, by name; not its subfolders).")
+    parser.add_argument("--npz", help="Images from a .npz instead: key x uint8 (N, 32, 32, 3); "
+                        "with key y (class indices) the accuracy is printed.")
+    parser.add_argument("--top", type=int, default=1, help="Classes to print per image "
+                        "(default 1).")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table.")
+    parser.add_argument("--dump-probs", metavar="OUT.npy", help="Write every probability "
+                        "(N, classes) float32, in input order, and print a summary only.")
+    parser.add_argument("--selftest", action="store_true", help="Check the shipped samples "
+                        "against the probabilities recorded at export.")
+    parser.add_argument("--threads", type=int, default=1, help="Runtime threads (default 1).")
+    args = parser.parse_args(argv)
+    if args.selftest and (args.images or args.npz or args.dump_probs):
+        raise UsageError("--selftest takes no images, --npz or --dump-probs")
+    if not args.selftest and bool(args.images) == bool(args.npz):
+        raise UsageError("give image files/folders, or --npz FILE, or --selftest")
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: must be at least 1")
+    return args
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    manifest = read_manifest(HERE)
+    classes = manifest["classes"]
+    if not 1 <= args.top <= len(classes):
+        raise UsageError(f"--top {args.top}: must be 1 to {len(classes)}")
+    if args.selftest:
+        print(selftest(HERE, manifest, open_model(HERE, manifest, args.threads)))
+        return
+    if args.npz:
+        x, y = read_npz(Path(args.npz))
+        names = [f"{args.npz}[{i}]" for i in range(len(x))]
+    else:
+        files = image_files(args.images)
+        x, y, names = np.stack([read_image(f) for f in files]), None, [str(f) for f in files]
+    probs = predict(open_model(HERE, manifest, args.threads), x)
+    if args.dump_probs:
+        np.save(args.dump_probs, probs.astype(np.float32))
+    else:
+        print_rows(names, probs, classes, args.top, args.json)
+    if args.dump_probs or y is not None:
+        print_summary(probs, y, args.dump_probs, args.json)
+
+
+def read_manifest(bundle: Path) -> dict:
+    try:
+        return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise Failure(f"{bundle / 'manifest.json'}: unreadable ({one_line(e)})") from None
+
+
+def note_version(manifest: dict) -> None:
+    recorded = manifest["runtime"]
+    try:
+        here = metadata.version(recorded["package"])
+    except metadata.PackageNotFoundError:
+        return
+    if here != recorded["version"]:
+        print(f"note: {recorded['package']} {here} here, {recorded['version']} when the bundle "
+              f"was made", file=sys.stderr)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except UsageError as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+    except Failure as e:
+        print(f"predict.py: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # | head
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
