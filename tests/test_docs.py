@@ -81,6 +81,8 @@ def test_cited_records_exist(page):
     for path in sorted(set(RECORD.findall(page.read_text(encoding="utf-8")))):
         if any(part in path for part in MADE_NOT_COMMITTED):
             continue
+        if path.endswith(".tar.gz"):  # a deploy archive: made again, its checksum committed
+            path += ".sha256"
         # A placeholder such as results/reference/runs/<run>/config.json must match a file.
         pattern = re.sub(r"<[^>]+>", "*", path)
         if not list(REPO.glob(pattern.rstrip("/"))):
