@@ -394,7 +394,7 @@ def run_predict(python_cmd: list[str], env: dict, bundle: Path,
     seconds = round(time.perf_counter() - start, 2)
     # The JSON lines of an image run are compared, not kept; the rest is kept as evidence.
     said = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
-                     if not line.startswith("{"))
+                     if not line.startswith("{")).replace(str(Path.home()), "~")  # no absolute paths
     if done.returncode:
         raise RunFailed(f"predict.py {args[0]} exited {done.returncode} after {seconds} s: "
                         f"{said[-1500:]}")
@@ -416,7 +416,7 @@ def load_test_set(cache: Path, archive: Path | None,
         np.savez(tmp, x=x, y=y)
         tmp.replace(path)
     return path, x, y, {"images": int(len(y)), "archive_sha256": ds.sha256,
-                        "source": Path(ds.source).name}
+                        "source": ds.record["source"]}
 
 
 def write_images(folder: Path, x: np.ndarray, count: int) -> list[Path]:

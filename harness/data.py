@@ -122,7 +122,9 @@ class Dataset:
     @property
     def record(self) -> dict:
         """What a run records about its data."""
-        return {"sha256": self.sha256, "source": self.source, "verified": self.verified,
+        # the archive's file name only: an absolute path means nothing on another machine
+        return {"sha256": self.sha256, "source": Path(self.source).name,
+                "verified": self.verified,
                 "train_images": int(len(self.x_train)), "test_images": int(len(self.x_test))}
 
 
