@@ -153,22 +153,13 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
     from harness import data as data_mod
     from harness import runtimes
     from harness.bench import latency_us
-    from harness.export import export_run
     from harness.records import machine_facts
 
     fmt, package = RUNTIMES[runtime]["format"], RUNTIMES[runtime]["package"]
-    # The export is made in a scratch copy of the run (its model linked), so deploying
-    # leaves the run's own exports/ and their records as they were.
     with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        work = RunDir(Path(scratch) / run.name)
-        work.path.mkdir()
-        work.model.symlink_to(run.model.resolve())
-        (rec,) = export_run(work, ds, (fmt,), (quantization,))
-        if rec["flagged"] and not allow_flagged:
-            raise DeployError(f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of "
-                              f"test accuracy against the Keras model, more than export "
-                              f"allows; --allow-flagged bundles it anyway")
-        shutil.copyfile(work.path / "exports" / rec["file"], folder / rec["file"])
+        rec, exported = export_in_scratch(run, ds, Path(scratch), fmt, quantization,
+                                          allow_flagged)
+        shutil.copyfile(exported, folder / rec["file"])
     model = runtimes.load(folder / rec["file"], threads=1)
     contract = input_contract(model)  # before any call resizes the input
     test = data_mod.split(ds).test
@@ -352,6 +343,24 @@ def write_mcu(run: RunDir, ds, folder: Path, flash_kb: int | None, ram_kb: int |
             from None
     budget = {k: v for k, v in (("flash_kb", flash_kb), ("ram_kb", ram_kb)) if v is not None}
     return write_mcu_bundle(run, ds, folder, allow_flagged=allow_flagged, **budget)
+
+
+def export_in_scratch(run: RunDir, ds, scratch: Path, fmt: str, quantization: str,
+                      allow_flagged: bool) -> tuple[dict, Path]:
+    """The run's verified export (its record and file), made in a copy of the run under
+    ``scratch`` (its model linked), so deploying leaves the run's own exports/ and their
+    records as they were; DeployError for a flagged export unless ``allow_flagged``."""
+    from harness.export import export_run
+
+    work = RunDir(scratch / run.name)
+    work.path.mkdir()
+    work.model.symlink_to(run.model.resolve())
+    (rec,) = export_run(work, ds, (fmt,), (quantization,))
+    if rec["flagged"] and not allow_flagged:
+        raise DeployError(f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of test "
+                          f"accuracy against the Keras model, more than export allows; "
+                          f"--allow-flagged bundles it anyway")
+    return rec, work.path / "exports" / rec["file"]
 
 
 def sha256_file(path: Path) -> str:

@@ -196,22 +196,10 @@ def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict) 
 
 
 def export_int8(run: RunDir, ds, scratch: Path, allow_flagged: bool) -> tuple[dict, Path]:
-    """The run's verified int8 export and its file, made in a copy of the run under
-    ``scratch`` (its model linked) so that the run's own exports/ and their records stay
-    as they were, as the linux bundle does; DeployError for a flagged export unless
-    ``allow_flagged``."""
-    from harness.deploy import DeployError
-    from harness.export import export_run
+    """The run's verified int8 TFLite export, as the linux bundle makes its exports."""
+    from harness.deploy import export_in_scratch
 
-    work = RunDir(scratch / run.name)
-    work.path.mkdir()
-    work.model.symlink_to(run.model.resolve())
-    (rec,) = export_run(work, ds, ("tflite",), ("int8",))
-    if rec["flagged"] and not allow_flagged:
-        raise DeployError(f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of test "
-                          f"accuracy against the Keras model, more than export allows; "
-                          f"--allow-flagged bundles it anyway")
-    return rec, work.path / "exports" / rec["file"]
+    return export_in_scratch(run, ds, scratch, "tflite", "int8", allow_flagged)
 
 
 def check_on_tflm(model_bytes: bytes, flash_kb: int | None, ram_kb: int | None) -> dict:
