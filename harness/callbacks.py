@@ -51,7 +51,10 @@ class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
 class MixupBatches(keras.utils.PyDataset):
     """Shuffled batches of mixed images and targets (Zhang et al. 2018, one lambda per
     image) from ``x`` and (N, classes) float ``targets``; see
-    :func:`harness.train.mixup_batches`, which makes them.
+    :func:`harness.train.mixup_batches`, which makes them. ``alpha`` 0 mixes nothing.
+
+    With views, ``x`` is (V, N, ...) and ``targets`` (V, N, classes): each image of a
+    batch comes as one of its V views, drawn at random, with that view's targets.
 
     Batch ``i`` of epoch ``e`` draws from its own generator, seeded by (seed, e, i), so
     the batches are the same whatever the number of ``workers``; ``epoch`` is the first
@@ -61,18 +64,27 @@ class MixupBatches(keras.utils.PyDataset):
                  seed: int, workers: int, epoch: int = 0):
         super().__init__(workers=workers)
         self.x, self.targets, self.batch_size = x, targets, batch_size
+        self.views = targets.ndim == 3
+        self.n = x.shape[1] if self.views else len(x)
         self.alpha, self.seed = alpha, seed
         self.epoch = epoch - 1
         self.on_epoch_end()
 
     def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
+        return math.ceil(self.n / self.batch_size)
 
     def __getitem__(self, i):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        images = self.x[idx].astype(np.float32)
-        labels = self.targets[idx].astype(np.float32)
+        if self.views:
+            view = rng.integers(len(self.x), size=len(idx))
+            images = self.x[view, idx].astype(np.float32)
+            labels = self.targets[view, idx].astype(np.float32)
+        else:
+            images = self.x[idx].astype(np.float32)
+            labels = self.targets[idx].astype(np.float32)
+        if not self.alpha:
+            return images, labels
         lam = rng.beta(self.alpha, self.alpha, size=len(idx)).astype(np.float32)
         partner = rng.permutation(len(idx))
         w = lam.reshape(-1, *[1] * (images.ndim - 1))
@@ -82,7 +94,7 @@ class MixupBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.epoch += 1
-        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
 
 
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):

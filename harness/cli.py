@@ -6,23 +6,25 @@ Heavy libraries (Keras, TensorFlow) are imported inside the commands that need t
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the output; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from harness import compare as compare_mod
 from harness import data as data_mod
 from harness.config import PRESETS, SETTINGS, ConfigError, resolve
-from harness.records import RunDir
+from harness.hardware import device_option
+from harness.records import NAME, BadName, RunDir, check_name
 
 
 class Context:
@@ -41,6 +43,70 @@ class _Warnings(logging.Handler):
         click.secho(f"warning: {record.getMessage()}", err=True, fg="yellow")
 
 
+# TensorFlow (2.19 and later) logs its start-up from C++ through absl: oneDNN notes, CUDA
+# probing ("Could not find cuda drivers", "failed call to cuInit" where there is no GPU),
+# partly before it reads TF_CPP_MIN_LOG_LEVEL (tensorflow/tensorflow#100442). So unless
+# --verbose, the level is set to 3 (fatal only) and the first `import tensorflow` runs with
+# stderr (fd 2) fed through a filter that drops absl's I, W and E lines and passes the rest.
+# The filter is a process, not a thread, so a crash during the import still shows its last
+# words. GPUs are left alone: JAX and TensorFlow see the same devices as without it.
+_ABSL_LINE = (rb"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "  # absl: I0000 00:00:...
+              rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "  # TF's older own
+              rb"|WARNING: All log messages before absl::InitializeLog\(\) is called")
+_SIEVE = (f"import re, sys\nnoise = re.compile({_ABSL_LINE!r})\n"
+          "for line in sys.stdin.buffer:\n"
+          "    if not noise.match(line):\n"
+          "        sys.stderr.buffer.write(line)\n"
+          "        sys.stderr.buffer.flush()\n")
+
+
+@contextlib.contextmanager
+def _sieved_stderr():
+    """While inside, everything written to fd 2 (C++ and Python) goes through _SIEVE."""
+    sys.stderr.flush()
+    sieve = subprocess.Popen([sys.executable, "-I", "-S", "-c", _SIEVE], stdin=subprocess.PIPE)
+    real = os.dup(2)
+    os.dup2(sieve.stdin.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        os.close(real)
+        sieve.stdin.close()
+        try:
+            sieve.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # something the import started holds the pipe open
+            sieve.kill()
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as usual, once, and has it load inside _sieved_stderr."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and sys.executable:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                with _sieved_stderr():
+                    load(module)
+
+            spec.loader.exec_module = exec_module  # the module keeps its real __loader__
+        return spec
+
+
+def _quiet_tensorflow() -> None:
+    """TensorFlow's C++ log: fatal errors only, and no start-up lines (see _ABSL_LINE)."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--archive", type=click.Path(path_type=Path), envvar="HARNESS_ARCHIVE",
               help="Local cifar-10-python.tar.gz (or extracted folder) to use instead of "
@@ -51,9 +117,16 @@ class _Warnings(logging.Handler):
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path),
               envvar="HARNESS_RESULTS", default=Path("results"), show_default=True,
               help="Folder for run directories (runs/<name>/). Env: HARNESS_RESULTS.")
+@click.option("--verbose", is_flag=True, envvar="HARNESS_VERBOSE",
+              help="Show TensorFlow's C++ log as TF_CPP_MIN_LOG_LEVEL sets it (TensorFlow's "
+                   "default: everything). Without it harness hides that log's start-up "
+                   "lines (oneDNN, CUDA probing) and all but fatal errors. "
+                   "Env: HARNESS_VERBOSE=1.")
 @click.pass_context
-def main(ctx, archive, home, results):
+def main(ctx, archive, home, results, verbose):
     """How far can a network with no convolutions go on CIFAR-10, and how fast can it answer?"""
+    if not verbose:
+        _quiet_tensorflow()
     logger = logging.getLogger("harness")
     if not logger.handlers:
         logger.addHandler(_Warnings())
@@ -114,6 +187,27 @@ def data_info(obj: Context, as_json: bool):
     click.echo(f"{'total':<12}" + "".join(f"{sum(counts[s].values()):>8}" for s in counts))
 
 
+# --------------------------------------------------------------------------- names
+
+def _name_option(what: str):
+    """A --name callback: the one rule for names that become folders (harness.records.NAME);
+    a bad name stops the command with exit 2 before it reads or writes anything."""
+    def check(ctx, param, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_name(value, what)
+        except BadName as e:
+            raise click.BadParameter(str(e)) from None
+    return check
+
+
+def _derived_name(name: str) -> str:
+    """A default name made from a run's folder name, which may break the rule: exit 2."""
+    try:
+        return check_name(name, "run name")
+    except BadName as e:
+        raise click.BadParameter(f"{e}; give one with --name", param_hint="--name") from None
+
+
 # --------------------------------------------------------------------------- train
 
 def _setting_option(name: str, f) -> click.Option:
@@ -131,7 +225,10 @@ def _setting_option(name: str, f) -> click.Option:
         kind = click.FloatRange(**bounds) if ranged else float
     else:
         kind = str
-    return click.option(f"--{name.replace('_', '-')}", name, type=kind, help=meta["help"])
+    names = {"name": "name", "teacher": "run name"}  # a folder made, a run read
+    callback = _name_option(names[name]) if name in names else None
+    return click.option(f"--{name.replace('_', '-')}", name, type=kind, help=meta["help"],
+                        callback=callback)
 
 
 def _train_options(f):
@@ -153,6 +250,7 @@ def _train_options(f):
 
 @main.command()
 @_train_options
+@device_option
 @click.option("--overwrite", is_flag=True, help="Delete an existing run of this name first.")
 @click.pass_obj
 def train(obj: Context, preset, config_file, overwrite, **flags):
@@ -207,6 +305,7 @@ def _range(kind=float):
 
 @main.command("sweep-lr")
 @_train_options
+@device_option
 @click.option("--rates", default=",".join(f"{r:g}" for r in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3,
                                                                  3e-3, 1e-2)),
               show_default=True, callback=lambda c, p, v: _floats(v, None),
@@ -229,6 +328,7 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
 
 @main.command()
 @_train_options
+@device_option
 @click.option("--tuner", "kind", type=click.Choice(["bayesian", "hyperband", "random"]),
               default="bayesian", show_default=True, help="KerasTuner search algorithm.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
@@ -314,7 +414,8 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
 
 def _run_dir(obj: Context, run: Path) -> RunDir:
     """A run given as a path, or as a name under results/runs/; must hold model.keras."""
-    run_dir = RunDir(run) if run.exists() else RunDir.named(obj.results, str(run))
+    named = not run.exists() and NAME.fullmatch(str(run))
+    run_dir = RunDir.named(obj.results, str(run)) if named else RunDir(run)
     if not run_dir.model.exists():
         raise click.BadParameter(f"{run}: no finished run here (no model.keras)", param_hint="RUN")
     return run_dir
@@ -349,15 +450,6 @@ def export(obj: Context, run: Path, formats, quantizations):
         raise click.ClickException("an export lost more accuracy than allowed (see FLAGGED)")
 
 
-def _bundle_name(ctx, param, value: str | None) -> str | None:
-    from harness.deploy import DeployError, check_name
-
-    try:
-        return None if value is None else check_name(value)
-    except DeployError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["linux", "mcu"]), required=True,
@@ -371,8 +463,9 @@ def _bundle_name(ctx, param, value: str | None) -> str | None:
               help="Precision of the model file [default: float32 for linux, int8 for mcu].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the bundle and its .tar.gz [default: <results>/deploy].")
-@click.option("--name", callback=_bundle_name, help="Bundle name: letters, digits, - _ . "
-              "(first a letter, digit or _) [default: <run>-<target>-<runtime>-<precision>].")
+@click.option("--name", callback=_name_option("bundle name"), help="Bundle name: letters, "
+              "digits, - _ . (first a letter, digit or _) "
+              "[default: <run>-<target>-<runtime>-<precision>].")
 @click.option("--flash-kb", type=click.IntRange(min=1), help="mcu: flash budget in KiB.")
 @click.option("--ram-kb", type=click.IntRange(min=1), help="mcu: RAM budget in KiB.")
 @click.option("--calls", type=click.IntRange(min=10), default=2000, show_default=True,
@@ -422,15 +515,17 @@ def bench(obj: Context, runs, export_kind, calls, warmup):
     """
     from harness.bench import bench_run, format_rows, write_bench
     from harness.export import ExportError
+    from harness.schemas import RecordError
 
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
         try:
             record = bench_run(run_dir, ds, export_kind, calls, warmup)
-        except ExportError as e:
+            written = write_bench(record, obj.results)
+        except (ExportError, RecordError) as e:  # a record that breaks its format: not written
             raise click.ClickException(str(e)) from None
-        click.echo(f"{run_dir.name}  ->  {write_bench(record, obj.results)}")
+        click.echo(f"{run_dir.name}  ->  {written}")
         click.echo(format_rows(record["rows"]))
 
 
@@ -477,6 +572,8 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key):
     text, left_out = compare_mod.printed_table(report.rows, fmt, columns,
                                                shutil.get_terminal_size().columns)
     click.echo(text)
+    for line in compare_mod.versus_summary(report.versus):
+        click.echo(line, err=True)
     if left_out:
         click.echo(f"left out to fit the terminal: {', '.join(left_out)} (--columns chooses; "
                    "results.csv has every column)", err=True)
@@ -532,7 +629,8 @@ def predict(model: Path, images, top: int):
 @click.option("--threshold", type=click.FloatRange(min=0), help="Zero |w| <= this.")
 @click.option("--target-sparsity", type=click.FloatRange(0, 1, max_open=True),
               help="Zero the smallest weights up to this fraction (all Dense kernels).")
-@click.option("--name", help="New run name (default <run>-sparse).")
+@click.option("--name", callback=_name_option("run name"),
+              help="New run name (default <run>-sparse).")
 @click.pass_obj
 def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
     """Zero the small weights of a run (best after training with --l1); a new run."""
@@ -541,8 +639,8 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
     from harness.sparsity import sparsify as run_sparsify
 
     parent = _run_dir(obj, run)
-    m = run_sparsify(parent, obj.dataset(), obj.results, name or f"{parent.name}-sparse",
-                     threshold, target_sparsity)
+    name = name or _derived_name(f"{parent.name}-sparse")
+    m = run_sparsify(parent, obj.dataset(), obj.results, name, threshold, target_sparsity)
     for layer in m["sparsity_per_layer"]:
         click.echo(f"{layer['layer']:<20}{str(layer['shape']):<14}{layer['sparsity']:>8.1%}")
     click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
@@ -555,15 +653,16 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
               default=0.8, show_default=True, help="Target fraction of zero Dense weights.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
               help="Fine-tuning epochs (the polynomial schedule reaches the target at 80%).")
-@click.option("--name", help="New run name (default <run>-pruned<percent>).")
+@click.option("--name", callback=_name_option("run name"),
+              help="New run name (default <run>-pruned<percent>).")
 @click.pass_obj
 def prune(obj: Context, run: Path, sparsity, epochs, name):
     """Magnitude pruning with tensorflow-model-optimization, fine-tuned; a new run."""
     from harness.sparsity import prune_magnitude
 
     parent = _run_dir(obj, run)
-    m = prune_magnitude(parent, obj.dataset(), obj.results,
-                        name or f"{parent.name}-pruned{round(sparsity * 100)}", sparsity, epochs,
+    name = name or _derived_name(f"{parent.name}-pruned{round(sparsity * 100)}")
+    m = prune_magnitude(parent, obj.dataset(), obj.results, name, sparsity, epochs,
                         verbose=1 if sys.stdout.isatty() else 2)
     click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
                f"-> {RunDir.named(obj.results, m['run']).path}")
@@ -577,9 +676,10 @@ def prune(obj: Context, run: Path, sparsity, epochs, name):
               help="Fine-tuning epochs.")
 @click.option("--lr-scale", type=click.FloatRange(0, min_open=True), default=1.0,
               show_default=True, help="Fine-tuning rate as a multiple of the parent's.")
-@click.option("--teacher", help="Distill from this finished run while fine-tuning "
-              "(the parent run is a good choice).")
-@click.option("--name", help="New run name (default <run>-units<N>).")
+@click.option("--teacher", callback=_name_option("run name"), help="Distill from this "
+              "finished run while fine-tuning (the parent run is a good choice).")
+@click.option("--name", callback=_name_option("run name"),
+              help="New run name (default <run>-units<N>).")
 @click.pass_obj
 def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     """Structured pruning: drop the weakest hidden units, rebuild narrower layers, fine-tune."""
@@ -589,8 +689,11 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     parent = _run_dir(obj, run)
     cfg = from_dict(parent.read_config())
     _select_backend(cfg.backend)
-    m = run_prune(parent, obj.dataset(), obj.results, name, keep, epochs, lr_scale=lr_scale,
-                  teacher=teacher)
+    try:
+        m = run_prune(parent, obj.dataset(), obj.results, name, keep, epochs, lr_scale=lr_scale,
+                      teacher=teacher)
+    except (BadName, ConfigError) as e:  # the default name <run>-units<N>, or the teacher's
+        raise click.UsageError(str(e)) from None
     click.echo(_summary(obj.results, m["run"], m))
 
 

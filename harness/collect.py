@@ -1,4 +1,5 @@
-"""Finding and reading records: every run, tuning search and bench record under some paths.
+"""Finding and reading records: every run, tuning search, bench record and budgeted training
+run (``frontier/*.json``, written by benchmarks/frontier.py) under some paths.
 
 ``collect_records(paths)`` walks ``paths`` recursively and checks each record against its
 format in harness.schemas. A file that breaks it is named with the reason and skipped; a
@@ -47,10 +48,17 @@ class TuningRecord:
 
 
 @dataclass
+class FrontierRecord:
+    path: Path                        # frontier/frontier-<run>.json (benchmarks/frontier.py)
+    record: dict
+
+
+@dataclass
 class Records:
     runs: list[RunRecord] = field(default_factory=list)
     benches: list[BenchRecord] = field(default_factory=list)
     tunings: list[TuningRecord] = field(default_factory=list)
+    frontiers: list[FrontierRecord] = field(default_factory=list)   # budgeted training runs
     skipped: list[tuple[Path, str]] = field(default_factory=list)   # malformed: path, reason
     notes: list[str] = field(default_factory=list)                  # left out on purpose
 
@@ -99,13 +107,15 @@ def read_history(path: Path) -> list[tuple[int, float]]:
 
 
 def record_kind(path: Path) -> str | None:
-    """'run', 'tuning', 'bench' or None, from where the file sits and its name."""
+    """'run', 'tuning', 'bench', 'frontier' or None, from where the file sits and its name."""
     if path.name == "metrics.json":
         return "run"
     if path.name == "summary.json":
         return "tuning"
     if path.suffix == ".json" and path.parent.name == "bench":
         return "bench"
+    if path.suffix == ".json" and path.parent.name == "frontier":
+        return "frontier"
     return None
 
 
@@ -139,6 +149,8 @@ def collect_records(paths: Sequence[Path]) -> Records:
                 _add_run(records, path, check_run(record))
             elif kind == "tuning":
                 records.tunings.append(TuningRecord(path, check_tuning(record)))
+            elif kind == "frontier":
+                records.frontiers.append(FrontierRecord(path, check_frontier(record)))
             elif isinstance(record.get("benchmark"), str) and record["benchmark"] != "bench":
                 if record["benchmark"] == "frontier":
                     check_frontier(record)

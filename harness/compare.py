@@ -11,6 +11,9 @@ against the formats declared in harness.schemas), builds the table and its Paret
                               scale), with MLPerf Tiny's ResNet-8 and quality target
     training_curves.png       validation accuracy per epoch of every run with a history.csv
 
+report.md also sets the fully connected nets against the CNNs at equal training time,
+latency and flash (harness.versus).
+
 This module is what ``harness compare`` calls; it never imports TensorFlow or Keras, and
 Matplotlib only to draw.
 """
@@ -29,10 +32,13 @@ from harness.records import atomic_write_bytes, atomic_write_csv, atomic_write_t
 from harness.table import (DEFAULT_KEYS, FORMATS, SORT_KEYS, build_rows, csv_rows, flash_of,
                            format_rows, machine_label, machines, mark_pareto, parse_columns,
                            printed_table, reference_row, run_labels, sort_rows)
+from harness.versus import Matchup, all_matchups
+from harness.versus import render as versus_section
+from harness.versus import summary as versus_summary
 
 # What harness.cli's compare command uses, from this one module.
 __all__ = ["FORMATS", "SORT_KEYS", "NoRecords", "Report", "collect_records", "compare",
-           "format_rows", "parse_columns", "printed_table", "report"]
+           "format_rows", "parse_columns", "printed_table", "report", "versus_summary"]
 
 
 class NoRecords(ValueError):
@@ -44,6 +50,7 @@ class Report:
     records: Records
     rows: list[dict]
     files: list[Path]
+    versus: dict[str, list[Matchup]]   # fully connected against CNN, per axis (harness.versus)
 
 
 def compare(paths: Sequence[Path], out: Path, sort: str = "accuracy") -> Report:
@@ -60,10 +67,12 @@ def report(records: Records, out: Path, sort: str = "accuracy",
                         f"{', '.join(str(p) for p in sources) or 'the paths'} "
                         f"({len(records.skipped)} file(s) skipped)")
     rows = sort_rows(mark_pareto(build_rows(records)), sort)
-    return Report(records, rows, write_report(records, rows, Path(out), sources))
+    versus = all_matchups(records, rows)
+    return Report(records, rows, write_report(records, rows, versus, Path(out), sources), versus)
 
 
-def write_report(records: Records, rows: list[dict], out: Path, sources: Sequence[Path]) -> list[Path]:
+def write_report(records: Records, rows: list[dict], versus: dict[str, list[Matchup]], out: Path,
+                 sources: Sequence[Path]) -> list[Path]:
     """report.md, results.csv and the three PNGs in ``out``, each written atomically."""
     files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
              "accuracy_vs_flash.png": plot_accuracy_flash(rows),
@@ -71,7 +80,7 @@ def write_report(records: Records, rows: list[dict], out: Path, sources: Sequenc
     for name, png in files.items():
         atomic_write_bytes(out / name, png)
     atomic_write_csv(out / "results.csv", csv_rows(rows))
-    atomic_write_text(out / "report.md", render_markdown(records, rows, sources))
+    atomic_write_text(out / "report.md", render_markdown(records, rows, versus, sources))
     return [out / "report.md", out / "results.csv", *(out / name for name in files)]
 
 
@@ -114,7 +123,8 @@ def _flash_words(rows: list[dict]) -> str:
             "are placed by their file size, the same figure.")
 
 
-def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path]) -> str:
+def render_markdown(records: Records, rows: list[dict], versus: dict[str, list[Matchup]],
+                    sources: Sequence[Path]) -> str:
     calls = sorted({(b.record["calls"], b.record["warmup"]) for b in records.benches})
     timing = ", ".join(f"{c} timed calls after {w} warm-up calls" for c, w in calls)
     on = machines(rows)
@@ -141,6 +151,7 @@ def render_markdown(records: Records, rows: list[dict], sources: Sequence[Path])
         "![training curves](training_curves.png)", "",
         ("Validation accuracy after each epoch, from each run's `history.csv` (runs made by "
         "sparsify or prune have none; prune-units runs show their fine-tuning epochs)."), "",
+        *versus_section(versus),
         "## All results", "",
         ("`*`: Pareto-optimal (test accuracy against batch-1 p50"
          + (", among the rows of the same machine" if several else "") + "). `!`: flagged by "

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from harness.records import NAME
+
 ARCHITECTURES = ("plain", "batchnorm", "resnet8")
 DENSE = ("plain", "batchnorm")  # the fully connected architectures
 ACTIVATIONS = ("selu", "elu", "relu", "leaky-relu", "gelu")
@@ -97,6 +99,13 @@ class TrainConfig:
     teacher_weight: float = setting(
         0.7, "Weight of the teacher's probabilities in the targets (the rest: the labels).",
         kind=float, low=0, high=1)
+    teacher_views: int = setting(
+        0, "Consistent distillation: the teacher labels this many augmented views of each "
+        "training image once, before the first epoch; each epoch the student sees one of "
+        "them per image with the teacher's probabilities for that very view (0 = the "
+        "teacher labels the clean images, the model augments on its own).", kind=int,
+        low=0, high=64, check=(lambda v, cfg: not v or (cfg.teacher and cfg.augment != "none"),
+                               "needs a teacher and an augmentation"))
     # --- optimisation
     optimizer: str = setting("nadam", "Optimizer.", kind=str,
                              choices=("nadam", "adamw", "lion"))
@@ -219,7 +228,8 @@ def settings_table() -> str:
 
 
 def _safe_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
+    """Whether ``name`` can be a folder of its own: the one rule, harness.records.NAME."""
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
 
 
 # The accuracy frontier without convolutions (benchmarks/frontier.py): fully connected

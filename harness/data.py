@@ -7,7 +7,9 @@ int); tar members are read in memory, never extracted, and refused when unsafe.
 
 A validated dataset is cached once as ``$HARNESS_HOME/cifar10.npz`` (plain arrays, no
 pickle), together with the sha256 of the archive it came from, so later commands load it
-in a fraction of a second and every run can record which data it saw.
+in a fraction of a second and every run can record which data it saw. Processes that start
+together on an empty cache (tuning workers, compose replicas sharing a volume) take turns
+through a lock: one downloads and imports, the others wait and then read its cache.
 
 Splits follow the study: validation = the first 10% of the training images (5,000 of
 50,000), train = the rest (45,000), test = the test batch (10,000).
@@ -15,6 +17,7 @@ Splits follow the study: validation = the first 10% of the training images (5,00
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import logging
@@ -22,22 +25,27 @@ import os
 import pickle
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from harness.records import atomic_write_bytes
+from harness.records import _UMASK, atomic_write_bytes
 
 log = logging.getLogger("harness")
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+# A mirror of the archive (or, in tests, a local server), and its sha256; read at each call.
+URL_ENV, SHA256_ENV = "HARNESS_CIFAR_URL", "HARNESS_CIFAR_SHA256"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 CACHE_NAME = "cifar10.npz"
+LOCK_NAME = ".cifar10.lock"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
@@ -295,6 +303,50 @@ def cache_path(home: Path | None = None) -> Path:
     return harness_home(home) / CACHE_NAME
 
 
+@contextmanager
+def cache_lock(home: Path | None = None):
+    """Hold the cache folder's lock: one process at a time downloads or imports.
+
+    fcntl.flock because it is in the standard library and the kernel drops it when its
+    holder dies (no stale lock to clear), also across containers sharing the volume. The
+    lock file is removed by its holder, so the folder holds only the data; a waiter that
+    wakes on a removed file locks the new one instead.
+    """
+    folder = harness_home(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process to fill the cache in {folder}",
+                      file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        _remove_leftovers(folder)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still held: no one else can have locked this file
+        os.close(fd)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Partial files of a process killed while it held the lock (none is writing now)."""
+    for pattern in (f".{ARCHIVE_NAME}.*.part", f"{ARCHIVE_NAME}.part", f".{CACHE_NAME}.*.tmp"):
+        for stale in folder.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 def _write_cache(ds: Dataset, home: Path | None) -> Path:
     buf = io.BytesIO()
     np.savez(buf, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
@@ -319,12 +371,30 @@ def read_cache(home: Path | None = None) -> Dataset | None:
                         "delete it and import the data again") from None
 
 
+def _cached_with(sha256: str, home: Path | None) -> Dataset | None:
+    """The cached dataset if it came from an archive with this sha256 (an unreadable cache
+    counts as none: it is about to be replaced)."""
+    try:
+        cached = read_cache(home)
+    except DataError:
+        return None
+    return cached if cached is not None and cached.sha256 == sha256 else None
+
+
 def import_data(path: Path, home: Path | None = None, sha256: str | None = None) -> Dataset:
-    """Validate an archive or extracted folder and cache it. Nothing is cached on error."""
+    """Validate an archive or extracted folder and cache it. Nothing is cached on error.
+
+    Under the cache's lock; when the cache already holds this archive (another process
+    imported it while this one waited), that cache is returned as it is."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     sha256 = sha256 or sha256_of(path)
+    with cache_lock(home):
+        return _cached_with(sha256, home) or _import_locked(path, home, sha256)
+
+
+def _import_locked(path: Path, home: Path | None, sha256: str) -> Dataset:
     arrays = read_folder(path) if path.is_dir() else read_archive(path)
     if sha256 == OFFICIAL_SHA256:
         verified = "checksum"
@@ -337,18 +407,28 @@ def import_data(path: Path, home: Path | None = None, sha256: str | None = None)
     return ds
 
 
-def download(home: Path | None = None, url: str = OFFICIAL_URL,
-             sha256: str = OFFICIAL_SHA256) -> Path:
-    """Download the official archive into the cache: temp file, verify, rename."""
+def download(home: Path | None = None, url: str | None = None,
+             sha256: str | None = None) -> Path:
+    """Download the archive into the cache folder, under the cache's lock: a temporary file
+    of its own, verified, then renamed. ``url`` and ``sha256`` default to $HARNESS_CIFAR_URL
+    and $HARNESS_CIFAR_SHA256, else the official ones. An archive already there and
+    verified (downloaded while this process waited) is not fetched again."""
+    with cache_lock(home):
+        return _download_locked(home, url, sha256)
+
+
+def _download_locked(home: Path | None, url: str | None, sha256: str | None) -> Path:
     import click  # only for the progress bar
 
+    url = url or os.environ.get(URL_ENV) or OFFICIAL_URL
+    sha256 = sha256 or os.environ.get(SHA256_ENV) or OFFICIAL_SHA256
     target = harness_home(home) / ARCHIVE_NAME
     if target.exists() and sha256_of(target) == sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
+    part = Path(name)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             chunks = iter(lambda: resp.read(1 << 20), b"")  # the bar counts 1 MiB chunks
             with click.progressbar(chunks, length=-(-total // (1 << 20)) or None,
@@ -359,6 +439,7 @@ def download(home: Path | None = None, url: str = OFFICIAL_URL,
         got = sha256_of(part)
         if got != sha256:
             raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}")
+        os.chmod(part, 0o666 & ~_UMASK)  # mkstemp makes 0600: the usual permissions
         os.replace(part, target)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise DataError(f"{url}: download failed ({e}); on a machine without internet, "
@@ -372,6 +453,8 @@ def load(archive: Path | None = None, home: Path | None = None) -> Dataset:
     """The dataset, from (in order) ``archive`` or $HARNESS_ARCHIVE, the cache, a download.
 
     A given archive is checked against the cache by sha256 and imported when it differs.
+    Without a cache, the first process downloads and imports under the cache's lock, and
+    processes that waited for it read its cache.
     """
     archive = archive or os.environ.get("HARNESS_ARCHIVE") or None
     if archive:
@@ -383,7 +466,12 @@ def load(archive: Path | None = None, home: Path | None = None) -> Dataset:
     cached = read_cache(home)
     if cached is not None:
         return cached
-    return import_data(download(home), home)
+    with cache_lock(home):
+        cached = read_cache(home)  # made while this process waited for the lock?
+        if cached is not None:
+            return cached
+        archive_path = _download_locked(home, None, None)
+        return _import_locked(archive_path, home, sha256_of(archive_path))
 
 
 def class_counts(ds: Dataset) -> dict[str, dict[str, int]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.records import (RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                             read_json)
+from harness.records import (BadName, RunDir, atomic_write_bytes, atomic_write_json,
+                             atomic_write_text, read_json)
+from harness.records import check_name as _check_name
 
 TARGETS = ("linux", "mcu")
 # --runtime: the file format it runs and the package that runs it on the device.
@@ -44,21 +44,21 @@ RUNTIMES = {"litert": {"format": "tflite", "package": "ai-edge-litert"},
             "onnx": {"format": "onnx", "package": "onnxruntime"}}
 # The selftest's tolerance per precision: the largest |p - recorded| allowed for any class
 # probability of a shipped sample on another machine (another CPU, OS or runtime build).
+# The quantized ones hold the largest difference found on the full test set between x86 and
+# emulated Cortex-A72/A76 with room to spare (docs/deploy.md, its arm64 records).
 TOLERANCES = {
     "float32": 1e-4,  # float32 throughout; another CPU sums in another order (SIMD width,
-                      # FMA): ~1e-6 apart; 1e-4 still catches any wrong input handling
+                      # FMA); 1e-4 still catches any wrong input handling
     "float16": 2e-3,  # float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK),
                       # unit roundoff 4.9e-4, accumulated over the layers
-    "dynamic": 1e-2,  # activations quantized in each call by the CPU's own kernels: up to
-                      # 8e-3 apart between x86 and arm64 (measured on a 2 x 64 net)
-    "int8": 1e-2,     # one output quantization step (1/256 = 3.9e-3) apart between x86 and
-                      # arm64 (same net); 1e-2 allows two steps and rounding
+    "dynamic": 5e-2,  # activations quantized in each call by the CPU's own kernels, which
+                      # differ between x86 and arm64 with dot-product instructions
+    "int8": 3e-2,     # one output quantization step is 1/256; CPUs may differ by a few
 }
 TOLERANCE_RULE = ("every class probability of every sample within the tolerance of the one "
                   "recorded; the predicted class may differ from the recorded one only where "
                   "the recorded probabilities of the two classes are within the tolerance")
 SAMPLES_PER_CLASS = 10  # test images shipped for the selftest: 100 for CIFAR-10, ~300 KB
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a folder name; never a path or option
 DEVICE_FILES = Path(__file__).with_name("device")
 
 
@@ -67,11 +67,12 @@ class DeployError(ValueError):
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a safe bundle name (a folder name, never a path); else DeployError."""
-    if not NAME.fullmatch(name):
-        raise DeployError(f"{name!r}: a bundle name is 1 to 100 letters, digits, '-', '_' or "
-                          "'.', starting with a letter, digit or '_'")
-    return name
+    """``name`` if it is a safe bundle name (harness.records.NAME, the rule for every folder
+    made from a name); else DeployError."""
+    try:
+        return _check_name(name, "bundle name")
+    except BadName as e:
+        raise DeployError(str(e)) from None
 
 
 def check_options(target: str, runtime: str, quantization: str | None,
@@ -409,6 +410,6 @@ def format_summary(result: dict) -> str:
         lines += [f"measured test accuracy {test['accuracy']:.4f} ({manifest['runtime']['name']} "
                   f"{manifest['model']['precision']}), batch-1 p50 {latency['p50_us']:.1f} us, "
                   f"p90 {latency['p90_us']:.1f} us, p99 {latency['p99_us']:.1f} us",
-                  f"selftest passed here; on the device: pip install -r requirements.txt && "
+                  "selftest passed here; on the device: pip install -r requirements.txt && "
                   f"python predict.py --selftest"]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.records import RunDir, atomic_write_text, read_json
+from harness.records import RunDir, atomic_write_text
 from harness.runtimes import LiteRTRuntime
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
@@ -267,15 +267,15 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
                      ram_kb: int | None = None, quantization: str = "int8",
                      allow_flagged: bool = False) -> dict:
     """Export ``run`` as full-integer int8, check it on TFLM and write the bundle into
-    ``folder`` (created; it must not hold anything else). Returns the manifest it wrote
-    (with the files' sha256); :func:`harness.deploy.finish_bundle` also writes
-    ``<folder>.tar.gz`` and its ``.sha256`` beside it.
+    ``folder`` (created; it must not hold anything else). Returns the bundle's manifest,
+    without the files' sha256, which :func:`harness.deploy.finish_bundle` adds as it writes
+    ``manifest.json``, ``<folder>.tar.gz`` and its ``.sha256``.
 
     ``flash_kb``/``ram_kb`` are budgets in KiB for the model and the tensor arena. Every
     refusal is a DeployError of one line, raised before anything is written."""
     from harness import data as data_mod
     from harness import footprint as fp
-    from harness.deploy import DeployError, finish_bundle
+    from harness.deploy import DeployError
     from harness.models import load_keras_model
 
     run, folder = (run if isinstance(run, RunDir) else RunDir(Path(run))), Path(folder)
@@ -313,5 +313,4 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
         "footprint": describe_footprint(footprint, macs, flash_kb, ram_kb),
         "accuracy": accuracy,
     }
-    finish_bundle(folder, manifest)
-    return read_json(folder / "manifest.json")
+    return manifest

@@ -98,6 +98,13 @@ def loss_for(cfg: TrainConfig):
 
 
 def _augmentation(cfg: TrainConfig):
+    """The model's training-time augmentation; none where the teacher's views (augmented
+    before training, harness.train.augmented_views) already are."""
+    return None if cfg.teacher_views else augmentation_layer(cfg)
+
+
+def augmentation_layer(cfg: TrainConfig):
+    """The configured augmentation layer (identity at inference), or None."""
     if cfg.augment == "none":
         return None
     from harness.layers import RandomFlipShift

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import re
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,6 +33,24 @@ from typing import Any
 # The statuses and schema version are part of the record formats; imported from here too.
 from harness.schemas import (COMPLETED, FAILED, METRICS_SCHEMA_VERSION, RUNNING,  # noqa: F401
                              RecordError, check_record)
+
+
+# A name that becomes one folder: a run, a sweep, a search, a bundle. Never a path, a hidden
+# file or something a shell reads as an option; every command checks its --name here, and
+# RunDir.named checks again before a run directory is made.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '-', '_' or '.', starting with a letter, digit or '_'"
+
+
+class BadName(ValueError):
+    """A name that cannot be a folder of its own; the message states the rule."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it keeps the rule (NAME); else BadName, saying what the name was for."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise BadName(f"{name!r}: a {what} is {NAME_RULE}")
+    return name
 
 
 def _read_umask() -> int:
@@ -114,8 +133,11 @@ def machine_facts() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "versions": library_versions()}
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+             "versions": library_versions()}
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) != os.cpu_count():
+        facts["cores_allowed"] = len(os.sched_getaffinity(0))  # pinned, e.g. by taskset
+    return facts
 
 
 @dataclass(frozen=True)
@@ -126,7 +148,8 @@ class RunDir:
 
     @classmethod
     def named(cls, results: Path, name: str) -> "RunDir":
-        return cls(Path(results) / "runs" / name)
+        """``<results>/runs/<name>``; BadName unless ``name`` keeps the rule (NAME)."""
+        return cls(Path(results) / "runs" / check_name(name, "run name"))
 
     @property
     def name(self) -> str:

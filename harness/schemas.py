@@ -58,13 +58,17 @@ def exactly(value: str) -> Field:
 
 # runs/<name>/metrics.json. Every run, whatever its status:
 RUN = {"schema": INT, "run": STR, "status": STR}
+# What the run trained on (harness.hardware.Device; since issue 21, so older records lack it):
+# the Keras backend, the device's kind ("gpu" or "cpu") and model, and how many the backend saw.
+RUN_DEVICE = {"backend": STR, "device.backend": STR, "device.kind": STR, "device.name": STR,
+              "device.count": COUNT}
 # A completed run also (a running or failed one has partial numbers and need not):
 RUN_COMPLETED = {"config.arch": STR, "config.activation": STR, "config.layers": INT,
                  "config.units": INT, "params.total": COUNT, "test.accuracy": FRACTION,
                  "test.loss": NUMBER}
 RUN_OPTIONAL = {"variant": STR, "parent": STR, "sparsity": FRACTION, "tuning.name": STR,
                 "tuning.trial_id": STR, "config.dropout": NUMBER, "config.l1": NUMBER,
-                "config.l2": NUMBER}
+                "config.l2": NUMBER, **RUN_DEVICE}
 
 # tuning/<name>/summary.json; best_run is relative to the summary's folder.
 TUNING = {"name": STR, "best_trial": STR, "best_run": STR, "trials": COUNT,

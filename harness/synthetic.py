@@ -10,6 +10,7 @@ opcode (checked against the real archive with ``pickletools``).
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import tarfile
 from pathlib import Path
@@ -73,15 +74,35 @@ def meta_pickle(per_batch: int) -> bytes:
                        (b"num_vis", _int(3072))])
 
 
-def make_batches(per_batch: int = 100, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Random but learnable images: each class has its own mean colour, plus noise."""
+# The corners of the cube [40, 215]^3 and the centres of its top and bottom faces: ten
+# colours at least 124 apart; the closest two of ten random ones lie 30 to 55 apart.
+SPREAD_COLOURS = np.array([*itertools.product((40.0, 215.0), repeat=3),
+                           (127.5, 127.5, 40.0), (127.5, 127.5, 215.0)])
+
+
+def make_batches(per_batch: int = 100, seed: int = 0, *, noise: float = 40.0,
+                 spread: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Random but learnable images: each class has its own mean colour, plus noise.
+
+    ``noise`` is the standard deviation of the per-pixel noise (0-255 scale). By default the
+    ten class colours are random, and the closest two lie 30 to 55 apart (seeds 0 to 5),
+    about the noise on one pixel: a 2 x 32 BatchNorm-ELU net trained for 3 to 6 epochs
+    scores 0.76 to 0.87 on the test split (100 per batch; chance is 0.10), often merging
+    the closest classes. ``spread=True`` puts the colours at :data:`SPREAD_COLOURS` (in a
+    seeded order); with ``noise=20`` the same net trained for 6 epochs (batch 32) scores
+    0.90 to 1.00, and confidently enough that int8 quantization keeps its answers, which
+    tests of whole workflows need. The defaults draw exactly what they always have.
+    """
     rng = np.random.default_rng(seed)
-    centres = rng.uniform(40, 215, size=(10, 1, 1, 3))
+    if spread:
+        centres = rng.permutation(SPREAD_COLOURS).reshape(10, 1, 1, 3)
+    else:
+        centres = rng.uniform(40, 215, size=(10, 1, 1, 3))
     out = {}
     for name in (*TRAIN_BATCHES, TEST_BATCH):
         y = np.arange(per_batch) % 10
         rng.shuffle(y)
-        x = centres[y] + rng.normal(0, 40, size=(per_batch, 32, 32, 3))
+        x = centres[y] + rng.normal(0, noise, size=(per_batch, 32, 32, 3))
         out[name] = (np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64))
     return out
 

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.collect import BenchRecord, Records, RunRecord, TuningRecord, display_path
+from harness.hardware import label_of
 
 # (key, header), in the order of report.md and results.csv: the default columns. Their keys,
-# and "machine", are what --sort and --columns accept and what results.csv and JSON carry.
+# and "machine" and "device", are what --sort and --columns accept; results.csv and JSON
+# carry "machine" always, "device" when chosen.
 COLUMNS = (
     ("model", "model"),
     ("architecture", "architecture"),
@@ -48,9 +50,11 @@ COLUMNS = (
 )
 DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
 # The machine a row was timed on is a column only when chosen (--columns) or, in report.md,
-# when there is more than one machine; --sort and --columns take it with the others.
-SORT_KEYS = (*DEFAULT_KEYS, "machine")
-HEADERS = {**dict(COLUMNS), "machine": "machine"}
+# when there is more than one machine; --sort and --columns take it with the others. So is
+# the device the model trained on (harness.hardware: "jax gpu: NVIDIA H200"; "-" for runs
+# recorded before issue 21).
+SORT_KEYS = (*DEFAULT_KEYS, "machine", "device")
+HEADERS = {**dict(COLUMNS), "machine": "machine", "device": "device"}
 DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
 FORMATS = ("table", "markdown", "csv", "json")
 # Beyond the columns, each row carries these (results.csv, JSON), each added after those
@@ -99,7 +103,8 @@ def build_rows(records: Records) -> list[dict]:
                          "precision": "float32", "accuracy": run.metrics["test"]["accuracy"],
                          "record": display_path(run.path)})
     for bench in orphans:
-        common = {"model": bench.record["run"], "architecture": None, "variant": None}
+        common = {"model": bench.record["run"], "architecture": None, "variant": None,
+                  "device": None}
         rows += [_bench_row(common, bench, r) for r in bench.record["rows"]]
     ran = {run.dir.resolve() for run in records.runs}
     for tuning in records.tunings:
@@ -150,7 +155,8 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
     if cfg.get("tta", "none") != "none":  # part of the model at inference
         architecture += f" + {cfg['tta']} TTA"
     return {"model": label, "architecture": architecture, "variant": variant,
-            "params": m["params"]["total"], "sparsity": m.get("sparsity")}
+            "params": m["params"]["total"], "sparsity": m.get("sparsity"),
+            "device": label_of(m.get("device"))}
 
 
 def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
@@ -166,8 +172,16 @@ def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
 
 def machine_label(bench: BenchRecord) -> str:
     """The machine a bench record was timed on: its processor and core count."""
-    m = bench.record["machine"]
-    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+    return describe_machine(bench.record["machine"])
+
+
+def describe_machine(m: dict) -> str:
+    """A record's machine facts (harness.records.machine_facts) in words: the processor and
+    its cores, or the cores the process was held to of them."""
+    cores = f"{m.get('cores', '?')} cores"
+    if m.get("cores_allowed"):
+        cores = f"{m['cores_allowed']} of {cores}"
+    return f"{m.get('cpu', '?')}, {cores}"
 
 
 def machines(rows: list[dict]) -> list[str]:
@@ -181,7 +195,7 @@ def _tuning_row(tuning: TuningRecord) -> dict:
     shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if {"n_hidden", "n_neurons"} <= hp.keys() else None
     return {"model": f"{s['name']}/best", "architecture": shape,
             "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
-            "params": None, "sparsity": None, **UNMEASURED, "format": "keras",
+            "params": None, "sparsity": None, "device": None, **UNMEASURED, "format": "keras",
             "runtime": "keras-evaluate", "precision": "float32",
             "accuracy": s["best_test_accuracy"], "record": display_path(tuning.path)}
 

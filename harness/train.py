@@ -86,14 +86,21 @@ def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
 
 
 def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
-               targets: np.ndarray | None = None, first_epoch: int = 0) -> dict:
+               targets: np.ndarray | None = None, first_epoch: int = 0,
+               views: np.ndarray | None = None) -> dict:
     """``model.fit`` keyword arguments for the training arrays and validation pair.
 
     Integer labels: the arrays themselves (shuffled by Keras each epoch). With ``targets``
     (N, 10 probabilities, from a teacher) or mixup, the targets are probability vectors
     (mixed batches come from a generator) and validation labels become one-hot. train()
     and the tuner both fit through this; a resumed run passes the epoch it resumes at, so
-    its mixed batches are those the uninterrupted run would have had."""
+    its mixed batches are those the uninterrupted run would have had. With ``views`` (V, N,
+    ...) and targets (V, N, 10) from :func:`teacher_targets`, batches come from a generator
+    that picks one view per image (and mixes them when mixup is on)."""
+    if views is not None:
+        return {"x": mixup_batches(views, targets, cfg.batch_size, cfg.mixup, cfg.seed,
+                                   epoch=first_epoch),
+                "validation_data": (val[0], one_hot(val[1]))}
     if not cfg.mixup and targets is None:
         return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
                 "shuffle": True}
@@ -111,24 +118,55 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(CLASSES, dtype=np.float32)[labels]
 
 
-def teacher_targets(cfg: TrainConfig, results: Path, splits) -> tuple[np.ndarray, dict]:
+def teacher_targets(cfg: TrainConfig, results: Path, splits
+                    ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Distillation targets for the training split: ``teacher_weight`` x the teacher run's
-    probabilities + the rest on the one-hot labels; and what metrics.json records of it."""
+    probabilities + the rest on the one-hot labels; what metrics.json records of it; and,
+    with ``teacher_views``, the augmented views they belong to (else None).
+
+    Without views the targets are (N, 10), the teacher's answers on the clean images. With
+    V views, the training images augmented V times as the model would augment them (the
+    same layer and settings, seeded by ``seed``), shape (V, N, 32, 32, 3) uint8, and the
+    targets (V, N, 10): the teacher's answer on each view."""
     teacher = RunDir.named(results, cfg.teacher)
     if not teacher.model.exists():
         raise ConfigError(f"teacher={cfg.teacher!r}: no finished run at {teacher.path}")
-    probs = predict_keras(load_keras_model(teacher.model), splits.train.x)
-    targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * one_hot(splits.train.y)
+    model = load_keras_model(teacher.model)
+    labels = one_hot(splits.train.y)
+    t0 = time.perf_counter()
+    views = augmented_views(cfg, splits.train.x) if cfg.teacher_views else None
+    probs = (np.stack([predict_keras(model, v) for v in views]) if views is not None
+             else predict_keras(model, splits.train.x))
+    targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * labels
+    clean = probs if views is None else predict_keras(model, splits.train.x)
     record = {"run": cfg.teacher, "weight": cfg.teacher_weight,
-              "train_accuracy": float((probs.argmax(axis=1) == splits.train.y).mean()),
+              "train_accuracy": float((clean.argmax(axis=-1) == splits.train.y).mean()),
               "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy")}
-    return targets.astype(np.float32), record
+    if views is not None:
+        record.update(views=len(views), seconds=round(time.perf_counter() - t0, 1),
+                      views_accuracy=float((probs.argmax(axis=-1) == splits.train.y).mean()))
+    return targets.astype(np.float32), record, views
+
+
+def augmented_views(cfg: TrainConfig, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``cfg.teacher_views`` augmented copies of ``x`` (uint8 images), made by the model's
+    own augmentation layer in training mode, rounded back to uint8."""
+    from harness.models import augmentation_layer
+
+    layer = augmentation_layer(cfg)
+    views = np.empty((cfg.teacher_views, *x.shape), np.uint8)
+    for v in range(cfg.teacher_views):
+        for start in range(0, len(x), chunk):
+            part = layer(x[start:start + chunk].astype(np.float32), training=True)
+            views[v, start:start + chunk] = np.clip(np.rint(np.asarray(part)), 0, 255)
+    return views
 
 
 def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int,
                   workers: int | None = None, epoch: int = 0):
     """Shuffled batches of mixed images and targets (Zhang et al. 2018, one l per image);
-    ``y`` holds integer labels or (N, 10) probability vectors.
+    ``y`` holds integer labels or (N, 10) probability vectors; or, with views, ``x`` is
+    (V, N, ...) and ``y`` (V, N, 10) (see :class:`harness.callbacks.MixupBatches`).
 
     Mixing happens on raw pixels; the model's first layer standardizes linearly, so this is
     the same as mixing standardized inputs. Whole batches are mixed at once in numpy, on
@@ -274,16 +312,19 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     from given weights instead of its initializers (fine-tuning a derived model), and
     ``record`` adds fields to metrics.json (such as the parent run). Raises RunComplete if
     the run already finished, TrainingFailed on a NaN/Inf loss, ConfigError on a backend
-    mismatch.
+    mismatch, DeviceError when the asked device (HARNESS_DEVICE) is not there.
     """
     import keras
 
     from harness.callbacks import read_states
+    from harness.hardware import select
 
     check_backend(cfg)
+    device = select(keras.backend.backend())  # before any file is written
     splits = data_mod.split(ds)
     # The teacher's targets first: a missing teacher is an error before any file is written.
-    targets, teacher = teacher_targets(cfg, results, splits) if cfg.teacher else (None, None)
+    targets, teacher, views = (teacher_targets(cfg, results, splits) if cfg.teacher
+                               else (None, None, None))
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = read_states(run.backup).get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)
@@ -296,7 +337,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     compile_model(model, cfg, len(splits.train))
     base = {**(record or {}), "run": run.name, "config": cfg.to_dict(), "data": ds.record,
             "params": count_params(model), "versions": library_versions(),
-            "backend": keras.backend.backend(), "started_at": _now(),
+            "backend": keras.backend.backend(), "device": device.record, "started_at": _now(),
             "resumed_from_epoch": resume_from, **({"teacher": teacher} if teacher else {})}
     run.write_metrics({**base, "status": RUNNING})
     if resume_from:
@@ -304,7 +345,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
 
     t0 = time.perf_counter()
     model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y),
-                           targets, first_epoch=resume_from),
+                           targets, first_epoch=resume_from, views=views),
               epochs=cfg.epochs,
               callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks,
                                         resumed=resume_from > 0),

@@ -37,8 +37,9 @@ import numpy as np
 
 from harness import data as data_mod
 from harness.config import SETTINGS, ConfigError, TrainConfig, problem
+from harness.hardware import label_of
 from harness.records import (COMPLETED, RunDir, atomic_write_csv, atomic_write_json,
-                             read_json, write_record)
+                             check_name, read_json, write_record)
 
 DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TUNERS = ("bayesian", "hyperband", "random")
@@ -52,7 +53,7 @@ def sweep_lr(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
     from harness.train import RunComplete, TrainingFailed, read_history, train
 
-    root = Path(results) / "sweeps" / name
+    root = Path(results) / "sweeps" / check_name(name, "sweep name")
     rows = []
     for rate in rates:
         cfg = replace(base, lr=float(rate), epochs=epochs, name=f"lr-{rate:g}",
@@ -191,13 +192,18 @@ def _tuner_class(kind: str):
             "random": kt.RandomSearch}[kind]
 
     def run_trial(self, trial, *args, **kwargs):
-        """Records who ran the trial, its per-epoch history (KerasTuner keeps only the best
-        epoch), its wall time and the process's memory after it."""
+        """Records who ran the trial and on which device, its per-epoch history (KerasTuner
+        keeps only the best epoch), its wall time and the process's memory after it."""
+        import keras
+
+        from harness.hardware import select
+
         t0 = time.perf_counter()
         result = base.run_trial(self, trial, *args, **kwargs)
         runs = result if isinstance(result, list) else [result]
         history = next((r.history for r in runs if hasattr(r, "history")), {})
         meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+                "device": select(keras.backend.backend()).record,
                 "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "history": {k: [float(v) for v in vals] for k, vals in history.items()}}
@@ -299,11 +305,15 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
 
     Returns the summary on the process that writes outputs, None on a worker.
     """
+    import keras
+
+    from harness.hardware import select
     from harness.train import check_backend
 
     check_backend(base)
+    select(keras.backend.backend())  # a missing GPU stops the search before it starts
     space.validate()
-    root = Path(results) / "tuning" / name
+    root = Path(results) / "tuning" / check_name(name, "search name")
     splits = data_mod.split(ds)
     if base.teacher:
         raise ConfigError("tune does not distill: train the student with `harness train "
@@ -335,7 +345,7 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
                      "epochs": len(history.get("loss", [])),
                      "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
                      "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
-                     "rss_mb": meta.get("rss_mb")})
+                     "rss_mb": meta.get("rss_mb"), "device": label_of(meta.get("device"))})
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
@@ -365,12 +375,15 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg.to_dict())
     save_model(model, run.model)
-    best_history = _trial_meta(root, best_trial.trial_id).get("history", {})
+    best_meta = _trial_meta(root, best_trial.trial_id)
+    best_history = best_meta.get("history", {})
     _write_trial_history(best_history, run)
     evaluated = evaluate_splits(model, splits)
     metrics = {"run": f"{root.name}/best", "status": COMPLETED, "config": cfg.to_dict(),
                "data": ds.record, "params": count_params(model), "versions": library_versions(),
                "backend": keras.backend.backend(), "epochs_run": best_row["epochs"],
+               # where the best trial trained (its worker's record; none from before issue 21)
+               **({"device": best_meta["device"]} if "device" in best_meta else {}),
                "best_epoch": int(np.argmax(best_history.get("val_accuracy", [0])) + 1),
                "wall_time_s": best_row["train_seconds"],
                "tuning": {"name": root.name, "trial_id": best_trial.trial_id,

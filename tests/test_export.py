@@ -7,7 +7,7 @@ import pytest
 
 from harness import data, runtimes
 from harness.config import resolve
-from harness.export import export_run, verify
+from harness.export import MAX_DROP_POINTS, export_run, verify
 from harness.records import RunDir
 from harness.train import train
 
@@ -28,10 +28,19 @@ def test_every_export_is_written_and_verified(exported):
     assert set(by_file) == {"model.onnx", "model_float32.tflite", "model_float16.tflite",
                             "model_dynamic.tflite", "model_int8.tflite"}
     assert (run.path / "exports" / "saved_model" / "saved_model.pb").exists()
+    keras_accuracy = run.read_metrics()["test"]["accuracy"]
     for name, rec in by_file.items():
         assert (run.path / "exports" / name).stat().st_size == rec["size_bytes"] > 0
         assert json.loads((run.path / "exports" / f"{name}.json").read_text()) == rec
-        assert 0 <= rec["test"]["accuracy"] <= 1
+        # The drop is measured against the run's own test accuracy, the flag follows from it,
+        # and every file still knows the classes: the Keras model scores 0.69, the float
+        # files the same, dynamic 0.70, int8 0.63 (a drop of 6 points: flagged).
+        assert rec["keras_test"]["accuracy"] == pytest.approx(keras_accuracy)
+        assert rec["accuracy_drop_points"] == pytest.approx(
+            100 * (keras_accuracy - rec["test"]["accuracy"]), abs=1e-3)
+        assert rec["flagged"] == (rec["accuracy_drop_points"]
+                                  > MAX_DROP_POINTS[rec["quantization"]])
+        assert rec["test"]["accuracy"] > 0.5, name
     assert by_file["model.onnx"]["max_abs_diff"] < 1e-4
     assert by_file["model_float32.tflite"]["max_abs_diff"] < 1e-4
     assert by_file["model_float16.tflite"]["max_abs_diff"] < 1e-2
@@ -48,6 +57,22 @@ def test_verification_catches_a_broken_export(exported):
     result = verify(onnx, "float32", wrong, {"accuracy": 1.0, "loss": 0.0}, splits)
     assert result["max_abs_diff"] > 0.1
     assert result["flagged"]  # it "lost" accuracy against a perfect reference
+
+
+def test_a_drop_of_exactly_the_limit_is_not_flagged(monkeypatch):
+    """"An int8 export that loses more than 1 point is flagged": one that loses 1 point (one
+    image in 100) is not, whatever the two accuracies are."""
+    from types import SimpleNamespace
+
+    y = np.arange(100) % 10
+    probs = np.eye(10, dtype=np.float32)[y]
+    probs[:1] = np.roll(probs[:1], 1, axis=1)  # 99 of the 100 right
+    monkeypatch.setattr(runtimes, "load", lambda path: SimpleNamespace(name="fake"))
+    monkeypatch.setattr(runtimes, "predict_batched", lambda runtime, x: probs[:len(x)])
+    splits = SimpleNamespace(test=SimpleNamespace(x=np.zeros((100, 32, 32, 3), np.uint8), y=y))
+    result = verify(None, "int8", probs, {"accuracy": 1.0, "loss": 0.0}, splits)
+    assert result["test"]["accuracy"] == 0.99 and result["accuracy_drop_points"] == 1.0
+    assert not result["flagged"]
 
 
 def test_runtimes_work_without_tensorflow(exported):
@@ -90,7 +115,7 @@ def test_unknown_model_file_is_refused(tmp_path):
 def test_bench_record_has_every_field(exported, tmp_path):
     from harness.bench import bench_run, write_bench
 
-    run, ds, _ = exported
+    run, ds, records = exported
     record = bench_run(run, ds, "all", calls=20, warmup=5)
     path = write_bench(record, tmp_path)
     assert json.loads(path.read_text()) == record
@@ -98,11 +123,16 @@ def test_bench_record_has_every_field(exported, tmp_path):
     runtimes_seen = {r["runtime"] for r in record["rows"]}
     assert runtimes_seen == {"keras-predict", "keras-call", "onnxruntime", "litert"}
     assert len(record["rows"]) == 2 + 5  # two Keras ways, ONNX, four TFLite precisions
+    exported_accuracy = {r["file"]: r["test"]["accuracy"] for r in records}
+    metrics = run.read_metrics()
     for row in record["rows"]:
         assert 0 < row["p50_us"] <= row["p90_us"] <= row["p99_us"]
         assert row["throughput_ips"] > 0 and row["size_bytes"] > 0
-        assert row["params"] > 0 and 0 <= row["sparsity"] <= 1
-        assert 0 <= row["test"]["accuracy"] <= 1
+        assert row["params"] == metrics["params"]["total"]
+        assert row["sparsity"] == 0.0  # trained weights: none is exactly zero
+        # the Keras rows score what training recorded, each export what export measured
+        expected = exported_accuracy.get(row["file"], metrics["test"]["accuracy"])
+        assert row["test"]["accuracy"] == pytest.approx(expected), row["file"]
 
 
 def test_predict_runs_without_tensorflow(exported, tmp_path):

@@ -264,9 +264,57 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
     cfg = resolve("selu", overrides={**small, "name": "student", "teacher": "teach",
                                      "teacher_weight": 0.5})
     splits = data.split(ds)
-    targets, record = teacher_targets(cfg, results, splits)
+    targets, record, views = teacher_targets(cfg, results, splits)
+    assert views is None and targets.shape == (len(splits.train), 10)
     np.testing.assert_allclose(targets.sum(axis=1), 1, rtol=1e-5)
     assert (targets[np.arange(len(targets)), splits.train.y] >= 0.5 - 1e-6).all()
     assert 0 < targets.min() and record["run"] == "teach" and record["weight"] == 0.5
     metrics = train(cfg, ds, results, verbose=0)
     assert metrics["status"] == "completed" and metrics["teacher"]["run"] == "teach"
+
+
+def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
+    """teacher_views: the teacher labels augmented views once; each batch shows one view
+    per image with the targets of that very view; the student has no augmentation layer."""
+    from harness.callbacks import MixupBatches
+    from harness.models import load_keras_model
+    from harness.train import teacher_targets
+
+    ds = data.load(archive)
+    results = tmp_path / "results"
+    small = {"layers": 1, "units": 16, "epochs": 2, "batch_size": 64}
+    train(resolve("selu", overrides={**small, "name": "teach"}), ds, results, verbose=0)
+    with pytest.raises(ConfigError, match="teacher_views.*needs a teacher"):
+        resolve("bn-elu", overrides={**small, "name": "x", "teacher_views": 2})
+    cfg = resolve("bn-elu", overrides={**small, "name": "student", "teacher": "teach",
+                                       "teacher_views": 3, "augment": "flip-shift",
+                                       "mixup": 0.0})
+    splits = data.split(ds)
+    targets, record, views = teacher_targets(cfg, results, splits)
+    n = len(splits.train)
+    assert views.shape == (3, n, 32, 32, 3) and views.dtype == np.uint8
+    assert targets.shape == (3, n, 10) and record["views"] == 3
+    assert not np.array_equal(views[0], views[1])  # each view moved anew
+    assert not np.array_equal(views[0], splits.train.x)
+    teacher = load_keras_model(RunDir.named(results, "teach").model)
+    expected = 0.7 * teacher.predict(views[1][:20], verbose=0) + 0.3 * np.eye(10)[
+        splits.train.y[:20]]
+    np.testing.assert_allclose(targets[1, :20], expected, atol=1e-5)
+
+    # A batch's images and targets come from the same view of the same image.
+    code = np.arange(3 * 40).reshape(3, 40)  # view v of image i is the number 40 v + i
+    x = np.broadcast_to(code[..., None, None, None], (3, 40, 2, 2, 1)).astype(np.uint8)
+    batches = MixupBatches(x, code[..., None].astype(np.float32), 16, 0.0, seed=1, workers=1)
+    assert len(batches) == 3
+    seen = []
+    for i in range(len(batches)):
+        images, labels = batches[i]
+        np.testing.assert_array_equal(images[:, 0, 0, 0], labels[:, 0])
+        seen += list(labels[:, 0].astype(int) % 40)
+    assert sorted(seen) == list(range(40))  # every image once per epoch
+    assert len({int(v) // 40 for v in batches[0][1][:, 0]}) > 1  # views drawn per image
+
+    metrics = train(cfg, ds, results, verbose=0)
+    assert metrics["teacher"]["views"] == 3
+    student = load_keras_model(RunDir.named(results, "student").model)
+    assert not any(layer.name == "augment" for layer in student.layers)

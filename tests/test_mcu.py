@@ -15,7 +15,7 @@ import pytest
 
 from harness import data
 from harness.config import resolve
-from harness.deploy import DeployError, sha256_file
+from harness.deploy import DeployError, deploy_run, sha256_file
 from harness.mcu import (check_budget, compare_runtimes, parse_c_array, refuse_unsupported,
                          write_mcu_bundle)
 from harness.records import RunDir
@@ -37,10 +37,10 @@ def bundled(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
     run = tiny_run(results, ds, "bn-elu", layers=2, units=32, epochs=2, name="m")
-    folder = results / "deploy" / "m-mcu"
     # allow_flagged: on 100 synthetic test images one image is a whole point
-    manifest = write_mcu_bundle(run, ds, folder, allow_flagged=True)
-    return run, ds, folder, manifest
+    made = deploy_run(run, ds, results / "deploy", target="mcu", name="m-mcu",
+                      allow_flagged=True)
+    return run, ds, made["folder"], made["manifest"]
 
 
 @needs_tflm

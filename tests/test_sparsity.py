@@ -33,7 +33,11 @@ def test_sparsify_reaches_the_target(parents):
     kernels = [np.asarray(l.kernel) for l in model.layers if isinstance(l, keras.layers.Dense)]
     zeros = sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
     assert zeros == pytest.approx(m["sparsity"])
-    assert 0 <= m["test"]["accuracy"] <= 1
+    # the recorded accuracy is the saved model's; the largest fifth of the weights keep most
+    # of what the parent knew (0.62 measured, the parent 0.69, chance 0.10)
+    probs = model.predict(ds.x_test.astype(np.float32), verbose=0)
+    assert m["test"]["accuracy"] == pytest.approx(float((probs.argmax(1) == ds.y_test).mean()))
+    assert m["test"]["accuracy"] > 0.4
     with pytest.raises(ValueError):
         sparsify(RunDir.named(results, "p-selu"), ds, results, "x")
 

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -33,9 +34,11 @@ def test_two_epoch_run_writes_a_complete_run_directory(tmp_path, archive):
     assert saved["data"]["sha256"] == ds.sha256
     assert saved["params"]["trainable"] == 3072 * 32 + 32 + 32 * 32 + 32 + 330
     assert {"keras", "numpy", "python"} <= set(saved["versions"])
+    # The synthetic classes are easy to separate: two epochs reach about 0.7 on every split
+    # (train 0.68, val 0.72, test 0.69), and a loss well under ln 10, a uniform guess's.
     for split in ("train", "val", "test"):
-        assert 0 <= saved[split]["accuracy"] <= 1 and saved[split]["loss"] > 0
-    assert saved["test"]["accuracy"] > 0.5  # the synthetic classes are easy to separate
+        assert saved[split]["accuracy"] > 0.5, split
+        assert 0 < saved[split]["loss"] < 0.5 * math.log(10), split
     with open(run.history) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]

@@ -40,7 +40,10 @@ def test_sweep_trains_a_fresh_model_per_rate(tmp_path, archive, monkeypatch):
     root = tmp_path / "sweeps" / "s"
     assert [r["lr"] for r in record["rates"]] == list(rates)
     assert json.loads((root / "sweep.json").read_text()) == record
-    assert record["best_lr"] in rates
+    # the best rate is the one with the highest validation accuracy that did not diverge
+    usable = [r for r in record["rates"] if not r["diverged"]]
+    best = next(r for r in usable if r["lr"] == record["best_lr"])
+    assert best["best_val_accuracy"] == max(r["best_val_accuracy"] for r in usable)
     runs = [RunDir.named(root, f"lr-{r:g}") for r in rates]
     assert [run.read_metrics()["config"]["lr"] for run in runs] == list(rates)
     assert all(r["epochs_run"] == 2 for r in record["rates"])
