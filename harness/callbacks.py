@@ -222,6 +222,39 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
         super().on_train_batch_end(batch, logs=None)
 
 
+class EpochTunerCallback(keras.callbacks.Callback):
+    """KerasTuner's per-trial callback (``tuner_utils.TunerCallback``) without its per-batch
+    hooks, which call ``Tuner.on_batch_begin/end``: no-ops in KerasTuner's tuners, yet their
+    presence made each JAX step wait for the one before. The epoch hooks, which report to
+    the oracle, are kept. Marking the original ``async_safe`` instead made JAX trials fail
+    with "Buffer has been deleted or donated" (docs/training-speed.md)."""
+
+    def __init__(self, original):
+        super().__init__()
+        self.tuner, self.trial = original.tuner, original.trial
+
+    @classmethod
+    def replacing(cls, callback):
+        """``callback`` as an EpochTunerCallback when it is KerasTuner's TunerCallback and its
+        tuner keeps the no-op batch hooks; else ``callback`` itself."""
+        import keras_tuner as kt
+        from keras_tuner.src.engine.tuner_utils import TunerCallback
+
+        if not isinstance(callback, TunerCallback):
+            return callback
+        tuner = type(callback.tuner)
+        if (tuner.on_batch_begin is not kt.Tuner.on_batch_begin
+                or tuner.on_batch_end is not kt.Tuner.on_batch_end):
+            return callback  # a tuner that uses the batch hooks keeps them
+        return cls(callback)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.tuner.on_epoch_begin(self.trial, self.model, epoch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tuner.on_epoch_end(self.trial, self.model, epoch, logs=logs)
+
+
 class Stopwatch(keras.callbacks.Callback):
     """For benchmarks/frontier.py's calibration: per epoch, the seconds the run's callbacks
     spend after the timed part of the epoch (training + validation) up to this callback

@@ -158,6 +158,7 @@ class SearchSpace:
 def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits):
     import keras_tuner as kt
 
+    from harness.callbacks import EpochTunerCallback
     from harness.models import build_model
     from harness.train import compile_model, epoch_log, fit_inputs, recipe_callbacks
 
@@ -177,9 +178,10 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
             cfg = space.config_for(hp, base)
             # Ours first, so epoch_seconds is in the logs KerasTuner records.
             ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
+            theirs = [EpochTunerCallback.replacing(c) for c in callbacks]  # async dispatch
             kwargs.pop("shuffle", None)
             return model.fit(**fit_inputs(cfg, x, y, validation_data),
-                             epochs=epochs or cfg.epochs, callbacks=[*ours, *callbacks],
+                             epochs=epochs or cfg.epochs, callbacks=[*ours, *theirs],
                              **kwargs)
 
     return StudyHyperModel()

@@ -191,3 +191,60 @@ def test_tune_cli_errors(tmp_path, archive):
     assert result.exit_code == 1
     assert f"cannot reach the chief at 127.0.0.1:{port}" in result.output
     assert time.monotonic() - t0 < 30
+
+
+def _blocks_async_dispatch(callback) -> bool:
+    """Keras' rule (CallbackList._configure_async_dispatch): a callback that is not
+    async_safe and has its own per-batch end hook makes every training step wait."""
+    from keras.src import utils
+
+    return not getattr(callback, "async_safe", False) and not (
+        utils.is_default(callback.on_batch_end) and utils.is_default(callback.on_train_batch_end))
+
+
+def test_search_callbacks_keep_async_dispatch(tmp_path):
+    """KerasTuner's per-trial callback loses its per-batch hooks (no-ops in its tuners), so
+    trials keep JAX's async dispatch; a tuner that uses the hooks keeps them."""
+    import keras_tuner as kt
+    from keras_tuner.src.engine.tuner_utils import TunerCallback
+
+    from harness.callbacks import EpochTunerCallback
+    from harness.train import epoch_log, recipe_callbacks
+
+    tuner = kt.RandomSearch(lambda hp: None, objective="val_accuracy", max_trials=1,
+                            directory=str(tmp_path), project_name="t")
+    original = TunerCallback(tuner, trial="trial")
+    assert _blocks_async_dispatch(original)
+    replaced = EpochTunerCallback.replacing(original)
+    assert isinstance(replaced, EpochTunerCallback) and replaced.trial == "trial"
+    cfg = resolve("bn-elu-fast", overrides={"batch_size": 64})
+    ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
+    assert not any(_blocks_async_dispatch(c) for c in [*ours, replaced])
+
+    seen = []
+
+    class Batchy(kt.RandomSearch):
+        def on_batch_end(self, trial, model, batch, logs=None):
+            seen.append(batch)
+
+    batchy = Batchy(lambda hp: None, objective="val_accuracy", max_trials=1,
+                    directory=str(tmp_path), project_name="b")
+    kept = TunerCallback(batchy, trial="trial")
+    assert EpochTunerCallback.replacing(kept) is kept
+    assert EpochTunerCallback.replacing("other") == "other"
+
+
+@pytest.mark.slow
+def test_a_jax_search_completes_its_trials(tmp_path, archive):
+    """The fast preset's search on JAX, with async dispatch in its trials, runs to the end."""
+    cmd = _cli(tmp_path, archive, "tune", "--preset", "bn-elu-fast", "--layers-range", "1,2",
+               "--units-range", "8,16", "--batch-size", "64", "--max-trials", "2",
+               "--epochs", "2", "--name", "j")
+    done = subprocess.run(cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Buffer has been deleted" not in done.stderr
+    rows = json.loads((tmp_path / "tuning" / "j" / "trials.json").read_text())
+    assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED"]
+    summary = json.loads((tmp_path / "tuning" / "j" / "summary.json").read_text())
+    assert summary["completed"] == 2 and summary["best_val_accuracy"] > 0.2  # chance: 0.1
