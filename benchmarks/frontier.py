@@ -129,18 +129,14 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
 
 
 def accelerator() -> str:
-    """The device Keras trained on, e.g. 'NVIDIA H200' or 'cpu'."""
+    """The device Keras trained on, e.g. 'NVIDIA H200' or 'cpu' (harness.hardware's choice,
+    listed once per process)."""
     import keras
 
-    if keras.backend.backend() == "jax":
-        import jax
+    from harness.hardware import select
 
-        device = jax.devices()[0]
-        return device.device_kind if device.platform != "cpu" else "cpu"
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return gpus[0].name if gpus else "cpu"
+    device = select(keras.backend.backend())
+    return device.name if device.kind == "gpu" else "cpu"
 
 
 def main(argv=None) -> int:

@@ -279,8 +279,8 @@ def sha256_of(path: Path) -> str:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    h = hashlib.sha256()
     if path.is_dir():
+        h = hashlib.sha256()
         folder = _batch_folder(path)
         for name in (*TRAIN_BATCHES, TEST_BATCH, META):
             f = folder / name
@@ -288,9 +288,7 @@ def sha256_of(path: Path) -> str:
                 h.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
         return h.hexdigest()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --------------------------------------------------------------------------- cache

@@ -19,7 +19,6 @@ then moved into place, so a failed deploy leaves the previous bundle as it was.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.device.predict import sha256 as sha256_file  # the selftest's own checksum
 from harness.records import (BadName, RunDir, atomic_write_bytes, atomic_write_json,
                              atomic_write_text, read_json)
 from harness.records import check_name as _check_name
@@ -364,14 +364,6 @@ def export_in_scratch(run: RunDir, ds, scratch: Path, fmt: str, quantization: st
     return rec, work.path / "exports" / rec["file"]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Archive members owned by root, not by whoever made the bundle."""
     info.uid = info.gid = 0
@@ -411,5 +403,5 @@ def format_summary(result: dict) -> str:
                   f"{manifest['model']['precision']}), batch-1 p50 {latency['p50_us']:.1f} us, "
                   f"p90 {latency['p90_us']:.1f} us, p99 {latency['p99_us']:.1f} us",
                   "selftest passed here; on the device: pip install -r requirements.txt && "
-                  f"python predict.py --selftest"]
+                  "python predict.py --selftest"]
     return "\n".join(lines)

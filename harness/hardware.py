@@ -28,6 +28,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.records import cpu_name
+
 DEVICES = ("auto", "cpu", "gpu")
 DEVICE_ENV, GPU_ENV = "HARNESS_DEVICE", "HARNESS_GPU"
 # A worker id ending in its index, KerasTuner's convention (tuner0, tuner1, ...): "worker-3fa0"
@@ -170,18 +172,6 @@ def list_gpus(backend: str) -> list[str]:
 
         return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     raise DeviceError(f"backend {backend!r}: cannot list its devices")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def _no_gpu_hint(backend: str) -> str:

@@ -123,17 +123,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def machine_facts() -> dict:
-    """CPU model, cores, platform and library versions, for benchmark records."""
-    cpu = platform.processor()
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def machine_facts() -> dict:
+    """CPU model, cores, platform and library versions, for benchmark records."""
+    facts = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
              "versions": library_versions()}
     if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) != os.cpu_count():
         facts["cores_allowed"] = len(os.sched_getaffinity(0))  # pinned, e.g. by taskset
