@@ -246,5 +246,8 @@ def test_a_jax_search_completes_its_trials(tmp_path, archive):
     assert "Buffer has been deleted" not in done.stderr
     rows = json.loads((tmp_path / "tuning" / "j" / "trials.json").read_text())
     assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED"]
+    assert all(r["epochs"] == 2 and r["device"].startswith("jax") for r in rows)
     summary = json.loads((tmp_path / "tuning" / "j" / "summary.json").read_text())
-    assert summary["completed"] == 2 and summary["best_val_accuracy"] > 0.2  # chance: 0.1
+    # 50 validation images after 2 epochs: too few for an accuracy floor; the best is the best
+    assert summary["completed"] == 2
+    assert summary["best_val_accuracy"] == pytest.approx(max(r["score"] for r in rows))
