@@ -343,6 +343,21 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
 @click.option("--dropout-range", callback=_range(), help="Also search dropout low,high.")
 @click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log).")
 @click.option("--batch-sizes", help="Also search these batch sizes (comma-separated).")
+@click.option("--pca-choices", help="Also search these PCA widths (comma-separated; 0 = none).")
+@click.option("--teacher-weight-range", callback=_range(),
+              help="Also search the teacher's weight low,high (with --teacher).")
+@click.option("--max-latency-us", type=click.FloatRange(min=0, min_open=True),
+              help="Budget: batch-1 p50 latency of the --budget-export file, one thread.")
+@click.option("--max-flash-kb", type=click.FloatRange(min=0, min_open=True),
+              help="Budget: size of the --budget-export file, KiB.")
+@click.option("--max-macs", type=click.IntRange(min=1),
+              help="Budget: multiply-accumulates per image.")
+@click.option("--budget-export", default="tflite-int8", show_default=True,
+              type=click.Choice(["tflite-int8", "tflite-dynamic", "tflite-float16",
+                                 "tflite-float32", "onnx-float32"]),
+              help="The export a budget is judged on (LiteRT or onnxruntime).")
+@click.option("--bench-top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Budget: export, benchmark and judge this many of the best trials.")
 @click.option("--tuner-id", envvar="KERASTUNER_TUNER_ID",
               help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a "
                    "fresh worker id.")
@@ -356,13 +371,18 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
                    "elsewhere.")
 @click.pass_obj
 def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, units_range,
-         lr_range, activations, dropout_range, l1_range, batch_sizes, tuner_id, oracle_ip,
-         oracle_port, connect_timeout, worker_timeout, **flags):
+         lr_range, activations, dropout_range, l1_range, batch_sizes, pca_choices,
+         teacher_weight_range, max_latency_us, max_flash_kb, max_macs, budget_export,
+         bench_top, tuner_id, oracle_ip, oracle_port, connect_timeout, worker_timeout,
+         **flags):
     """Search hyperparameters with KerasTuner (the study's Bayesian search by default).
 
     Re-running the same command resumes the search. Writes results/tuning/<name>/ and the
-    best model as a run directory in results/tuning/<name>/best/.
+    best model as a run directory in results/tuning/<name>/best/. With a device budget
+    (--max-latency-us, --max-flash-kb, --max-macs), only networks that fit it train, and
+    the best trials are exported, benchmarked and judged as results/runs/<name>-t<trial>/.
     """
+    from harness.budget import Budget, format_budget
     from harness.tune import SearchSpace
 
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
@@ -375,7 +395,10 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
             layers=layers_range, units=units_range, lr=lr_range,
             activations=tuple(a.strip() for a in activations.split(",")) if activations else (),
             dropout=dropout_range, l1=l1_range,
-            batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else ()).validate()
+            batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else (),
+            pca=_floats(pca_choices, None, int) if pca_choices else (),
+            teacher_weight=teacher_weight_range).validate()
+        budget = Budget(max_latency_us, max_flash_kb, max_macs, budget_export).validate()
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
@@ -394,9 +417,13 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         except ConnectionError as e:
             raise click.ClickException(str(e)) from None
     ds = obj.dataset()
-    summary = tune_mod.tune(cfg, ds, obj.results, name, space, kind, max_trials,
-                            worker_timeout=worker_timeout,
-                            verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        summary = tune_mod.tune(cfg, ds, obj.results, name, space, kind, max_trials,
+                                worker_timeout=worker_timeout,
+                                verbose=1 if sys.stdout.isatty() else 2, budget=budget,
+                                bench_top=bench_top, archive=obj.archive, home=obj.home)
+    except ConfigError as e:  # a teacher that is not there, a budget nothing meets
+        raise click.ClickException(str(e)) from None
     if summary is not None:
         root = obj.results / "tuning" / name
         click.echo(tune_mod.format_trials(json.loads((root / "trials.json").read_text())))
@@ -405,6 +432,8 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
                    f"{summary['best_test_accuracy']:.4f}; {summary['best_hyperparameters']}")
         click.echo(f"search took {summary['search_seconds']:.0f} s; best model: "
                    f"{root / summary['best_run']}")
+        if "budget" in summary:
+            click.echo(format_budget(summary["budget"]))
     if tuner_id == "chief":
         # KerasTuner's gRPC server outlives search(); nothing is left to do, so leave now.
         sys.stdout.flush()

@@ -74,6 +74,10 @@ RUN_OPTIONAL = {"variant": STR, "parent": STR, "sparsity": FRACTION, "tuning.nam
 TUNING = {"name": STR, "best_trial": STR, "best_run": STR, "trials": COUNT,
           "completed": COUNT, "search_seconds": SECONDS, "best_val_accuracy": FRACTION,
           "best_test_accuracy": FRACTION, "best_hyperparameters": OBJECT}
+# A search under a device budget (tune --max-latency-us/--max-flash-kb/--max-macs) also has
+# its best trials as measured: harness.budget.judge_benched.
+TUNING_OPTIONAL = {"budget.limits": OBJECT, "budget.candidates": LIST,
+                   "budget.described": STR}
 
 # bench/<run>.json: one row per runtime and precision, in a non-empty list ``rows``.
 BENCH = {"benchmark": exactly("bench"), "run": STR, "created": STR, "machine": OBJECT,
@@ -158,7 +162,8 @@ def check_run(metrics: dict) -> dict:
 
 def check_tuning(summary: dict) -> dict:
     """A tuning summary.json, or RecordError naming every missing or bad field."""
-    _raise_if(check_fields(summary, TUNING))
+    _raise_if(check_fields(summary, TUNING) +
+              check_fields(summary, TUNING_OPTIONAL, optional=True))
     return summary
 
 

@@ -108,12 +108,14 @@ class SearchSpace:
     dropout: tuple[float, float] | None = None
     l1: tuple[float, float] | None = None      # sampled log-uniformly
     batch_sizes: tuple[int, ...] = ()          # empty = keep the base config's
+    pca: tuple[int, ...] = ()                  # PCA widths to choose from (0 = none)
+    teacher_weight: tuple[float, float] | None = None  # needs a base config with a teacher
 
     def validate(self) -> "SearchSpace":
         """Each end of each range, each activation and batch size must be a value its
         training setting allows (harness.config.SETTINGS); log-scaled ranges start above 0."""
         ranges = {"layers": self.layers, "units": self.units, "lr": self.lr,
-                  "dropout": self.dropout, "l1": self.l1}
+                  "dropout": self.dropout, "l1": self.l1, "teacher_weight": self.teacher_weight}
         for key, rng in ranges.items():
             if rng is None:
                 continue
@@ -126,7 +128,8 @@ class SearchSpace:
                 raise ConfigError(f"{key} range {rng}: lower end must be > 0 (log scale)")
             if (hi < lo) if SETTINGS[key].metadata["kind"] is int else (hi <= lo):
                 raise ConfigError(f"{key} range {rng}: empty or inverted")
-        for key, values in (("activation", self.activations), ("batch_size", self.batch_sizes)):
+        for key, values in (("activation", self.activations), ("batch_size", self.batch_sizes),
+                            ("pca", self.pca)):
             for value in values:
                 why = problem(SETTINGS[key], value)
                 if why:
@@ -150,27 +153,43 @@ class SearchSpace:
             values["l1"] = hp.Float("l1", *self.l1, sampling="log")
         if self.batch_sizes:
             values["batch_size"] = hp.Choice("batch_size", list(self.batch_sizes))
+        if self.pca:
+            values["pca"] = hp.Choice("pca", list(self.pca))
+        if self.teacher_weight is not None:
+            values["teacher_weight"] = hp.Float("teacher_weight", *self.teacher_weight)
         return replace(base, **values)
+
+    def widest_pca(self, base: TrainConfig) -> int:
+        return max(self.pca) if self.pca else base.pca
 
 
 # --------------------------------------------------------------------------- search
 
-def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits):
+def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits,
+                    results: Path | None = None):
     import keras_tuner as kt
 
     from harness.callbacks import EpochTunerCallback
     from harness.models import build_model
-    from harness.train import compile_model, epoch_log, fit_inputs, recipe_callbacks
+    from harness.train import (compile_model, epoch_log, fit_inputs, one_hot,
+                               recipe_callbacks, teacher_targets)
 
     mean, variance = splits.norm_stats()
-    components = splits.principal_components(base.pca) if base.pca else None
+    widest = space.widest_pca(base)
+    # The top principal directions come largest first, so a narrower PCA is a slice.
+    components = splits.principal_components(widest) if widest else None
+    # The teacher answers once; each trial mixes its answers with the labels by its weight.
+    answers = (teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
+               if base.teacher else None)
+    labels = one_hot(splits.train.y)
 
     class StudyHyperModel(kt.HyperModel):
         """A TrainConfig per trial, built and compiled exactly as ``harness train`` does."""
 
         def build(self, hp):
             cfg = space.config_for(hp, base)
-            model = build_model(cfg, mean, variance, components)
+            model = build_model(cfg, mean, variance,
+                                components[:, :cfg.pca] if cfg.pca else None)
             compile_model(model, cfg, len(splits.train))
             return model
 
@@ -180,14 +199,17 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
             ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
             theirs = [EpochTunerCallback.replacing(c) for c in callbacks]  # async dispatch
             kwargs.pop("shuffle", None)
-            return model.fit(**fit_inputs(cfg, x, y, validation_data),
+            targets = (None if answers is None else
+                       cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels)
+            return model.fit(**fit_inputs(cfg, x, y, validation_data, targets=targets),
                              epochs=epochs or cfg.epochs, callbacks=[*ours, *theirs],
                              **kwargs)
 
     return StudyHyperModel()
 
 
-def _tuner_class(kind: str):
+def _tuner_class(kind: str, judge=None, config: TrainConfig | None = None,
+                 space: SearchSpace | None = None):
     import keras_tuner as kt
 
     base = {"bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
@@ -204,7 +226,10 @@ def _tuner_class(kind: str):
         result = base.run_trial(self, trial, *args, **kwargs)
         runs = result if isinstance(result, list) else [result]
         history = next((r.history for r in runs if hasattr(r, "history")), {})
-        meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+        costs = ({} if judge is None else
+                 {"costs": judge.costs(space.config_for(trial.hyperparameters.copy(), config)),
+                  "turned_down": getattr(self.oracle, "turned_down", {}).get(trial.trial_id)})
+        meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **costs,
                 "device": select(keras.backend.backend()).record,
                 "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -226,18 +251,65 @@ def _rss_mb() -> float:
 
 
 def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: int,
-               seed: int = 42):
+               seed: int = 42, judge=None, base: TrainConfig | None = None,
+               space: SearchSpace | None = None):
     """A KerasTuner tuner over ``directory`` (reloaded, never overwritten: that is resume)."""
     if kind not in TUNERS:
         raise ConfigError(f"tuner={kind!r}: must be one of {', '.join(TUNERS)}")
     common = dict(objective="val_accuracy", directory=str(directory),
                   project_name="keras_tuner", overwrite=False, seed=seed)
-    cls = _tuner_class(kind)
+    cls = _tuner_class(kind, judge, base, space)
     if kind == "bayesian":  # the study's settings
         return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
     if kind == "hyperband":
         return cls(hypermodel, max_epochs=epochs, factor=3, **common)
     return cls(hypermodel, max_trials=max_trials, **common)
+
+
+MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
+
+
+def constrain(oracle, misses) -> dict[str, int]:
+    """Make ``oracle`` propose only values whose network fits: ``misses(values)`` lists what
+    a proposal breaks (empty: it fits). A random draw that does not fit is drawn again; a
+    model-based proposal (Bayesian's optimum) that does not fit is replaced by a random one
+    that does. Returns, per trial id, how many proposals were turned down before it."""
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    from harness.budget import BudgetError
+
+    draw, populate = oracle._random_values, oracle.populate_space
+    rejected = {"now": 0}
+    per_trial: dict[str, int] = {}
+
+    def random_values():
+        last = []
+        for _ in range(MAX_DRAWS):
+            values = draw()
+            if values is None:  # the space is used up
+                return None
+            last = misses(values)
+            if not last:
+                return values
+            rejected["now"] += 1
+        raise BudgetError(f"none of {MAX_DRAWS} networks drawn from the search space fits "
+                          f"the budget (the last: {'; '.join(last)}); allow smaller networks "
+                          "or a larger budget")
+
+    def populate_space(trial_id):
+        rejected["now"] = 0
+        result = populate(trial_id)
+        if result.get("status") == TrialStatus.RUNNING and misses(result["values"]):
+            rejected["now"] += 1
+            values = random_values()
+            result = ({"status": TrialStatus.STOPPED, "values": None} if values is None
+                      else {"status": TrialStatus.RUNNING, "values": values})
+        per_trial[trial_id] = rejected["now"]
+        return result
+
+    oracle._random_values, oracle.populate_space = random_values, populate_space
+    oracle.turned_down = per_trial  # read by run_trial for the trial's record
+    return per_trial
 
 
 def wait_for_chief(ip: str, port: int, timeout: float) -> None:
@@ -302,8 +374,14 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Th
 
 def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
          space: SearchSpace, kind: str = "bayesian", max_trials: int = 10,
-         worker_timeout: float = 600.0, verbose: int = 1) -> dict | None:
+         worker_timeout: float = 600.0, verbose: int = 1, budget=None, bench_top: int = 3,
+         archive: Path | None = None, home: Path | None = None) -> dict | None:
     """Run (or resume, or join) a search; on the chief or alone, write every output.
+
+    With a ``budget`` (:class:`harness.budget.Budget`), only networks predicted to fit it
+    train, and afterwards the ``bench_top`` best trials become runs under
+    ``<results>/runs/<name>-t<trial>/``, are benchmarked (``harness bench``, reading the
+    data from ``archive``/``home`` as this process did) and judged on what was measured.
 
     Returns the summary on the process that writes outputs, None on a worker.
     """
@@ -317,12 +395,24 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     space.validate()
     root = Path(results) / "tuning" / check_name(name, "search name")
     splits = data_mod.split(ds)
-    if base.teacher:
-        raise ConfigError("tune does not distill: train the student with `harness train "
-                          "--teacher RUN` instead")
-    tuner = make_tuner(kind, make_hypermodel(base, space, splits), root, max_trials,
-                       base.epochs, base.seed)
+    if base.teacher_views:
+        raise ConfigError("tune distills from a teacher's answers on the clean images only: "
+                          "leave teacher_views at 0 (train with --teacher-views instead)")
+    if space.teacher_weight is not None and not base.teacher:
+        raise ConfigError("a teacher-weight range needs a teacher: add --teacher RUN")
     role = os.environ.get("KERASTUNER_TUNER_ID")
+    judge = _judge(budget, base, space, root) if budget and role in (None, "chief") else None
+    tuner = make_tuner(kind, make_hypermodel(base, space, splits, results), root, max_trials,
+                       base.epochs, base.seed, judge, base, space)
+    if judge is not None:
+        oracle = tuner.oracle
+
+        def misses(values):
+            hp = oracle.hyperparameters.copy()
+            hp.values.update(values)
+            return judge.misses(space.config_for(hp, base))
+
+        rejections = constrain(oracle, misses)
     if role == "chief":
         watch_workers(tuner.oracle, worker_timeout)
     atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
@@ -333,7 +423,60 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
                  verbose=verbose)
     if role not in (None, "chief"):
         return None  # a worker: the chief writes the outputs
-    return write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
+    summary = write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
+    if judge is None:
+        return summary
+    return judge_search(tuner, root, base, space, ds, splits, summary, judge, rejections,
+                        bench_top, Path(results), archive, home)
+
+
+def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
+    """The search's judge: probes measured (or reloaded) when flash or latency is bounded;
+    a budget that even the space's smallest network misses stops here."""
+    from harness.budget import BudgetError, Judge, calibrate, probe_configs
+
+    budget.validate()
+    root.mkdir(parents=True, exist_ok=True)
+    calibration = (calibrate(budget, base, space, root / "budget_calibration.json")
+                   if budget.needs_probes else None)
+    judge = Judge(budget, calibration)
+    smallest = probe_configs(base, space)[0]
+    if judge.misses(smallest):
+        raise BudgetError(f"even the smallest network of the search space ({smallest.layers} "
+                          f"x {smallest.units}, PCA {smallest.pca}) misses the budget: "
+                          f"{'; '.join(judge.misses(smallest))}")
+    return judge
+
+
+def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
+                 ds: data_mod.Dataset, splits: data_mod.Splits, summary: dict, judge,
+                 rejections: dict, bench_top: int, results: Path, archive, home) -> dict:
+    """The ``bench_top`` best trials as runs, benchmarked and judged; the summary gains
+    ``budget`` (see :func:`harness.budget.judge_benched`)."""
+    import keras_tuner as kt
+
+    from harness import budget as budget_mod
+
+    candidates, paths = [], []
+    for trial in tuner.oracle.get_best_trials(bench_top):
+        cfg = space.config_for(kt.HyperParameters.from_config(
+            trial.hyperparameters.get_config()), base)
+        run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
+        _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
+                         f"runs/{run.name}")
+        paths.append(run.path)
+        candidates.append({"run": run.name, "trial_id": trial.trial_id,
+                           "val_accuracy": float(trial.score),
+                           "hyperparameters": trial.hyperparameters.values,
+                           "predicted": judge.costs(cfg)})
+    budget_mod.bench_in_subprocess(paths, judge.budget, archive, home, results)
+    part = budget_mod.judge_benched(judge.budget, candidates, results)
+    part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
+                           else None)
+    part["proposals_turned_down"] = sum(rejections.values())
+    summary = {**summary, "budget": part}
+    write_record("tuning", root / "summary.json", summary)
+    return summary
 
 
 def _trial_rows(tuner, root: Path) -> list[dict]:
@@ -347,20 +490,15 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
                      "epochs": len(history.get("loss", [])),
                      "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
                      "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
-                     "rss_mb": meta.get("rss_mb"), "device": label_of(meta.get("device"))})
+                     "rss_mb": meta.get("rss_mb"), "device": label_of(meta.get("device")),
+                     **meta.get("costs", {})})
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
 def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                   ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
     """Trial table, best hyperparameters, and the best model as a run directory."""
-    import keras
     import keras_tuner as kt
-
-    from harness.evaluate import evaluate_splits
-    from harness.models import count_params
-    from harness.records import library_versions
-    from harness.train import save_model
 
     rows = _trial_rows(tuner, root)
     atomic_write_json(root / "trials.json", rows)
@@ -371,26 +509,9 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     best_hp = best_trial.hyperparameters
     cfg = replace(space.config_for(kt.HyperParameters.from_config(best_hp.get_config()), base),
                   name="best")
-    model = tuner.load_model(best_trial)
-    best_row = next(r for r in rows if r["trial_id"] == best_trial.trial_id)
     run = RunDir(root / "best")
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(cfg.to_dict())
-    save_model(model, run.model)
-    best_meta = _trial_meta(root, best_trial.trial_id)
-    best_history = best_meta.get("history", {})
-    _write_trial_history(best_history, run)
-    evaluated = evaluate_splits(model, splits)
-    metrics = {"run": f"{root.name}/best", "status": COMPLETED, "config": cfg.to_dict(),
-               "data": ds.record, "params": count_params(model), "versions": library_versions(),
-               "backend": keras.backend.backend(), "epochs_run": best_row["epochs"],
-               # where the best trial trained (its worker's record; none from before issue 21)
-               **({"device": best_meta["device"]} if "device" in best_meta else {}),
-               "best_epoch": int(np.argmax(best_history.get("val_accuracy", [0])) + 1),
-               "wall_time_s": best_row["train_seconds"],
-               "tuning": {"name": root.name, "trial_id": best_trial.trial_id,
-                          "score": float(best_trial.score)}, **evaluated}
-    run.write_metrics(metrics)
+    evaluated = _write_trial_run(tuner, best_trial, run, cfg, root, ds, splits,
+                                 f"{root.name}/best")
     summary = {"name": root.name, "trials": len(rows),
                "completed": sum(r["status"] == "COMPLETED" for r in rows),
                "search_seconds": round(search_seconds, 1),
@@ -403,6 +524,38 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                        "values": best_hp.values, "config": cfg.to_dict()})
     write_record("tuning", root / "summary.json", summary)
     return summary
+
+
+def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
+                     ds: data_mod.Dataset, splits: data_mod.Splits, label: str) -> dict:
+    """A trial's model as a normal run directory at ``run`` (config, model, history,
+    metrics evaluated on every split, named ``label``); returns the evaluation."""
+    import keras
+
+    from harness.evaluate import evaluate_splits
+    from harness.models import count_params
+    from harness.records import library_versions
+    from harness.train import save_model
+
+    model = tuner.load_model(trial)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg.to_dict())
+    save_model(model, run.model)
+    meta = _trial_meta(root, trial.trial_id)
+    history = meta.get("history", {})
+    _write_trial_history(history, run)
+    evaluated = evaluate_splits(model, splits)
+    metrics = {"run": label, "status": COMPLETED, "config": cfg.to_dict(),
+               "data": ds.record, "params": count_params(model), "versions": library_versions(),
+               "backend": keras.backend.backend(), "epochs_run": len(history.get("loss", [])),
+               # where the trial trained (its worker's record; none from before issue 21)
+               **({"device": meta["device"]} if "device" in meta else {}),
+               "best_epoch": int(np.argmax(history.get("val_accuracy", [0])) + 1),
+               "wall_time_s": round(sum(history.get("epoch_seconds", [])), 3),
+               "tuning": {"name": root.name, "trial_id": trial.trial_id,
+                          "score": float(trial.score)}, **evaluated}
+    run.write_metrics(metrics)
+    return evaluated
 
 
 def _trial_meta(root: Path, trial_id: str) -> dict:

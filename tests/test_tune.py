@@ -138,7 +138,11 @@ def _distributed(tmp_path, archive, kill_worker: bool):
     args = _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4", "--epochs", "12",
                 "--name", "d", "--oracle-ip", "127.0.0.1", "--oracle-port", port)
     logs = {who: open(tmp_path / f"{who}.log", "w") for who in ("chief", "tuner0", "tuner1")}
-    procs = {"chief": subprocess.Popen([*args, "--tuner-id", "chief", "--worker-timeout", "5"],
+    # A live worker is silent while it compiles (seconds on a loaded machine): a short
+    # timeout only where a worker is killed, so the chief notices that in the test's time.
+    timeout = "15" if kill_worker else "120"
+    procs = {"chief": subprocess.Popen([*args, "--tuner-id", "chief", "--worker-timeout",
+                                        timeout],
                                        env=ENV, stdout=logs["chief"], stderr=subprocess.STDOUT)}
     for who in ("tuner0", "tuner1"):
         procs[who] = subprocess.Popen([*args, "--tuner-id", who], env=ENV, stdout=logs[who],

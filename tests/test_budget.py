@@ -1,0 +1,167 @@
+"""Searches under a device budget: limits, the cost model, the constrained oracle, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from harness import budget as budget_mod
+from harness.budget import Budget, BudgetError, Judge
+from harness.cli import main
+from harness.config import ConfigError, resolve
+from harness.tune import SearchSpace, constrain
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.mark.parametrize("budget", [Budget(max_latency_us=0), Budget(max_flash_kb=-1),
+                                    Budget(max_macs=0), Budget(export="tflite-int4")])
+def test_bad_budgets_are_refused(budget):
+    with pytest.raises(ConfigError):
+        budget.validate()
+
+
+def test_misses_names_each_broken_limit():
+    b = Budget(max_latency_us=6, max_flash_kb=256, max_macs=200_000)
+    assert b  # a budget with a limit is truthy
+    assert not Budget()
+    assert b.misses(200_000, 256 * 1024, 6.0) == []
+    missed = b.misses(200_001, 256 * 1024 + 1, 6.01)
+    assert len(missed) == 3
+    assert "MACs" in missed[0] and "KiB" in missed[1] and "us" in missed[2]
+    assert Budget(max_macs=10).misses(11, None, None) == ["11 MACs > 10"]
+
+
+def test_probes_are_the_corners_of_the_space():
+    base = resolve("bn-elu-fast")
+    space = SearchSpace(layers=(1, 3), units=(8, 64), pca=(16, 32, 64))
+    probes = budget_mod.probe_configs(base, space)
+    corners = {(c.layers, c.units, c.pca) for c in probes}
+    assert corners == {(l, u, p) for l in (1, 3) for u in (8, 64) for p in (16, 64)}
+    assert (probes[0].layers, probes[0].units, probes[0].pca) == (1, 8, 16)  # the smallest
+    one = budget_mod.probe_configs(base, SearchSpace(layers=(2, 2), units=(8, 8)))
+    assert len(one) == 1
+
+
+def test_the_cost_model_predicts_a_network_it_did_not_measure():
+    """Probes fitted, a network between them measured: MACs exact, flash and latency close."""
+    base = resolve("bn-elu-fast")
+    space = SearchSpace(layers=(1, 3), units=(16, 96))
+    probes = [budget_mod.measure(c, "tflite-int8", calls=300, warmup=30)
+              for c in budget_mod.probe_configs(base, space)]
+    judge = Judge(Budget(max_latency_us=1e3), {"model": budget_mod.fit(probes)})
+    middle = replace(base, layers=2, units=48)
+    measured = budget_mod.measure(middle, "tflite-int8", calls=300, warmup=30)
+    predicted = judge.costs(middle)
+    assert predicted["macs"] == measured["macs"] == 3072 * 48 + 48 * 48 + 48 * 10
+    assert abs(predicted["flash_bytes_est"] - measured["flash_bytes"]) < 0.05 * measured[
+        "flash_bytes"]
+    # The timing noise of a shared machine: a loose bound, but a wrong model breaks it.
+    assert abs(predicted["latency_us_est"] - measured["p50_us"]) < 0.5 * measured["p50_us"]
+
+
+def test_a_saved_calibration_is_reused_and_a_changed_one_measured_again(tmp_path, monkeypatch):
+    base, space = resolve("bn-elu-fast"), SearchSpace(layers=(1, 2), units=(8, 16))
+    calls = []
+
+    def fake(configs, export):
+        calls.append(export)
+        return [{"architecture": budget_mod.architecture(c), "macs": 1000 * c.units * c.layers,
+                 "layers": c.layers + 1, "weight_bytes": 100 * c.units,
+                 "flash_bytes": 100 * c.units + 5000, "p50_us": 5.0 + c.units / 10,
+                 "calls": 1} for c in configs]
+
+    monkeypatch.setattr(budget_mod, "measure_in_subprocess", fake)
+    path = tmp_path / "budget_calibration.json"
+    first = budget_mod.calibrate(Budget(max_latency_us=9), base, space, path)
+    again = budget_mod.calibrate(Budget(max_latency_us=7), base, space, path)
+    assert calls == ["tflite-int8"] and again == first
+    assert first["model"]["flash_overhead_bytes"] == 5000
+    budget_mod.calibrate(Budget(max_latency_us=7, export="tflite-dynamic"), base, space, path)
+    budget_mod.calibrate(Budget(max_latency_us=7), base, SearchSpace(layers=(1, 3)), path)
+    assert calls == ["tflite-int8", "tflite-dynamic", "tflite-int8"]
+
+
+def _oracle(tmp_path, max_trials=12):
+    import keras_tuner as kt
+
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"),
+                                           max_trials=max_trials, seed=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.hyperparameters.Int("n", 1, 100)
+    return oracle
+
+
+def test_a_constrained_oracle_proposes_only_fitting_values(tmp_path):
+    oracle = _oracle(tmp_path)
+    turned_down = constrain(oracle, lambda v: [f"{v['n']} > 10"] if v["n"] > 10 else [])
+    seen = []
+    for i in range(8):
+        trial = oracle.create_trial(f"t{i}")
+        seen.append(trial.hyperparameters.values["n"])
+        oracle.update_trial(trial.trial_id, {"score": float(seen[-1])})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    assert all(1 <= n <= 10 for n in seen) and len(set(seen)) > 1
+    assert sum(turned_down.values()) > 0  # 90% of the draws are too big
+
+
+def test_a_budget_nothing_meets_stops_with_a_reason(tmp_path):
+    oracle = _oracle(tmp_path)
+    constrain(oracle, lambda v: ["too big"])
+    with pytest.raises(BudgetError, match="none of 200 networks"):
+        oracle.create_trial("t0")
+
+
+def test_tune_budget_errors_are_one_line(tmp_path, archive):
+    run = lambda *a: CliRunner().invoke(main, ["--archive", str(archive), "--results",
+                                              str(tmp_path), "tune", "--preset", "bn-elu", *a])
+    result = run("--max-flash-kb", "0")
+    assert result.exit_code == 2 and "--max-flash-kb" in result.output
+    result = run("--budget-export", "tflite-int4")
+    assert result.exit_code == 2
+    result = run("--teacher-weight-range", "0.2,0.8")
+    assert result.exit_code == 1 and "needs a teacher" in result.output
+    assert "Traceback" not in result.output
+    result = run("--pca-choices", "16,5000")
+    assert result.exit_code == 2 and "pca" in result.output
+    # MACs need no probes: the smallest network (1 x 8) has 3072 x 8 + 8 x 10 MACs.
+    result = run("--layers-range", "1,2", "--units-range", "8,16", "--max-macs", "1000")
+    assert result.exit_code == 1 and "smallest network" in result.output
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp_path, archive):
+    """End to end on JAX: probes, constrained trials, the best two benchmarked and judged."""
+    cmd = [sys.executable, "-m", "harness.cli", "--archive", str(archive), "--results",
+           str(tmp_path), "tune", "--preset", "bn-elu-fast", "--tuner", "random",
+           "--max-trials", "3", "--epochs", "2", "--batch-size", "64", "--layers-range", "1,3",
+           "--units-range", "8,64", "--max-macs", "100000", "--max-latency-us", "1000",
+           "--bench-top", "2", "--name", "edge"]
+    done = subprocess.run(cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    root = tmp_path / "tuning" / "edge"
+    rows = json.loads((root / "trials.json").read_text())
+    assert len(rows) == 3 and all(r["macs"] <= 100_000 for r in rows)
+    assert all(r["latency_us_est"] > 0 and r["flash_bytes_est"] > 0 for r in rows)
+    calibration = json.loads((root / "budget_calibration.json").read_text())
+    assert len(calibration["probes"]) == 4
+    summary = json.loads((root / "summary.json").read_text())
+    part = summary["budget"]
+    assert [c["run"] for c in part["candidates"]] == [
+        f"edge-t{c['trial_id']}" for c in part["candidates"]]
+    assert len(part["candidates"]) == 2
+    for cand in part["candidates"]:
+        bench = json.loads((tmp_path / "bench" / f"{cand['run']}.json").read_text())
+        row = next(r for r in bench["rows"] if (r["format"], r["precision"]) == ("tflite", "int8"))
+        assert cand["measured"]["p50_us"] == pytest.approx(row["p50_us"], abs=1e-3)
+        assert cand["measured"]["macs"] == cand["predicted"]["macs"] == row["macs"]
+        assert cand["fits"] == (row["macs"] <= 100_000 and row["p50_us"] <= 1000)
+        assert (tmp_path / "runs" / cand["run"] / "model.keras").exists()
+    assert part["best"] == part["candidates"][0]["run"]
+    assert f"best within the budget: {part['best']}" in done.stdout
