@@ -152,9 +152,18 @@ class Splits:
     test: Split
 
     def norm_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and variance of the TRAIN split only (0-255 scale)."""
-        x = self.train.x.reshape(-1, 3).astype(np.float64)
-        return x.mean(axis=0).astype(np.float32), x.var(axis=0).astype(np.float32)
+        """Per-channel mean and variance of the TRAIN split only (0-255 scale).
+
+        Uint8 pixels take 256 values, so each channel's histogram gives both exactly, in a
+        fraction of the time and none of the memory of a float64 copy of the images."""
+        x = self.train.x.reshape(-1, 3)
+        values = np.arange(256, dtype=np.float64)
+        mean, variance = np.empty(3, np.float32), np.empty(3, np.float32)
+        for c in range(3):
+            counts = np.bincount(x[:, c], minlength=256).astype(np.float64)
+            m = counts @ values / counts.sum()
+            mean[c], variance[c] = m, counts @ (values - m) ** 2 / counts.sum()
+        return mean, variance
 
     def principal_components(self, k: int) -> np.ndarray:
         """(3072, k): the top-``k`` principal directions of the TRAIN split's flattened

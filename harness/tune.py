@@ -463,7 +463,7 @@ def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
             trial.hyperparameters.get_config()), base)
         run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
         _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
-                         f"runs/{run.name}")
+                         run.name)
         paths.append(run.path)
         candidates.append({"run": run.name, "trial_id": trial.trial_id,
                            "val_accuracy": float(trial.score),

@@ -163,5 +163,7 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
         assert cand["measured"]["macs"] == cand["predicted"]["macs"] == row["macs"]
         assert cand["fits"] == (row["macs"] <= 100_000 and row["p50_us"] <= 1000)
         assert (tmp_path / "runs" / cand["run"] / "model.keras").exists()
+        metrics = json.loads((tmp_path / "runs" / cand["run"] / "metrics.json").read_text())
+        assert metrics["run"] == cand["run"] and metrics["tuning"]["trial_id"] == cand["trial_id"]
     assert part["best"] == part["candidates"][0]["run"]
     assert f"best within the budget: {part['best']}" in done.stdout
