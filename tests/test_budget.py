@@ -110,6 +110,28 @@ def test_a_constrained_oracle_proposes_only_fitting_values(tmp_path):
     assert sum(turned_down.values()) > 0  # 90% of the draws are too big
 
 
+def test_a_bayesian_proposal_that_does_not_fit_is_replaced(tmp_path):
+    """After its random start, the Bayesian oracle proposes where scores were high (here:
+    large n, which does not fit); each such proposal becomes a fitting random draw."""
+    import keras_tuner as kt
+
+    oracle = kt.oracles.BayesianOptimizationOracle(
+        objective=kt.Objective("score", "max"), max_trials=8, num_initial_points=2, seed=1)
+    oracle._set_project_dir(str(tmp_path), "b")
+    oracle.hyperparameters.Int("n", 1, 100)
+    turned_down = constrain(oracle, lambda v: [f"{v['n']} > 10"] if v["n"] > 10 else [])
+    seen = []
+    for i in range(6):
+        trial = oracle.create_trial(f"t{i}")
+        seen.append(trial.hyperparameters.values["n"])
+        oracle.update_trial(trial.trial_id, {"score": float(seen[-1])})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    assert all(1 <= n <= 10 for n in seen)
+    after_start = list(turned_down.values())[2:]  # the model-based proposals
+    assert len(after_start) == 4 and any(after_start)
+
+
 def test_a_budget_nothing_meets_stops_with_a_reason(tmp_path):
     oracle = _oracle(tmp_path)
     constrain(oracle, lambda v: ["too big"])
