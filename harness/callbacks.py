@@ -255,6 +255,45 @@ class EpochTunerCallback(keras.callbacks.Callback):
         self.tuner.on_epoch_end(self.trial, self.model, epoch, logs=logs)
 
 
+class BestEpochOnce(keras.callbacks.Callback):
+    """KerasTuner's ``SaveBestEpoch`` writing once: the best epoch's weights are copied in
+    memory when the objective improves and written to the same file when training ends
+    (KerasTuner writes the file after every improving epoch). An interrupted trial is run
+    again from its start, so nothing is lost by writing at the end."""
+
+    def __init__(self, original):
+        super().__init__()
+        self.original = original  # its best value carries over to the trial's next execution
+        self.objective, self.filepath = original.objective, original.filepath
+        self.best_value = original.best_value
+        self.best_weights = None
+
+    @classmethod
+    def replacing(cls, callback):
+        """``callback`` as a BestEpochOnce when it is KerasTuner's SaveBestEpoch."""
+        from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+        return cls(callback) if type(callback) is SaveBestEpoch else callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.objective.has_value(logs):
+            self.best_weights = self.model.get_weights()
+            return
+        value = self.objective.get_value(logs)
+        if self.objective.better_than(value, self.best_value):
+            self.best_value = value
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        self.original.best_value = self.best_value
+        if self.best_weights is None:
+            return
+        last = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        self.model.save_weights(self.filepath)
+        self.model.set_weights(last)
+
+
 class Stopwatch(keras.callbacks.Callback):
     """For benchmarks/frontier.py's calibration: per epoch, the seconds the run's callbacks
     spend after the timed part of the epoch (training + validation) up to this callback

@@ -169,7 +169,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
                     results: Path | None = None):
     import keras_tuner as kt
 
-    from harness.callbacks import EpochTunerCallback
+    from harness.callbacks import BestEpochOnce, EpochTunerCallback
     from harness.models import build_model
     from harness.train import (compile_model, epoch_log, fit_inputs, one_hot,
                                recipe_callbacks, teacher_targets)
@@ -197,7 +197,9 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
             cfg = space.config_for(hp, base)
             # Ours first, so epoch_seconds is in the logs KerasTuner records.
             ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
-            theirs = [EpochTunerCallback.replacing(c) for c in callbacks]  # async dispatch
+            # Async dispatch kept; the best epoch's weights written once, at the end.
+            theirs = [BestEpochOnce.replacing(EpochTunerCallback.replacing(c))
+                      for c in callbacks]
             kwargs.pop("shuffle", None)
             targets = (None if answers is None else
                        cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels)

@@ -255,3 +255,36 @@ def test_a_jax_search_completes_its_trials(tmp_path, archive):
     # 50 validation images after 2 epochs: too few for an accuracy floor; the best is the best
     assert summary["completed"] == 2
     assert summary["best_val_accuracy"] == pytest.approx(max(r["score"] for r in rows))
+
+
+def test_the_best_epoch_is_written_once_with_its_weights(tmp_path, monkeypatch):
+    """KerasTuner's SaveBestEpoch, replaced: the checkpoint holds the best epoch's weights,
+    written once when training ends; the model keeps its last weights."""
+    import keras_tuner as kt
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    from harness.callbacks import BestEpochOnce
+
+    original = SaveBestEpoch(kt.Objective("val_accuracy", "max"),
+                             str(tmp_path / "best.weights.h5"))
+    callback = BestEpochOnce.replacing(original)
+    assert isinstance(callback, BestEpochOnce) and BestEpochOnce.replacing("x") == "x"
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    callback.set_model(model)
+    writes = []
+    save = model.save_weights
+    monkeypatch.setattr(model, "save_weights", lambda path: (writes.append(path), save(path)))
+    snapshots = []
+    for epoch, score in enumerate([0.3, 0.6, 0.5]):  # the best is epoch 1
+        model.set_weights([np.full(w.shape, epoch + 1.0, np.float32) for w in model.weights])
+        snapshots.append(model.get_weights())
+        callback.on_epoch_end(epoch, {"val_accuracy": score})
+    assert writes == []
+    callback.on_train_end()
+    assert writes == [str(tmp_path / "best.weights.h5")]
+    assert original.best_value == 0.6
+    for now, last in zip(model.get_weights(), snapshots[2]):
+        np.testing.assert_array_equal(now, last)
+    model.load_weights(str(tmp_path / "best.weights.h5"))
+    for now, best in zip(model.get_weights(), snapshots[1]):
+        np.testing.assert_array_equal(now, best)
