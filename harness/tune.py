@@ -334,16 +334,31 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Th
     KerasTuner's chief waits for every running trial to end, so one dead worker would hang
     the search forever. Workers report after every epoch; a trial whose worker has not
     been heard from within ``timeout`` goes back to the oracle's retry queue and the
-    worker is forgotten (a worker that comes back simply asks for a new trial).
+    worker is forgotten (a worker that comes back simply asks for a new trial). A worker
+    that asks for a trial when none is left while others still run is told to wait (IDLE,
+    and KerasTuner's worker asks again) rather than to stop: if one of those others has
+    died, its trial comes back to the queue and a live worker must be there to take it.
     """
     import keras_tuner as kt
+    from keras_tuner.src.engine.trial import TrialStatus
 
     heard: dict[str, float] = {}
     create, update = oracle.create_trial, oracle.update_trial
 
+    @kt.synchronized
+    def others_running(oracle, tuner_id) -> bool:
+        if any(t != tuner_id for t in oracle.ongoing_trials):
+            oracle.tuner_ids.add(tuner_id)  # create() forgot it when it said STOPPED
+            return True
+        return False
+
     def create_trial(tuner_id):
         heard[tuner_id] = time.monotonic()
-        return create(tuner_id)
+        trial = create(tuner_id)
+        if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
+            time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
+            trial.status = TrialStatus.IDLE
+        return trial
 
     def update_trial(trial_id, metrics, step=0):
         for tuner_id, trial in list(oracle.ongoing_trials.items()):
