@@ -86,26 +86,34 @@ def test_a_saved_calibration_is_reused_and_a_changed_one_measured_again(tmp_path
     assert calls == ["tflite-int8", "tflite-dynamic", "tflite-int8"]
 
 
-def _oracle(tmp_path, max_trials=12):
+def _oracle(tmp_path, kind="random"):
     import keras_tuner as kt
 
-    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"),
-                                           max_trials=max_trials, seed=1)
-    oracle._set_project_dir(str(tmp_path), "p")
+    objective = kt.Objective("score", "max")
+    oracle = (kt.oracles.RandomSearchOracle(objective=objective, max_trials=12, seed=1)
+              if kind == "random" else kt.oracles.BayesianOptimizationOracle(
+                  objective=objective, max_trials=8, num_initial_points=2, seed=1))
+    oracle._set_project_dir(str(tmp_path), kind)
     oracle.hyperparameters.Int("n", 1, 100)
     return oracle
 
 
-def test_a_constrained_oracle_proposes_only_fitting_values(tmp_path):
-    oracle = _oracle(tmp_path)
-    turned_down = constrain(oracle, lambda v: [f"{v['n']} > 10"] if v["n"] > 10 else [])
+def _proposals(oracle, trials: int) -> list[int]:
+    """Run ``trials`` trials on ``oracle``, each scoring its own n; the n proposed."""
     seen = []
-    for i in range(8):
+    for i in range(trials):
         trial = oracle.create_trial(f"t{i}")
         seen.append(trial.hyperparameters.values["n"])
         oracle.update_trial(trial.trial_id, {"score": float(seen[-1])})
         trial.status = "COMPLETED"
         oracle.end_trial(trial)
+    return seen
+
+
+def test_a_constrained_oracle_proposes_only_fitting_values(tmp_path):
+    oracle = _oracle(tmp_path)
+    turned_down = constrain(oracle, lambda v: [f"{v['n']} > 10"] if v["n"] > 10 else [])
+    seen = _proposals(oracle, 8)
     assert all(1 <= n <= 10 for n in seen) and len(set(seen)) > 1
     assert sum(turned_down.values()) > 0  # 90% of the draws are too big
 
@@ -113,20 +121,9 @@ def test_a_constrained_oracle_proposes_only_fitting_values(tmp_path):
 def test_a_bayesian_proposal_that_does_not_fit_is_replaced(tmp_path):
     """After its random start, the Bayesian oracle proposes where scores were high (here:
     large n, which does not fit); each such proposal becomes a fitting random draw."""
-    import keras_tuner as kt
-
-    oracle = kt.oracles.BayesianOptimizationOracle(
-        objective=kt.Objective("score", "max"), max_trials=8, num_initial_points=2, seed=1)
-    oracle._set_project_dir(str(tmp_path), "b")
-    oracle.hyperparameters.Int("n", 1, 100)
+    oracle = _oracle(tmp_path, "bayesian")
     turned_down = constrain(oracle, lambda v: [f"{v['n']} > 10"] if v["n"] > 10 else [])
-    seen = []
-    for i in range(6):
-        trial = oracle.create_trial(f"t{i}")
-        seen.append(trial.hyperparameters.values["n"])
-        oracle.update_trial(trial.trial_id, {"score": float(seen[-1])})
-        trial.status = "COMPLETED"
-        oracle.end_trial(trial)
+    seen = _proposals(oracle, 6)
     assert all(1 <= n <= 10 for n in seen)
     after_start = list(turned_down.values())[2:]  # the model-based proposals
     assert len(after_start) == 4 and any(after_start)
