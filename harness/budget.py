@@ -109,20 +109,24 @@ class Budget:
 
 # --------------------------------------------------------------------------- costs
 
+def _kernel_layers() -> tuple[type, ...]:
+    """The layer classes that become one kernel call in an exported graph."""
+    import keras
+
+    return keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D
+
+
 def weight_bytes(model, precision: str) -> int:
     """Bytes of the Dense and convolution weights of ``model`` in an export of ``precision``:
     kernels at BYTES_PER_WEIGHT, biases at 4 bytes (int32 in int8 files; float32 in
     dynamic-range and float32 files) or 2 (float16). BatchNormalization is folded into the
     layers around it by the exporters, so its parameters are not counted."""
-    import keras
-
     from harness.footprint import KERNELS
 
     bias = 2 if precision == "float16" else 4
     total = 0
     for layer in _leaf_layers(model):
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D,
-                              keras.layers.DepthwiseConv2D)):
+        if isinstance(layer, _kernel_layers()):
             for w in layer.weights:
                 n = int(np.prod(w.shape))
                 total += n * (BYTES_PER_WEIGHT[precision] if w.name in KERNELS else bias)
@@ -131,11 +135,7 @@ def weight_bytes(model, precision: str) -> int:
 
 def dense_layers(model) -> int:
     """Dense and convolution layers: each is one kernel call in the exported graph."""
-    import keras
-
-    return sum(isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D,
-                                  keras.layers.DepthwiseConv2D))
-               for layer in _leaf_layers(model))
+    return sum(isinstance(layer, _kernel_layers()) for layer in _leaf_layers(model))
 
 
 def _leaf_layers(model):
@@ -208,17 +208,25 @@ def measure(cfg: TrainConfig, export: str, calls: int = PROBE_CALLS,
             "flash_bytes": flash, "p50_us": round(timed["p50_us"], 3), "calls": calls}
 
 
+def _on_tensorflow(args: list[str], doing: str, stdin: str | None = None) -> str:
+    """``python -m ARGS`` in a fresh process whose Keras runs on TensorFlow (the exporters
+    need it) on the CPU (timing is on the CPU, as on the device); its stdout, or
+    BudgetError naming what it was ``doing`` and its last word."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "CUDA_VISIBLE_DEVICES": "-1"}
+    done = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True,
+                          text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BudgetError(f"{doing} failed: {last}")
+    return done.stdout
+
+
 def measure_in_subprocess(configs: list[TrainConfig], export: str) -> list[dict]:
     """:func:`measure` for each config, in a fresh Python whose Keras runs on TensorFlow."""
     request = json.dumps({"export": export, "configs": [c.to_dict() for c in configs]})
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "CUDA_VISIBLE_DEVICES": "-1"}  # timing is on the CPU, as on the device
-    done = subprocess.run([sys.executable, "-m", "harness.budget"], input=request,
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise BudgetError(f"measuring the probe networks failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = _on_tensorflow(["harness.budget"], "measuring the probe networks", request)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def fit(probes: list[dict]) -> dict:
@@ -292,18 +300,14 @@ class Judge:
 def bench_in_subprocess(runs: list[Path], budget: Budget, archive: Path | None,
                         home: Path | None, results: Path) -> None:
     """``harness bench RUNS --export <format>`` in a fresh process on TensorFlow (the
-    exporters need it); its table goes to this process's output."""
-    cmd = [sys.executable, "-m", "harness.cli", "--results", str(results)]
+    exporters need it); its records are read back by :func:`judge_benched`."""
+    args = ["harness.cli", "--results", str(results)]
     if archive is not None:
-        cmd += ["--archive", str(archive)]
+        args += ["--archive", str(archive)]
     if home is not None:
-        cmd += ["--home", str(home)]
-    cmd += ["bench", *map(str, runs), "--export", budget.format]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "-1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise BudgetError(f"benchmarking the search's best networks failed: {last}")
+        args += ["--home", str(home)]
+    _on_tensorflow([*args, "bench", *map(str, runs), "--export", budget.format],
+                   "benchmarking the search's best networks")
 
 
 def judge_benched(budget: Budget, candidates: list[dict], results: Path) -> dict:

@@ -263,9 +263,8 @@ class BestEpochOnce(keras.callbacks.Callback):
 
     def __init__(self, original):
         super().__init__()
-        self.original = original  # its best value carries over to the trial's next execution
-        self.objective, self.filepath = original.objective, original.filepath
-        self.best_value = original.best_value
+        # The original keeps the best value: it carries over to the trial's next execution.
+        self.original = original
         self.best_weights = None
 
     @classmethod
@@ -276,21 +275,21 @@ class BestEpochOnce(keras.callbacks.Callback):
         return cls(callback) if type(callback) is SaveBestEpoch else callback
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.objective.has_value(logs):
+        objective, original = self.original.objective, self.original
+        if not objective.has_value(logs):
             self.best_weights = self.model.get_weights()
             return
-        value = self.objective.get_value(logs)
-        if self.objective.better_than(value, self.best_value):
-            self.best_value = value
+        value = objective.get_value(logs)
+        if objective.better_than(value, original.best_value):
+            original.best_value = value
             self.best_weights = self.model.get_weights()
 
     def on_train_end(self, logs=None):
-        self.original.best_value = self.best_value
         if self.best_weights is None:
             return
         last = self.model.get_weights()
         self.model.set_weights(self.best_weights)
-        self.model.save_weights(self.filepath)
+        self.model.save_weights(self.original.filepath)
         self.model.set_weights(last)
 
 

@@ -429,7 +429,7 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
             hp.values.update(values)
             return judge.misses(space.config_for(hp, base))
 
-        rejections = constrain(oracle, misses)
+        constrain(oracle, misses)
     if role == "chief":
         watch_workers(tuner.oracle, worker_timeout)
     atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
@@ -443,8 +443,8 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     summary = write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
     if judge is None:
         return summary
-    return judge_search(tuner, root, base, space, ds, splits, summary, judge, rejections,
-                        bench_top, Path(results), archive, home)
+    return judge_search(tuner, root, base, space, ds, splits, summary, judge, bench_top,
+                        Path(results), archive, home)
 
 
 def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
@@ -467,17 +467,14 @@ def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
 
 def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                  ds: data_mod.Dataset, splits: data_mod.Splits, summary: dict, judge,
-                 rejections: dict, bench_top: int, results: Path, archive, home) -> dict:
+                 bench_top: int, results: Path, archive, home) -> dict:
     """The ``bench_top`` best trials as runs, benchmarked and judged; the summary gains
     ``budget`` (see :func:`harness.budget.judge_benched`)."""
-    import keras_tuner as kt
-
     from harness import budget as budget_mod
 
     candidates, paths = [], []
     for trial in tuner.oracle.get_best_trials(bench_top):
-        cfg = space.config_for(kt.HyperParameters.from_config(
-            trial.hyperparameters.get_config()), base)
+        cfg = space.config_for(trial.hyperparameters.copy(), base)
         run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
         _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
                          run.name)
@@ -490,7 +487,7 @@ def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     part = budget_mod.judge_benched(judge.budget, candidates, results)
     part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
                            else None)
-    part["proposals_turned_down"] = sum(rejections.values())
+    part["proposals_turned_down"] = sum(tuner.oracle.turned_down.values())
     summary = {**summary, "budget": part}
     write_record("tuning", root / "summary.json", summary)
     return summary
@@ -515,8 +512,6 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
 def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                   ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
     """Trial table, best hyperparameters, and the best model as a run directory."""
-    import keras_tuner as kt
-
     rows = _trial_rows(tuner, root)
     atomic_write_json(root / "trials.json", rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -524,8 +519,7 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
 
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best_hp = best_trial.hyperparameters
-    cfg = replace(space.config_for(kt.HyperParameters.from_config(best_hp.get_config()), base),
-                  name="best")
+    cfg = replace(space.config_for(best_hp.copy(), base), name="best")
     run = RunDir(root / "best")
     evaluated = _write_trial_run(tuner, best_trial, run, cfg, root, ds, splits,
                                  f"{root.name}/best")
