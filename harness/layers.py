@@ -132,6 +132,53 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable(package="harness")
+class HostInitializer(keras.initializers.Initializer):
+    """One of Keras' variance-scaling initializers by name ("he_normal", "lecun_normal",
+    "glorot_uniform", ...), drawn with NumPy's global generator (which
+    ``keras.utils.set_random_seed`` seeds). Keras' own draw compiles a JAX program for
+    every new weight shape, which each trial of a search pays again at build time; this
+    draws from the same distribution with no compilation, on every backend alike."""
+
+    def __init__(self, name="glorot_uniform"):
+        keras_init = keras.initializers.get(name)
+        if not isinstance(keras_init, keras.initializers.VarianceScaling):
+            raise ValueError(f"not a variance-scaling initializer: {name}")
+        self.name = name
+        self.scale, self.mode, self.distribution = (
+            keras_init.scale, keras_init.mode, keras_init.distribution)
+
+    def __call__(self, shape, dtype=None):
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan_in = shape[-2] * receptive if len(shape) > 1 else shape[0]
+        fan_out = shape[-1] * receptive
+        fans = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
+        scale = self.scale / max(1.0, fans[self.mode])
+        if self.distribution == "uniform":
+            limit = np.sqrt(3.0 * scale)
+            value = np.random.uniform(-limit, limit, shape)
+        elif self.distribution == "truncated_normal":
+            # Keras' constant: the standard deviation of a unit normal cut at +-2
+            value = _truncated_unit_normal(shape) * np.sqrt(scale) / 0.87962566103423978
+        else:
+            value = np.random.normal(0.0, np.sqrt(scale), shape)
+        return value.astype(keras.backend.standardize_dtype(dtype or "float32"))
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+def _truncated_unit_normal(shape) -> np.ndarray:
+    """Unit normal draws within +-2, redrawing those outside (as Keras' truncated_normal)."""
+    value = np.random.standard_normal(shape)
+    outside = np.abs(value) > 2
+    while outside.any():
+        value[outside] = np.random.standard_normal(int(outside.sum()))
+        outside = np.abs(value) > 2
+    return value
+
+
 # What load_keras_model passes as custom_objects: every class above, by its class name.
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (RandomFlipShift, FlipPair, PairMean,
-                                                FlatPixels, SmoothedSparseCrossentropy)}
+                                                FlatPixels, SmoothedSparseCrossentropy,
+                                                HostInitializer)}

@@ -23,6 +23,13 @@ INITIALIZERS = {
 }
 
 
+def _initializer(name: str):
+    """Keras' initializer of that name, drawn on the host (harness.layers.HostInitializer)."""
+    from harness.layers import HostInitializer
+
+    return HostInitializer(name)
+
+
 def _activation(name: str):
     import keras
 
@@ -36,7 +43,8 @@ def _dense(cfg: TrainConfig, **kwargs):
 
     regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
     constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
-    return keras.layers.Dense(cfg.units, kernel_initializer=INITIALIZERS[cfg.activation],
+    return keras.layers.Dense(cfg.units,
+                              kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
                               kernel_regularizer=regularizer, kernel_constraint=constraint,
                               **kwargs)
 
@@ -133,7 +141,8 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
 
     def conv(x, filters, kernel=3, strides=1):
         return layers.Conv2D(filters, kernel, strides=strides, padding="same",
-                             kernel_initializer="he_normal", kernel_regularizer=l2)(x)
+                             kernel_initializer=_initializer("he_normal"),
+                             kernel_regularizer=l2)(x)
 
     inputs = keras.Input(shape=(32, 32, 3), name="pixels")
     tta_first, tta_last = _tta(cfg)
@@ -150,7 +159,8 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
             x = conv(x, filters, kernel=1, strides=strides)
         x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(10, activation="softmax", name="probabilities",
+                           kernel_initializer=_initializer("glorot_uniform"))(x)
     if tta_last is not None:
         outputs = tta_last(outputs)
     return keras.Model(inputs, outputs, name="resnet8")
@@ -188,14 +198,16 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         model.add(augment)
     model.add(layers.Flatten())
     if cfg.pca:
-        model.add(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca"))
+        model.add(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca",
+                               kernel_initializer=_initializer("glorot_uniform")))
         if components is not None:
             model.layers[-1].set_weights([np.asarray(components, np.float32)])
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
         model.add(layers.BatchNormalization(center=affine, scale=affine))
     if cfg.bottleneck:
-        model.add(layers.Dense(cfg.bottleneck, kernel_initializer="glorot_normal",
+        model.add(layers.Dense(cfg.bottleneck,
+                               kernel_initializer=_initializer("glorot_normal"),
                                name="bottleneck"))
         if cfg.arch == "batchnorm":
             model.add(layers.BatchNormalization())
@@ -212,7 +224,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
             model.add(_dense(cfg, activation=cfg.activation))
         if cfg.dropout:
             model.add(_dropout(cfg))
-    model.add(layers.Dense(10, activation="softmax", name="probabilities"))
+    model.add(layers.Dense(10, activation="softmax", name="probabilities",
+                           kernel_initializer=_initializer("glorot_uniform")))
     if tta_last is not None:
         model.add(tta_last)
     return model

@@ -19,7 +19,7 @@ def test_selu_is_the_studys_network():
     assert model.layers[0].name == "standardize" and not model.layers[0].trainable
     hidden = dense_layers(model)[:-1]
     assert all(l.units == 100 and l.activation.__name__ == "selu" for l in hidden)
-    assert all(isinstance(l.kernel_initializer, keras.initializers.LecunNormal) for l in hidden)
+    assert all(l.kernel_initializer.name == "lecun_normal" for l in hidden)
     assert all(l.kernel_constraint is None and l.kernel_regularizer is None for l in hidden)
     assert dense_layers(model)[-1].activation.__name__ == "softmax"
     assert count_params(model)["trainable"] == 348_710
@@ -31,7 +31,7 @@ def test_bn_elu_is_the_studys_network():
     assert kinds[:3] == ["BatchNormalization", "Flatten", "BatchNormalization"]
     assert kinds[3:-1] == ["Dense", "BatchNormalization", "Activation"] * 5
     hidden = dense_layers(model)[:-1]
-    assert all(isinstance(l.kernel_initializer, keras.initializers.HeNormal) for l in hidden)
+    assert all(l.kernel_initializer.name == "he_normal" for l in hidden)
     assert all(isinstance(l.kernel_constraint, keras.constraints.MaxNorm)
                and l.kernel_constraint.max_value == 1.0 for l in hidden)
     assert all(l.activation.__name__ == "linear" for l in hidden)
@@ -41,11 +41,33 @@ def test_bn_elu_is_the_studys_network():
     assert count_params(model)["trainable"] == 6144 + 348_710 + 5 * 200
 
 
-@pytest.mark.parametrize("activation,init", [("relu", "HeNormal"), ("gelu", "HeNormal"),
-                                             ("elu", "HeNormal"), ("selu", "LecunNormal")])
+@pytest.mark.parametrize("activation,init", [("relu", "he_normal"), ("gelu", "he_normal"),
+                                             ("elu", "he_normal"), ("selu", "lecun_normal")])
 def test_each_activation_gets_its_initializer(activation, init):
     model = build_model(resolve("selu", overrides={"activation": activation}), MEAN, VAR)
-    assert all(type(l.kernel_initializer).__name__ == init for l in dense_layers(model)[:-1])
+    assert all(l.kernel_initializer.name == init for l in dense_layers(model)[:-1])
+
+
+@pytest.mark.parametrize("name", ["he_normal", "lecun_normal", "glorot_uniform",
+                                  "glorot_normal"])
+def test_host_initializer_draws_what_keras_draws(name):
+    """The same distribution as Keras' initializer of that name (spread, bound, shape),
+    reproducible from the seed keras.utils.set_random_seed sets."""
+    from harness.layers import HostInitializer
+
+    shape = (300, 200)
+    keras.utils.set_random_seed(3)
+    ours = HostInitializer(name)(shape)
+    keras.utils.set_random_seed(3)
+    again = HostInitializer(name)(shape)
+    theirs = np.asarray(keras.initializers.get(name)(shape))
+    assert ours.shape == shape and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, again)
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.03)
+    assert abs(ours.mean()) < 0.1 * ours.std()
+    assert np.abs(ours).max() <= np.abs(theirs).max() * 1.05
+    with pytest.raises(ValueError, match="variance-scaling"):
+        HostInitializer("zeros")
 
 
 def test_leaky_relu_depth_width_dropout_and_penalties():
