@@ -155,7 +155,8 @@ def _stand_in_stats():
 
 def architecture(cfg: TrainConfig) -> dict:
     """The fields that decide a network's shape (and so its costs), for caching."""
-    keys = ("arch", "layers", "units", "pca", "bottleneck", "tta", "activation", "input_bn")
+    keys = ("arch", "layers", "units", "pool", "pca", "bottleneck", "tta", "activation",
+            "input_bn")
     return {k: getattr(cfg, k) for k in keys}
 
 

@@ -165,12 +165,17 @@ class Splits:
             mean[c], variance[c] = m, counts @ (values - m) ** 2 / counts.sum()
         return mean, variance
 
-    def principal_components(self, k: int) -> np.ndarray:
-        """(3072, k): the top-``k`` principal directions of the TRAIN split's flattened
-        images, standardized per channel as the models' first layer does; largest first."""
+    def principal_components(self, k: int, pool: int = 1) -> np.ndarray:
+        """(3072 / pool ** 2, k): the top-``k`` principal directions of the TRAIN split's
+        flattened images, standardized per channel as the models' first layer does and
+        averaged over pool x pool blocks as their pooling layer does; largest first."""
         mean, variance = self.norm_stats()
         x = ((self.train.x.reshape(len(self.train), -1, 3) - mean) / np.sqrt(variance))
-        x = x.reshape(len(self.train), -1).astype(np.float32)
+        x = x.astype(np.float32).reshape(len(self.train), 32, 32, 3)
+        if pool > 1:
+            side = 32 // pool
+            x = x.reshape(len(x), side, pool, side, pool, 3).mean(axis=(2, 4))
+        x = x.reshape(len(self.train), -1)
         x -= x.mean(axis=0)
         values, vectors = np.linalg.eigh((x.T @ x).astype(np.float64) / len(x))
         return vectors[:, ::-1][:, :k].astype(np.float32)

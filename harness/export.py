@@ -121,7 +121,7 @@ def foldable_prefix() -> tuple[type, ...]:
     from harness.layers import RandomFlipShift
 
     return (keras.layers.InputLayer, keras.layers.BatchNormalization, keras.layers.Flatten,
-            keras.layers.Dropout, RandomFlipShift)
+            keras.layers.Dropout, RandomFlipShift, keras.layers.AveragePooling2D)
 
 
 def fold_input_affine(model):
@@ -138,7 +138,9 @@ def fold_input_affine(model):
     Later Dropout layers are dropped. Test-time flips (a first FlipPair) stay in front of
     the folded Dense when the prefix is the same for a mirrored image (per-channel, as the
     standardization is); otherwise, and for a model of another shape (the CNN), the model
-    is returned as it is.
+    is returned as it is. An input pooling (AveragePooling2D, ``pool`` > 1) stays in front
+    of the folded Dense too: it commutes with the per-channel standardization before it, so
+    ``a`` and ``b`` are per pooled feature and the Dense keeps its smaller kernel.
     """
     import keras
     from keras import ops
@@ -170,9 +172,16 @@ def fold_input_affine(model):
         b = at(0.0)
         return (at(255.0) - b) / 255.0, b
 
+    pools = [layer for layer in layers[:first]
+             if isinstance(layer, keras.layers.AveragePooling2D)]
+    pool = pools[0] if pools else None
+    if len(pools) > 1 or (pool is not None and (pool.padding != "valid"
+                                                or pool.strides != pool.pool_size)):
+        return model
     a, b = affine(layers[:first], model.input_shape[1:])
     if flip is not None:
-        mirrored = [v.reshape(model.input_shape[1:])[:, ::-1].ravel() for v in (a, b)]
+        shape = pool.output.shape[1:] if pool is not None else model.input_shape[1:]
+        mirrored = [v.reshape(shape)[:, ::-1].ravel() for v in (a, b)]
         if not all(np.allclose(v, m) for v, m in zip((a, b), mirrored)):
             return model  # a per-pixel (not per-channel) affine would not commute with flips
     dense = layers[first]
@@ -191,6 +200,8 @@ def fold_input_affine(model):
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
     h = inputs if flip is None else FlipPair(name=flip.name)(inputs)
+    if pool is not None:
+        h = keras.layers.AveragePooling2D(pool.pool_size, name=pool.name)(h)
     h = folded(FlatPixels(name="flatten")(h))
     folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     for layer in rest:

@@ -169,16 +169,17 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
 def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
                 components: np.ndarray | None = None):
     """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale;
-    ``components`` (3072, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
+    ``components`` (inputs, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
     initialization, for callers that load weights next).
 
-    plain:     [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> [Bottleneck]
+    plain:     [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> [Bottleneck]
                -> N x [Dense(act)] -> Dense(10, softmax) -> [TTA mean]
-    batchnorm: [TTA] -> Normalize -> [Augment] -> Flatten -> [PCA] -> BN (input_bn)
+    batchnorm: [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> BN (input_bn)
                -> [Bottleneck -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
                -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
-    training images' top principal directions. Bottleneck (``cfg.bottleneck`` units) is a
+    training images' top principal directions. Pool (``cfg.pool``) averages each pool x pool
+    block of pixels, so everything after it sees 3072 / pool ** 2 inputs. Bottleneck (``cfg.bottleneck`` units) is a
     learned linear Dense.
     resnet8:   see :func:`build_resnet8`
     """
@@ -196,6 +197,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     augment = _augmentation(cfg)
     if augment is not None:
         model.add(augment)
+    if cfg.pool > 1:
+        model.add(layers.AveragePooling2D(cfg.pool, name="pool"))
     model.add(layers.Flatten())
     if cfg.pca:
         model.add(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca",

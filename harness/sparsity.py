@@ -199,6 +199,8 @@ def _mirror_in_tf_keras(model):
                                              name=layer.name))
         elif isinstance(layer, keras.layers.Flatten):
             mirror.add(tl.Flatten(name=layer.name))
+        elif isinstance(layer, keras.layers.AveragePooling2D):
+            mirror.add(tl.AveragePooling2D(layer.pool_size, name=layer.name))
         elif isinstance(layer, keras.layers.LeakyReLU):
             mirror.add(tl.LeakyReLU(alpha=float(layer.negative_slope), name=layer.name))
         elif isinstance(layer, keras.layers.Activation):

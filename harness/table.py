@@ -151,6 +151,8 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
     if architecture in DENSE_ARCHS:
         first = "".join(f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", ""))
                         if cfg.get(k))
+        if cfg.get("pool", 1) > 1:
+            first = f"pool{cfg['pool']}+{first}"
         architecture += f" {first}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
     if cfg.get("tta", "none") != "none":  # part of the model at inference
         architecture += f" + {cfg['tta']} TTA"

@@ -331,7 +331,8 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     # the PCA directions only when no given weights replace them (fine-tuning a derived model)
     fresh_pca = cfg.pca and initial_weights is None
     model = build_model(cfg, *splits.norm_stats(),
-                        components=splits.principal_components(cfg.pca) if fresh_pca else None)
+                        components=(splits.principal_components(cfg.pca, cfg.pool)
+                                    if fresh_pca else None))
     if initial_weights is not None:
         model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))

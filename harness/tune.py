@@ -177,7 +177,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
     mean, variance = splits.norm_stats()
     widest = space.widest_pca(base)
     # The top principal directions come largest first, so a narrower PCA is a slice.
-    components = splits.principal_components(widest) if widest else None
+    components = splits.principal_components(widest, base.pool) if widest else None
     # The teacher answers once; each trial mixes its answers with the labels by its weight.
     answers = (teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
                if base.teacher else None)

@@ -46,3 +46,18 @@ def test_unsafe_run_name_is_refused():
 def test_execution_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("selu", overrides={key: value})
+
+
+@pytest.mark.parametrize("overrides,match", [({"pool": 3}, "pool=3.*divide 32"),
+                                             ({"pool": 0}, "pool=0"),
+                                             ({"pool": 4, "pca": 200}, "pca=200.*3072 / pool")])
+def test_input_pooling_is_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve("bn-elu-fast", overrides=overrides)
+    assert resolve("bn-elu-fast", overrides={"pool": 4, "pca": 192}).pool == 4
+
+
+def test_the_search_recipe_splits_the_data_into_whole_batches():
+    """bn-elu-fast trains each trial of a search: no smaller last batch to compile again."""
+    cfg = resolve("bn-elu-fast")
+    assert 45_000 % cfg.batch_size == 0 and 5_000 % cfg.batch_size == 0

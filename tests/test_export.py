@@ -158,15 +158,16 @@ def test_predict_runs_without_tensorflow(exported, tmp_path):
     assert bad.returncode == 1 and "not a readable image" in bad.stderr
 
 
-@pytest.mark.parametrize("pca,tta", [(0, "none"), (24, "none"), (24, "flip")])
-def test_folded_inference_model_is_the_same_function(pca, tta):
+@pytest.mark.parametrize("pca,tta,pool", [(0, "none", 1), (24, "none", 1), (24, "flip", 1),
+                                          (0, "none", 2), (24, "flip", 4)])
+def test_folded_inference_model_is_the_same_function(pca, tta, pool):
     import keras
 
     from harness.export import exportable
     from harness.models import build_model
 
     cfg = resolve("mlp-frontier", overrides=dict(layers=2, units=16, pca=pca, tta=tta,
-                                                 backend=None))
+                                                 pool=pool, backend=None))
     rng = np.random.default_rng(0)
     model = build_model(cfg, mean=np.array([125.0, 122.0, 113.0]),
                         variance=np.array([3900.0, 3800.0, 4400.0]))
@@ -180,10 +181,12 @@ def test_folded_inference_model_is_the_same_function(pca, tta):
     kinds = [type(layer).__name__ for layer in lean.layers]
     if tta == "flip":  # the test-time flips stay in front, their mean at the end
         assert kinds.pop(1) == "FlipPair" and kinds.pop() == "PairMean", kinds
+    if pool > 1:  # the pooling stays in front of the folded Dense, which keeps its size
+        assert kinds.pop(1) == "AveragePooling2D", kinds
     assert kinds[:3] == ["InputLayer", "FlatPixels", "Dense"], kinds
     assert "Dropout" not in kinds and "RandomFlipShift" not in kinds
     first = next(layer for layer in lean.layers if isinstance(layer, keras.layers.Dense))
-    assert first.kernel.shape == (3072, pca or 16)
+    assert first.kernel.shape == (3072 // pool ** 2, pca or 16)
     # the first Dense is linear, so the BatchNormalization after it is folded in too
     assert kinds[3] == ("Dense" if pca else "Activation"), kinds
     np.testing.assert_allclose(np.asarray(lean(pixels)), expected, atol=2e-5)

@@ -81,6 +81,17 @@ def test_pca_layer_projects_onto_the_training_images_principal_directions(tmp_pa
     assert model.count_params() - sum(int(np.prod(w.shape)) for w in model.trainable_weights) \
         >= v.size  # the projection is not trained
 
+    # with pool 2, the directions of the 16 x 16 block means, as the model's pooling sees them
+    pooled = splits.principal_components(k, pool=2)
+    assert pooled.shape == (16 * 16 * 3, k)
+    np.testing.assert_allclose(pooled.T @ pooled, np.eye(k), atol=1e-4)
+    blocks = x.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4)).reshape(len(x), -1)
+    spread = (blocks - blocks.mean(axis=0)) @ pooled
+    assert np.all(np.diff(spread.var(axis=0)) <= 1e-3)
+    model = build_model(dataclasses.replace(cfg, pool=2), mean, variance, components=pooled)
+    assert model.get_layer("pool").pool_size == (2, 2)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("pca").kernel), pooled)
+
 
 def test_smoothed_loss_matches_its_definition():
     loss = custom_objects()["SmoothedSparseCrossentropy"](0.1)
