@@ -155,9 +155,11 @@ def test_tune_budget_errors_are_one_line(tmp_path, archive):
 
 @pytest.mark.slow
 def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp_path, archive):
-    """End to end on JAX: probes, constrained trials, the best one benchmarked and judged."""
+    """End to end on JAX: probes, constrained trials, the best one benchmarked and judged;
+    behind an input pooling and a projection of the pooled images."""
     cmd = [sys.executable, "-m", "harness.cli", "--archive", str(archive), "--results",
            str(tmp_path), "tune", "--preset", "bn-elu-fast", "--tuner", "random",
+           "--pool", "2", "--pca", "16",
            "--max-trials", "3", "--epochs", "2", "--batch-size", "64", "--layers-range", "1,3",
            "--units-range", "8,64", "--max-macs", "100000", "--max-latency-us", "1000",
            "--bench-top", "1", "--name", "edge"]
@@ -181,6 +183,9 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
         row = next(r for r in bench["rows"] if (r["format"], r["precision"]) == ("tflite", "int8"))
         assert cand["measured"]["p50_us"] == pytest.approx(row["p50_us"], abs=1e-3)
         assert cand["measured"]["macs"] == cand["predicted"]["macs"] == row["macs"]
+        hp = cand["hyperparameters"]  # 16 x 16 x 3 pooled inputs, projected onto 16
+        n, u = hp["n_hidden"], hp["n_neurons"]
+        assert row["macs"] == 768 * 16 + 16 * u + (n - 1) * u * u + u * 10
         assert cand["fits"] == (row["macs"] <= 100_000 and row["p50_us"] <= 1000)
         assert (tmp_path / "runs" / cand["run"] / "model.keras").exists()
         metrics = json.loads((tmp_path / "runs" / cand["run"] / "metrics.json").read_text())
