@@ -139,8 +139,9 @@ def fold_input_affine(model):
     the folded Dense when the prefix is the same for a mirrored image (per-channel, as the
     standardization is); otherwise, and for a model of another shape (the CNN), the model
     is returned as it is. An input pooling (AveragePooling2D, ``pool`` > 1) stays in front
-    of the folded Dense too: it commutes with the per-channel standardization before it, so
-    ``a`` and ``b`` are per pooled feature and the Dense keeps its smaller kernel.
+    of the folded Dense too, as a fixed convolution computing the same means: it commutes
+    with the per-channel standardization before it, so ``a`` and ``b`` are per pooled
+    feature and the Dense keeps its smaller kernel.
     """
     import keras
     from keras import ops
@@ -201,7 +202,14 @@ def fold_input_affine(model):
     folded = keras.layers.Dense(dense.units, activation=dense.activation, name=dense.name)
     h = inputs if flip is None else FlipPair(name=flip.name)(inputs)
     if pool is not None:
-        h = keras.layers.AveragePooling2D(pool.pool_size, name=pool.name)(h)
+        # The same block means as a fixed convolution: LiteRT's int8 AVERAGE_POOL_2D kernel
+        # is far slower than its CONV_2D at batch 1 (docs/tuning.md), and TFLM has both.
+        channels, size = model.input_shape[-1], tuple(pool.pool_size)
+        means = keras.layers.Conv2D(channels, size, strides=size, use_bias=False,
+                                    name=pool.name)
+        h = means(h)
+        means.set_weights([np.einsum("ij,cd->ijcd", np.ones(size), np.eye(channels))
+                           .astype(np.float32) / np.prod(size)])
     h = folded(FlatPixels(name="flatten")(h))
     folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     for layer in rest:

@@ -181,8 +181,8 @@ def test_folded_inference_model_is_the_same_function(pca, tta, pool):
     kinds = [type(layer).__name__ for layer in lean.layers]
     if tta == "flip":  # the test-time flips stay in front, their mean at the end
         assert kinds.pop(1) == "FlipPair" and kinds.pop() == "PairMean", kinds
-    if pool > 1:  # the pooling stays in front of the folded Dense, which keeps its size
-        assert kinds.pop(1) == "AveragePooling2D", kinds
+    if pool > 1:  # the pooling stays in front of the folded Dense (as a fixed convolution)
+        assert kinds.pop(1) == "Conv2D", kinds
     assert kinds[:3] == ["InputLayer", "FlatPixels", "Dense"], kinds
     assert "Dropout" not in kinds and "RandomFlipShift" not in kinds
     first = next(layer for layer in lean.layers if isinstance(layer, keras.layers.Dense))
