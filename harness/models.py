@@ -179,8 +179,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
                -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
     training images' top principal directions. Pool (``cfg.pool``) averages each pool x pool
-    block of pixels, so everything after it sees 3072 / pool ** 2 inputs. Bottleneck (``cfg.bottleneck`` units) is a
-    learned linear Dense.
+    block of pixels, so everything after it sees 3072 / pool ** 2 inputs. Bottleneck
+    (``cfg.bottleneck`` units) is a learned linear Dense.
     resnet8:   see :func:`build_resnet8`
     """
     import keras
