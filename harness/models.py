@@ -188,49 +188,50 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
 
     if cfg.arch == "resnet8":
         return build_resnet8(cfg, mean, variance)
-    model = keras.Sequential(name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
-    model.add(keras.Input(shape=(32, 32, 3), name="pixels"))
+    # One list, one Sequential: adding layers one by one re-traces the model at every add.
+    stack = [keras.Input(shape=(32, 32, 3), name="pixels")]
     tta_first, tta_last = _tta(cfg)
     if tta_first is not None:
-        model.add(tta_first)
-    model.add(standardize_layer(mean, variance))
+        stack.append(tta_first)
+    stack.append(standardize_layer(mean, variance))
     augment = _augmentation(cfg)
     if augment is not None:
-        model.add(augment)
+        stack.append(augment)
     if cfg.pool > 1:
-        model.add(layers.AveragePooling2D(cfg.pool, name="pool"))
-    model.add(layers.Flatten())
+        stack.append(layers.AveragePooling2D(cfg.pool, name="pool"))
+    stack.append(layers.Flatten())
     if cfg.pca:
-        model.add(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca",
-                               kernel_initializer=_initializer("glorot_uniform")))
-        if components is not None:
-            model.layers[-1].set_weights([np.asarray(components, np.float32)])
+        stack.append(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca",
+                                  kernel_initializer=_initializer("glorot_uniform")))
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
-        model.add(layers.BatchNormalization(center=affine, scale=affine))
+        stack.append(layers.BatchNormalization(center=affine, scale=affine))
     if cfg.bottleneck:
-        model.add(layers.Dense(cfg.bottleneck,
-                               kernel_initializer=_initializer("glorot_normal"),
-                               name="bottleneck"))
+        stack.append(layers.Dense(cfg.bottleneck,
+                                  kernel_initializer=_initializer("glorot_normal"),
+                                  name="bottleneck"))
         if cfg.arch == "batchnorm":
-            model.add(layers.BatchNormalization())
+            stack.append(layers.BatchNormalization())
     for _ in range(cfg.layers):
         if cfg.arch == "batchnorm":
             # The study's ordering: linear Dense, then BN, then the activation.
-            model.add(_dense(cfg))
-            model.add(layers.BatchNormalization())
-            model.add(_activation(cfg.activation))
+            stack.append(_dense(cfg))
+            stack.append(layers.BatchNormalization())
+            stack.append(_activation(cfg.activation))
         elif cfg.activation in ("leaky-relu",):
-            model.add(_dense(cfg))
-            model.add(_activation(cfg.activation))
+            stack.append(_dense(cfg))
+            stack.append(_activation(cfg.activation))
         else:
-            model.add(_dense(cfg, activation=cfg.activation))
+            stack.append(_dense(cfg, activation=cfg.activation))
         if cfg.dropout:
-            model.add(_dropout(cfg))
-    model.add(layers.Dense(10, activation="softmax", name="probabilities",
-                           kernel_initializer=_initializer("glorot_uniform")))
+            stack.append(_dropout(cfg))
+    stack.append(layers.Dense(10, activation="softmax", name="probabilities",
+                              kernel_initializer=_initializer("glorot_uniform")))
     if tta_last is not None:
-        model.add(tta_last)
+        stack.append(tta_last)
+    model = keras.Sequential(stack, name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")
+    if cfg.pca and components is not None:
+        model.get_layer("pca").set_weights([np.asarray(components, np.float32)])
     return model
 
 

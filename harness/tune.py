@@ -24,6 +24,7 @@ Layout of ``<results>/tuning/<name>/``::
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import resource
@@ -435,9 +436,16 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
                                              "max_trials": max_trials, "space": space.__dict__,
                                              "base_config": base.to_dict(), "data": ds.record})
+    # KerasTuner collects garbage before every trial: with the objects that outlive the
+    # search (modules, data, tuner) frozen out of the collector's reach, that is cheap.
+    gc.collect()
+    gc.freeze()
     t0 = time.perf_counter()
-    tuner.search(splits.train.x, splits.train.y, validation_data=(splits.val.x, splits.val.y),
-                 verbose=verbose)
+    try:
+        tuner.search(splits.train.x, splits.train.y,
+                     validation_data=(splits.val.x, splits.val.y), verbose=verbose)
+    finally:
+        gc.unfreeze()
     if role not in (None, "chief"):
         return None  # a worker: the chief writes the outputs
     summary = write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)

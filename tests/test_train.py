@@ -139,6 +139,37 @@ def test_cosine_schedule_warms_up_then_decays(tmp_path, archive):
     assert lrs[3] < 1e-4
 
 
+LR_READER_CHECK = """
+import numpy as np, keras
+from harness.callbacks import learning_rate_reader
+schedule = keras.optimizers.schedules.CosineDecay(
+    initial_learning_rate=1e-3, decay_steps=90, warmup_target=1e-2, warmup_steps=10)
+for rate in (schedule, 0.05):
+    optimizer = keras.optimizers.Nadam(learning_rate=rate)
+    optimizer.build([keras.Variable(np.zeros((2, 2), np.float32))])
+    read = learning_rate_reader(optimizer)
+    for step in (0, 5, 10, 55, 100):
+        optimizer.iterations.assign(step)
+        print(keras.backend.backend(), step, read(), float(np.asarray(optimizer.learning_rate)))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_the_logged_learning_rate_is_the_optimizers_own(backend):
+    """EpochLog reads a schedule through a compiled function on JAX: it must give what the
+    optimizer itself reports, step by step (during warm-up, at the peak, decaying)."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run([sys.executable, "-c", LR_READER_CHECK], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert len(rows) == 10 and all(row[0] == backend for row in rows)
+    values = [(float(ours), float(keras_own)) for _, _, ours, keras_own in rows]
+    assert len({keras_own for _, keras_own in values[:5]}) == 5  # the schedule moves
+    for ours, keras_own in values:
+        assert ours == pytest.approx(keras_own, rel=1e-6)
+
+
 def test_backend_mismatch_is_a_clear_error(tmp_path, archive):
     other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
     cfg = resolve("selu", overrides={**SMALL, "backend": other, "name": "b"})
