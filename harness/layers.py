@@ -178,7 +178,65 @@ def _truncated_unit_normal(shape) -> np.ndarray:
     return value
 
 
+@keras.saving.register_keras_serializable(package="harness")
+class RowMajorDense(keras.layers.Dense):
+    """``keras.layers.Dense`` whose backward products XLA runs on its fast CPU kernels.
+
+    Autodiff writes the kernel's gradient as ``x^T @ g`` and the input's as ``g @ W^T``:
+    products with a transposed operand, which XLA's CPU backend leaves to a generic kernel
+    because its YNNPACK kernels take only row-major operands (``IsDotSupportedByYnn`` in
+    XLA's ``ynn_support.cc``). On JAX on a CPU this layer transposes the small operands
+    first (``g`` and ``W``) and computes the kernel's gradient as ``(g^T @ x)^T``: the same
+    sums, in row-major products. Everywhere else (TensorFlow, a GPU, inference) it is
+    Dense; its weights and saved configuration are Dense's."""
+
+    def call(self, inputs, training=None):
+        if not (_row_major_backward() and len(inputs.shape) == 2
+                and self.quantization_mode is None and not self.lora_enabled):
+            return super().call(inputs, training=training)
+        x = _row_major_matmul()(inputs, ops.convert_to_tensor(self.kernel))
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+def _row_major_backward() -> bool:
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+_MATMUL = []  # the custom-gradient product, made once (it needs JAX)
+
+
+def _row_major_matmul():
+    """``x @ w`` whose backward pass transposes ``g`` and ``w`` explicitly; XLA would fold
+    a plain transpose back into the product, so each is behind an optimization barrier."""
+    if not _MATMUL:
+        import jax
+
+        @jax.custom_vjp
+        def matmul(x, w):
+            return x @ w
+
+        def forward(x, w):
+            return x @ w, (x, w)
+
+        def backward(saved, g):
+            x, w = saved
+            barrier = jax.lax.optimization_barrier
+            grad_x = g @ barrier(w.T)
+            grad_w = barrier(barrier(g.T) @ x).T
+            return grad_x, grad_w
+
+        matmul.defvjp(forward, backward)
+        _MATMUL.append(matmul)
+    return _MATMUL[0]
+
+
 # What load_keras_model passes as custom_objects: every class above, by its class name.
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (RandomFlipShift, FlipPair, PairMean,
                                                 FlatPixels, SmoothedSparseCrossentropy,
-                                                HostInitializer)}
+                                                HostInitializer, RowMajorDense)}

@@ -38,15 +38,18 @@ def _activation(name: str):
     return keras.layers.Activation(name)
 
 
-def _dense(cfg: TrainConfig, **kwargs):
+def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
+    """A hidden Dense layer; the one that reads the flattened pixels is a RowMajorDense,
+    whose kernel gradient (over thousands of inputs) is most of a small net's step."""
     import keras
+
+    from harness.layers import RowMajorDense
 
     regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
     constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
-    return keras.layers.Dense(cfg.units,
-                              kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
-                              kernel_regularizer=regularizer, kernel_constraint=constraint,
-                              **kwargs)
+    return (RowMajorDense if reads_pixels else keras.layers.Dense)(
+        cfg.units, kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
+        kernel_regularizer=regularizer, kernel_constraint=constraint, **kwargs)
 
 
 def _dropout(cfg: TrainConfig):
@@ -186,6 +189,8 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     import keras
     from keras import layers
 
+    from harness.layers import RowMajorDense
+
     if cfg.arch == "resnet8":
         return build_resnet8(cfg, mean, variance)
     # One list, one Sequential: adding layers one by one re-traces the model at every add.
@@ -207,22 +212,22 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         affine = cfg.input_bn == "affine"
         stack.append(layers.BatchNormalization(center=affine, scale=affine))
     if cfg.bottleneck:
-        stack.append(layers.Dense(cfg.bottleneck,
-                                  kernel_initializer=_initializer("glorot_normal"),
-                                  name="bottleneck"))
+        stack.append((RowMajorDense if not cfg.pca else layers.Dense)(
+            cfg.bottleneck, name="bottleneck", kernel_initializer=_initializer("glorot_normal")))
         if cfg.arch == "batchnorm":
             stack.append(layers.BatchNormalization())
-    for _ in range(cfg.layers):
+    for i in range(cfg.layers):
+        reads_pixels = i == 0 and not (cfg.pca or cfg.bottleneck)
         if cfg.arch == "batchnorm":
             # The study's ordering: linear Dense, then BN, then the activation.
-            stack.append(_dense(cfg))
+            stack.append(_dense(cfg, reads_pixels))
             stack.append(layers.BatchNormalization())
             stack.append(_activation(cfg.activation))
         elif cfg.activation in ("leaky-relu",):
-            stack.append(_dense(cfg))
+            stack.append(_dense(cfg, reads_pixels))
             stack.append(_activation(cfg.activation))
         else:
-            stack.append(_dense(cfg, activation=cfg.activation))
+            stack.append(_dense(cfg, reads_pixels, activation=cfg.activation))
         if cfg.dropout:
             stack.append(_dropout(cfg))
     stack.append(layers.Dense(10, activation="softmax", name="probabilities",

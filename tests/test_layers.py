@@ -36,13 +36,11 @@ def test_commands_without_a_model_import_no_deep_learning_library(archive, name,
 def _tiny_tta_model():
     from harness.models import build_model
 
-    cfg = resolve("mlp-frontier", overrides=dict(layers=1, units=16, pca=8, tta="flip",
+    cfg = resolve("mlp-frontier", overrides=dict(layers=1, units=16, pca=0, tta="flip",
                                                  augment="flip-shift", zoom=0.1,
                                                  label_smoothing=0.1, mixup=0.0, backend=None))
-    rng = np.random.default_rng(0)
     model = build_model(cfg, mean=np.array([125.0, 122.0, 113.0]),
-                        variance=np.array([3900.0, 3800.0, 4400.0]),
-                        components=rng.normal(size=(3072, 8)) / 50)
+                        variance=np.array([3900.0, 3800.0, 4400.0]))
     return cfg, model
 
 
@@ -64,7 +62,7 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
 
     from harness.export import fold_input_affine
     from harness.layers import (CUSTOM_OBJECTS, FlipPair, PairMean, RandomFlipShift,
-                                SmoothedSparseCrossentropy)
+                                RowMajorDense, SmoothedSparseCrossentropy)
     from harness.models import load_keras_model, loss_for
     from harness.train import save_model
 
@@ -85,12 +83,57 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
         assert isinstance(loaded.get_layer("augment"), RandomFlipShift)
         assert loaded.get_layer("augment").zoom == pytest.approx(0.1)
         assert isinstance(loaded.loss, SmoothedSparseCrossentropy)
+        dense = [layer for layer in loaded.layers if isinstance(layer, keras.layers.Dense)]
+        assert [type(layer) for layer in dense] == [RowMajorDense, keras.layers.Dense]
         np.testing.assert_allclose(np.asarray(loaded(pixels, training=False)), expected,
                                    atol=1e-6)
         # export recognises the loaded flips by class: they stay in front of the folded Dense
         lean = fold_input_affine(loaded)
         assert lean is not loaded and isinstance(lean.layers[1], FlipPair)
         np.testing.assert_allclose(np.asarray(lean(pixels)), expected, atol=2e-5)
+
+
+ROW_MAJOR_CHECK = """
+import json, jax, numpy as np, keras
+from harness.layers import RowMajorDense, _row_major_backward
+assert _row_major_backward()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 48)).astype(np.float32)
+g = rng.normal(size=(64, 5)).astype(np.float32)
+for activation in (None, "elu"):
+    ours = RowMajorDense(5, activation=activation)
+    theirs = keras.layers.Dense(5, activation=activation)
+    ours.build((None, 48)), theirs.build((None, 48))
+    theirs.set_weights(ours.get_weights())
+    def loss(layer, params, x):
+        out, _ = layer.stateless_call(params, [], x)
+        return (out * g).sum()
+    for layer in (ours, theirs):
+        params = [v.value for v in layer.trainable_variables]
+        value, grads = jax.jit(jax.value_and_grad(lambda p, x: loss(layer, p, x),
+                                                  argnums=(0, 1)))(params, x)
+        kernel, bias = (np.asarray(a).tolist() for a in grads[0])
+        print(json.dumps({"loss": float(value), "kernel": kernel, "bias": bias,
+                          "input": np.asarray(grads[1]).tolist()}))
+"""
+
+
+def test_row_major_dense_has_dense_values_and_gradients_on_jax():
+    """RowMajorDense rewrites its backward products for XLA's CPU kernels: the loss and the
+    gradients (kernel, bias, input) must be Dense's, with and without an activation."""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", ROW_MAJOR_CHECK], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 4
+    for ours, theirs in (lines[0:2], lines[2:4]):
+        ours, theirs = json.loads(ours), json.loads(theirs)
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        for part, shape in (("kernel", (48, 5)), ("bias", (5,)), ("input", (64, 48))):
+            a, b = np.array(ours[part]), np.array(theirs[part])
+            assert a.shape == b.shape == shape and np.abs(b).max() > 0
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_mixup_batches_are_the_same_from_labels_or_one_hot_targets():
