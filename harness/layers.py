@@ -185,10 +185,10 @@ class RowMajorDense(keras.layers.Dense):
     Autodiff writes the kernel's gradient as ``x^T @ g`` and the input's as ``g @ W^T``:
     products with a transposed operand, which XLA's CPU backend leaves to a generic kernel
     because its YNNPACK kernels take only row-major operands (``IsDotSupportedByYnn`` in
-    XLA's ``ynn_support.cc``). On JAX on a CPU this layer transposes the small operands
-    first (``g`` and ``W``) and computes the kernel's gradient as ``(g^T @ x)^T``: the same
-    sums, in row-major products. Everywhere else (TensorFlow, a GPU, inference) it is
-    Dense; its weights and saved configuration are Dense's."""
+    XLA's ``ynn_support.cc``). On JAX on a CPU this layer transposes ``g`` and ``W``
+    first and computes the kernel's gradient as ``(g^T @ x)^T``: the same sums, in
+    row-major products; its forward pass is Dense's product. Elsewhere (TensorFlow, a GPU)
+    it is Dense; its weights and saved configuration are always Dense's."""
 
     def call(self, inputs, training=None):
         if not (_row_major_backward() and len(inputs.shape) == 2

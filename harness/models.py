@@ -40,7 +40,7 @@ def _activation(name: str):
 
 def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
     """A hidden Dense layer; the one that reads the flattened pixels is a RowMajorDense,
-    whose kernel gradient (over thousands of inputs) is most of a small net's step."""
+    whose kernel gradient (thousands of inputs) is the largest product of a small net."""
     import keras
 
     from harness.layers import RowMajorDense
