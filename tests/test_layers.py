@@ -110,11 +110,13 @@ for activation in (None, "elu"):
         return (out * g).sum()
     for layer in (ours, theirs):
         params = [v.value for v in layer.trainable_variables]
-        value, grads = jax.jit(jax.value_and_grad(lambda p, x: loss(layer, p, x),
-                                                  argnums=(0, 1)))(params, x)
+        step = jax.value_and_grad(lambda p, x: loss(layer, p, x), argnums=(0, 1))
+        value, grads = jax.jit(step)(params, x)
         kernel, bias = (np.asarray(a).tolist() for a in grads[0])
+        program = str(jax.make_jaxpr(step)(params, x))
         print(json.dumps({"loss": float(value), "kernel": kernel, "bias": bias,
-                          "input": np.asarray(grads[1]).tolist()}))
+                          "input": np.asarray(grads[1]).tolist(),
+                          "barriers": "optimization_barrier" in program}))
 """
 
 
@@ -129,6 +131,7 @@ def test_row_major_dense_has_dense_values_and_gradients_on_jax():
     assert len(lines) == 4
     for ours, theirs in (lines[0:2], lines[2:4]):
         ours, theirs = json.loads(ours), json.loads(theirs)
+        assert ours["barriers"] and not theirs["barriers"]  # our backward pass did run
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
         for part, shape in (("kernel", (48, 5)), ("bias", (5,)), ("input", (64, 48))):
             a, b = np.array(ours[part]), np.array(theirs[part])
