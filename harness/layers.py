@@ -11,6 +11,8 @@ backend before Keras loads, and ``harness --help`` or ``harness predict`` never 
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 from keras import ops
@@ -200,6 +202,7 @@ class RowMajorDense(keras.layers.Dense):
         return x if self.activation is None else self.activation(x)
 
 
+@functools.cache  # a process's Keras backend and JAX platform never change
 def _row_major_backward() -> bool:
     if keras.backend.backend() != "jax":
         return False
@@ -208,32 +211,26 @@ def _row_major_backward() -> bool:
     return jax.default_backend() == "cpu"
 
 
-_MATMUL = []  # the custom-gradient product, made once (it needs JAX)
-
-
+@functools.cache  # made once, on first use (it needs JAX)
 def _row_major_matmul():
     """``x @ w`` whose backward pass transposes ``g`` and ``w`` explicitly; XLA would fold
     a plain transpose back into the product, so each is behind an optimization barrier."""
-    if not _MATMUL:
-        import jax
+    import jax
 
-        @jax.custom_vjp
-        def matmul(x, w):
-            return x @ w
+    @jax.custom_vjp
+    def matmul(x, w):
+        return x @ w
 
-        def forward(x, w):
-            return x @ w, (x, w)
+    def forward(x, w):
+        return x @ w, (x, w)
 
-        def backward(saved, g):
-            x, w = saved
-            barrier = jax.lax.optimization_barrier
-            grad_x = g @ barrier(w.T)
-            grad_w = barrier(barrier(g.T) @ x).T
-            return grad_x, grad_w
+    def backward(saved, g):
+        x, w = saved
+        barrier = jax.lax.optimization_barrier
+        return g @ barrier(w.T), barrier(barrier(g.T) @ x).T
 
-        matmul.defvjp(forward, backward)
-        _MATMUL.append(matmul)
-    return _MATMUL[0]
+    matmul.defvjp(forward, backward)
+    return matmul
 
 
 # What load_keras_model passes as custom_objects: every class above, by its class name.

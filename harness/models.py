@@ -211,13 +211,16 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
         stack.append(layers.BatchNormalization(center=affine, scale=affine))
+    # The first learned Dense (bottleneck or first hidden layer) reads the pixels unless the
+    # PCA projection comes first.
+    reads_pixels = not cfg.pca
     if cfg.bottleneck:
-        stack.append((RowMajorDense if not cfg.pca else layers.Dense)(
+        stack.append((RowMajorDense if reads_pixels else layers.Dense)(
             cfg.bottleneck, name="bottleneck", kernel_initializer=_initializer("glorot_normal")))
         if cfg.arch == "batchnorm":
             stack.append(layers.BatchNormalization())
-    for i in range(cfg.layers):
-        reads_pixels = i == 0 and not (cfg.pca or cfg.bottleneck)
+        reads_pixels = False
+    for _ in range(cfg.layers):
         if cfg.arch == "batchnorm":
             # The study's ordering: linear Dense, then BN, then the activation.
             stack.append(_dense(cfg, reads_pixels))
@@ -230,6 +233,7 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
             stack.append(_dense(cfg, reads_pixels, activation=cfg.activation))
         if cfg.dropout:
             stack.append(_dropout(cfg))
+        reads_pixels = False
     stack.append(layers.Dense(10, activation="softmax", name="probabilities",
                               kernel_initializer=_initializer("glorot_uniform")))
     if tta_last is not None:
