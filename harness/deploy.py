@@ -37,6 +37,7 @@ from harness.device.predict import sha256 as sha256_file  # the selftest's own c
 from harness.records import (BadName, RunDir, atomic_write_bytes, atomic_write_json,
                              atomic_write_text, read_json)
 from harness.records import check_name as _check_name
+from harness.runtimes import pixel_rule
 
 TARGETS = ("linux", "mcu")
 # --runtime: the file format it runs and the package that runs it on the device.
@@ -199,7 +200,8 @@ def input_contract(model) -> dict:
         dtype = np.dtype(model.input["dtype"]).name
         shape = [int(d) for d in model.input["shape_signature"]]
         scale, zero = model.input["quantization"]
-        extra = {"quantization": {"scale": float(scale), "zero_point": int(zero)}} \
+        extra = {"quantization": {"scale": float(scale), "zero_point": int(zero),
+                                  "rule": pixel_rule(dtype, scale, zero)}} \
             if dtype != "float32" else {}
     else:
         spec = model.session.get_inputs()[0]

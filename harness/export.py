@@ -52,7 +52,11 @@ def export_onnx(model, target: Path) -> Path:
     return target
 
 
-def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarray) -> bytes:
+def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarray,
+                 int8_input: str = "int8") -> bytes:
+    """The TFLite file of ``saved_model`` at ``quantization``. An int8 file takes
+    ``int8_input`` pixels: int8 (the default, below) or uint8 (the raw bytes, as int8 files
+    made before 2026-11-30 did; ``benchmarks/int8_input.py`` times both)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -61,11 +65,14 @@ def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarra
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
-        # Full-integer: uint8 pixels in (the raw 0-255 image), float probabilities out.
+        # Full-integer: int8 pixels in (q = pixel - 128: scale 1, zero point -128, from the
+        # 0-255 calibration images), float probabilities out. Not uint8: LiteRT's XNNPACK
+        # delegate does not take a uint8-to-int8 QUANTIZE, so that op would run on its own
+        # in LiteRT's reference kernel before the delegated graph, at every call.
         converter.representative_dataset = lambda: (
             [representative[i:i + 1].astype(np.float32)] for i in range(len(representative)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
+        converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_input]
         converter.inference_output_type = tf.float32
     return converter.convert()
 
@@ -224,6 +231,13 @@ class ExportError(ValueError):
     """An export cannot be made here; the message says why and what to do."""
 
 
+def representative_images(splits) -> np.ndarray:
+    """The int8 calibration images: a fixed draw of training images (uint8)."""
+    pick = np.random.default_rng(0).choice(
+        len(splits.train), size=min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
+    return splits.train.x[pick]
+
+
 def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
                quantizations=QUANTIZATIONS) -> list[dict]:
     """Write and verify the requested exports of ``run``; return their records."""
@@ -255,12 +269,9 @@ def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
     if "onnx" in formats:
         record(export_onnx(model, out / "model.onnx"), "onnx", "float32")
     if "tflite" in formats:
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(splits.train), size=min(REPRESENTATIVE_IMAGES, len(splits.train)),
-                          replace=False)
         for q in quantizations:
             path = out / f"model_{q}.tflite"
-            atomic_write_bytes(path, tflite_bytes(saved_model, q, splits.train.x[pick]))
+            atomic_write_bytes(path, tflite_bytes(saved_model, q, representative_images(splits)))
             record(path, "tflite", q)
     if "saved_model" not in formats and "tflite" in formats:
         shutil.rmtree(out / "saved_model", ignore_errors=True)

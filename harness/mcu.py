@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.records import RunDir, atomic_write_text
-from harness.runtimes import LiteRTRuntime
+from harness.runtimes import LiteRTRuntime, pixel_rule
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
                            # they round alike (ResNet-8: the same class for 9,999 of 10,000
@@ -244,9 +244,7 @@ def input_contract(details: dict) -> dict:
     if len(quant["scales"]):
         scale, zero = float(quant["scales"][0]), int(quant["zero_points"][0])
         contract["quantization"] = {"scale": scale, "zero_point": zero,
-                                    "rule": "q = round(pixel / scale) + zero_point"}
-        if contract["dtype"] == "uint8" and scale == 1.0 and zero == 0:
-            contract["quantization"]["rule"] = "q = pixel: copy the 0-255 bytes as they are"
+                                    "rule": pixel_rule(details["dtype"], scale, zero)}
     return contract
 
 

@@ -56,8 +56,12 @@ class LiteRTRuntime:
         if self._in_dtype.kind in "iu":
             info = np.iinfo(self._in_dtype)
             self._in_quant = (np.float32(scale), zero, info.min, info.max)
-        # Integer inputs of scale 1 and zero point 0 take the raw pixels as they are.
-        self._raw = self._in_quant is not None and abs(scale - 1) < 1e-3 and zero == 0
+        # Integer inputs of scale 1 take the pixels as bytes: as they are at zero point 0
+        # (uint8), less 128 at zero point -128 (int8: the byte with its top bit flipped).
+        unit = self._in_quant is not None and abs(scale - 1) < 1e-3
+        self._raw = unit and zero == 0
+        self._shifted = (np.empty(self.input["shape"], np.uint8)
+                         if unit and zero == -128 and self._in_dtype == np.int8 else None)
         out_scale, out_zero = self.output["quantization"]
         self._out_quant = ((out_zero, np.float32(out_scale))
                            if np.dtype(self.output["dtype"]).kind in "iu" else None)
@@ -70,7 +74,9 @@ class LiteRTRuntime:
     def predict(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self.batch:
             self._resize(len(x))
-        if self._in_quant is not None and not (self._raw and x.dtype == self._in_dtype):
+        if self._shifted is not None and x.dtype == np.uint8:
+            x = np.subtract(x, np.uint8(128), out=self._shifted).view(np.int8)
+        elif self._in_quant is not None and not (self._raw and x.dtype == self._in_dtype):
             scale, zero, low, high = self._in_quant
             x = np.clip(np.round(np.asarray(x, np.float32) / scale + zero), low, high)
         if x.dtype != self._in_dtype:
@@ -82,6 +88,15 @@ class LiteRTRuntime:
             zero, scale = self._out_quant
             out = (out.astype(np.float32) - zero) * scale
         return out if out.dtype == np.float32 else out.astype(np.float32)
+
+
+def pixel_rule(dtype, scale: float, zero: int) -> str:
+    """How a 0-255 pixel becomes the value q of an integer input so quantized, in words."""
+    if abs(scale - 1) < 1e-3 and (np.dtype(dtype), zero) == (np.dtype(np.uint8), 0):
+        return "q = pixel: copy the 0-255 bytes as they are"
+    if abs(scale - 1) < 1e-3 and (np.dtype(dtype), zero) == (np.dtype(np.int8), -128):
+        return "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)"
+    return "q = round(pixel / scale) + zero_point"
 
 
 def load(path: Path, threads: int = 1):

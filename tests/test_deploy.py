@@ -129,7 +129,7 @@ def test_manifest_figures_are_the_measured_ones(bundle, trained):
     assert 0 < latency["p50_us"] <= latency["p90_us"] <= latency["p99_us"]
     assert latency["calls"] == 20 and latency["threads"] == 1
     assert {"cpu", "cores", "versions"} <= set(measured["machine"])
-    assert manifest["input"]["dtype"] == ("uint8" if model["precision"] == "int8" else "float32")
+    assert manifest["input"]["dtype"] == ("int8" if model["precision"] == "int8" else "float32")
     assert manifest["input"]["shape"] == [-1, 32, 32, 3]
     assert manifest["classes"] == list(data.LABEL_NAMES)
     assert manifest["source"] == {"run": "d", "config": run.read_config(), "data": ds.record}

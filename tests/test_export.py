@@ -205,3 +205,26 @@ def test_exported_mlp_graph_starts_with_one_reshape(exported):
     ops = [op["op_name"] for op in interpreter._get_ops_details()]
     assert ops[:2] == ["RESHAPE", "FULLY_CONNECTED"], ops
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
+
+
+def test_int8_file_takes_shifted_pixel_bytes_with_no_op_before_its_first_layer(exported):
+    """The int8 file's input is int8 of scale 1, zero point -128 (pixel - 128), so its graph
+    starts at the reshape: a uint8 input would need a QUANTIZE op that XNNPACK does not
+    take. The runtime's byte path (pixel - 128 in a kept buffer) feeds the same values as
+    the general rule round(pixel / scale) + zero point."""
+    run, ds, _ = exported
+    path = run.path / "exports" / "model_int8.tflite"
+    rt = runtimes.load(path)
+    assert np.dtype(rt.input["dtype"]) == np.int8 and rt.input["quantization"] == (1.0, -128)
+    assert runtimes.pixel_rule(np.int8, 1.0, -128).startswith("q = pixel - 128")
+    ops = [op["op_name"] for op in rt.interpreter._get_ops_details()]
+    assert ops[:2] == ["RESHAPE", "FULLY_CONNECTED"], ops
+    pixels = data.split(ds).test.x[:1].copy()
+    pixels.reshape(-1)[:6] = [0, 1, 127, 128, 254, 255]  # both ends and the middle
+    byte_path = rt.predict(pixels)
+    assert rt._shifted.view(np.int8).reshape(-1)[:6].tolist() == [-128, -127, -1, 0, 126, 127]
+    general = rt.interpreter
+    general.set_tensor(rt.input["index"], np.clip(np.round(pixels / 1.0 - 128), -128, 127)
+                       .astype(np.int8))
+    general.invoke()
+    assert np.array_equal(byte_path, general.get_tensor(rt.output["index"]))

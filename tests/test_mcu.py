@@ -58,9 +58,10 @@ def test_bundle_files_and_manifest(bundled):
     model = (folder / "model_int8.tflite").read_bytes()
     assert not (run.path / "exports").exists()  # exported in a scratch copy of the run
     assert not list(folder.parent.glob(".mcu-export.*"))  # which is gone
-    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [1, 32, 32, 3]
+    assert manifest["input"]["dtype"] == "int8" and manifest["input"]["shape"] == [1, 32, 32, 3]
     assert manifest["input"]["quantization"] == {
-        "scale": 1.0, "zero_point": 0, "rule": "q = pixel: copy the 0-255 bytes as they are"}
+        "scale": 1.0, "zero_point": -128,
+        "rule": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)"}
     assert manifest["output"]["shape"] == [1, 10]
     assert manifest["classes"] == list(ds.label_names)
     assert manifest["source"]["run"] == "m" and manifest["source"]["config"]["units"] == 32
@@ -68,7 +69,7 @@ def test_bundle_files_and_manifest(bundled):
     assert fp["flash_bytes"] == len(model) == manifest["model"]["bytes"]
     assert fp["arena_bytes"] == fp["arena_head_bytes"] + fp["arena_tail_bytes"]
     assert 1000 < fp["arena_bytes"] < 64 * 1024
-    assert fp["ops"].count("FULLY_CONNECTED") == 3 and fp["ops"][0] == "QUANTIZE"
+    assert fp["ops"].count("FULLY_CONNECTED") == 3 and fp["ops"][0] == "RESHAPE"
     assert fp["distinct_ops"] == sorted(set(fp["ops"]))
     assert fp["macs_per_image"] == HAND_MACS_2X32
 

@@ -64,7 +64,7 @@ class LiteRT:
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
         x = pixels.astype(np.float32)
-        if self.dtype.kind in "iu":  # int8 models: scale 1, zero point 0 leaves pixels as they are
+        if self.dtype.kind in "iu":  # int8 models: q = round(pixel / scale) + zero point
             scale, zero = self.input["quantization"]
             info = np.iinfo(self.dtype)
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
