@@ -114,6 +114,10 @@ class TrainConfig:
         "teacher labels the clean images, the model augments on its own).", kind=int,
         low=0, high=64, check=(lambda v, cfg: not v or (cfg.teacher and cfg.augment != "none"),
                                "needs a teacher and an augmentation"))
+    teacher_temperature: float = setting(
+        1.0, "Soften the teacher's probabilities before they become targets: the softmax of "
+        "its logits / T, so a small student also learns how the teacher ranks the wrong "
+        "classes (Hinton et al. 2015; 1 = as they are).", kind=float, low=1, high=20)
     # --- optimisation
     optimizer: str = setting("nadam", "Optimizer.", kind=str,
                              choices=("nadam", "adamw", "lion"))

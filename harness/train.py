@@ -118,6 +118,16 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(CLASSES, dtype=np.float32)[labels]
 
 
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``probs`` at ``temperature``: softmax(log p / T), the softmax of the logits / T (a
+    softmax's logits are its log-probabilities up to a constant per row)."""
+    if temperature == 1:
+        return probs
+    logits = np.log(np.maximum(probs.astype(np.float64), 1e-30)) / temperature
+    soft = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (soft / soft.sum(axis=-1, keepdims=True)).astype(probs.dtype)
+
+
 def teacher_targets(cfg: TrainConfig, results: Path, splits
                     ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Distillation targets for the training split: ``teacher_weight`` x the teacher run's
@@ -137,9 +147,11 @@ def teacher_targets(cfg: TrainConfig, results: Path, splits
     views = augmented_views(cfg, splits.train.x) if cfg.teacher_views else None
     probs = (np.stack([predict_keras(model, v) for v in views]) if views is not None
              else predict_keras(model, splits.train.x))
-    targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * labels
     clean = probs if views is None else predict_keras(model, splits.train.x)
+    probs = soften(probs, cfg.teacher_temperature)
+    targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * labels
     record = {"run": cfg.teacher, "weight": cfg.teacher_weight,
+              "temperature": cfg.teacher_temperature,
               "train_accuracy": float((clean.argmax(axis=-1) == splits.train.y).mean()),
               "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy")}
     if views is not None:

@@ -270,7 +270,7 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
         train(missing, ds, results, verbose=0)
     assert not RunDir.named(results, "s0").path.exists()  # nothing written for a bad teacher
 
-    from harness.train import teacher_targets
+    from harness.train import one_hot, teacher_targets
 
     cfg = resolve("selu", overrides={**small, "name": "student", "teacher": "teach",
                                      "teacher_weight": 0.5})
@@ -282,6 +282,21 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
     assert 0 < targets.min() and record["run"] == "teach" and record["weight"] == 0.5
     metrics = train(cfg, ds, results, verbose=0)
     assert metrics["status"] == "completed" and metrics["teacher"]["run"] == "teach"
+    # At temperature 4 the teacher's part is softer (more entropy), keeps its ranking and
+    # equals the softmax of its log-probabilities / 4; the labels' part is unchanged.
+    hot = resolve("selu", overrides={**small, "name": "student-t4", "teacher": "teach",
+                                     "teacher_weight": 0.5, "teacher_temperature": 4.0})
+    soft, record, _ = teacher_targets(hot, results, splits)
+    assert record["temperature"] == 4.0
+    teacher_part, soft_part = 2 * targets - one_hot(splits.train.y), 2 * soft - one_hot(
+        splits.train.y)
+    def entropy(p):
+        return -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
+    assert (entropy(soft_part) > entropy(teacher_part) - 1e-4).all()
+    assert (soft_part.argmax(axis=1) == teacher_part.argmax(axis=1)).all()
+    logits = np.log(np.maximum(teacher_part, 1e-30)) / 4
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(soft_part, expected, atol=1e-5)
 
 
 def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
