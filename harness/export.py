@@ -269,9 +269,10 @@ def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
     if "onnx" in formats:
         record(export_onnx(model, out / "model.onnx"), "onnx", "float32")
     if "tflite" in formats:
+        representative = representative_images(splits)
         for q in quantizations:
             path = out / f"model_{q}.tflite"
-            atomic_write_bytes(path, tflite_bytes(saved_model, q, representative_images(splits)))
+            atomic_write_bytes(path, tflite_bytes(saved_model, q, representative))
             record(path, "tflite", q)
     if "saved_model" not in formats and "tflite" in formats:
         shutil.rmtree(out / "saved_model", ignore_errors=True)

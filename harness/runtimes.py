@@ -60,13 +60,12 @@ class LiteRTRuntime:
         if self._in_dtype.kind in "iu":
             info = np.iinfo(self._in_dtype)
             self._in_quant = (np.float32(scale), zero, info.min, info.max)
-        # Integer inputs of scale 1 take uint8 pixels as bytes: as they are at zero point 0
-        # (uint8), less 128 at zero point -128 (int8: each byte with its top bit flipped),
-        # written into a buffer kept for the purpose.
-        unit = self._in_quant is not None and abs(scale - 1) < 1e-3
-        self._raw = unit and zero == 0 and self._in_dtype == _UINT8
+        # Inputs that take uint8 pixels as bytes (byte_form): as they are, or less 128 into
+        # a buffer kept for the purpose.
+        form = byte_form(self._in_dtype, scale, zero)
+        self._raw = form == "raw"
         self._shifted = None
-        if unit and zero == -128 and self._in_dtype == np.int8:
+        if form == "shifted":
             self._shifted = np.empty(self.input["shape"], np.uint8)
             self._shifted_int8 = self._shifted.view(np.int8)
         out_scale, out_zero = self.output["quantization"]
@@ -107,13 +106,22 @@ class LiteRTRuntime:
         return out if self._out_float32 else out.astype(np.float32)
 
 
+# Integer inputs of scale 1 that take uint8 pixels as bytes, by (dtype, zero point).
+BYTE_FORMS = {(_UINT8, 0): "raw", (np.dtype(np.int8), -128): "shifted"}
+RULES = {"raw": "q = pixel: copy the 0-255 bytes as they are",
+         "shifted": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)",
+         None: "q = round(pixel / scale) + zero_point"}
+
+
+def byte_form(dtype, scale: float, zero: int) -> str | None:
+    """How an input so typed and quantized takes 0-255 pixels: as bytes ("raw" or
+    "shifted", see BYTE_FORMS) or, None, only through the general rule."""
+    return BYTE_FORMS.get((np.dtype(dtype), zero)) if abs(scale - 1) < 1e-3 else None
+
+
 def pixel_rule(dtype, scale: float, zero: int) -> str:
     """How a 0-255 pixel becomes the value q of an integer input so quantized, in words."""
-    if abs(scale - 1) < 1e-3 and (np.dtype(dtype), zero) == (np.dtype(np.uint8), 0):
-        return "q = pixel: copy the 0-255 bytes as they are"
-    if abs(scale - 1) < 1e-3 and (np.dtype(dtype), zero) == (np.dtype(np.int8), -128):
-        return "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)"
-    return "q = round(pixel / scale) + zero_point"
+    return RULES[byte_form(dtype, scale, zero)]
 
 
 def load(path: Path, threads: int = 1):
