@@ -23,6 +23,7 @@ budgeted search gives (:func:`judge_benched`).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -213,6 +214,10 @@ def _on_tensorflow(args: list[str], doing: str, stdin: str | None = None) -> str
     """``python -m ARGS`` in a fresh process whose Keras runs on TensorFlow (the exporters
     need it) on the CPU (timing is on the CPU, as on the device); its stdout, or
     BudgetError naming what it was ``doing`` and its last word."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise BudgetError(f"{doing} needs TensorFlow, which this Python lacks (a training host "
+                          "may run JAX alone): trained trials are kept, so run the same "
+                          "command where TensorFlow is installed to finish the search")
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "CUDA_VISIBLE_DEVICES": "-1"}
     done = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True,
@@ -311,10 +316,17 @@ def bench_in_subprocess(runs: list[Path], budget: Budget, archive: Path | None,
                    "benchmarking the search's best networks")
 
 
-def judge_benched(budget: Budget, candidates: list[dict], results: Path) -> dict:
+def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=None) -> dict:
     """The budget part of a search summary, from the bench records of ``candidates``
-    (dicts with run, trial_id, val_accuracy and the predicted costs), best first."""
-    from harness.records import read_json
+    (dicts with run, trial_id, val_accuracy and the predicted costs), in their order.
+
+    With ``val`` (a :class:`harness.data.Split`), each candidate's judged file also answers
+    the validation images, and the best is the fitting candidate whose file scores best on
+    them (ties: the order given): the file is what deploys, and its quantization costs
+    each network a different share of its accuracy. Without, the first that fits."""
+    from harness.evaluate import score
+    from harness.records import RunDir, read_json
+    from harness.runtimes import load, predict_batched
 
     rows = []
     for cand in candidates:
@@ -322,29 +334,40 @@ def judge_benched(budget: Budget, candidates: list[dict], results: Path) -> dict
         row = next(r for r in record["rows"]
                    if (r["format"], r["precision"]) == (budget.format, budget.precision))
         misses = budget.misses(row["macs"], row["flash_bytes"], row["p50_us"])
-        rows.append({**cand, "measured": {
-            "test_accuracy": row["test"]["accuracy"], "p50_us": round(row["p50_us"], 3),
-            "flash_bytes": row["flash_bytes"], "macs": row["macs"],
-            "arena_bytes": row.get("arena_bytes"), "file": row["file"],
-            "bench": f"bench/{cand['run']}.json"}, "fits": not misses, "misses": misses})
+        measured = {"test_accuracy": row["test"]["accuracy"], "p50_us": round(row["p50_us"], 3),
+                    "flash_bytes": row["flash_bytes"], "macs": row["macs"],
+                    "arena_bytes": row.get("arena_bytes"), "file": row["file"],
+                    "bench": f"bench/{cand['run']}.json"}
+        if val is not None:
+            path = RunDir.named(results, cand["run"]).path / "exports" / row["file"]
+            measured["val_accuracy"] = score(predict_batched(load(path), val.x),
+                                             val.y)["accuracy"]
+        rows.append({**cand, "measured": measured, "fits": not misses, "misses": misses})
     fitting = [r for r in rows if r["fits"]]
+    if val is not None:
+        fitting.sort(key=lambda r: -r["measured"]["val_accuracy"])  # stable: ties keep order
     return {"limits": budget.to_dict(), "described": budget.describe(), "candidates": rows,
+            "ranked_by": ("the judged file's validation accuracy" if val is not None
+                          else "the trained model's validation accuracy"),
             "best": fitting[0]["run"] if fitting else None}
 
 
 def format_budget(part: dict) -> str:
     lines = [f"budget: {part['described']}",
-             f"{'run':<28}{'val acc':>8}{'test acc':>9}{'p50 us':>8}{'KiB':>8}{'MACs':>11}"
-             f"{'est. us':>8}  fits"]
+             f"{'run':<28}{'val acc':>8}{'file val':>9}{'test acc':>9}{'p50 us':>8}{'KiB':>8}"
+             f"{'MACs':>11}{'est. us':>8}  fits"]
     for r in part["candidates"]:
         m = r["measured"]
         est = r.get("predicted", {}).get("latency_us_est")
-        lines.append(f"{r['run']:<28}{r['val_accuracy']:>8.4f}{m['test_accuracy']:>9.4f}"
+        file_val = "-" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
+        lines.append(f"{r['run']:<28}{r['val_accuracy']:>8.4f}{file_val:>9}"
+                     f"{m['test_accuracy']:>9.4f}"
                      f"{m['p50_us']:>8.2f}{m['flash_bytes'] / KIB:>8.1f}{m['macs']:>11,}"
                      f"{'-' if est is None else f'{est:.2f}':>8}  "
                      f"{'yes' if r['fits'] else 'no: ' + '; '.join(r['misses'])}")
     best = part["best"]
-    lines.append(f"best within the budget: {best}" if best else
+    lines.append(f"best within the budget, by {part.get('ranked_by', 'validation accuracy')}: "
+                 f"{best}" if best else
                  "no benchmarked network met the budget as measured")
     return "\n".join(lines)
 

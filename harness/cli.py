@@ -382,7 +382,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     (--max-latency-us, --max-flash-kb, --max-macs), only networks that fit it train, and
     the best trials are exported, benchmarked and judged as results/runs/<name>-t<trial>/.
     """
-    from harness.budget import Budget, format_budget
+    from harness.budget import Budget
     from harness.tune import SearchSpace
 
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
@@ -416,6 +416,29 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
             tune_mod.wait_for_chief(oracle_ip, oracle_port, connect_timeout)
         except ConnectionError as e:
             raise click.ClickException(str(e)) from None
+    try:
+        _tune_and_report(obj, cfg, name, space, kind, max_trials, worker_timeout, budget,
+                         bench_top)
+    except click.ClickException as e:
+        if tuner_id != "chief":
+            raise
+        e.show()  # KerasTuner's gRPC server would keep a failed chief alive: leave now
+        _exit_now(e.exit_code)
+    if tuner_id == "chief":  # likewise once the search is done: nothing is left to do
+        _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_timeout, budget,
+                     bench_top) -> None:
+    from harness import tune as tune_mod
+    from harness.budget import format_budget
+
     ds = obj.dataset()
     try:
         summary = tune_mod.tune(cfg, ds, obj.results, name, space, kind, max_trials,
@@ -434,11 +457,6 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
                    f"{root / summary['best_run']}")
         if "budget" in summary:
             click.echo(format_budget(summary["budget"]))
-    if tuner_id == "chief":
-        # KerasTuner's gRPC server outlives search(); nothing is left to do, so leave now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 def _run_dir(obj: Context, run: Path) -> RunDir:

@@ -269,6 +269,18 @@ def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: 
     return cls(hypermodel, max_trials=max_trials, **common)
 
 
+def forget_finished_retries(oracle) -> list[str]:
+    """Take finished trials off a reloaded oracle's retry queue; returns their ids.
+
+    KerasTuner 1.4.8's ``Oracle.end_trial`` saves the oracle before it takes the trial off
+    ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
+    search would otherwise train its last finished trial again (and overwrite it)."""
+    finished = {"COMPLETED", "FAILED"}
+    stale = [t for t in oracle._retry_queue if str(oracle.trials[t].status) in finished]
+    oracle._retry_queue = [t for t in oracle._retry_queue if t not in stale]
+    return stale
+
+
 MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
 
 
@@ -422,6 +434,8 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     judge = _judge(budget, base, space, root) if budget and role in (None, "chief") else None
     tuner = make_tuner(kind, make_hypermodel(base, space, splits, results), root, max_trials,
                        base.epochs, base.seed, judge, base, space)
+    if role in (None, "chief"):
+        forget_finished_retries(tuner.oracle)
     if judge is not None:
         oracle = tuner.oracle
 
@@ -492,7 +506,7 @@ def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                            "hyperparameters": trial.hyperparameters.values,
                            "predicted": judge.costs(cfg)})
     budget_mod.bench_in_subprocess(paths, judge.budget, archive, home, results)
-    part = budget_mod.judge_benched(judge.budget, candidates, results)
+    part = budget_mod.judge_benched(judge.budget, candidates, results, splits.val)
     part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
                            else None)
     part["proposals_turned_down"] = sum(tuner.oracle.turned_down.values())
@@ -519,7 +533,13 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
 
 def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
                   ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
-    """Trial table, best hyperparameters, and the best model as a run directory."""
+    """Trial table, best hyperparameters, and the best model as a run directory.
+
+    ``search_seconds`` adds to those of the summary already there: a finished search run
+    again (to judge it where TensorFlow is, say) keeps the time its trials took."""
+    before = root / "summary.json"
+    if before.exists():
+        search_seconds += read_json(before).get("search_seconds", 0.0)
     rows = _trial_rows(tuner, root)
     atomic_write_json(root / "trials.json", rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))

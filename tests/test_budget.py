@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -191,4 +193,39 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
         metrics = json.loads((tmp_path / "runs" / cand["run"] / "metrics.json").read_text())
         assert metrics["run"] == cand["run"] and metrics["tuning"]["trial_id"] == cand["trial_id"]
     assert part["best"] == part["candidates"][0]["run"]
-    assert f"best within the budget: {part['best']}" in done.stdout
+    assert 0 < part["candidates"][0]["measured"]["val_accuracy"] <= 1
+    assert (f"best within the budget, by the judged file's validation accuracy: "
+            f"{part['best']}") in done.stdout
+
+
+def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_path,
+                                                                          monkeypatch):
+    """Candidates come in the trained models' order; the judged files decide, ties keep
+    that order, and a file over the budget never wins."""
+    from harness import runtimes
+    from harness.data import Split
+
+    y = np.arange(100) % 10
+    right = {"a": 0.60, "b": 0.62, "c": 0.62, "d": 0.90}  # the share each file gets right
+
+    class Fake:
+        def __init__(self, path, threads=1):
+            self.share = right[Path(path).parts[-3]]
+
+        def predict(self, x):
+            guess = np.where(np.arange(len(x)) < self.share * len(x), x[:, 0], (x[:, 0] + 1) % 10)
+            return np.eye(10, dtype=np.float32)[guess]
+
+    monkeypatch.setattr(runtimes, "load", Fake)
+    budget = Budget(max_latency_us=10)
+    for run, p50 in (("a", 5.0), ("b", 5.0), ("c", 5.0), ("d", 11.0)):
+        row = {"format": "tflite", "precision": "int8", "macs": 1000, "flash_bytes": 2000,
+               "p50_us": p50, "test": {"accuracy": 0.5}, "file": "model_int8.tflite"}
+        (tmp_path / "bench").mkdir(exist_ok=True)
+        (tmp_path / "bench" / f"{run}.json").write_text(json.dumps({"rows": [row]}))
+    cands = [{"run": r, "trial_id": r, "val_accuracy": 0.6} for r in "abcd"]
+    part = budget_mod.judge_benched(budget, cands, tmp_path, Split(y[:, None], y))
+    assert [c["measured"]["val_accuracy"] for c in part["candidates"]] == [0.6, 0.62, 0.62, 0.9]
+    assert [c["fits"] for c in part["candidates"]] == [True, True, True, False]
+    assert part["best"] == "b"
+    assert budget_mod.judge_benched(budget, cands, tmp_path)["best"] == "a"  # no val: order

@@ -172,6 +172,20 @@ def _distributed(tmp_path, archive, kill_worker: bool):
 def test_distributed_search_spreads_trials_over_workers(tmp_path, archive):
     rows, _ = _distributed(tmp_path, archive, kill_worker=False)
     assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
+    # The finished search, re-run alone (as where its trials are judged): nothing trains
+    # again, although KerasTuner saved its last trial as still running.
+    metas = sorted((tmp_path / "tuning" / "d" / "trial_meta").glob("*.json"))
+    before = [m.read_text() for m in metas]
+    summary = tmp_path / "tuning" / "d" / "summary.json"
+    took = json.loads(summary.read_text())["search_seconds"]
+    assert took > 0
+    again = subprocess.run(_cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4",
+                                "--epochs", "12", "--name", "d"),
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Epoch 1/" not in again.stdout + again.stderr
+    assert [m.read_text() for m in metas] == before
+    assert json.loads(summary.read_text())["search_seconds"] >= took  # the trials' time kept
 
 
 @pytest.mark.slow
