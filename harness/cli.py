@@ -358,6 +358,9 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
               help="The export a budget is judged on (LiteRT or onnxruntime).")
 @click.option("--bench-top", type=click.IntRange(min=1), default=3, show_default=True,
               help="Budget: export, benchmark and judge this many of the best trials.")
+@click.option("--calibrate-only", is_flag=True,
+              help="Budget: measure the probes (budget_calibration.json) and stop, for a "
+                   "search that will train where TensorFlow is not installed.")
 @click.option("--tuner-id", envvar="KERASTUNER_TUNER_ID",
               help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a "
                    "fresh worker id.")
@@ -373,8 +376,8 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
 def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, units_range,
          lr_range, activations, dropout_range, l1_range, batch_sizes, pca_choices,
          teacher_weight_range, max_latency_us, max_flash_kb, max_macs, budget_export,
-         bench_top, tuner_id, oracle_ip, oracle_port, connect_timeout, worker_timeout,
-         **flags):
+         bench_top, calibrate_only, tuner_id, oracle_ip, oracle_port, connect_timeout,
+         worker_timeout, **flags):
     """Search hyperparameters with KerasTuner (the study's Bayesian search by default).
 
     Re-running the same command resumes the search. Writes results/tuning/<name>/ and the
@@ -402,6 +405,18 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
+    if calibrate_only:
+        from harness import tune as tune_mod
+
+        try:
+            line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+        lat, where = line["latency_us"], obj.results / "tuning" / name
+        click.echo(f"probes measured: {where / 'budget_calibration.json'}; latency "
+                   f"{lat['intercept']:.2f} us + {lat['per_mac'] * 1e3:.3f} us per thousand "
+                   f"MACs + {lat['per_layer']:.2f} us per Dense layer")
+        return
     if tuner_id == "auto":  # scaled workers share one command line: each needs its own id
         import uuid
 

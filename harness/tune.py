@@ -469,6 +469,19 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
                         Path(results), archive, home)
 
 
+def calibrate_search(base: TrainConfig, results: Path, name: str, space: SearchSpace,
+                     budget) -> dict:
+    """Only the probes of a budgeted search: ``budget_calibration.json`` written (or
+    reused) under ``<results>/tuning/<name>/``, for a search that will train where
+    TensorFlow is missing. Returns the calibration."""
+    space.validate()
+    if not budget.needs_probes:
+        raise ConfigError("only a latency or flash budget has probes to measure "
+                          "(--max-latency-us, --max-flash-kb)")
+    root = Path(results) / "tuning" / check_name(name, "search name")
+    return _judge(budget, base, space, root).calibration
+
+
 def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
     """The search's judge: probes measured (or reloaded) when flash or latency is bounded;
     a budget that even the space's smallest network misses stops here."""

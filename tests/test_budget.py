@@ -198,6 +198,22 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
             f"{part['best']}") in done.stdout
 
 
+@pytest.mark.slow
+def test_calibrate_only_measures_the_probes_and_trains_nothing(tmp_path, archive):
+    run = lambda *a: CliRunner().invoke(main, [
+        "--archive", str(archive), "--results", str(tmp_path), "tune", "--preset",
+        "bn-elu-fast", "--layers-range", "1,2", "--units-range", "8,16", "--name", "c",
+        "--calibrate-only", *a])
+    result = run("--max-macs", "100000")
+    assert result.exit_code == 1 and "only a latency or flash budget" in result.output
+    result = run("--max-latency-us", "1000")
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "tuning" / "c"
+    assert "probes measured" in result.output and "per Dense layer" in result.output
+    assert len(json.loads((root / "budget_calibration.json").read_text())["probes"]) == 4
+    assert sorted(p.name for p in root.iterdir()) == ["budget_calibration.json"]
+
+
 def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_path,
                                                                           monkeypatch):
     """Candidates come in the trained models' order; the judged files decide, ties keep
