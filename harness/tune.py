@@ -507,19 +507,20 @@ def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     ``budget`` (see :func:`harness.budget.judge_benched`)."""
     from harness import budget as budget_mod
 
-    candidates, paths = [], []
+    candidates = []
     for trial in tuner.oracle.get_best_trials(bench_top):
         cfg = space.config_for(trial.hyperparameters.copy(), base)
         run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
         _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
                          run.name)
-        paths.append(run.path)
         candidates.append({"run": run.name, "trial_id": trial.trial_id,
                            "val_accuracy": float(trial.score),
                            "hyperparameters": trial.hyperparameters.values,
                            "predicted": judge.costs(cfg)})
-    budget_mod.bench_in_subprocess(paths, judge.budget, archive, home, results)
-    part = budget_mod.judge_benched(judge.budget, candidates, results, splits.val)
+    part = budget_mod.judge_measured(
+        judge.budget, candidates, results,
+        lambda runs: budget_mod.bench_in_subprocess(runs, judge.budget, archive, home, results),
+        splits.val)
     part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
                            else None)
     part["proposals_turned_down"] = sum(tuner.oracle.turned_down.values())
