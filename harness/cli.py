@@ -414,8 +414,8 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
             raise click.ClickException(str(e)) from None
         lat, where = line["latency_us"], obj.results / "tuning" / name
         click.echo(f"probes measured: {where / 'budget_calibration.json'}; latency "
-                   f"{lat['intercept']:.2f} us + {lat['per_mac'] * 1e3:.3f} us per thousand "
-                   f"MACs + {lat['per_layer']:.2f} us per Dense layer")
+                   f"{lat['intercept']:.2f} us {_signed(lat['per_mac'] * 1e3, 3)} us per "
+                   f"thousand MACs {_signed(lat['per_layer'], 2)} us per Dense layer")
         return
     if tuner_id == "auto":  # scaled workers share one command line: each needs its own id
         import uuid
@@ -441,6 +441,11 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         _exit_now(e.exit_code)
     if tuner_id == "chief":  # likewise once the search is done: nothing is left to do
         _exit_now(0)
+
+
+def _signed(value: float, digits: int) -> str:
+    """'+ 0.013' or '- 0.16': a term of a sum, written as one would by hand."""
+    return f"{'-' if value < 0 else '+'} {abs(value):.{digits}f}"
 
 
 def _exit_now(code: int) -> None:
