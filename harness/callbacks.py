@@ -244,13 +244,21 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 class EpochTunerCallback(keras.callbacks.Callback):
     """KerasTuner's per-trial callback (``tuner_utils.TunerCallback``) without its per-batch
     hooks, which call ``Tuner.on_batch_begin/end``: no-ops in KerasTuner's tuners, yet their
-    presence made each JAX step wait for the one before. The epoch hooks, which report to
-    the oracle, are kept. Marking the original ``async_safe`` instead made JAX trials fail
-    with "Buffer has been deleted or donated" (docs/training-speed.md)."""
+    presence made each JAX step wait for the one before. The epoch hooks are kept. Marking
+    the original ``async_safe`` instead made JAX trials fail with "Buffer has been deleted
+    or donated" (docs/training-speed.md).
+
+    On a distributed worker it also tells the chief after each epoch that it is alive (an
+    ``update_trial`` with no metrics, which :func:`harness.tune.watch_workers` takes as a
+    heartbeat): KerasTuner 1.4.8 reports to the oracle only when a trial ends, so without
+    it a trial longer than the chief's ``--worker-timeout`` looked like a dead worker's."""
 
     def __init__(self, original):
         super().__init__()
+        from keras_tuner.src.distribute.oracle_client import OracleClient
+
         self.tuner, self.trial = original.tuner, original.trial
+        self.heartbeat = isinstance(self.tuner.oracle, OracleClient)
 
     @classmethod
     def replacing(cls, callback):
@@ -272,6 +280,8 @@ class EpochTunerCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.tuner.on_epoch_end(self.trial, self.model, epoch, logs=logs)
+        if self.heartbeat:
+            self.tuner.oracle.update_trial(self.trial.trial_id, {}, step=epoch)
 
 
 class BestEpochOnce(keras.callbacks.Callback):

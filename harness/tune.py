@@ -341,11 +341,14 @@ def wait_for_chief(ip: str, port: int, timeout: float) -> None:
             time.sleep(0.5)
 
 
-def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Thread:
+def watch_workers(oracle, timeout: float, interval: float = 2.0,
+                  clock=time.monotonic) -> threading.Thread:
     """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
 
     KerasTuner's chief waits for every running trial to end, so one dead worker would hang
-    the search forever. Workers report after every epoch; a trial whose worker has not
+    the search forever. Workers report after every epoch (an ``update_trial`` without
+    metrics is such a heartbeat, from :class:`harness.callbacks.EpochTunerCallback`, and
+    goes no further); a trial whose worker has not
     been heard from within ``timeout`` goes back to the oracle's retry queue and the
     worker is forgotten (a worker that comes back simply asks for a new trial). A worker
     that asks for a trial when none is left while others still run is told to wait (IDLE,
@@ -366,7 +369,7 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Th
         return False
 
     def create_trial(tuner_id):
-        heard[tuner_id] = time.monotonic()
+        heard[tuner_id] = clock()
         trial = create(tuner_id)
         if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
             time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
@@ -376,12 +379,14 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0) -> threading.Th
     def update_trial(trial_id, metrics, step=0):
         for tuner_id, trial in list(oracle.ongoing_trials.items()):
             if trial.trial_id == trial_id:
-                heard[tuner_id] = time.monotonic()
+                heard[tuner_id] = clock()
+        if not metrics:  # a heartbeat: KerasTuner's own update needs the objective
+            return oracle.trials[trial_id]
         return update(trial_id, metrics, step=step)
 
     @kt.synchronized
     def requeue_silent(oracle):
-        now = time.monotonic()
+        now = clock()
         for tuner_id, trial in list(oracle.ongoing_trials.items()):
             if now - heard.get(tuner_id, now) > timeout:
                 oracle.ongoing_trials.pop(tuner_id)

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -302,3 +303,57 @@ def test_the_best_epoch_is_written_once_with_its_weights(tmp_path, monkeypatch):
     model.load_weights(str(tmp_path / "best.weights.h5"))
     for now, best in zip(model.get_weights(), snapshots[1]):
         np.testing.assert_array_equal(now, best)
+
+
+def test_a_worker_sends_a_heartbeat_after_each_epoch():
+    """KerasTuner 1.4.8 reports to the oracle only when a trial ends: a worker's callback
+    says after each epoch that it is alive; a local search's callback does not."""
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    from harness.callbacks import EpochTunerCallback
+
+    calls = []
+
+    class Client(OracleClient):
+        def __init__(self):  # no chief to dial: only the class matters
+            pass
+
+        def update_trial(self, trial_id, metrics, step=0):
+            calls.append((trial_id, metrics, step))
+
+    class Tuner:
+        def __init__(self, oracle):
+            self.oracle = oracle
+
+        def on_epoch_end(self, *args, **kwargs):
+            pass
+
+    trial = types.SimpleNamespace(trial_id="7")
+    EpochTunerCallback(types.SimpleNamespace(tuner=Tuner(Client()), trial=trial)).on_epoch_end(3)
+    EpochTunerCallback(types.SimpleNamespace(tuner=Tuner(object()), trial=trial)).on_epoch_end(4)
+    assert calls == [("7", {}, 3)]
+
+
+def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(tmp_path):
+    import keras_tuner as kt
+
+    from harness.tune import watch_workers
+
+    now = [0.0]
+    hp = kt.HyperParameters()
+    hp.Int("units", 1, 100)
+    oracle = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=3,
+                                           hyperparameters=hp, seed=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    watch_workers(oracle, timeout=5, interval=0.01, clock=lambda: now[0])
+    trial = oracle.create_trial("w1")
+    for beat in (4, 8, 12):  # heartbeats 4 s apart: never 5 s of silence
+        now[0] = beat
+        assert oracle.update_trial(trial.trial_id, {}).trial_id == trial.trial_id
+        time.sleep(0.1)
+        assert "w1" in oracle.ongoing_trials
+    now[0] = 18  # 6 s without a word
+    deadline = time.monotonic() + 10
+    while "w1" in oracle.ongoing_trials and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "w1" not in oracle.ongoing_trials and trial.trial_id in oracle._retry_queue
