@@ -348,12 +348,12 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0,
     KerasTuner's chief waits for every running trial to end, so one dead worker would hang
     the search forever. Workers report after every epoch (an ``update_trial`` without
     metrics is such a heartbeat, from :class:`harness.callbacks.EpochTunerCallback`, and
-    goes no further); a trial whose worker has not
-    been heard from within ``timeout`` goes back to the oracle's retry queue and the
-    worker is forgotten (a worker that comes back simply asks for a new trial). A worker
-    that asks for a trial when none is left while others still run is told to wait (IDLE,
-    and KerasTuner's worker asks again) rather than to stop: if one of those others has
-    died, its trial comes back to the queue and a live worker must be there to take it.
+    goes no further); a trial whose worker has not been heard from within ``timeout`` goes
+    back to the oracle's retry queue and the worker is forgotten (a worker that comes back
+    simply asks for a new trial). A worker that asks for a trial when none is left while
+    others still run is told to wait (IDLE, and KerasTuner's worker asks again) rather than
+    to stop: if one of those others has died, its trial comes back to the queue and a live
+    worker must be there to take it.
     """
     import keras_tuner as kt
     from keras_tuner.src.engine.trial import TrialStatus
