@@ -323,33 +323,40 @@ def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench,
     ``measured.first_p50_us``): a timer disturbed for a moment should not turn down a
     network, while one that is slow misses twice."""
     bench([RunDir.named(results, c["run"]).path for c in candidates])
-    part = judge_benched(budget, candidates, results, val)
-    first = {r["run"]: r["measured"]["p50_us"] for r in part["candidates"]
-             if _near_miss(budget, r["measured"])}
-    if not first:
-        return part
-    bench([RunDir.named(results, run).path for run in first])
-    part = judge_benched(budget, candidates, results, val)
-    for r in part["candidates"]:
-        if r["run"] in first:
-            r["measured"]["first_p50_us"] = first[r["run"]]
-    return part
+    first = {}
+    for cand in candidates:
+        row = _judged_row(budget, results, cand["run"])
+        if _near_miss(budget, row):
+            first[cand["run"]] = round(row["p50_us"], 3)
+    if first:
+        bench([RunDir.named(results, run).path for run in first])
+    return judge_benched(budget, candidates, results, val, first)
+
+
+def _judged_row(budget: Budget, results: Path, run: str) -> dict:
+    """The row of ``run``'s bench record for the budget's export."""
+    record = read_json(Path(results) / "bench" / f"{run}.json")
+    return next(r for r in record["rows"]
+                if (r["format"], r["precision"]) == (budget.format, budget.precision))
 
 
 RETIME_MARGIN = 1.25  # a first p50 up to 25% over the limit is measured again
 
 
 def _near_miss(budget: Budget, m: dict) -> bool:
-    """Over the latency limit by at most RETIME_MARGIN, and within every other limit."""
+    """A bench row over the latency limit by at most RETIME_MARGIN, and within every other
+    limit."""
     if budget.max_latency_us is None or m["p50_us"] <= budget.max_latency_us:
         return False
     return (m["p50_us"] <= budget.max_latency_us * RETIME_MARGIN
             and not budget.misses(m["macs"], m["flash_bytes"], None))
 
 
-def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=None) -> dict:
+def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=None,
+                  first_p50: dict[str, float] | None = None) -> dict:
     """The budget part of a search summary, from the bench records of ``candidates``
-    (dicts with run, trial_id, val_accuracy and the predicted costs), in their order.
+    (dicts with run, trial_id, val_accuracy and the predicted costs), in their order;
+    ``first_p50`` holds the first p50 of the runs that were timed twice.
 
     With ``val`` (a :class:`harness.data.Split`), each candidate's judged file also answers
     the validation images, and the best is the fitting candidate whose file scores best on
@@ -358,11 +365,9 @@ def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=Non
     from harness.evaluate import score
     from harness.runtimes import load, predict_batched
 
-    rows = []
+    rows, first_p50 = [], first_p50 or {}
     for cand in candidates:
-        record = read_json(Path(results) / "bench" / f"{cand['run']}.json")
-        row = next(r for r in record["rows"]
-                   if (r["format"], r["precision"]) == (budget.format, budget.precision))
+        row = _judged_row(budget, results, cand["run"])
         misses = budget.misses(row["macs"], row["flash_bytes"], row["p50_us"])
         measured = {"test_accuracy": row["test"]["accuracy"], "p50_us": round(row["p50_us"], 3),
                     "flash_bytes": row["flash_bytes"], "macs": row["macs"],
@@ -372,6 +377,8 @@ def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=Non
             path = RunDir.named(results, cand["run"]).path / "exports" / row["file"]
             measured["val_accuracy"] = score(predict_batched(load(path), val.x),
                                              val.y)["accuracy"]
+        if cand["run"] in first_p50:
+            measured["first_p50_us"] = first_p50[cand["run"]]
         rows.append({**cand, "measured": measured, "fits": not misses, "misses": misses})
     fitting = [r for r in rows if r["fits"]]
     if val is not None:

@@ -412,7 +412,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
             line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-        lat, where = line["latency_us"], obj.results / "tuning" / name
+        lat, where = line["latency_us"], tune_mod.search_dir(obj.results, name)
         click.echo(f"probes measured: {where / 'budget_calibration.json'}; latency "
                    f"{lat['intercept']:.2f} us {_signed(lat['per_mac'] * 1e3, 3)} us per "
                    f"thousand MACs {_signed(lat['per_layer'], 2)} us per Dense layer")
@@ -468,7 +468,7 @@ def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_ti
     except ConfigError as e:  # a teacher that is not there, a budget nothing meets
         raise click.ClickException(str(e)) from None
     if summary is not None:
-        root = obj.results / "tuning" / name
+        root = tune_mod.search_dir(obj.results, name)
         click.echo(tune_mod.format_trials(json.loads((root / "trials.json").read_text())))
         click.echo(f"best trial {summary['best_trial']}: val accuracy "
                    f"{summary['best_val_accuracy']:.4f}, test accuracy "

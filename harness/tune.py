@@ -269,16 +269,15 @@ def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: 
     return cls(hypermodel, max_trials=max_trials, **common)
 
 
-def forget_finished_retries(oracle) -> list[str]:
-    """Take finished trials off a reloaded oracle's retry queue; returns their ids.
+def forget_finished_retries(oracle) -> None:
+    """Take finished trials off a reloaded oracle's retry queue.
 
     KerasTuner 1.4.8's ``Oracle.end_trial`` saves the oracle before it takes the trial off
     ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
     search would otherwise train its last finished trial again (and overwrite it)."""
     finished = {"COMPLETED", "FAILED"}
-    stale = [t for t in oracle._retry_queue if str(oracle.trials[t].status) in finished]
-    oracle._retry_queue = [t for t in oracle._retry_queue if t not in stale]
-    return stale
+    oracle._retry_queue = [t for t in oracle._retry_queue
+                           if str(oracle.trials[t].status) not in finished]
 
 
 MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
@@ -407,6 +406,11 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0,
     return thread
 
 
+def search_dir(results: Path, name: str) -> Path:
+    """``<results>/tuning/<name>/``: where a search keeps everything but its trial runs."""
+    return Path(results) / "tuning" / check_name(name, "search name")
+
+
 def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
          space: SearchSpace, kind: str = "bayesian", max_trials: int = 10,
          worker_timeout: float = 600.0, verbose: int = 1, budget=None, bench_top: int = 3,
@@ -428,7 +432,7 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     check_backend(base)
     select(keras.backend.backend())  # a missing GPU stops the search before it starts
     space.validate()
-    root = Path(results) / "tuning" / check_name(name, "search name")
+    root = search_dir(results, name)
     splits = data_mod.split(ds)
     if base.teacher_views:
         raise ConfigError("tune distills from a teacher's answers on the clean images only: "
@@ -483,7 +487,7 @@ def calibrate_search(base: TrainConfig, results: Path, name: str, space: SearchS
     if not budget.needs_probes:
         raise ConfigError("only a latency or flash budget has probes to measure "
                           "(--max-latency-us, --max-flash-kb)")
-    root = Path(results) / "tuning" / check_name(name, "search name")
+    root = search_dir(results, name)
     return _judge(budget, base, space, root).calibration
 
 

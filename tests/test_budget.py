@@ -214,6 +214,14 @@ def test_calibrate_only_measures_the_probes_and_trains_nothing(tmp_path, archive
     assert sorted(p.name for p in root.iterdir()) == ["budget_calibration.json"]
 
 
+def _bench_record(results: Path, run: str, p50: float, flash: int) -> None:
+    """A bench record with only the row a tflite-int8 budget reads."""
+    row = {"format": "tflite", "precision": "int8", "macs": 1000, "flash_bytes": flash,
+           "p50_us": p50, "test": {"accuracy": 0.5}, "file": "model_int8.tflite"}
+    (results / "bench").mkdir(exist_ok=True)
+    (results / "bench" / f"{run}.json").write_text(json.dumps({"rows": [row]}))
+
+
 def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_path,
                                                                           monkeypatch):
     """Candidates come in the trained models' order; the judged files decide, ties keep
@@ -235,10 +243,7 @@ def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_pa
     monkeypatch.setattr(runtimes, "load", Fake)
     budget = Budget(max_latency_us=10)
     for run, p50 in (("a", 5.0), ("b", 5.0), ("c", 5.0), ("d", 11.0)):
-        row = {"format": "tflite", "precision": "int8", "macs": 1000, "flash_bytes": 2000,
-               "p50_us": p50, "test": {"accuracy": 0.5}, "file": "model_int8.tflite"}
-        (tmp_path / "bench").mkdir(exist_ok=True)
-        (tmp_path / "bench" / f"{run}.json").write_text(json.dumps({"rows": [row]}))
+        _bench_record(tmp_path, run, p50, 2000)
     cands = [{"run": r, "trial_id": r, "val_accuracy": 0.6} for r in "abcd"]
     part = budget_mod.judge_benched(budget, cands, tmp_path, Split(y[:, None], y))
     assert [c["measured"]["val_accuracy"] for c in part["candidates"]] == [0.6, 0.62, 0.62, 0.9]
@@ -258,12 +263,8 @@ def test_a_near_miss_is_timed_again_and_judged_on_the_second_measurement(tmp_pat
     def bench(paths):
         runs = [Path(p).name for p in paths]
         benched.append(runs)
-        (tmp_path / "bench").mkdir(exist_ok=True)
         for run in runs:
-            row = {"format": "tflite", "precision": "int8", "macs": 1000,
-                   "flash_bytes": flash[run], "p50_us": timings[run].pop(0),
-                   "test": {"accuracy": 0.5}, "file": "model_int8.tflite"}
-            (tmp_path / "bench" / f"{run}.json").write_text(json.dumps({"rows": [row]}))
+            _bench_record(tmp_path, run, timings[run].pop(0), flash[run])
 
     cands = [{"run": r, "trial_id": r, "val_accuracy": v}
              for r, v in (("near", 0.7), ("slow", 0.69), ("fat", 0.68), ("fits", 0.6))]
