@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import data as data_mod
+from harness import mlperf
 from harness.evaluate import score
 from harness.footprint import TflmError, macs_per_image, tflm_footprint
 from harness.models import load_keras_model
@@ -74,9 +75,47 @@ def file_footprint(path: Path, fmt: str, precision: str) -> dict:
 
 
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
-              warmup: int = 200) -> dict:
-    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all)."""
+              warmup: int = 200, modes: tuple[str, ...] = (),
+              window_s: float = mlperf.WINDOW_S) -> dict:
+    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all); an
+    imported .tflite or .onnx (harness import) as it is. ``modes`` adds MLPerf Tiny's
+    accuracy and/or performance figures to every row (:mod:`harness.mlperf`)."""
+    from harness.imported import read_import
 
+    info = read_import(run)
+    if info is not None and not run.model.exists():
+        rows = [imported_row(run, info, ds, calls, warmup)]
+    else:
+        rows = model_rows(run, ds, export, calls, warmup)
+    add_modes(rows, run, ds, modes, window_s)
+    record = {"benchmark": "bench", "run": run.name,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": machine_facts(), "data": ds.record,
+              "inputs": {"keras": "float32 pixels", "exports": "uint8 pixels, converted to "
+                         "the model's input type inside each timed call"},
+              "threads": {"latency": 1, "throughput": os.cpu_count(),
+                          "keras": "TensorFlow/JAX defaults (all cores)"},
+              "footprint": FOOTPRINT_WORDS, "calls": calls, "warmup": warmup, "rows": rows}
+    if info is not None:
+        record["imported"] = {k: info[k] for k in ("format", "file", "sha256", "source",
+                                                    "contract")}
+        record["inputs"]["imported"] = ("uint8 pixels, put through the declared contract "
+                                        "inside each timed call: " + info["contract_words"])
+    if modes:
+        record["modes"] = list(modes)
+    return record
+
+
+FOOTPRINT_WORDS = {"macs": "multiply-accumulates per image: the Dense and convolution layers "
+                   "of the Keras model (an imported file: of its own graph)",
+                   "flash": "the model file's bytes",
+                   "arena": "TensorFlow Lite Micro's tensor arena, measured on x86-64 (an "
+                   "upper bound for a 32-bit MCU), int8 TFLite files only"}
+
+
+def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
+               warmup: int) -> list[dict]:
+    """Rows of a run's Keras model (predict and direct call) and of its exports."""
     from harness import export as export_mod
     from harness import runtimes
 
@@ -107,7 +146,8 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
                      "test": score(runtimes.predict_batched(
                          direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
                          splits.test.y),
-                     **file_footprint(run.model, "keras", "float32")})
+                     **file_footprint(run.model, "keras", "float32"),
+                     "_predict": predict, "_image": image})
     for rec in records:
         path = run.path / "exports" / rec["file"]
         single = runtimes.load(path, threads=1)
@@ -118,18 +158,52 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
                      **latency_us(single.predict, pixels, calls, warmup),
                      "throughput_ips": throughput(multi.predict, pixel_batch),
                      "test": rec["test"], "flagged": rec["flagged"],
-                     **file_footprint(path, rec["format"], rec["quantization"])})
-    return {"benchmark": "bench", "run": run.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine_facts(), "data": ds.record,
-            "inputs": {"keras": "float32 pixels", "exports": "uint8 pixels, converted to "
-                       "the model's input type inside each timed call"},
-            "threads": {"latency": 1, "throughput": os.cpu_count(),
-                        "keras": "TensorFlow/JAX defaults (all cores)"},
-            "footprint": {"macs": "multiply-accumulates per image: the Dense and convolution "
-                          "layers of the Keras model", "flash": "the model file's bytes",
-                          "arena": "TensorFlow Lite Micro's tensor arena, measured on x86-64 "
-                          "(an upper bound for a 32-bit MCU), int8 TFLite files only"},
-            "calls": calls, "warmup": warmup, "rows": rows}
+                     **file_footprint(path, rec["format"], rec["quantization"]),
+                     "_predict": single.predict, "_image": pixels})
+    return rows
+
+
+def imported_row(run: RunDir, info: dict, ds: data_mod.Dataset, calls: int,
+                 warmup: int) -> dict:
+    """The row of an imported .tflite or .onnx file, timed as it is: uint8 pixels through
+    its contract inside each call, its test accuracy measured again through its runtime."""
+    from harness import runtimes
+    from harness.imported import check_source, open_run
+
+    path = check_source(run, info)
+    metrics = run.read_metrics()
+    splits = data_mod.split(ds)
+    pixels, pixel_batch = splits.test.x[:1], splits.test.x[:THROUGHPUT_BATCH]
+    single = open_run(run, info, threads=1)
+    multi = open_run(run, info, threads=os.cpu_count() or 1)
+    macs = {"macs": metrics["macs"]} if metrics.get("macs") is not None else {}
+    return {"run": run.name, "params": metrics["params"]["total"],
+            "sparsity": metrics.get("sparsity", 0.0), **macs,
+            "format": info["format"], "precision": metrics["precision"],
+            "runtime": single.name, "file": info["file"], "size_bytes": info["bytes"],
+            "imported": True, **latency_us(single.predict, pixels, calls, warmup),
+            "throughput_ips": throughput(multi.predict, pixel_batch),
+            "test": score(runtimes.predict_batched(single, splits.test.x), splits.test.y),
+            **file_footprint(path, info["format"], metrics["precision"]),
+            "_predict": single.predict, "_image": pixels}
+
+
+def add_modes(rows: list[dict], run: RunDir, ds: data_mod.Dataset, modes: tuple[str, ...],
+              window_s: float) -> None:
+    """MLPerf Tiny's figures (``mlperf.accuracy``, ``mlperf.performance``) on each row,
+    through the same predict function and input the row was timed with; the row's
+    private keys are removed."""
+    images = mlperf.accuracy_images(ds) if "accuracy" in modes else None
+    for row in rows:
+        predict, image = row.pop("_predict"), row.pop("_image")
+        figures = {}
+        if images is not None:
+            x = images[0] if image.dtype == np.uint8 else images[0].astype(np.float32)
+            figures["accuracy"] = mlperf.accuracy_mode(predict, x, images[1])
+        if "performance" in modes:
+            figures["performance"] = mlperf.performance_mode(predict, image, window_s)
+        if figures:
+            row["mlperf"] = figures
 
 
 def write_bench(record: dict, results: Path) -> Path:
@@ -139,10 +213,19 @@ def write_bench(record: dict, results: Path) -> Path:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'runtime':<14}{'file':<22}{'KiB':>8}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}"
-             f"{'img/s @256':>12}{'test acc':>10}"]
+    """The table bench prints; MLPerf Tiny's figures in two more columns when measured."""
+    width = max(22, *(len(r["file"]) + 2 for r in rows))
+    accuracy = any("accuracy" in r.get("mlperf", {}) for r in rows)
+    performance = any("performance" in r.get("mlperf", {}) for r in rows)
+    lines = [f"{'runtime':<14}{'file':<{width}}{'KiB':>8}{'p50 us':>10}{'p90 us':>10}"
+             f"{'p99 us':>10}{'img/s @256':>12}{'test acc':>10}"
+             + (f"{'MLPerf acc':>12}" if accuracy else "")
+             + (f"{'MLPerf us':>11}" if performance else "")]
     for r in rows:
-        lines.append(f"{r['runtime']:<14}{r['file']:<22}{r['size_bytes'] / 1024:>8.1f}"
+        figures = r.get("mlperf", {})
+        extra = (f"{figures['accuracy']['accuracy']:>12.4f}" if accuracy else "") + (
+            f"{figures['performance']['latency_us']:>11.1f}" if performance else "")
+        lines.append(f"{r['runtime']:<14}{r['file']:<{width}}{r['size_bytes'] / 1024:>8.1f}"
                      f"{r['p50_us']:>10.1f}{r['p90_us']:>10.1f}{r['p99_us']:>10.1f}"
-                     f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}")
+                     f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}{extra}")
     return "\n".join(lines)

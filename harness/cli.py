@@ -479,13 +479,93 @@ def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_ti
             click.echo(format_budget(summary["budget"]))
 
 
-def _run_dir(obj: Context, run: Path) -> RunDir:
-    """A run given as a path, or as a name under results/runs/; must hold model.keras."""
+class Refused(click.ClickException):
+    """Bad input refused with one line and exit status 2 (a usage error, without the
+    usage text: the line says what to change)."""
+
+    exit_code = 2
+
+
+def _run_dir(obj: Context, run: Path, imported_ok: bool = True) -> RunDir:
+    """A run given as a path, or as a name under results/runs/: a finished run (its
+    model.keras) or, where ``imported_ok``, an imported one (harness import)."""
+    from harness.imported import read_import
+
     named = not run.exists() and NAME.fullmatch(str(run))
     run_dir = RunDir.named(obj.results, str(run)) if named else RunDir(run)
+    try:
+        info = read_import(run_dir)
+    except (OSError, ValueError) as e:
+        raise Refused(f"{run}: unreadable config.json ({e})") from None
+    if info is not None:
+        if not imported_ok:
+            raise Refused(f"{run}: an imported model ({info['file']}); this command works on "
+                          "runs harness trained")
+        return run_dir
     if not run_dir.model.exists():
         raise click.BadParameter(f"{run}: no finished run here (no model.keras)", param_hint="RUN")
     return run_dir
+
+
+def _import_info(run_dir: RunDir) -> dict | None:
+    from harness.imported import read_import
+
+    return read_import(run_dir)
+
+
+@main.command("import")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, callback=_name_option("run name"),
+              help="The run's name: results/runs/<name>/.")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
+              help="How the model lays out an image [default: what its input shape says, "
+                   "else nhwc].")
+@click.option("--channels", type=click.Choice(["rgb", "bgr"]), help="Channel order the "
+              "model was trained on [default: rgb].")
+@click.option("--input", "input_scale", type=click.Choice(["raw", "unit"]),
+              help="raw: float 0-255; unit: pixels / 255 [default: raw; an integer-input "
+                   ".tflite: what its quantization says].")
+@click.option("--mean", metavar="R,G,B", help="Subtract per channel, after --input scaling.")
+@click.option("--std", metavar="R,G,B", help="Divide per channel, after --mean.")
+@click.option("--output", type=click.Choice(["probs", "logits"]), help="What the model "
+              "answers [default: read off its outputs on a few images].")
+@click.option("--source", metavar="TEXT", help="Where the file comes from (a URL, a paper, "
+              "its licence): recorded with it.")
+@click.option("--overwrite", is_flag=True, help="Replace a run of this name.")
+@click.pass_obj
+def import_model(obj: Context, model: Path, name, layout, channels, input_scale, mean, std,
+                 output, source, overwrite):
+    """Import a CIFAR-10 model harness did not train (.tflite, .onnx, .keras, .h5 or a
+    SavedModel folder) as the run results/runs/<name>/.
+
+    The file is checked before anything runs it, copied byte for byte, and scored on the
+    validation and test images through its own runtime under its input contract; a
+    contract that leaves it near chance is refused, naming the common one that scores
+    best. evaluate, bench, export, predict, deploy and compare then take the run.
+    """
+    from harness.contract import ContractError, parse_three
+    from harness.foreign import ForeignFileError
+    from harness.imported import ImportRefused
+    from harness.imported import import_model as run_import
+
+    try:
+        mean, std = parse_three(mean, "mean"), parse_three(std, "std")
+        m = run_import(model, obj.dataset(), obj.results, name, layout, channels, input_scale,
+                       mean, std, output, source, overwrite)
+    except (ContractError, ForeignFileError, ImportRefused) as e:
+        raise Refused(str(e)) from None
+    info, path = m["import"], RunDir.named(obj.results, name).path
+    click.echo(f"imported {name}: {info['file']} ({info['format']} {m['precision']}, "
+               f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)")
+    config = json.loads((path / "config.json").read_text())
+    click.echo(f"  contract  {config['contract_words']} ({config['contract_from']})")
+    if "layout_note" in config:
+        click.echo(f"  layout    {config['layout_note']}")
+    for split_name in ("val", "test"):
+        click.echo(f"  {split_name:<5}     accuracy {m[split_name]['accuracy']:.4f}  "
+                   f"loss {m[split_name]['loss']:.4f}  (through {info['runtime']})")
+    macs = f", {m['macs']:,} MACs" if m.get("macs") else ""
+    click.echo(f"  {m['params']['total']:,} parameters{macs}, {m['op_count']} ops -> {path}")
 
 
 @main.command()
@@ -501,6 +581,11 @@ def export(obj: Context, run: Path, formats, quantizations):
     from harness import export as export_mod
 
     run_dir = _run_dir(obj, run)
+    info = _import_info(run_dir)
+    if info is not None and not run_dir.model.exists():
+        raise Refused(f"{run}: an imported {info['format']} file is exported already; bench, "
+                      "predict and deploy use it as it is (harness exports Keras and .h5 "
+                      "imports)")
     formats = export_mod.FORMATS if "all" in formats else formats
     quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
     try:
@@ -574,22 +659,34 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
               help="Timed batch-1 calls per runtime (after warm-up).")
 @click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
               help="Untimed calls first.")
+@click.option("--mode", "modes", type=click.Choice(["accuracy", "performance"]), multiple=True,
+              help="Also MLPerf Tiny's modes: accuracy (its 200-image list, by file name, one "
+                   "image a call, no warm-up), performance (median throughput of 5 windows, "
+                   "latency = 1 / median). Repeatable.")
+@click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="--mode performance: least seconds per window.")
 @click.pass_obj
-def bench(obj: Context, runs, export_kind, calls, warmup):
-    """Accuracy against batch-1 latency for each run, as Keras and as its exports.
+def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
+    """Accuracy against batch-1 latency for each run, as Keras and as its exports; an
+    imported .tflite or .onnx as it is.
 
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.bench import bench_run, format_rows, write_bench
     from harness.export import ExportError
+    from harness.imported import ImportRefused
+    from harness.mlperf import MlperfError
     from harness.schemas import RecordError
 
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
         try:
-            record = bench_run(run_dir, ds, export_kind, calls, warmup)
+            record = bench_run(run_dir, ds, export_kind, calls, warmup, tuple(dict.fromkeys(
+                modes)), window_s)
             written = write_bench(record, obj.results)
+        except (ImportRefused, MlperfError) as e:
+            raise Refused(str(e)) from None
         except (ExportError, RecordError) as e:  # a record that breaks its format: not written
             raise click.ClickException(str(e)) from None
         click.echo(f"{run_dir.name}  ->  {written}")
@@ -666,29 +763,53 @@ def _image_files(ctx, param, paths: tuple[Path, ...]) -> list[Path]:
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True, callback=_image_files,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Classes to print per image.")
 def predict(model: Path, images, top: int):
-    """Classify images with an exported .onnx or .tflite model (no TensorFlow needed).
+    """Classify images with an exported .onnx or .tflite model, or an imported run's file
+    under its input contract (no TensorFlow needed).
 
     IMAGES are files or folders (every PNG/JPEG in a folder, by name; not its subfolders).
     Any PNG/JPEG is converted to RGB and resized to 32 x 32 first.
     """
     from harness import runtimes
+    from harness.contract import Contract, ContractModel
 
     try:
-        runtime = runtimes.load(model)
+        if model.is_dir():
+            runtime = _imported_predictor(model)
+        else:
+            runtime = ContractModel(runtimes.load(model), Contract(),
+                                    float_pixels=model.suffix == ".onnx")
         pixels = np.stack([runtimes.read_image(path) for path in images])
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    x = pixels if runtime.name == "litert" else pixels.astype(np.float32)
-    probs = np.concatenate([runtime.predict(x[i:i + 1]) for i in range(len(x))])
+    probs = np.concatenate([runtime.predict(pixels[i:i + 1]) for i in range(len(pixels))])
     for path, p in zip(images, probs):
         best = np.argsort(p)[::-1][:top]
         click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} {p[c]:.3f}" for c in best))
+
+
+def _imported_predictor(folder: Path):
+    """An imported run's .tflite or .onnx behind its contract, for predict."""
+    from harness.foreign import FILE_RUNTIMES
+    from harness.imported import ImportRefused, check_source, open_run, read_import
+
+    run = RunDir(folder)
+    info = read_import(run)
+    if info is None:
+        raise Refused(f"{folder}: give a .tflite or .onnx file, or an imported run's folder")
+    if info["format"] not in FILE_RUNTIMES:
+        raise Refused(f"{folder}: an imported {info['format']} model; predict runs .tflite and "
+                      f".onnx files (harness export {folder} makes them)")
+    try:
+        check_source(run, info)
+    except ImportRefused as e:
+        raise Refused(str(e)) from None
+    return open_run(run, info)
 
 
 @main.command()
@@ -705,7 +826,7 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
         raise click.UsageError("give exactly one of --threshold or --target-sparsity")
     from harness.sparsity import sparsify as run_sparsify
 
-    parent = _run_dir(obj, run)
+    parent = _run_dir(obj, run, imported_ok=False)
     name = name or _derived_name(f"{parent.name}-sparse")
     m = run_sparsify(parent, obj.dataset(), obj.results, name, threshold, target_sparsity)
     for layer in m["sparsity_per_layer"]:
@@ -727,7 +848,7 @@ def prune(obj: Context, run: Path, sparsity, epochs, name):
     """Magnitude pruning with tensorflow-model-optimization, fine-tuned; a new run."""
     from harness.sparsity import prune_magnitude
 
-    parent = _run_dir(obj, run)
+    parent = _run_dir(obj, run, imported_ok=False)
     name = name or _derived_name(f"{parent.name}-pruned{round(sparsity * 100)}")
     m = prune_magnitude(parent, obj.dataset(), obj.results, name, sparsity, epochs,
                         verbose=1 if sys.stdout.isatty() else 2)
@@ -753,7 +874,7 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     from harness.config import from_dict
     from harness.sparsity import prune_units as run_prune
 
-    parent = _run_dir(obj, run)
+    parent = _run_dir(obj, run, imported_ok=False)
     cfg = from_dict(parent.read_config())
     _select_backend(cfg.backend)
     try:
@@ -793,9 +914,19 @@ def _summary(results: Path, name: str, m: dict) -> str:
 def evaluate(obj: Context, run: Path):
     """Re-evaluate a saved run (a name under results/runs/ or a path) on val and test."""
     run_dir = _run_dir(obj, run)
-    from harness.train import evaluate_run
+    info = _import_info(run_dir)
+    if info is not None:
+        from harness.imported import ImportRefused, check_source, evaluate_import
 
-    result = evaluate_run(run_dir, obj.dataset())
+        try:
+            check_source(run_dir, info)
+            result = evaluate_import(run_dir, obj.dataset(), info)
+        except ImportRefused as e:
+            raise Refused(str(e)) from None
+    else:
+        from harness.train import evaluate_run
+
+        result = evaluate_run(run_dir, obj.dataset())
     for split_name in ("val", "test"):
         click.echo(f"{split_name:<5} accuracy {result[split_name]['accuracy']:.4f}  "
                    f"loss {result[split_name]['loss']:.4f}")

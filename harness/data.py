@@ -126,6 +126,10 @@ class Dataset:
     sha256: str        # of the archive (or of the batch files, for an imported folder)
     source: str        # where it was imported from
     verified: str      # "checksum" (official sha256) or "content" (validated by content)
+    # The test images' file names as the archive carries them (MLPerf Tiny names its
+    # 200-image accuracy list by them); () when the archive has none, None for a cache
+    # written before they were kept (such a cache is imported again).
+    test_names: tuple[str, ...] | None = None
 
     @property
     def record(self) -> dict:
@@ -189,6 +193,17 @@ def split(ds: Dataset, val_fraction: float = VALIDATION_FRACTION) -> Splits:
                   test=Split(ds.x_test, ds.y_test))
 
 
+def batch_names(obj, count: int) -> tuple[str, ...] | None:
+    """The file names an unpickled batch carries (``filenames``), or None when it has none
+    (or not one per image)."""
+    raw = obj.get(b"filenames") if isinstance(obj, dict) else None
+    if not isinstance(raw, list) or len(raw) != count:
+        return None
+    if not all(isinstance(v, (bytes, str)) for v in raw):
+        return None
+    return tuple(v.decode("latin1") if isinstance(v, bytes) else v for v in raw)
+
+
 def parse_batch(obj, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Check one unpickled batch and return (images (N,32,32,3) uint8, labels (N,) int64)."""
     if not isinstance(obj, dict):
@@ -213,8 +228,8 @@ def _assemble(blobs: dict[str, bytes], origin: str) -> tuple[np.ndarray, ...]:
     missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in blobs]
     if missing:
         raise DataError(f"{origin}: missing {', '.join(missing)}")
-    parts = [parse_batch(safe_unpickle(blobs[n], f"{origin}:{n}"), f"{origin}:{n}")
-             for n in (*TRAIN_BATCHES, TEST_BATCH)]
+    pickles = {n: safe_unpickle(blobs[n], f"{origin}:{n}") for n in (*TRAIN_BATCHES, TEST_BATCH)}
+    parts = [parse_batch(pickles[n], f"{origin}:{n}") for n in (*TRAIN_BATCHES, TEST_BATCH)]
     sizes = {len(y) for _, y in parts}
     if len(sizes) != 1 or 0 in sizes:
         raise DataError(f"{origin}: batches differ in size or are empty ({sorted(sizes)})")
@@ -229,7 +244,8 @@ def _assemble(blobs: dict[str, bytes], origin: str) -> tuple[np.ndarray, ...]:
         raw = meta.get(b"label_names") if isinstance(meta, dict) else None
         if isinstance(raw, list) and len(raw) == 10:
             names = tuple(v.decode("latin1") if isinstance(v, bytes) else str(v) for v in raw)
-    return x_train, y_train, parts[5][0], parts[5][1], names
+    test_names = batch_names(pickles[TEST_BATCH], len(parts[5][1])) or ()
+    return x_train, y_train, parts[5][0], parts[5][1], names, test_names
 
 
 def _check_member(m: tarfile.TarInfo, origin: str) -> None:
@@ -363,7 +379,8 @@ def _write_cache(ds: Dataset, home: Path | None) -> Path:
     buf = io.BytesIO()
     np.savez(buf, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
              label_names=np.array(ds.label_names), sha256=np.array(ds.sha256),
-             source=np.array(ds.source), verified=np.array(ds.verified))
+             source=np.array(ds.source), verified=np.array(ds.verified),
+             test_names=np.array(ds.test_names or (), dtype=str))
     target = cache_path(home)
     atomic_write_bytes(target, buf.getvalue())
     return target
@@ -377,7 +394,9 @@ def read_cache(home: Path | None = None) -> Dataset | None:
         with np.load(path, allow_pickle=False) as z:
             return Dataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
                            tuple(str(s) for s in z["label_names"]), str(z["sha256"]),
-                           str(z["source"]), str(z["verified"]))
+                           str(z["source"]), str(z["verified"]),
+                           tuple(str(s) for s in z["test_names"])
+                           if "test_names" in z.files else None)
     except Exception as e:
         raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e}); "
                         "delete it and import the data again") from None
@@ -390,7 +409,8 @@ def _cached_with(sha256: str, home: Path | None) -> Dataset | None:
         cached = read_cache(home)
     except DataError:
         return None
-    return cached if cached is not None and cached.sha256 == sha256 else None
+    fresh = cached is not None and cached.sha256 == sha256 and cached.test_names is not None
+    return cached if fresh else None
 
 
 def import_data(path: Path, home: Path | None = None, sha256: str | None = None) -> Dataset:
@@ -414,7 +434,9 @@ def _import_locked(path: Path, home: Path | None, sha256: str) -> Dataset:
         verified = "content"
         log.warning("%s: sha256 %s is not the official archive's; validated by content instead",
                     path, sha256[:16])
-    ds = Dataset(*arrays, sha256=sha256, source=str(path.resolve()), verified=verified)
+    x_train, y_train, x_test, y_test, names, test_names = arrays
+    ds = Dataset(x_train, y_train, x_test, y_test, names, sha256=sha256,
+                 source=str(path.resolve()), verified=verified, test_names=test_names)
     _write_cache(ds, home)
     return ds
 
@@ -472,7 +494,7 @@ def load(archive: Path | None = None, home: Path | None = None) -> Dataset:
     if archive:
         sha = sha256_of(Path(archive).expanduser())
         cached = read_cache(home)
-        if cached is not None and cached.sha256 == sha:
+        if cached is not None and cached.sha256 == sha and cached.test_names is not None:
             return cached
         return import_data(Path(archive), home, sha256=sha)
     cached = read_cache(home)

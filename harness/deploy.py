@@ -109,6 +109,11 @@ def deploy_run(run: RunDir, ds, out: Path, target: str = "linux", runtime: str =
 
     Returns ``{"folder", "archive", "sha256", "manifest"}``. DeployError (or ExportError)
     when the bundle cannot be made; ``out`` is then left as it was."""
+    from harness.imported import read_import
+
+    info = read_import(run)
+    if info is not None and not run.model.exists():  # an imported .tflite or .onnx
+        quantization = check_imported(run, info, target, runtime, quantization)
     quantization = check_options(target, runtime, quantization, flash_kb, ram_kb)
     name = check_name(name or default_name(run.name, target, runtime, quantization))
     header = {"bundle": name, "target": target, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -148,22 +153,69 @@ def staging(out: Path, name: str):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_imported(run: RunDir, info: dict, target: str, runtime: str,
+                   quantization: str | None) -> str:
+    """The precision of an imported file, once the bundle asked for ships it as it is;
+    DeployError otherwise (harness cannot re-quantize a file it did not train)."""
+    from harness.imported import ImportRefused, check_source
+
+    try:
+        check_source(run, info)
+    except ImportRefused as e:
+        raise DeployError(str(e)) from None
+    precision = run.read_metrics()["precision"]
+    wanted = {"tflite": "litert", "onnx": "onnx"}.get(info["format"])
+    if runtime != wanted:
+        raise DeployError(f"{run.name} is an imported {info['format']} file, shipped as it is: "
+                          f"--runtime {wanted}")
+    if quantization not in (None, precision):
+        raise DeployError(f"{run.name} is an imported {precision} file, shipped as it is: "
+                          f"--quantize {precision} (or leave it out)")
+    if target == "mcu" and (info["format"] != "tflite" or precision != "int8"):
+        raise DeployError(f"--target mcu needs an int8 .tflite; {run.name} is an imported "
+                          f"{info['format']} {precision} file")
+    return precision
+
+
+def imported_export(run: RunDir, info: dict) -> tuple[dict, Path]:
+    """An imported file as the export record a bundle is made from: its own test score,
+    no Keras model to compare with."""
+    from harness.imported import source_file
+
+    metrics = run.read_metrics()
+    return ({"file": info["file"], "size_bytes": info["bytes"], "test": metrics["test"],
+             "keras_test": None, "accuracy_drop_points": None, "flagged": False,
+             "max_abs_diff": None, "imported": {k: info[k] for k in (
+                 "format", "sha256", "source")}}, source_file(run, info))
+
+
 def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization: str,
                        calls: int, warmup: int, allow_flagged: bool) -> dict:
     """The model, samples.npz, predict.py and requirements.txt in ``folder``; returns the
-    manifest's body (deploy_run adds the README, finish_bundle the files' sha256)."""
+    manifest's body (deploy_run adds the README, finish_bundle the files' sha256). An
+    imported file goes in as it is, with its declared contract."""
     from harness import data as data_mod
     from harness import runtimes
     from harness.bench import latency_us
+    from harness.contract import Contract, ContractModel
+    from harness.imported import read_import
     from harness.records import machine_facts
 
     fmt, package = RUNTIMES[runtime]["format"], RUNTIMES[runtime]["package"]
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        rec, exported = export_in_scratch(run, ds, Path(scratch), fmt, quantization,
-                                          allow_flagged)
+    info = read_import(run)
+    if info is not None and not run.model.exists():
+        rec, exported = imported_export(run, info)
         shutil.copyfile(exported, folder / rec["file"])
-    model = runtimes.load(folder / rec["file"], threads=1)
-    contract = input_contract(model)  # before any call resizes the input
+        declared = Contract.from_dict(info["contract"])
+    else:
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            rec, exported = export_in_scratch(run, ds, Path(scratch), fmt, quantization,
+                                              allow_flagged)
+            shutil.copyfile(exported, folder / rec["file"])
+        declared = None  # harness' exports take the pixels as they are
+    runtime_model = runtimes.load(folder / rec["file"], threads=1)
+    contract = input_contract(runtime_model, declared)  # before any call resizes the input
+    model = ContractModel(runtime_model, declared or Contract(), float_pixels=fmt == "onnx")
     test = data_mod.split(ds).test
     load = os.getloadavg()  # other work on the machine shows in the percentiles
     latency = latency_us(model.predict, test.x[:1], calls, warmup)  # uint8 pixels, as bench
@@ -183,9 +235,12 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
         "measured": {
             "machine": machine_facts(),
             "test": {**rec["test"], "images": len(test),
-                     "through": f"{rec['file']} in {model.name} (the export's verification)"},
+                     "through": f"{rec['file']} in {model.name} " + (
+                         "(measured when it was imported)" if "imported" in rec
+                         else "(the export's verification)")},
             "keras_test": rec["keras_test"], "accuracy_drop_points": rec["accuracy_drop_points"],
             "flagged": rec["flagged"], "max_abs_diff_vs_keras": rec["max_abs_diff"],
+            **({"imported": rec["imported"]} if "imported" in rec else {}),
             "latency_batch1": {**latency, "warmup": warmup, "threads": 1,
                                "load_average_1_5_15_min": [round(v, 2) for v in load],
                                "input": "uint8 pixels, converted to the model's input type "
@@ -194,8 +249,13 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
     }
 
 
-def input_contract(model) -> dict:
-    """What the model file takes, read off the file through its runtime."""
+def input_contract(model, declared=None) -> dict:
+    """What the model file takes, read off the file through its runtime, and the contract
+    (harness.contract) that turns 0-255 RGB pixels into it: harness' own exports take
+    them as they are; an imported file, as it was declared."""
+    from harness.contract import Contract
+
+    own, declared = declared is None, declared or Contract()
     if model.name == "litert":
         dtype = np.dtype(model.input["dtype"]).name
         shape = [int(d) for d in model.input["shape_signature"]]
@@ -209,8 +269,11 @@ def input_contract(model) -> dict:
         shape = [d if isinstance(d, int) else -1 for d in spec.shape]
         extra = {}
     return {"pixels": "raw RGB values 0-255, neither scaled nor standardized (the model "
-                      "standardizes them itself)",
-            "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)",
+                      "standardizes them itself)" if own else declared.words(),
+            "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)"
+                      if declared.layout == "nhwc" else "CHW, batch first: (batch, channels, "
+                      "height 32, width 32)",
+            "contract": declared.to_dict(),
             "shape": shape, "dtype": dtype, **extra,
             "batch": "the first dimension; -1 means any size (predict.py sends up to 256 "
                      "images a call; the latency is for 1)",
@@ -286,11 +349,11 @@ accuracy. Exit status: 0 ok, 1 selftest failed or runtime error, 2 bad usage or 
 
 ## Input contract
 
-Raw RGB pixels 0-255, not scaled (the model standardizes them itself), height x width x
-channels 32 x 32 x 3, batch first: shape {shape}, {dtype} (-1: any batch size). `predict.py`
+{pixels}; {layout}: shape {shape}, {dtype} (-1: any batch size). `predict.py`
 converts any image to RGB and resizes one that is not 32 x 32 (bilinear), with a note on
-stderr: the model has only seen 32 x 32 images. Output: {classes} probabilities (float32),
-in this order:
+stderr: the model has only seen 32 x 32 images; it applies the contract above
+(`manifest.json`, `input.contract`). Output: {classes} probabilities (float32), in this
+order:
 
 {class_names}
 
@@ -328,6 +391,8 @@ def render_readme(manifest: dict) -> str:
         images=measured["test"]["images"], p50=latency["p50_us"], p90=latency["p90_us"],
         p99=latency["p99_us"], python=measured["machine"]["versions"]["python"],
         shape=manifest["input"]["shape"], dtype=manifest["input"]["dtype"],
+        pixels=manifest["input"]["pixels"][0].upper() + manifest["input"]["pixels"][1:],
+        layout=manifest["input"]["layout"],
         classes=len(manifest["classes"]), class_names=", ".join(manifest["classes"]),
         samples=selftest["images"], sample_file=selftest["file"],
         tolerance=selftest["tolerance"])

@@ -106,6 +106,39 @@ class PairMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="harness")
+class ContractLayer(keras.layers.Layer):
+    """An imported model's input contract (:mod:`harness.contract`) as a layer: raw 0-255
+    RGB pixels (N, 32, 32, 3) in, the model's input out (scaled, standardized, channels
+    reordered, laid out). The same arithmetic as
+    :func:`harness.device.predict.apply_contract`, in Keras ops, so harness' exports of an
+    imported Keras model take raw pixels as its own models do."""
+
+    def __init__(self, contract: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.contract = dict(contract)
+
+    def call(self, x):
+        c = self.contract
+        x = ops.cast(x, "float32") * (1.0 if c["input"] == "raw" else 1.0 / 255.0)
+        if c.get("mean") is not None:
+            x = x - np.asarray(c["mean"], np.float32)
+        if c.get("std") is not None:
+            x = x / np.asarray(c["std"], np.float32)
+        if c["channels"] == "bgr":
+            x = ops.flip(x, axis=-1)
+        if c["layout"] == "nchw":
+            x = ops.transpose(x, (0, 3, 1, 2))
+        return x
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, c, h, w) if self.contract["layout"] == "nchw" else input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "contract": self.contract}
+
+
+@keras.saving.register_keras_serializable(package="harness")
 class FlatPixels(keras.layers.Layer):
     """Flatten with a constant target shape: one reshape op in every exported graph (Keras'
     Flatten becomes SHAPE, STRIDED_SLICE and PACK in TFLite). Used by the lean inference
@@ -235,5 +268,6 @@ def _row_major_matmul():
 
 # What load_keras_model passes as custom_objects: every class above, by its class name.
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (RandomFlipShift, FlipPair, PairMean,
-                                                FlatPixels, SmoothedSparseCrossentropy,
+                                                FlatPixels, ContractLayer,
+                                                SmoothedSparseCrossentropy,
                                                 HostInitializer, RowMajorDense)}

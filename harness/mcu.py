@@ -159,19 +159,22 @@ def compare_runtimes(tflm: dict, reference: dict) -> dict:
             "max_abs_diff": float(np.abs(tflm["probs"] - reference["probs"]).max())}
 
 
-def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict) -> dict:
+def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict,
+                     contract=None) -> dict:
     """The manifest's ``accuracy``: the test set through TFLM (timed), through LiteRT's
     kernels closest to TFLM's (checked by :func:`compare_runtimes`), and LiteRT's default
     figure from the export's verification, beside it."""
+    from harness.contract import Contract, ContractModel
     from harness.evaluate import score
     from harness.runtimes import predict_batched
 
+    contract = contract or Contract()
     start = time.perf_counter()
-    probs = predict_batched(tflm_runtime, test.x)
+    probs = predict_batched(ContractModel(tflm_runtime, contract), test.x)
     seconds = time.perf_counter() - start
     tflm = {"test": score(probs, test.y), "probs": probs}
     litert = LiteRTReference(model_file)
-    reference_probs = predict_batched(litert, test.x)
+    reference_probs = predict_batched(ContractModel(litert, contract), test.x)
     reference = {"test": score(reference_probs, test.y), "probs": reference_probs,
                  "kernels": litert.kernels}
     agreement = compare_runtimes(tflm, reference)
@@ -233,12 +236,19 @@ def write_model_files(folder: Path, model_file: Path, footprint: dict, origin: s
                         "alignment_bytes": ALIGNMENT}}
 
 
-def input_contract(details: dict) -> dict:
-    """The input as the file expects it, read off TFLM's input details."""
+def input_contract(details: dict, declared=None) -> dict:
+    """The input as the file expects it, read off TFLM's input details, and the contract
+    (harness.contract) from 0-255 RGB pixels to it: as they are for harness' exports."""
+    from harness.contract import Contract
+
+    own, declared = declared is None, declared or Contract()
     quant = details["quantization_parameters"]
     contract = {"pixels": "raw RGB values 0-255, neither scaled nor standardized (the model "
-                          "standardizes them itself)",
-                "layout": "NHWC: (batch 1, height 32, width 32, channels R G B)",
+                          "standardizes them itself)" if own else declared.words(),
+                "contract": declared.to_dict(),
+                "layout": "NHWC: (batch 1, height 32, width 32, channels R G B)"
+                          if declared.layout == "nhwc" else "NCHW: (batch 1, channels, "
+                          "height 32, width 32)",
                 "shape": [int(d) for d in details["shape"]],
                 "dtype": np.dtype(details["dtype"]).name}
     if len(quant["scales"]):
@@ -273,7 +283,9 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
     refusal is a DeployError of one line, raised before anything is written."""
     from harness import data as data_mod
     from harness import footprint as fp
-    from harness.deploy import DeployError
+    from harness.contract import Contract
+    from harness.deploy import DeployError, imported_export
+    from harness.imported import read_import
     from harness.models import load_keras_model
 
     run, folder = (run if isinstance(run, RunDir) else RunDir(Path(run))), Path(folder)
@@ -287,13 +299,18 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
         raise DeployError(str(e)) from None
 
     folder.parent.mkdir(parents=True, exist_ok=True)
+    info = read_import(run)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mcu-export.") as scratch:
-        rec, model_file = export_int8(run, ds, Path(scratch), allow_flagged)
+        if info is not None and not run.model.exists():  # an imported int8 file, as it is
+            rec, model_file = imported_export(run, info)
+            macs, contract = run.read_metrics().get("macs"), Contract.from_dict(info["contract"])
+        else:
+            rec, model_file = export_int8(run, ds, Path(scratch), allow_flagged)
+            macs, contract = fp.macs_per_image(load_keras_model(run.model)), None
         footprint = check_on_tflm(model_file.read_bytes(), flash_kb, ram_kb)
         # An arena of exactly the measured size: the accuracy run proves the figure enough.
         tflm = fp.TflmRuntime(model_file.read_bytes(), footprint["arena_bytes"])
-        accuracy = measure_accuracy(model_file, tflm, data_mod.split(ds).test, rec)
-        macs = fp.macs_per_image(load_keras_model(run.model))
+        accuracy = measure_accuracy(model_file, tflm, data_mod.split(ds).test, rec, contract)
         model = write_model_files(folder, model_file, footprint,
                                   f"{rec['file']} of run {run.name}, harness.mcu")
     manifest = {
@@ -301,7 +318,7 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
         "harness_version": metadata.version("harness"),
         "source": {"run": run.name, "config": run.read_config(), "data": ds.record},
         "model": model,
-        "input": input_contract(tflm.input),
+        "input": input_contract(tflm.input, contract),
         "output": {"shape": [int(d) for d in tflm.output["shape"]],
                    "dtype": np.dtype(tflm.output["dtype"]).name,
                    "values": "class probabilities (softmax), in the order of classes"},

@@ -2,7 +2,8 @@
 
 Four kinds of record (kind, file, who writes it)::
 
-    run        runs/<name>/metrics.json     train, tune (its best/), sparsify, prune, prune-units
+    run        runs/<name>/metrics.json     train, tune (its best/), sparsify, prune, prune-units,
+                                            import (kind "imported")
     tuning     tuning/<name>/summary.json   tune
     bench      bench/<run>.json             bench ("benchmark": "bench")
     frontier   <out>/frontier-<run>.json    benchmarks/frontier.py ("benchmark": "frontier")
@@ -66,6 +67,11 @@ RUN_DEVICE = {"backend": STR, "device.backend": STR, "device.kind": STR, "device
 RUN_COMPLETED = {"config.arch": STR, "config.activation": STR, "config.layers": INT,
                  "config.units": INT, "params.total": COUNT, "test.accuracy": FRACTION,
                  "test.loss": NUMBER}
+# A completed imported run (harness import: a model harness did not train, kind "imported")
+# in place of RUN_COMPLETED: the file, its sha256 and input contract, and its scores.
+RUN_IMPORTED = {"kind": exactly("imported"), "import.format": STR, "import.file": STR,
+                "import.sha256": STR, "import.contract": OBJECT, "params.total": COUNT,
+                "val.accuracy": FRACTION, "test.accuracy": FRACTION, "test.loss": NUMBER}
 RUN_OPTIONAL = {"variant": STR, "parent": STR, "sparsity": FRACTION, "tuning.name": STR,
                 "tuning.trial_id": STR, "config.dropout": NUMBER, "config.l1": NUMBER,
                 "config.l2": NUMBER, **RUN_DEVICE}
@@ -90,7 +96,11 @@ BENCH_ROW = {"run": STR, "runtime": STR, "format": STR, "precision": STR, "file"
 # flash (the model file's bytes) and TensorFlow Lite Micro's arena, measured on int8 TFLite
 # files only (null on other rows, or with arena_note saying why TFLM could not measure it).
 BENCH_ROW_OPTIONAL = {"flagged": BOOL, "macs": COUNT, "flash_bytes": COUNT,
-                      "arena_bytes": COUNT_OR_NULL, "arena_note": STR}
+                      "arena_bytes": COUNT_OR_NULL, "arena_note": STR, "imported": BOOL,
+                      # MLPerf Tiny's modes (bench --mode; harness.mlperf), when asked for:
+                      "mlperf.accuracy.accuracy": FRACTION,
+                      "mlperf.performance.throughput_ips": POSITIVE,
+                      "mlperf.performance.latency_us": POSITIVE}
 
 # frontier-<run>.json: a preset trained within a wall-time budget.
 FRONTIER = {"benchmark": exactly("frontier"), "created": STR, "command": STR, "preset": STR,
@@ -154,7 +164,9 @@ def check_run(metrics: dict) -> dict:
     if metrics["status"] not in (RUNNING, COMPLETED, FAILED):
         raise RecordError(f"field 'status' is {metrics['status']!r}, expected "
                           f"{RUNNING}, {COMPLETED} or {FAILED}")
-    if metrics["status"] == COMPLETED:
+    if metrics["status"] == COMPLETED and metrics.get("kind") == "imported":
+        _raise_if(check_fields(metrics, RUN_IMPORTED))
+    elif metrics["status"] == COMPLETED:
         _raise_if(check_fields(metrics, RUN_COMPLETED) +
                   check_fields(metrics, RUN_OPTIONAL, optional=True))
     return metrics

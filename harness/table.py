@@ -99,8 +99,13 @@ def build_rows(records: Records) -> list[dict]:
             rows += [_bench_row(common, bench, r) for bench in benches
                      for r in bench.record["rows"]]
         else:
-            rows.append({**common, **UNMEASURED, "format": "keras", "runtime": "keras-evaluate",
-                         "precision": "float32", "accuracy": run.metrics["test"]["accuracy"],
+            own = {"format": "keras", "runtime": "keras-evaluate", "precision": "float32"}
+            if run.metrics.get("kind") == "imported":  # scored through the file's runtime
+                own = {"format": run.metrics["import"]["format"],
+                       "runtime": run.metrics["import"].get("runtime", "?"),
+                       "precision": run.metrics.get("precision", "?")}
+            rows.append({**common, **UNMEASURED, **own,
+                         "accuracy": run.metrics["test"]["accuracy"],
                          "record": display_path(run.path)})
     for bench in orphans:
         common = {"model": bench.record["run"], "architecture": None, "variant": None,
@@ -132,7 +137,20 @@ def _match_run(bench: BenchRecord, runs: list[RunRecord]) -> RunRecord | None:
     return named[0] if len(named) == 1 else None
 
 
+def _imported_fields(m: dict, label: str) -> dict:
+    """An imported model's row: what the file is, and where it came from."""
+    info = m["import"]
+    ops = m.get("ops") or []
+    family = "CNN" if any("conv" in op.lower() for op in ops) else "dense"
+    count = f" ({m['op_count']} ops)" if m.get("op_count") else ""
+    return {"model": label, "architecture": f"imported {info['format']} {family}{count}",
+            "variant": f"imported ({info.get('source', '?')})",
+            "params": m["params"]["total"], "sparsity": m.get("sparsity"), "device": None}
+
+
 def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
+    if run.metrics.get("kind") == "imported":
+        return _imported_fields(run.metrics, label)
     m, cfg = run.metrics, run.metrics["config"]
     if "tuning" in m:
         t = m["tuning"]

@@ -53,6 +53,8 @@ def kind_of(architecture: str | None) -> str | None:
     when a bench record has no run to say."""
     if not architecture:
         return None
+    if architecture.startswith("imported "):  # harness.table: "imported tflite CNN (...)"
+        return CONV if architecture.split()[2] == "CNN" else DENSE
     return DENSE if architecture.split()[0] in DENSE_ARCHS else CONV
 
 

@@ -33,6 +33,49 @@ SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
 BATCH = 256      # images per runtime call
 
 
+# --------------------------------------------------------------------------- the contract
+# How 0-255 RGB pixels (N, 32, 32, 3) become the model's input, and what its output is:
+# declared once, here, for the bundle's predict.py and for harness (which imports these).
+# harness' own models take the pixels as they are (PLAIN); an imported model declares its
+# own (harness import --layout --channels --input --mean --std --output).
+PLAIN = {"layout": "nhwc", "channels": "rgb", "input": "raw", "mean": None, "std": None,
+         "output": "probs"}
+SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}  # input: raw 0-255 floats, or pixels / 255
+
+
+def takes_pixels(contract: dict | None) -> bool:
+    """Whether the model takes the pixels as they are (raw, RGB, NHWC, not standardized)."""
+    return contract is None or all(contract.get(k) == PLAIN[k]
+                                   for k in ("layout", "channels", "input", "mean", "std"))
+
+
+def apply_contract(pixels: np.ndarray, contract: dict | None) -> np.ndarray:
+    """The model's input for uint8 RGB pixels (N, 32, 32, 3): scaled (input), standardized
+    per channel (mean, std: after scaling, in R, G, B order), channels reordered, laid out
+    (nchw: (N, 3, 32, 32)); the pixels themselves, untouched, where it takes them so."""
+    if takes_pixels(contract):
+        return pixels
+    x = np.asarray(pixels, np.float32) * np.float32(SCALES[contract["input"]])
+    if contract.get("mean") is not None:
+        x = x - np.asarray(contract["mean"], np.float32)
+    if contract.get("std") is not None:
+        x = x / np.asarray(contract["std"], np.float32)
+    if contract["channels"] == "bgr":
+        x = x[..., ::-1]
+    if contract["layout"] == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def output_probs(out: np.ndarray, contract: dict | None) -> np.ndarray:
+    """Class probabilities from the model's output: a softmax of logits, else as it is."""
+    if contract is None or contract.get("output", "probs") == "probs":
+        return out
+    z = np.asarray(out, np.float32)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 class UsageError(Exception):
     """Bad arguments or input: exit 2."""
 
@@ -60,7 +103,8 @@ class LiteRT:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) != self.input["shape"][0]:
-            self.interpreter.resize_tensor_input(self.input["index"], [len(pixels), *SIZE, 3])
+            shape = [len(pixels), *self.input["shape"][1:]]  # NHWC or NCHW, as the file takes
+            self.interpreter.resize_tensor_input(self.input["index"], shape)
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
         x = pixels.astype(np.float32)
@@ -130,11 +174,13 @@ def open_model(bundle: Path, manifest: dict, threads: int):
     return model
 
 
-def predict(model, pixels: np.ndarray) -> np.ndarray:
-    """Probabilities (N, classes) for uint8 pixels (N, 32, 32, 3), BATCH images a call."""
+def predict(model, pixels: np.ndarray, contract: dict | None = None) -> np.ndarray:
+    """Probabilities (N, classes) for uint8 pixels (N, 32, 32, 3), BATCH images a call,
+    through the manifest's input contract (harness' own models: the pixels as they are)."""
     try:
-        return np.concatenate([model.run(pixels[i:i + BATCH])
-                               for i in range(0, len(pixels), BATCH)])
+        return np.concatenate([
+            output_probs(model.run(apply_contract(pixels[i:i + BATCH], contract)), contract)
+            for i in range(0, len(pixels), BATCH)])
     except Exception as e:
         raise Failure(f"the runtime failed: {one_line(e)}") from None
 
@@ -230,7 +276,7 @@ def selftest(bundle: Path, manifest: dict, model) -> str:
                       f"{manifest['input']['dtype']}")
     with np.load(bundle / test["file"]) as data:
         x, y, recorded = data["x"], data["y"], data["probs"]
-    probs = predict(model, x)
+    probs = predict(model, x, manifest["input"].get("contract"))
     if probs.shape != recorded.shape:
         raise Failure(f"the model answers {probs.shape}, recorded {recorded.shape}")
     problem = compare(probs, recorded, test["tolerance"], classes)
@@ -324,7 +370,7 @@ def run(argv: list[str] | None = None) -> None:
     else:
         files = image_files(args.images)
         x, y, names = np.stack([read_image(f) for f in files]), None, [str(f) for f in files]
-    probs = predict(open_model(HERE, manifest, args.threads), x)
+    probs = predict(open_model(HERE, manifest, args.threads), x, manifest["input"].get("contract"))
     if args.dump_probs:
         np.save(args.dump_probs, probs.astype(np.float32))
     else:
