@@ -646,6 +646,8 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
         result = deploy_mod.deploy_run(run_dir, obj.dataset(), out or obj.results / "deploy",
                                        target, runtime, quantization, name, flash_kb, ram_kb,
                                        calls, warmup, allow_flagged)
+    except deploy_mod.DeployRefused as e:
+        raise Refused(str(e)) from None
     except (deploy_mod.DeployError, ExportError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(deploy_mod.format_summary(result))

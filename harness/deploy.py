@@ -67,6 +67,11 @@ class DeployError(ValueError):
     """A bundle that cannot be made as asked; the message is one line naming why."""
 
 
+class DeployRefused(DeployError):
+    """A request the run cannot take (an imported file asked to be re-quantized or run by
+    another runtime): bad input, exit 2."""
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a safe bundle name (harness.records.NAME, the rule for every folder
     made from a name); else DeployError."""
@@ -166,13 +171,13 @@ def check_imported(run: RunDir, info: dict, target: str, runtime: str,
     precision = run.read_metrics()["precision"]
     wanted = {"tflite": "litert", "onnx": "onnx"}.get(info["format"])
     if runtime != wanted:
-        raise DeployError(f"{run.name} is an imported {info['format']} file, shipped as it is: "
+        raise DeployRefused(f"{run.name} is an imported {info['format']} file, shipped as it is: "
                           f"--runtime {wanted}")
     if quantization not in (None, precision):
-        raise DeployError(f"{run.name} is an imported {precision} file, shipped as it is: "
+        raise DeployRefused(f"{run.name} is an imported {precision} file, shipped as it is: "
                           f"--quantize {precision} (or leave it out)")
     if target == "mcu" and (info["format"] != "tflite" or precision != "int8"):
-        raise DeployError(f"--target mcu needs an int8 .tflite; {run.name} is an imported "
+        raise DeployRefused(f"--target mcu needs an int8 .tflite; {run.name} is an imported "
                           f"{info['format']} {precision} file")
     return precision
 

@@ -53,15 +53,18 @@ def py2_pickle(entries: list[tuple[bytes, bytes]]) -> bytes:
     return b"\x80\x02}(" + body + b"u."
 
 
-def batch_pickle(images: np.ndarray, labels: np.ndarray, label: str) -> bytes:
+def batch_pickle(images: np.ndarray, labels: np.ndarray, label: str,
+                 names: list[str] | None = None) -> bytes:
     """One batch: images uint8 (N, 32, 32, 3) stored as (N, 3072) channel-major rows."""
     rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
-    return rows_pickle(rows, labels, label)
+    return rows_pickle(rows, labels, label, names)
 
 
-def rows_pickle(rows: np.ndarray, labels, label: str) -> bytes:
-    """A batch pickle of raw uint8 rows, whatever their shape (tests use odd ones)."""
-    names = [_str(f"img_{i:05d}.png".encode()) for i in range(len(rows))]
+def rows_pickle(rows: np.ndarray, labels, label: str, names: list[str] | None = None) -> bytes:
+    """A batch pickle of raw uint8 rows, whatever their shape (tests use odd ones); the
+    images' file names ``names`` (default img_00000.png, ...)."""
+    names = names or [f"img_{i:05d}.png" for i in range(len(rows))]
+    names = [_str(n.encode()) for n in names]
     return py2_pickle([(b"batch_label", _str(label.encode())),
                        (b"labels", _list([_int(int(v)) for v in labels])),
                        (b"data", _uint8_array(rows)),
@@ -109,9 +112,11 @@ def make_batches(per_batch: int = 100, seed: int = 0, *, noise: float = 40.0,
 
 def write_archive(path: Path, per_batch: int = 100, seed: int = 0,
                   batches: dict | None = None) -> Path:
-    """Write cifar-10-python.tar.gz-style archive with ``per_batch`` images per batch."""
+    """Write cifar-10-python.tar.gz-style archive with ``per_batch`` images per batch;
+    ``batches`` maps a batch's name to (images, labels) or (images, labels, file names)."""
     batches = batches or make_batches(per_batch, seed)
-    files = {name: batch_pickle(x, y, name) for name, (x, y) in batches.items()}
+    files = {name: batch_pickle(*value, name) if len(value) == 2 else
+             batch_pickle(value[0], value[1], name, value[2]) for name, value in batches.items()}
     files[META] = meta_pickle(per_batch)
     path = Path(path)
     with tarfile.open(path, "w:gz") as tar:
