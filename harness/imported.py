@@ -193,9 +193,10 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
     declared = {k: v for k, v in (("channels", channels), ("input", input_scale),
                                   ("mean", mean), ("std", std)) if v is not None}
     from_file = quantized_contract(probed)
-    contract_from = "declared"
+    sources = [f"declared ({', '.join(sorted(declared))})"] if declared else []
     if from_file is not None and not {"input", "mean", "std"} & declared.keys():
-        declared, contract_from = {**declared, **from_file}, "the file's input quantization"
+        declared = {**declared, **from_file}
+        sources.append("input from the file's input quantization")
     contract = Contract(layout=layout, output=output or "probs",
                         **{"channels": "rgb", "input": "raw", **declared})
     model = open_model(path, fmt, contract)
@@ -204,6 +205,11 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
         detected = detect_output(model, splits.val.x[:OUTPUT_PROBE])
         contract = Contract.from_dict({**contract.to_dict(), "output": detected})
         model = model.with_contract(contract)
+        sources.append(f"output read off its answers to {OUTPUT_PROBE} images")
+    else:
+        sources.append("output declared")
+    contract_from = "; ".join(sources if declared or from_file else
+                              ["the defaults (raw, RGB)", *sources])
     probe_x, probe_y = splits.val.x[:PROBE_IMAGES], splits.val.y[:PROBE_IMAGES]
     score_probe = accuracy(model, probe_x, probe_y)
     if score_probe < CHANCE_LIMIT:

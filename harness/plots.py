@@ -107,7 +107,20 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
         _label_fronts(fig, ax, front)
     else:
         _label_front(ax, front)
+    _label_imported(ax, [r for r in timed if not r["pareto"]])
     return fig
+
+
+def _label_imported(ax, rows: list[dict]) -> None:
+    """Imported models (harness import: a published reference, say) are labelled as such
+    wherever they lie; off the front, below and to the right of the point, where front
+    labels (up and to the left) do not go."""
+    for r in rows:
+        if str(r.get("variant") or "").startswith("imported"):
+            ax.annotate(f"{_model_label(r)}\n{_kind_label(r)}",
+                        (r["p50_us"], r["accuracy"] * 100), xytext=(7, -6),
+                        textcoords="offset points", fontsize=8, ha="left", va="top",
+                        bbox=_LABEL_BOX)
 
 
 _LABEL_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9}
@@ -121,7 +134,7 @@ def _label_front(ax, front: list[dict], x: str = "p50_us", text=None) -> None:
     # point), so the labels go there, with room made at the left and top edges. Labels of
     # neighbours on the front (close in latency and accuracy) are stacked upwards, with a
     # leader line, so they do not cover each other.
-    text = text or (lambda r: f"{r['model']}\n{_kind_label(r)}")
+    text = text or (lambda r: f"{_model_label(r)}\n{_kind_label(r)}")
     stack, previous = 0, None
     for r in front:
         close = (previous is not None and r[x] < 3 * previous[x]
@@ -149,7 +162,7 @@ def _label_fronts(fig, ax, front: list[dict]) -> None:
     tries += [(side, -30 - 13 * k) for side in (-7, 7) for k in range(8)]
     placed = []
     for first, names in _stretches(front):
-        text, at = f"{first['model']}\n{names}", (first["p50_us"], first["accuracy"] * 100)
+        text, at = f"{_model_label(first)}\n{names}", (first["p50_us"], first["accuracy"] * 100)
         probe = ax.text(*at, text, fontsize=8)
         width, height = probe.get_window_extent().size
         probe.remove()
@@ -184,6 +197,12 @@ def _stretches(front: list[dict]):
             names = [r["precision"] if r["runtime"] == before["runtime"] else _kind_label(r)
                      for before, r in zip([{"runtime": None}, *group], group)]
             yield group[0], ", ".join(names)
+
+
+def _model_label(row: dict) -> str:
+    """The model's name, marked when it was imported (harness import)."""
+    imported = str(row.get("variant") or "").startswith("imported")
+    return f"{row['model']} (imported)" if imported else row["model"]
 
 
 def _kind_label(row: dict) -> str:
