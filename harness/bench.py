@@ -84,10 +84,11 @@ def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: in
 
     info = read_import(run)
     if info is not None and not run.model.exists():
-        rows = [imported_row(run, info, ds, calls, warmup)]
+        timed = [imported_row(run, info, ds, calls, warmup)]
     else:
-        rows = model_rows(run, ds, export, calls, warmup)
-    add_modes(rows, run, ds, modes, window_s)
+        timed = model_rows(run, ds, export, calls, warmup)
+    rows = [row for row, _, _ in timed]
+    add_modes(timed, ds, modes, window_s)
     record = {"benchmark": "bench", "run": run.name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": machine_facts(), "data": ds.record,
@@ -114,8 +115,9 @@ FOOTPRINT_WORDS = {"macs": "multiply-accumulates per image: the Dense and convol
 
 
 def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
-               warmup: int) -> list[dict]:
-    """Rows of a run's Keras model (predict and direct call) and of its exports."""
+               warmup: int) -> list[tuple[dict, object, np.ndarray]]:
+    """Rows of a run's Keras model (predict and direct call) and of its exports, each with
+    the function and the one image it was timed with."""
     from harness import export as export_mod
     from harness import runtimes
 
@@ -139,34 +141,34 @@ def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
     keras_size = run.model.stat().st_size
     for runtime, predict, n in (("keras-predict", lambda x: model.predict(x, verbose=0),
                                  max(calls // 10, 50)), ("keras-call", direct, calls)):
-        rows.append({**common, "format": "keras", "precision": "float32", "runtime": runtime,
+        rows.append(({**common, "format": "keras", "precision": "float32", "runtime": runtime,
                      "file": run.model.name, "size_bytes": keras_size,
                      **latency_us(predict, image, n, min(warmup, n)),
                      "throughput_ips": throughput(predict, batch),
                      "test": score(runtimes.predict_batched(
                          direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
                          splits.test.y),
-                     **file_footprint(run.model, "keras", "float32"),
-                     "_predict": predict, "_image": image})
+                     **file_footprint(run.model, "keras", "float32")}, predict, image))
     for rec in records:
         path = run.path / "exports" / rec["file"]
         single = runtimes.load(path, threads=1)
         multi = runtimes.load(path, threads=os.cpu_count() or 1)
-        rows.append({**common, "format": rec["format"], "precision": rec["quantization"],
+        rows.append(({**common, "format": rec["format"], "precision": rec["quantization"],
                      "runtime": rec["runtime"], "file": rec["file"],
                      "size_bytes": rec["size_bytes"],
                      **latency_us(single.predict, pixels, calls, warmup),
                      "throughput_ips": throughput(multi.predict, pixel_batch),
                      "test": rec["test"], "flagged": rec["flagged"],
-                     **file_footprint(path, rec["format"], rec["quantization"]),
-                     "_predict": single.predict, "_image": pixels})
+                     **file_footprint(path, rec["format"], rec["quantization"])},
+                     single.predict, pixels))
     return rows
 
 
 def imported_row(run: RunDir, info: dict, ds: data_mod.Dataset, calls: int,
-                 warmup: int) -> dict:
+                 warmup: int) -> tuple[dict, object, np.ndarray]:
     """The row of an imported .tflite or .onnx file, timed as it is: uint8 pixels through
-    its contract inside each call, its test accuracy measured again through its runtime."""
+    its contract inside each call, its test accuracy measured again through its runtime;
+    with the function and image it was timed with."""
     from harness import runtimes
     from harness.imported import check_source, open_run
 
@@ -177,25 +179,23 @@ def imported_row(run: RunDir, info: dict, ds: data_mod.Dataset, calls: int,
     single = open_run(run, info, threads=1)
     multi = open_run(run, info, threads=os.cpu_count() or 1)
     macs = {"macs": metrics["macs"]} if metrics.get("macs") is not None else {}
-    return {"run": run.name, "params": metrics["params"]["total"],
+    return ({"run": run.name, "params": metrics["params"]["total"],
             "sparsity": metrics.get("sparsity", 0.0), **macs,
             "format": info["format"], "precision": metrics["precision"],
             "runtime": single.name, "file": info["file"], "size_bytes": info["bytes"],
             "imported": True, **latency_us(single.predict, pixels, calls, warmup),
             "throughput_ips": throughput(multi.predict, pixel_batch),
             "test": score(runtimes.predict_batched(single, splits.test.x), splits.test.y),
-            **file_footprint(path, info["format"], metrics["precision"]),
-            "_predict": single.predict, "_image": pixels}
+            **file_footprint(path, info["format"], metrics["precision"])},
+            single.predict, pixels)
 
 
-def add_modes(rows: list[dict], run: RunDir, ds: data_mod.Dataset, modes: tuple[str, ...],
-              window_s: float) -> None:
+def add_modes(timed: list[tuple[dict, object, np.ndarray]], ds: data_mod.Dataset,
+              modes: tuple[str, ...], window_s: float) -> None:
     """MLPerf Tiny's figures (``mlperf.accuracy``, ``mlperf.performance``) on each row,
-    through the same predict function and input the row was timed with; the row's
-    private keys are removed."""
+    through the same predict function and input the row was timed with."""
     images = mlperf.accuracy_images(ds) if "accuracy" in modes else None
-    for row in rows:
-        predict, image = row.pop("_predict"), row.pop("_image")
+    for row, predict, image in timed:
         figures = {}
         if images is not None:
             x = images[0] if image.dtype == np.uint8 else images[0].astype(np.float32)

@@ -31,6 +31,7 @@ import numpy as np
 
 from harness import foreign
 from harness.contract import CIFAR_MEAN, CIFAR_STD, Contract, ContractModel
+from harness.device.predict import sha256
 from harness.records import COMPLETED, RunDir, atomic_write_json, check_name, read_json
 
 KIND = "imported"
@@ -56,14 +57,13 @@ def source_file(run: RunDir, info: dict) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    """Of a file; of a folder, its files' names and bytes in sorted order."""
+    """Of a file (the bundles' own checksum, so a manifest's equals it); of a folder (a
+    SavedModel), of its files' names and checksums in sorted order."""
     if path.is_file():
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256(path)
     digest = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        digest.update(str(p.relative_to(path)).encode() + b"\0")
-        digest.update(hashlib.sha256(p.read_bytes()).digest())
+        digest.update(f"{p.relative_to(path)}\0{sha256(p)}\n".encode())
     return digest.hexdigest()
 
 
