@@ -186,7 +186,8 @@ def imported_row(run: RunDir, info: dict, ds: data_mod.Dataset, calls: int,
             "imported": True, **latency_us(single.predict, pixels, calls, warmup),
             "throughput_ips": throughput(multi.predict, pixel_batch),
             "test": score(runtimes.predict_batched(single, splits.test.x), splits.test.y),
-            **file_footprint(path, info["format"], metrics["precision"])},
+            **(file_footprint(path, info["format"], metrics["precision"]) if path.is_file()
+               else {"flash_bytes": info["bytes"], "arena_bytes": None})},  # a SavedModel
             single.predict, pixels)
 
 

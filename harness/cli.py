@@ -583,9 +583,9 @@ def export(obj: Context, run: Path, formats, quantizations):
     run_dir = _run_dir(obj, run)
     info = _import_info(run_dir)
     if info is not None and not run_dir.model.exists():
-        raise Refused(f"{run}: an imported {info['format']} file is exported already; bench, "
-                      "predict and deploy use it as it is (harness exports Keras and .h5 "
-                      "imports)")
+        raise Refused(f"{run}: an imported {info['format']}; harness exports Keras and .h5 "
+                      "imports (a .tflite or .onnx is an export already: bench, predict and "
+                      "deploy use it as it is)")
     formats = export_mod.FORMATS if "all" in formats else formats
     quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
     try:

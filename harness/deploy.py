@@ -170,6 +170,10 @@ def check_imported(run: RunDir, info: dict, target: str, runtime: str,
         raise DeployError(str(e)) from None
     precision = run.read_metrics()["precision"]
     wanted = {"tflite": "litert", "onnx": "onnx"}.get(info["format"])
+    if wanted is None:
+        raise DeployRefused(f"{run.name} is an imported {info['format']}: harness deploys "
+                            ".tflite and .onnx files as they are, and Keras models through "
+                            "its exports; convert it to one of those and import that")
     if runtime != wanted:
         raise DeployRefused(f"{run.name} is an imported {info['format']} file, shipped as it is: "
                           f"--runtime {wanted}")

@@ -265,6 +265,38 @@ def test_a_keras_logits_model_gets_harness_form_and_exports(tmp_path, colours,
     assert rec["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=0.01)
 
 
+def test_a_saved_model_imports_and_one_that_reads_files_is_refused(tmp_path, colours,
+                                                                   colour_archive):
+    import tensorflow as tf
+
+    keras_file = centroid_keras(tmp_path / "c.keras", colours, Contract())
+    import keras
+    keras.saving.load_model(keras_file).export(str(tmp_path / "sm"), format="tf_saved_model",
+                                               verbose=False)
+    results = tmp_path / "results"
+    done = invoke("import", tmp_path / "sm", "--name", "sm", archive=colour_archive,
+                  results=results)
+    assert done.exit_code == 0, done.output
+    metrics = json.loads((results / "runs" / "sm" / "metrics.json").read_text())
+    assert metrics["import"]["format"] == "saved_model" and metrics["test"]["accuracy"] > 0.95
+    assert invoke("deploy", "sm", "--target", "linux", archive=colour_archive,
+                  results=results).exit_code == 2
+
+    class Reader(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def serve(self, x):
+            secret = tf.strings.length(tf.io.read_file("/etc/hostname"))
+            return {"probs": tf.nn.softmax(tf.reduce_mean(x, [1, 2]) @ tf.ones([3, 10])
+                                           + tf.cast(secret, tf.float32))}
+
+    reader = Reader()
+    tf.saved_model.save(reader, str(tmp_path / "reader"),
+                        signatures={"serving_default": reader.serve})
+    refused = invoke("import", tmp_path / "reader", "--name", "reader",
+                     archive=colour_archive, results=results)
+    assert "ReadFile" in refused_in_one_line(refused)
+
+
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_an_h5_with_a_lambda_is_refused_and_its_code_never_runs(tmp_path, colour_archive):
     tf_keras = pytest.importorskip("tf_keras")
