@@ -474,3 +474,30 @@ def test_the_bundle_predict_applies_the_contract_without_harness(tmp_path, colou
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     metrics = json.loads((results / "runs" / "std" / "metrics.json").read_text())
     assert summary["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+
+
+IMPORTED = sorted(p for p in (REPO / "results" / "reference").glob("runs/*/config.json")
+                  if json.loads(p.read_text()).get("kind") == "imported")
+
+
+@pytest.mark.parametrize("config", IMPORTED, ids=lambda p: p.parent.name)
+def test_committed_imports_hold_the_files_they_name(config):
+    """Each committed imported run: its metrics keep the run format, and its file (where
+    committed; files over 1 MB are not) has the sha256 its config records."""
+    import hashlib
+
+    from harness.schemas import check_run
+
+    info = json.loads(config.read_text())
+    metrics = check_run(json.loads((config.parent / "metrics.json").read_text()))
+    assert metrics["import"]["sha256"] == info["sha256"]
+    source = config.parent / "source" / info["file"]
+    if source.exists():
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == info["sha256"]
+    else:
+        assert info["bytes"] > 1_000_000
+
+
+def test_the_reference_imports_are_committed():
+    assert {p.parent.name for p in IMPORTED} >= {"mlperf-tiny-ic-int8", "mlperf-tiny-ic-float32",
+                                                 "mlperf-tiny-ic-h5"}
