@@ -23,8 +23,9 @@ import numpy as np
 from harness import compare as compare_mod
 from harness import data as data_mod
 from harness.config import PRESETS, SETTINGS, ConfigError, resolve
+from harness.device.predict import MAX_PIXELS
 from harness.hardware import device_option
-from harness.records import NAME, BadName, RunDir, check_name
+from harness.records import NAME, BadName, RunBusy, RunDir, check_name
 
 
 class Context:
@@ -267,6 +268,8 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     except RunComplete as e:
         click.echo(str(e))
         return
+    except RunBusy as e:
+        raise Refused(str(e)) from None
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except TrainingFailed as e:
@@ -488,23 +491,60 @@ class Refused(click.ClickException):
 
 def _run_dir(obj: Context, run: Path, imported_ok: bool = True) -> RunDir:
     """A run given as a path, or as a name under results/runs/: a finished run (its
-    model.keras) or, where ``imported_ok``, an imported one (harness import)."""
-    from harness.imported import read_import
-
+    model.keras and config.json) or, where ``imported_ok``, an imported one (harness
+    import). Whatever it lacks is named in one line (exit 2) before anything is read."""
     named = not run.exists() and NAME.fullmatch(str(run))
     run_dir = RunDir.named(obj.results, str(run)) if named else RunDir(run)
     try:
-        info = read_import(run_dir)
+        problem, info = check_run_dir(run_dir)
     except (OSError, ValueError) as e:
-        raise Refused(f"{run}: unreadable config.json ({e})") from None
-    if info is not None:
-        if not imported_ok:
-            raise Refused(f"{run}: an imported model ({info['file']}); this command works on "
-                          "runs harness trained")
-        return run_dir
-    if not run_dir.model.exists():
-        raise click.BadParameter(f"{run}: no finished run here (no model.keras)", param_hint="RUN")
+        raise Refused(f"{run}: {e}") from None
+    if problem:
+        raise Refused(f"{run}: {problem}")
+    if info is not None and not imported_ok:
+        raise Refused(f"{run}: an imported model ({info['file']}); this command works on "
+                      "runs harness trained")
     return run_dir
+
+
+def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
+    """(what the run folder lacks for a command to read it, or None; its import record
+    for an imported run). Checks the folder, config.json (a recipe this harness reads, or
+    an import record), metrics.json (its format) and the model, in that order."""
+    from harness.collect import read_record
+    from harness.config import from_dict
+    from harness.imported import KIND
+    from harness.schemas import RecordError, check_run
+
+    if not run.path.is_dir():
+        return f"no run here (no folder {run.path})", None
+    if not run.config.exists():
+        what = "model.keras but no" if run.model.exists() else "no"
+        return (f"not a finished run: {what} config.json (the run's recipe); harness writes "
+                "both, so this folder is damaged or not harness'"), None
+    try:
+        config = read_record(run.config)
+    except RecordError as e:
+        return f"config.json is {e}", None
+    info = config if config.get("kind") == KIND else None
+    if info is None:
+        try:
+            from_dict(config)
+        except (ConfigError, TypeError) as e:
+            return (f"config.json is not a recipe this harness reads ({e}): written by a "
+                    f"newer harness, or edited"), None
+    if run.metrics.exists():
+        try:
+            check_run(read_record(run.metrics))
+        except RecordError as e:
+            return f"metrics.json breaks the run record's format: {e}", None
+    if info is not None:
+        source = run.path / "source" / str(info.get("file"))
+        return (None if source.exists() else
+                f"the imported file source/{info.get('file')} is missing"), info
+    if not run.model.exists():
+        return "no finished run here (no model.keras)", None
+    return None, None
 
 
 def _import_info(run_dir: RunDir) -> dict | None:
@@ -770,15 +810,22 @@ def _image_files(ctx, param, paths: tuple[Path, ...]) -> list[Path]:
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Classes to print per image.")
-def predict(model: Path, images, top: int):
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per image: its top "
+              "classes, or the error that kept it from being read.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS,
+              show_default=True, help="Refuse an image of more pixels, read off its header "
+              "before it is decoded.")
+def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
     """Classify images with an exported .onnx or .tflite model, or an imported run's file
     under its input contract (no TensorFlow needed).
 
     IMAGES are files or folders (every PNG/JPEG in a folder, by name; not its subfolders).
-    Any PNG/JPEG is converted to RGB and resized to 32 x 32 first.
+    Any image is converted to RGB and resized to 32 x 32 first. An unreadable one is named
+    on stderr and the others are classified; the exit status is then 1.
     """
     from harness import runtimes
     from harness.contract import Contract, ContractModel
+    from harness.device.predict import read_images
 
     try:
         if model.is_dir():
@@ -786,13 +833,26 @@ def predict(model: Path, images, top: int):
         else:
             runtime = ContractModel(runtimes.load(model), Contract(),
                                     float_pixels=model.suffix == ".onnx")
-        pixels = np.stack([runtimes.read_image(path) for path in images])
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    probs = np.concatenate([runtime.predict(pixels[i:i + 1]) for i in range(len(pixels))])
-    for path, p in zip(images, probs):
-        best = np.argsort(p)[::-1][:top]
-        click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} {p[c]:.3f}" for c in best))
+    except runtimes.ModelFileError as e:
+        raise Refused(str(e)) from None
+    pixels, names, errors = read_images(images, max_pixels)
+    probs = dict(zip(names, (runtime.predict(pixels[i:i + 1])[0] for i in range(len(pixels)))))
+    for path in map(str, images):
+        if path in errors:
+            if as_json:
+                click.echo(json.dumps({"image": path, "error": errors[path]}))
+            continue
+        best = [int(c) for c in np.argsort(probs[path])[::-1][:top]]
+        if as_json:
+            click.echo(json.dumps({"image": path, "top": [
+                {"class": data_mod.LABEL_NAMES[c], "index": c,
+                 "probability": round(float(probs[path][c]), 6)} for c in best]}))
+        else:
+            click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} "
+                                               f"{probs[path][c]:.3f}" for c in best))
+    if errors:
+        raise click.ClickException(f"{len(errors)} of {len(images)} images could not be read "
+                                   f"(named above); the other {len(names)} are classified")
 
 
 def _imported_predictor(folder: Path):

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.records import RunDir, atomic_write_text
-from harness.runtimes import LiteRTRuntime, pixel_rule
+from harness.runtimes import LiteRTRuntime, pixel_rule, without_info_lines
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
                            # they round alike (ResNet-8: the same class for 9,999 of 10,000
@@ -135,7 +135,8 @@ class LiteRTReference(LiteRTRuntime):
             raise error
         self.kernels = resolver.name if resolver is OpResolverType.BUILTIN_REF else \
             f"{resolver.name} (BUILTIN_REF: {missing})"
-        self.interpreter.allocate_tensors()
+        with without_info_lines():
+            self.interpreter.allocate_tensors()
         self._describe()
 
 

@@ -19,12 +19,14 @@ Layout of ``<results>/runs/<name>/``::
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import platform
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -200,3 +202,32 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         write_record("run", self.metrics, {"schema": METRICS_SCHEMA_VERSION, **metrics})
+
+
+class RunBusy(RuntimeError):
+    """Another process is writing this run; the message is one line."""
+
+
+@contextmanager
+def run_lock(run: RunDir):
+    """Hold ``run``'s writer lock while inside: a second process that asks for it gets
+    RunBusy at once, before it touches the folder. The lock is a file beside the run
+    (``runs/.<name>.lock``, so replacing the run's folder keeps it) locked with
+    fcntl.flock, which the kernel drops when its holder dies: no stale lock to clear. It
+    holds the holder's pid, for the message."""
+    path = run.path.with_name(f".{run.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunBusy(f"run {run.path} is being written by another process (pid {holder}); "
+                      "wait for it to end, or choose another --name") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

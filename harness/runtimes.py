@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.device.predict import without_info_lines
+
 
 class OnnxRuntime:
     name = "onnxruntime"
@@ -46,7 +48,8 @@ class LiteRTRuntime:
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with without_info_lines():  # LiteRT's "INFO: Created ... XNNPACK delegate" line
+            self.interpreter.allocate_tensors()
         self._describe()
 
     def _describe(self) -> None:
@@ -124,26 +127,26 @@ def pixel_rule(dtype, scale: float, zero: int) -> str:
     return RULES[byte_form(dtype, scale, zero)]
 
 
+class ModelFileError(ValueError):
+    """A model file its runtime cannot load (empty, truncated, another format); one line."""
+
+
 def load(path: Path, threads: int = 1):
-    """The runtime for ``path`` by its suffix (.onnx or .tflite)."""
-    suffix = Path(path).suffix
-    if suffix == ".onnx":
-        return OnnxRuntime(path, threads)
-    if suffix == ".tflite":
-        return LiteRTRuntime(path, threads)
-    raise ValueError(f"{path}: not an .onnx or .tflite model")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Any image Pillow reads, as RGB, resized to 32 x 32: uint8 (32, 32, 3)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """The runtime for ``path`` by its suffix (.onnx or .tflite); ModelFileError, one line,
+    when the runtime cannot load the file."""
+    path = Path(path)
+    kind = {".onnx": OnnxRuntime, ".tflite": LiteRTRuntime}.get(path.suffix)
+    if kind is None:
+        raise ModelFileError(f"{path}: not an .onnx or .tflite model")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: an empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR),
-                              np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+        return kind(path, threads)
+    except ImportError:
+        raise
+    except Exception as e:  # each runtime has its own error types (InvalidProtobuf, ...)
+        message = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ModelFileError(f"{path}: {kind.name} cannot load it ({message})") from None
 
 
 def predict_batched(runtime, x: np.ndarray, batch: int = 256) -> np.ndarray:

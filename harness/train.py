@@ -318,6 +318,18 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
           verbose: int | None = None, extra_callbacks=(), initial_weights=None,
           record: dict | None = None) -> dict:
     """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
+    The run is locked while it trains (harness.records.run_lock): a second process
+    training the same run gets RunBusy before it touches the folder."""
+    from harness.records import run_lock
+
+    with run_lock(RunDir.named(results, cfg.run_name)):
+        return _train(cfg, ds, results, overwrite, verbose, extra_callbacks, initial_weights,
+                      record)
+
+
+def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool,
+           verbose: int | None, extra_callbacks, initial_weights, record: dict | None) -> dict:
+    """train()'s body, under the run's lock.
 
     ``extra_callbacks`` run after the run's own (benchmarks use this to watch test accuracy
     per epoch outside the timed part of the epoch). ``initial_weights`` start the model

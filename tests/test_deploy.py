@@ -271,7 +271,6 @@ def test_npz_in_probabilities_out(bundle, trained, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["missing.png"], "missing.png: no such file or folder"),
-    (["notes.txt"], "notes.txt: not a readable image"),
     ([], "give image files/folders, or --npz FILE, or --selftest"),
     (["--selftest", "a.png"], "--selftest takes no images"),
     (["a.png", "--top", "11"], "--top 11: must be 1 to 10"),

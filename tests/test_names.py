@@ -5,6 +5,7 @@ Every command that makes a folder from a name keeps one rule (harness.records.NA
 writes anything: nothing appears inside --results, nor in the folders around it.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -96,9 +97,12 @@ def test_a_bad_teacher_exits_2(archive, results):
 def test_a_default_name_from_an_odd_folder_exits_2(archive, results, tmp_path, command):
     """A run given by path keeps its folder's name, which may break the rule; the default
     name made from it (<run>-sparse, <run>-pruned80) is checked before anything is read."""
+    from harness.config import resolve
+
     run = tmp_path / "my run"
     run.mkdir()
     (run / "model.keras").write_bytes(b"never read")
+    (run / "config.json").write_text(json.dumps(resolve("selu", None, {}).to_dict()))
     before = _tree(tmp_path)
     result = _invoke(archive, results, [command[0], str(run), *command[1:]])
     assert result.exit_code == 2 and "give one with --name" in result.output, result.output

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
 BATCH = 256      # images per runtime call
+MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-pixels)
 
 
 # --------------------------------------------------------------------------- the contract
@@ -187,20 +188,64 @@ def predict(model, pixels: np.ndarray, contract: dict | None = None) -> np.ndarr
 
 # --------------------------------------------------------------------------- inputs
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (32, 32, 3); other sizes are resized, with a note."""
+class ImageError(ValueError):
+    """One image that cannot be classified; the message says why (the caller names it)."""
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as RGB uint8 (32, 32, 3); other sizes are resized, with a note.
+    ImageError when it is not an image, is damaged, or has more than ``max_pixels`` pixels
+    (refused from its header, before it is decoded: a small file can declare a huge
+    image). 16-bit greys are scaled to 8 bits; an animated image gives its first frame."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # the limit is max_pixels, checked below, in one message
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"{path}: not a readable image ({one_line(e)})") from None
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the "
+                                 f"limit of {max_pixels:,} (--max-pixels)")
+            rgb = to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (Pillow cannot identify it)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or damaged data
+        raise ImageError(f"damaged or truncated ({one_line(e)})") from None
     if rgb.size != SIZE:
         print(f"note: {path} is {rgb.size[0]}x{rgb.size[1]}; resized to 32x32 (bilinear): the "
               f"model only sees 32x32 images, so expect lower accuracy", file=sys.stderr)
         rgb = rgb.resize(SIZE, Image.Resampling.BILINEAR)
     return np.asarray(rgb, np.uint8)
+
+
+def to_rgb(img):
+    """8-bit RGB of any image mode Pillow opens (its first frame): 16- and 32-bit greys
+    scaled to 8 bits (Pillow's own conversion would clip them to white), the rest by
+    Pillow (CMYK, palette, grey, alpha dropped)."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        img = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def read_images(files: list[Path], max_pixels: int = MAX_PIXELS):
+    """(pixels (N, 32, 32, 3) of the readable files, their names, {name: why} of the
+    others), each unreadable one named on stderr as it is met."""
+    pixels, names, errors = [], [], {}
+    for f in files:
+        try:
+            pixels.append(read_image(f, max_pixels))
+            names.append(str(f))
+        except ImageError as e:
+            errors[str(f)] = str(e)
+            print(f"{f}: {e}", file=sys.stderr)
+    x = np.stack(pixels) if pixels else np.zeros((0, *SIZE, 3), np.uint8)
+    return x, names, errors
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -293,12 +338,23 @@ def selftest(bundle: Path, manifest: dict, model) -> str:
 # --------------------------------------------------------------------------- output
 
 def print_rows(names: list[str], probs: np.ndarray, classes: list[str], top: int,
-               as_json: bool) -> None:
-    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-    width = max(len("image"), *(len(n) for n in names))
-    if not as_json:
+               as_json: bool, errors: dict[str, str] | None = None,
+               order: list[str] | None = None) -> None:
+    """A table (or JSON lines) of the top classes of each image, in ``order`` (the input's,
+    unreadable ones included: as JSON each gets ``{"image", "error"}``; the table leaves
+    them to the lines already on stderr)."""
+    errors = errors or {}
+    best = dict(zip(names, np.argsort(-probs, axis=1, kind="stable")[:, :top]))
+    rows = dict(zip(names, probs))
+    width = max(len("image"), *(len(n) for n in names)) if names else len("image")
+    if not as_json and names:
         print(f"{'image':<{width}}" + "".join(f"  {'class':<11}{'prob':>6}" for _ in range(top)))
-    for name, p, ranks in zip(names, probs, best):
+    for name in order or names:
+        if name in errors:
+            if as_json:
+                print(json.dumps({"image": name, "error": errors[name]}))
+            continue
+        p, ranks = rows[name], best[name]
         if as_json:
             print(json.dumps({"image": name, "top": [
                 {"class": classes[c], "index": int(c), "probability": round(float(p[c]), 6)}
@@ -341,10 +397,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(default 1).")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table.")
     parser.add_argument("--dump-probs", metavar="OUT.npy", help="Write every probability "
-                        "(N, classes) float32, in input order, and print a summary only.")
+                        "(N, classes) float32, in input order (NaN rows: unreadable images), "
+                        "and print a summary only.")
     parser.add_argument("--selftest", action="store_true", help="Check the shipped samples "
                         "against the probabilities recorded at export.")
     parser.add_argument("--threads", type=int, default=1, help="Runtime threads (default 1).")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="Refuse an image "
+                        f"of more pixels, from its header (default {MAX_PIXELS:,}).")
     args = parser.parse_args(argv)
     if args.selftest and (args.images or args.npz or args.dump_probs):
         raise UsageError("--selftest takes no images, --npz or --dump-probs")
@@ -352,6 +411,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         raise UsageError("give image files/folders, or --npz FILE, or --selftest")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be at least 1")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels {args.max_pixels}: must be at least 1")
     return args
 
 
@@ -367,16 +428,24 @@ def run(argv: list[str] | None = None) -> None:
     if args.npz:
         x, y = read_npz(Path(args.npz))
         names = [f"{args.npz}[{i}]" for i in range(len(x))]
+        errors, order = {}, names
     else:
         files = image_files(args.images)
-        x, y, names = np.stack([read_image(f) for f in files]), None, [str(f) for f in files]
-    probs = predict(open_model(HERE, manifest, args.threads), x, manifest["input"].get("contract"))
+        x, names, errors = read_images(files, args.max_pixels)
+        y, order = None, [str(f) for f in files]
+    probs = predict(open_model(HERE, manifest, args.threads), x,
+                    manifest["input"].get("contract")) if len(x) else np.zeros((0, len(classes)))
     if args.dump_probs:
-        np.save(args.dump_probs, probs.astype(np.float32))
+        full = np.full((len(order), len(classes)), np.nan, np.float32)  # NaN: unreadable
+        full[[order.index(n) for n in names]] = probs
+        np.save(args.dump_probs, full)
     else:
-        print_rows(names, probs, classes, args.top, args.json)
+        print_rows(names, probs, classes, args.top, args.json, errors, order)
     if args.dump_probs or y is not None:
         print_summary(probs, y, args.dump_probs, args.json)
+    if errors:
+        raise Failure(f"{len(errors)} of {len(order)} images could not be read (named above); "
+                      f"the other {len(order) - len(errors)} are classified")
 
 
 def read_manifest(bundle: Path) -> dict:
