@@ -22,6 +22,7 @@ from harness import data as data_mod
 from harness.evaluate import evaluate_keras, predict_keras, score
 from harness.models import load_keras_model
 from harness.records import RunDir, atomic_write_bytes, atomic_write_json
+from harness.runtimes import without_info_lines
 
 FORMATS = ("onnx", "tflite", "saved_model")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -74,7 +75,10 @@ def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarra
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_input]
         converter.inference_output_type = tf.float32
-    return converter.convert()
+    # The converter's C++ prints its settings ("fully_quantize: 0, inference_type: 6, ...")
+    # on fd 2 for every full-integer file: not for the user.
+    with without_info_lines(("fully_quantize:", "INFO: ")):
+        return converter.convert()
 
 
 def verify(path: Path, quantization: str, reference_probe: np.ndarray, keras_test: dict,

@@ -255,3 +255,19 @@ def test_every_row_of_the_reliability_table_names_a_test():
     assert len(named) >= 20
     for path, test in named:
         assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), (path, test)
+
+
+def test_the_tflite_converter_prints_nothing(tmp_path, capfd):
+    """The converter's C++ settings line ("fully_quantize: 0, ...") stays off the terminal."""
+    import keras
+
+    from harness.export import export_saved_model, tflite_bytes
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    saved = export_saved_model(model, tmp_path / "saved_model")
+    capfd.readouterr()
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    assert tflite_bytes(saved, "int8", pixels)[4:8] == b"TFL3"
+    out, err = capfd.readouterr()
+    assert "fully_quantize" not in out + err and "INFO:" not in out + err

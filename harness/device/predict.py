@@ -123,9 +123,10 @@ class LiteRT:
 
 
 @contextmanager
-def without_info_lines():
-    """Leave out the "INFO: Created TensorFlow Lite XNNPACK delegate" line that LiteRT's C++
-    writes to stderr (fd 2) once a process; pass on every other line."""
+def without_info_lines(drop: tuple[str, ...] = ("INFO: ",)):
+    """Leave out the lines starting with ``drop`` that C++ code writes to stderr (fd 2)
+    inside the block: by default LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate",
+    once a process; pass on every other line."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:
@@ -137,7 +138,7 @@ def without_info_lines():
             os.close(saved)
             caught.seek(0)
             for line in caught.read().decode(errors="replace").splitlines():
-                if not line.startswith("INFO: "):
+                if not line.startswith(drop):
                     print(line, file=sys.stderr)
 
 
