@@ -26,7 +26,7 @@ from harness import data as data_mod
 from harness.config import ConfigError, TrainConfig, from_dict
 from harness.evaluate import evaluate_splits, predict_keras
 from harness.models import build_model, count_params, load_keras_model, loss_for
-from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv,
+from harness.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv, run_lock,
                              library_versions)
 
 
@@ -319,17 +319,7 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
           record: dict | None = None) -> dict:
     """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
     The run is locked while it trains (harness.records.run_lock): a second process
-    training the same run gets RunBusy before it touches the folder."""
-    from harness.records import run_lock
-
-    with run_lock(RunDir.named(results, cfg.run_name)):
-        return _train(cfg, ds, results, overwrite, verbose, extra_callbacks, initial_weights,
-                      record)
-
-
-def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool,
-           verbose: int | None, extra_callbacks, initial_weights, record: dict | None) -> dict:
-    """train()'s body, under the run's lock.
+    training the same run gets RunBusy before it touches the folder.
 
     ``extra_callbacks`` run after the run's own (benchmarks use this to watch test accuracy
     per epoch outside the timed part of the epoch). ``initial_weights`` start the model
@@ -340,7 +330,6 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
     """
     import keras
 
-    from harness.callbacks import read_states
     from harness.hardware import select
 
     check_backend(cfg)
@@ -349,6 +338,20 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
     # The teacher's targets first: a missing teacher is an error before any file is written.
     targets, teacher, views = (teacher_targets(cfg, results, splits) if cfg.teacher
                                else (None, None, None))
+    with run_lock(RunDir.named(results, cfg.run_name)):
+        return _train(cfg, ds, results, overwrite, verbose, extra_callbacks, initial_weights,
+                      record, device, splits, (targets, teacher, views))
+
+
+def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool,
+           verbose: int | None, extra_callbacks, initial_weights, record: dict | None,
+           device, splits, teaching: tuple) -> dict:
+    """train()'s body, under the run's lock (its checks done, nothing written yet)."""
+    import keras
+
+    from harness.callbacks import read_states
+
+    targets, teacher, views = teaching
     run, resume_from = prepare_run(cfg, results, overwrite)
     resume_state = read_states(run.backup).get(str(resume_from))
     keras.utils.set_random_seed(cfg.seed)

@@ -32,4 +32,10 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HARNESS_ARCHIVE", raising=False)
     monkeypatch.delenv("HARNESS_RESULTS", raising=False)
-    return tmp_path
+    # `harness tune --tuner-id ...` sets KerasTuner's variables in the process it runs in
+    # (os.environ): none may reach the next test, whatever order the tests run in.
+    for key in [k for k in os.environ if k.startswith("KERASTUNER_")]:
+        monkeypatch.delenv(key)
+    yield tmp_path
+    for key in [k for k in os.environ if k.startswith("KERASTUNER_")]:
+        del os.environ[key]

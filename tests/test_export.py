@@ -155,7 +155,7 @@ def test_predict_runs_without_tensorflow(exported, tmp_path):
     bad = subprocess.run([sys.executable, "-c", code, "predict", str(run.path / "exports" /
                           "model.onnx"), str(tmp_path / "notes.txt")], capture_output=True,
                          text=True)
-    assert bad.returncode == 1 and "not a readable image" in bad.stderr
+    assert bad.returncode == 1 and "notes.txt: not an image" in bad.stderr
 
 
 @pytest.mark.parametrize("pca,tta,pool", [(0, "none", 1), (24, "none", 1), (24, "flip", 1),

@@ -297,7 +297,6 @@ def test_a_saved_model_imports_and_one_that_reads_files_is_refused(tmp_path, col
     assert "ReadFile" in refused_in_one_line(refused)
 
 
-@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_an_h5_with_a_lambda_is_refused_and_its_code_never_runs(tmp_path, colour_archive):
     tf_keras = pytest.importorskip("tf_keras")
     marker = tmp_path / "ran"
