@@ -406,7 +406,7 @@ def load_test_set(cache: Path, archive: Path | None,
     """The CIFAR-10 test set as ``x`` uint8 (N, 32, 32, 3) and ``y`` int64 (N,), saved once
     as ``cache/cifar10-test-<sha>.npz`` (the first ``limit`` images when given)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from harness import data  # the one reader of the archive; needs numpy only
+    from harness.data import cifar as data  # the one reader of the archive; needs numpy only
 
     ds = data.load(Path(archive).expanduser() if archive else None)
     x, y = ds.x_test[:limit], ds.y_test[:limit].astype(np.int64)

@@ -2,7 +2,7 @@
 
 The question of the study, "how far can a network without convolutions go on CIFAR-10?",
 needs a budget to be answerable: any MLP gets better with more epochs. This benchmark gives
-a preset a wall-time budget and spends it in two steps, both through ``harness.train.train``
+a preset a wall-time budget and spends it in two steps, both through ``harness.train.fit.train``
 (the code path of ``harness train``):
 
 1. calibration: a short run of the same configuration (4 epochs by default, thrown away)
@@ -53,7 +53,7 @@ def parse_args(argv=None):
 
 
 def overrides_from(pairs: list[str]) -> dict:
-    from harness.config import ConfigError, settings_from
+    from harness.core.config import ConfigError, settings_from
 
     raw = {}
     for pair in pairs:
@@ -75,7 +75,7 @@ SAVING_SHARE = 0.3
 
 
 def timed_train(cfg, ds, results: Path, extra_callbacks=()) -> tuple[dict, float]:
-    from harness.train import train
+    from harness.train.fit import train
 
     t0 = time.perf_counter()
     metrics = train(cfg, ds, results, overwrite=True, verbose=0, extra_callbacks=extra_callbacks)
@@ -93,9 +93,9 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     in full: some of the budget is left unused rather than overrun. Charging every epoch a
     save left the H200 runs using a quarter of their budget: calibrate such fast nets with
     more epochs (--calibration-epochs 10)."""
-    from harness.callbacks import Stopwatch
-    from harness.records import RunDir
-    from harness.train import read_history
+    from harness.train.callbacks import Stopwatch
+    from harness.core.records import RunDir
+    from harness.train.fit import read_history
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
                                 name=f"{cfg.run_name}-calibration")
@@ -129,11 +129,11 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
 
 
 def accelerator() -> str:
-    """The device Keras trained on, e.g. 'NVIDIA H200' or 'cpu' (harness.hardware's choice,
+    """The device Keras trained on, e.g. 'NVIDIA H200' or 'cpu' (harness.core.hardware's choice,
     listed once per process)."""
     import keras
 
-    from harness.hardware import select
+    from harness.core.hardware import select
 
     device = select(keras.backend.backend())
     return device.name if device.kind == "gpu" else "cpu"
@@ -141,14 +141,14 @@ def accelerator() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from harness.config import PRESETS
+    from harness.core.config import PRESETS
 
     backend = PRESETS.get(args.preset, {}).get("backend")
     if backend:
         os.environ.setdefault("KERAS_BACKEND", backend)
-    from harness import data
-    from harness.config import resolve
-    from harness.records import machine_facts, write_record
+    from harness.data import cifar as data
+    from harness.core.config import resolve
+    from harness.core.records import machine_facts, write_record
 
     ds = data.load(Path(args.archive) if args.archive else None)
     cfg = resolve(args.preset, overrides={**overrides_from(args.set), "name": args.name})

@@ -4,7 +4,7 @@
 128: scale 1, zero point -128). Until 2026-11-30 they took the raw uint8 bytes, so their
 graph began with a QUANTIZE op from uint8 to int8, which LiteRT's XNNPACK delegate does not
 take: it ran in LiteRT's own kernel, outside the delegated graph, at every call. The runtime
-(`harness.runtimes.LiteRTRuntime`) now subtracts 128 from the pixels itself, inside the
+(`harness.export.runtimes.LiteRTRuntime`) now subtracts 128 from the pixels itself, inside the
 timed call.
 
 For each run this makes both files from the same SavedModel and the same calibration
@@ -34,12 +34,12 @@ INPUTS = ("uint8", "int8")
 
 def compare_run(run, ds, rounds: int, calls: int, warmup: int) -> dict:
     """Both int8 files of ``run``: their ops, sizes, test answers and batch-1 p50s."""
-    from harness import data as data_mod
-    from harness import export as export_mod
-    from harness import runtimes
-    from harness.bench import latency_us
-    from harness.evaluate import score
-    from harness.models import load_keras_model
+    from harness.data import cifar as data_mod
+    from harness.export import convert as export_mod
+    from harness.export import runtimes
+    from harness.export.bench import latency_us
+    from harness.train.evaluate import score
+    from harness.train.models import load_keras_model
 
     splits = data_mod.split(ds)
     model = export_mod.exportable(load_keras_model(run.model))
@@ -87,8 +87,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the converters need TensorFlow
-    from harness import data as data_mod
-    from harness.records import RunDir, atomic_write_json, machine_facts
+    from harness.data import cifar as data_mod
+    from harness.core.records import RunDir, atomic_write_json, machine_facts
 
     ds = data_mod.load(Path(args.archive))
     results = Path(args.results)

@@ -1,6 +1,6 @@
 """Training speed: the study's recipe against the fast presets, in ONE run, on real CIFAR-10.
 
-For each preset this times ``harness.train.train`` (the same code path as ``harness train``)
+For each preset this times ``harness.train.fit.train`` (the same code path as ``harness train``)
 in a fresh process, so each preset gets the Keras backend it asks for, and reports:
 
 - seconds per epoch (median of epochs 2+; an epoch = training + validation),
@@ -51,7 +51,7 @@ def measure_sgemm(n: int = 2048, repeats: int = 10) -> float:
 
 
 def machine_facts() -> dict:
-    from harness.records import machine_facts as facts
+    from harness.core.records import machine_facts as facts
 
     return {**facts(), "threads": {k: os.environ.get(k) for k in (
         "OMP_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS")}}
@@ -61,11 +61,11 @@ def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
     """Train one preset in this process; return its timings and accuracies."""
     import keras
 
-    from harness import data
-    from harness.config import resolve
-    from harness.evaluate import evaluate_keras
-    from harness.train import read_history, train
-    from harness.records import RunDir
+    from harness.data import cifar as data
+    from harness.core.config import resolve
+    from harness.train.evaluate import evaluate_keras
+    from harness.train.fit import read_history, train
+    from harness.core.records import RunDir
 
     ds = data.load(Path(archive))
     splits = data.split(ds)
@@ -99,7 +99,7 @@ def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
 
 
 def run_in_subprocess(preset: str, archive: str, overrides: dict, target: float) -> dict:
-    from harness.config import resolve
+    from harness.core.config import resolve
 
     backend = resolve(preset, overrides=overrides).backend or os.environ.get("KERAS_BACKEND")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -144,7 +144,7 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(result))
         return
 
-    from harness.records import atomic_write_json
+    from harness.core.records import atomic_write_json
 
     sgemm_before = measure_sgemm()
     rows = []

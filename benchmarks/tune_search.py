@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
 
-    from harness.records import atomic_write_json, machine_facts
+    from harness.core.records import atomic_write_json, machine_facts
 
     searches = []
     for spec in args.search or [f"{args.name}={args.preset}"]:

@@ -151,7 +151,7 @@ size=$(docker image inspect -f '{{.Size}}' "$HARNESS_IMAGE")
 
 say "a tiny synthetic CIFAR-10 archive in the official format (written by the image)"
 docker run --rm --network host -u 1000 -v "$WORK/archive:/archive" --entrypoint python "$HARNESS_IMAGE" \
-  -c 'from harness.synthetic import write_archive; write_archive("/archive/cifar.tar.gz", per_batch=100)'
+  -c 'from harness.data.synthetic import write_archive; write_archive("/archive/cifar.tar.gz", per_batch=100)'
 cat >"$WORK/archive/smoke.yaml" <<'EOF'
 preset: selu
 layers: 2

@@ -20,12 +20,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from harness import compare as compare_mod
-from harness import data as data_mod
-from harness.config import PRESETS, SETTINGS, ConfigError, resolve
-from harness.device.predict import MAX_PIXELS
-from harness.hardware import device_option
-from harness.records import NAME, BadName, RunBusy, RunDir, check_name
+from harness.report import compare as compare_mod
+from harness.data import cifar as data_mod
+from harness.core.config import PRESETS, SETTINGS, ConfigError, resolve
+from harness.deploy.device.predict import MAX_PIXELS
+from harness.core.hardware import device_option
+from harness.core.records import NAME, BadName, RunBusy, RunDir, check_name
 
 
 class Context:
@@ -191,7 +191,7 @@ def data_info(obj: Context, as_json: bool):
 # --------------------------------------------------------------------------- names
 
 def _name_option(what: str):
-    """A --name callback: the one rule for names that become folders (harness.records.NAME);
+    """A --name callback: the one rule for names that become folders (harness.core.records.NAME);
     a bad name stops the command with exit 2 before it reads or writes anything."""
     def check(ctx, param, value: str | None) -> str | None:
         try:
@@ -212,7 +212,7 @@ def _derived_name(name: str) -> str:
 # --------------------------------------------------------------------------- train
 
 def _setting_option(name: str, f) -> click.Option:
-    """The Click option of one TrainConfig setting, from its declaration (harness.config).
+    """The Click option of one TrainConfig setting, from its declaration (harness.core.config).
     Its default is None: an option not given keeps the preset's or the file's value."""
     meta = f.metadata
     bounds = dict(min=meta["low"], max=meta["high"], min_open=meta["low_open"],
@@ -233,7 +233,7 @@ def _setting_option(name: str, f) -> click.Option:
 
 
 def _train_options(f):
-    """--preset, --config and one option per training setting (harness.config.SETTINGS)."""
+    """--preset, --config and one option per training setting (harness.core.config.SETTINGS)."""
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)),
                      help="Start from a recipe: the study's selu or bn-elu, their -fast "
@@ -260,7 +260,7 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     Re-running the same command after an interruption resumes the run.
     """
     cfg = _base_config(preset, config_file, flags)
-    from harness.train import RunComplete, TrainingFailed, train as train_run
+    from harness.train.fit import RunComplete, TrainingFailed, train as train_run
 
     ds = obj.dataset()
     try:
@@ -323,7 +323,7 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
         raise click.BadParameter("rates must be positive numbers", param_hint="--rates")
     name = flags.pop("name") or f"{preset or 'sweep'}-lr"
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
-    from harness.tune import format_sweep, sweep_lr as run_sweep
+    from harness.search.tune import format_sweep, sweep_lr as run_sweep
 
     record = run_sweep(cfg, obj.dataset(), obj.results, name, rates, cfg.epochs)
     click.echo(format_sweep(record))
@@ -388,8 +388,8 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     (--max-latency-us, --max-flash-kb, --max-macs), only networks that fit it train, and
     the best trials are exported, benchmarked and judged as results/runs/<name>-t<trial>/.
     """
-    from harness.budget import Budget
-    from harness.tune import SearchSpace
+    from harness.search.budget import Budget
+    from harness.search.tune import SearchSpace
 
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
     distributed = [tuner_id, oracle_ip, oracle_port]
@@ -409,7 +409,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         raise click.BadParameter(str(e)) from None
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
     if calibrate_only:
-        from harness import tune as tune_mod
+        from harness.search import tune as tune_mod
 
         try:
             line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
@@ -427,7 +427,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     if tuner_id is not None:
         os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip,
                           KERASTUNER_ORACLE_PORT=str(oracle_port))
-    from harness import tune as tune_mod
+    from harness.search import tune as tune_mod
 
     if tuner_id not in (None, "chief"):
         try:
@@ -459,8 +459,8 @@ def _exit_now(code: int) -> None:
 
 def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_timeout, budget,
                      bench_top) -> None:
-    from harness import tune as tune_mod
-    from harness.budget import format_budget
+    from harness.search import tune as tune_mod
+    from harness.search.budget import format_budget
 
     ds = obj.dataset()
     try:
@@ -511,10 +511,10 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
     """(what the run folder lacks for a command to read it, or None; its import record
     for an imported run). Checks the folder, config.json (a recipe this harness reads, or
     an import record), metrics.json (its format) and the model, in that order."""
-    from harness.collect import read_record
-    from harness.config import from_dict
-    from harness.imported import KIND
-    from harness.schemas import RecordError, check_run
+    from harness.report.collect import read_record
+    from harness.core.config import from_dict
+    from harness.imports.imported import KIND
+    from harness.core.schemas import RecordError, check_run
 
     if not run.path.is_dir():
         return f"no run here (no folder {run.path})", None
@@ -548,7 +548,7 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
 
 
 def _import_info(run_dir: RunDir) -> dict | None:
-    from harness.imported import read_import
+    from harness.imports.imported import read_import
 
     return read_import(run_dir)
 
@@ -583,10 +583,10 @@ def import_model(obj: Context, model: Path, name, layout, channels, input_scale,
     contract that leaves it near chance is refused, naming the common one that scores
     best. evaluate, bench, export, predict, deploy and compare then take the run.
     """
-    from harness.contract import ContractError, parse_three
-    from harness.foreign import ForeignFileError
-    from harness.imported import ImportRefused
-    from harness.imported import import_model as run_import
+    from harness.core.contract import ContractError, parse_three
+    from harness.imports.foreign import ForeignFileError
+    from harness.imports.imported import ImportRefused
+    from harness.imports.imported import import_model as run_import
 
     try:
         mean, std = parse_three(mean, "mean"), parse_three(std, "std")
@@ -618,7 +618,7 @@ def import_model(obj: Context, model: Path, name, layout, channels, input_scale,
 @click.pass_obj
 def export(obj: Context, run: Path, formats, quantizations):
     """Export a run's model and verify each file through its own runtime."""
-    from harness import export as export_mod
+    from harness.export import convert as export_mod
 
     run_dir = _run_dir(obj, run)
     info = _import_info(run_dir)
@@ -674,8 +674,8 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
     The linux bundle needs only numpy, pillow and the runtime, and checks itself on the
     device with `python predict.py --selftest`; re-running the command replaces it.
     """
-    from harness import deploy as deploy_mod
-    from harness.export import ExportError
+    from harness.deploy import linux as deploy_mod
+    from harness.export.convert import ExportError
 
     try:
         deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
@@ -714,11 +714,11 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
 
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
-    from harness.bench import bench_run, format_rows, write_bench
-    from harness.export import ExportError
-    from harness.imported import ImportRefused
-    from harness.mlperf import MlperfError
-    from harness.schemas import RecordError
+    from harness.export.bench import bench_run, format_rows, write_bench
+    from harness.export.convert import ExportError
+    from harness.imports.imported import ImportRefused
+    from harness.export.mlperf import MlperfError
+    from harness.core.schemas import RecordError
 
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
@@ -823,9 +823,9 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
     Any image is converted to RGB and resized to 32 x 32 first. An unreadable one is named
     on stderr and the others are classified; the exit status is then 1.
     """
-    from harness import runtimes
-    from harness.contract import Contract, ContractModel
-    from harness.device.predict import read_images
+    from harness.export import runtimes
+    from harness.core.contract import Contract, ContractModel
+    from harness.deploy.device.predict import read_images
 
     try:
         if model.is_dir():
@@ -857,8 +857,8 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
 
 def _imported_predictor(folder: Path):
     """An imported run's .tflite or .onnx behind its contract, for predict."""
-    from harness.foreign import FILE_RUNTIMES
-    from harness.imported import ImportRefused, check_source, open_run, read_import
+    from harness.imports.foreign import FILE_RUNTIMES
+    from harness.imports.imported import ImportRefused, check_source, open_run, read_import
 
     run = RunDir(folder)
     info = read_import(run)
@@ -886,7 +886,7 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
     """Zero the small weights of a run (best after training with --l1); a new run."""
     if (threshold is None) == (target_sparsity is None):
         raise click.UsageError("give exactly one of --threshold or --target-sparsity")
-    from harness.sparsity import sparsify as run_sparsify
+    from harness.train.sparsity import sparsify as run_sparsify
 
     parent = _run_dir(obj, run, imported_ok=False)
     name = name or _derived_name(f"{parent.name}-sparse")
@@ -908,7 +908,7 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
 @click.pass_obj
 def prune(obj: Context, run: Path, sparsity, epochs, name):
     """Magnitude pruning with tensorflow-model-optimization, fine-tuned; a new run."""
-    from harness.sparsity import prune_magnitude
+    from harness.train.sparsity import prune_magnitude
 
     parent = _run_dir(obj, run, imported_ok=False)
     name = name or _derived_name(f"{parent.name}-pruned{round(sparsity * 100)}")
@@ -933,8 +933,8 @@ def prune(obj: Context, run: Path, sparsity, epochs, name):
 @click.pass_obj
 def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     """Structured pruning: drop the weakest hidden units, rebuild narrower layers, fine-tune."""
-    from harness.config import from_dict
-    from harness.sparsity import prune_units as run_prune
+    from harness.core.config import from_dict
+    from harness.train.sparsity import prune_units as run_prune
 
     parent = _run_dir(obj, run, imported_ok=False)
     cfg = from_dict(parent.read_config())
@@ -978,7 +978,7 @@ def evaluate(obj: Context, run: Path):
     run_dir = _run_dir(obj, run)
     info = _import_info(run_dir)
     if info is not None:
-        from harness.imported import ImportRefused, check_source, evaluate_import
+        from harness.imports.imported import ImportRefused, check_source, evaluate_import
 
         try:
             check_source(run_dir, info)
@@ -986,7 +986,7 @@ def evaluate(obj: Context, run: Path):
         except ImportRefused as e:
             raise Refused(str(e)) from None
     else:
-        from harness.train import evaluate_run
+        from harness.train.fit import evaluate_run
 
         result = evaluate_run(run_dir, obj.dataset())
     for split_name in ("val", "test"):

@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny synthetic CIFAR-10 archive and an isolated cache/results folder.
 
 No test touches the network or the real dataset: every archive is written here, in the
-official format, by harness.synthetic.
+official format, by harness.data.synthetic.
 """
 
 import os
@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
 
-from harness import synthetic
+from harness.data import synthetic
 
 PER_BATCH = 100  # images per batch: 500 training (450 train + 50 val) and 100 test
 

@@ -10,11 +10,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from harness import data
-from harness.bench import bench_run, file_footprint, write_bench
-from harness.config import resolve
-from harness.records import RunDir, read_json
-from harness.train import train
+from harness.data import cifar as data
+from harness.export.bench import bench_run, file_footprint, write_bench
+from harness.core.config import resolve
+from harness.core.records import RunDir, read_json
+from harness.train.fit import train
 
 HAS_TFLM = importlib.util.find_spec("tflite_micro") is not None
 needs_tflm = pytest.mark.skipif(not HAS_TFLM, reason="tflite-micro is not installed "
@@ -34,7 +34,7 @@ def benched(tmp_path_factory, archive):
 
 
 def test_every_row_carries_the_footprint(benched, tmp_path):
-    from harness.footprint import tflm_footprint
+    from harness.export.footprint import tflm_footprint
 
     run, record = benched
     assert read_json(write_bench(record, tmp_path)) == record  # the schema accepts it
@@ -60,7 +60,7 @@ def test_every_row_carries_the_footprint(benched, tmp_path):
 
 
 def test_without_tflm_the_row_says_why(benched, monkeypatch):
-    from harness import footprint
+    from harness.export import footprint
 
     def missing():
         raise ImportError("TensorFlow Lite Micro is not installed (test); pip install "
@@ -78,7 +78,7 @@ def test_without_tflm_the_row_says_why(benched, monkeypatch):
 def test_a_model_tflm_cannot_run_has_no_arena_and_says_why(tmp_path):
     import keras
 
-    from harness.export import export_saved_model, tflite_bytes
+    from harness.export.convert import export_saved_model, tflite_bytes
 
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(8, activation="gelu"),

@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import collect, plots, schemas, table
-from harness import compare as cmp
-from harness.records import RunDir, write_record
+from harness.report import collect
+
+from harness.report import plots
+
+from harness.core import schemas
+
+from harness.report import table
+from harness.report import compare as cmp
+from harness.core.records import RunDir, write_record
 from harness.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -647,7 +653,7 @@ def test_no_valid_record_is_an_error(tmp_path):
 
 
 def test_only_drawing_imports_matplotlib():
-    code = ("import sys; import harness.compare, harness.collect, harness.table, harness.plots; "
+    code = ("import sys; import harness.report.compare, harness.report.collect, harness.report.table, harness.report.plots; "
             "assert 'matplotlib' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
@@ -655,7 +661,7 @@ def test_only_drawing_imports_matplotlib():
 
 
 def test_compare_imports_neither_tensorflow_nor_keras(results, tmp_path):
-    code = ("import sys; from harness.compare import compare; "
+    code = ("import sys; from harness.report.compare import compare; "
             f"compare([{str(results)!r}], {str(tmp_path / 'out')!r}); "
             "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
             "assert not heavy, heavy")

@@ -1,6 +1,6 @@
 import pytest
 
-from harness.config import PRESETS, ConfigError, TrainConfig, resolve
+from harness.core.config import PRESETS, ConfigError, TrainConfig, resolve
 
 
 def test_presets_are_the_studys_recipe():

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data, synthetic
-from harness.data import DataError
+from harness.data import cifar as data
+
+from harness.data import synthetic
+from harness.data.cifar import DataError
 
 
 def test_synthetic_archive_is_python2_style(archive):

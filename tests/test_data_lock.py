@@ -1,4 +1,4 @@
-"""First use of the data cache by several processes at once (harness.data.cache_lock).
+"""First use of the data cache by several processes at once (harness.data.cifar.cache_lock).
 
 Tuning workers and compose replicas often start together on an empty cache: one of them
 downloads and imports, the others wait for the lock and then read its cache. Each test
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import data, synthetic
+from harness.data import cifar as data
+
+from harness.data import synthetic
 
 PROCESSES = 4
 PER_BATCH = 20  # 100 training + 20 test images: the archive is ~370 KB
@@ -32,7 +34,7 @@ while not go.exists():
     time.sleep(0.01)
 {body}
 """
-LOAD = CHILD.format(body="from harness import data\nds = data.load()\n"
+LOAD = CHILD.format(body="from harness.data import cifar as data\nds = data.load()\n"
                          "print(ds.sha256, len(ds.x_train), len(ds.x_test))")
 IMPORT = CHILD.format(body="from harness.cli import main\n"
                            "main(['data', 'import', sys.argv[2]])")
@@ -129,7 +131,7 @@ def test_a_killed_holder_leaves_neither_lock_nor_parts(tmp_path, server, archive
     url, hits = server
     home = tmp_path / "home"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom harness import data\n"
+        [sys.executable, "-c", "import sys, time\nfrom harness.data import cifar as data\n"
          "with data.cache_lock():\n    print('held', flush=True)\n    time.sleep(60)"],
         env=_env(home), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness import data, deploy
+from harness.data import cifar as data
+
+from harness.deploy import linux as deploy
 from harness.cli import main
-from harness.config import resolve
-from harness.device import predict as predict_mod
-from harness.export import QUANTIZATIONS
-from harness.records import RunDir
-from harness.train import train
+from harness.core.config import resolve
+from harness.deploy.device import predict as predict_mod
+from harness.export.convert import QUANTIZATIONS
+from harness.core.records import RunDir
+from harness.train.fit import train
 
 BUNDLES = {"litert": "int8", "onnx": "float32"}  # runtime -> precision
 BLOCKED = ("harness", "tensorflow", "keras", "jax", "tf_keras")
@@ -115,8 +117,8 @@ def test_manifest_sha256s_match_the_files(bundle):
 
 
 def test_manifest_figures_are_the_measured_ones(bundle, trained):
-    from harness import runtimes
-    from harness.evaluate import score
+    from harness.export import runtimes
+    from harness.train.evaluate import score
 
     run, ds, _ = trained
     manifest = bundle["manifest"]
@@ -254,7 +256,7 @@ def test_predict_names_the_class_of_a_known_image(bundle, tmp_path):
 
 
 def test_npz_in_probabilities_out(bundle, trained, tmp_path):
-    from harness import runtimes
+    from harness.export import runtimes
 
     run, ds, _ = trained
     np.savez(tmp_path / "test.npz", x=ds.x_test, y=ds.y_test)
@@ -336,7 +338,7 @@ def test_cli_writes_the_bundle_under_results(trained, archive, tmp_path):
 
 
 def test_a_flagged_export_is_refused_and_nothing_is_written(trained, monkeypatch, tmp_path):
-    from harness import export
+    from harness.export import convert as export
 
     run, ds, _ = trained
     monkeypatch.setitem(export.MAX_DROP_POINTS, "float32", -1.0)  # every export "loses"
@@ -347,14 +349,14 @@ def test_a_flagged_export_is_refused_and_nothing_is_written(trained, monkeypatch
 
 def test_mcu_without_harness_mcu_is_a_clear_error(trained, monkeypatch, tmp_path):
     run, ds, _ = trained
-    monkeypatch.setitem(sys.modules, "harness.mcu", None)  # as if it were not installed
-    with pytest.raises(deploy.DeployError, match="needs harness.mcu"):
+    monkeypatch.setitem(sys.modules, "harness.deploy.mcu", None)  # as if it were not installed
+    with pytest.raises(deploy.DeployError, match="needs harness.deploy.mcu"):
         deploy.deploy_run(run, ds, tmp_path, "mcu")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_mcu_bundle(trained, tmp_path):
-    pytest.importorskip("harness.mcu")
+    pytest.importorskip("harness.deploy.mcu")
     run, ds, _ = trained
     result = deploy.deploy_run(run, ds, tmp_path, "mcu")
     assert result["folder"] == tmp_path / "d-mcu-litert-int8"

@@ -5,11 +5,13 @@ import sys
 import numpy as np
 import pytest
 
-from harness import data, runtimes
-from harness.config import resolve
-from harness.export import MAX_DROP_POINTS, export_run, verify
-from harness.records import RunDir
-from harness.train import train
+from harness.data import cifar as data
+
+from harness.export import runtimes
+from harness.core.config import resolve
+from harness.export.convert import MAX_DROP_POINTS, export_run, verify
+from harness.core.records import RunDir
+from harness.train.fit import train
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_a_drop_of_exactly_the_limit_is_not_flagged(monkeypatch):
 def test_runtimes_work_without_tensorflow(exported):
     run, ds, _ = exported
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "import numpy as np; from harness import runtimes\n"
+            "import numpy as np; from harness.export import runtimes\n"
             f"x = np.load({str(run.path / 'x.npy')!r})\n"
             "for f in sys.argv[1:]:\n"
             "    p = runtimes.predict_batched(runtimes.load(f), x, 7)\n"
@@ -113,7 +115,7 @@ def test_unknown_model_file_is_refused(tmp_path):
 
 
 def test_bench_record_has_every_field(exported, tmp_path):
-    from harness.bench import bench_run, write_bench
+    from harness.export.bench import bench_run, write_bench
 
     run, ds, records = exported
     record = bench_run(run, ds, "all", calls=20, warmup=5)
@@ -163,8 +165,8 @@ def test_predict_runs_without_tensorflow(exported, tmp_path):
 def test_folded_inference_model_is_the_same_function(pca, tta, pool):
     import keras
 
-    from harness.export import exportable
-    from harness.models import build_model
+    from harness.export.convert import exportable
+    from harness.train.models import build_model
 
     cfg = resolve("mlp-frontier", overrides=dict(layers=2, units=16, pca=pca, tta=tta,
                                                  pool=pool, backend=None))

@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness import export as export_mod
-from harness import runtimes, synthetic
+from harness.export import convert as export_mod
+from harness.export import runtimes
+from harness.data import synthetic
 from harness.cli import main
-from harness.data import LABEL_NAMES, TEST_BATCH
-from harness.records import RunDir, read_json
+from harness.data.cifar import LABEL_NAMES, TEST_BATCH
+from harness.core.records import RunDir, read_json
 
 # ------------------------------------------------------------------ the run and its floors
 RUN = "flow"
@@ -154,7 +155,7 @@ def test_train_learns_the_synthetic_classes(flow, trained):
     assert (metrics["config"]["arch"], metrics["config"]["units"]) == ("batchnorm", 32)
     assert metrics["test"]["accuracy"] >= TRAIN_FLOOR, metrics["test"]
     assert f"test  accuracy {metrics['test']['accuracy']:.4f}" in output
-    # The saved model, on the archive's own test batch (not through harness.data), agrees.
+    # The saved model, on the archive's own test batch (not through harness.data.cifar), agrees.
     x, y = flow.batches[TEST_BATCH]
     probs = keras.saving.load_model(run.model).predict(x.astype(np.float32), verbose=0)
     assert (probs.argmax(axis=1) == y).mean() == pytest.approx(metrics["test"]["accuracy"])

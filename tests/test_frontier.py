@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import ConfigError, resolve
-from harness.models import build_model, custom_objects, load_keras_model
-from harness.records import RunDir
-from harness.train import evaluate_run, train
+from harness.data import cifar as data
+from harness.core.config import ConfigError, resolve
+from harness.train.models import build_model, custom_objects, load_keras_model
+from harness.core.records import RunDir
+from harness.train.fit import evaluate_run, train
 
 
 def _moved(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
@@ -176,7 +176,7 @@ def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overr
 def test_augmented_model_exports_without_its_augmentation(tmp_path, archive, tta):
     """The augmentation layer is the identity at inference: the ONNX file matches Keras.
     Test-time flips are part of the inference graph: ONNX and TFLite carry them."""
-    from harness.export import export_run
+    from harness.export.convert import export_run
 
     ds = data.load(archive)
     cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
@@ -217,7 +217,7 @@ def test_flip_tta_averages_each_image_with_its_mirror_image(arch):
 
 
 def test_mixup_batches_mix_images_and_labels_alike():
-    from harness.train import mixup_batches
+    from harness.train.fit import mixup_batches
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(100, 4, 4, 3), dtype=np.uint8)
@@ -244,7 +244,7 @@ def test_mixup_batches_mix_images_and_labels_alike():
 
 
 def test_mixup_batches_depend_on_seed_epoch_and_index_not_on_threads():
-    from harness.train import mixup_batches
+    from harness.train.fit import mixup_batches
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(64, 4, 4, 3), dtype=np.uint8)
@@ -270,7 +270,7 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
         train(missing, ds, results, verbose=0)
     assert not RunDir.named(results, "s0").path.exists()  # nothing written for a bad teacher
 
-    from harness.train import one_hot, teacher_targets
+    from harness.train.fit import one_hot, teacher_targets
 
     cfg = resolve("selu", overrides={**small, "name": "student", "teacher": "teach",
                                      "teacher_weight": 0.5})
@@ -302,9 +302,9 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
 def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
     """teacher_views: the teacher labels augmented views once; each batch shows one view
     per image with the targets of that very view; the student has no augmentation layer."""
-    from harness.callbacks import MixupBatches
-    from harness.models import load_keras_model
-    from harness.train import teacher_targets
+    from harness.train.callbacks import MixupBatches
+    from harness.train.models import load_keras_model
+    from harness.train.fit import teacher_targets
 
     ds = data.load(archive)
     results = tmp_path / "results"

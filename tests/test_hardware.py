@@ -1,4 +1,4 @@
-"""GPU hosts (harness.hardware): the device is chosen before the backend starts, refused in
+"""GPU hosts (harness.core.hardware): the device is chosen before the backend starts, refused in
 one line when absent, pinned per tuning worker, and recorded with every run and trial.
 
 No GPU is needed: the GPU listings are simulated (``gpu_ids=`` before the backend,
@@ -17,10 +17,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness import collect, data, hardware, schemas, table
-from harness.config import resolve
-from harness.hardware import Device, DeviceError
-from harness.records import RunDir
+from harness.report import collect
+
+from harness.data import cifar as data
+
+from harness.core import hardware
+
+from harness.core import schemas
+
+from harness.report import table
+from harness.core.config import resolve
+from harness.core.hardware import Device, DeviceError
+from harness.core.records import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_GPUS = ["NVIDIA H200", "NVIDIA H200"]
@@ -212,7 +220,7 @@ def test_train_refuses_gpu_on_this_machine(tmp_path, archive):
 # --------------------------------------------------------------------------- the records
 
 def tiny_run(results, ds, **overrides):
-    from harness.train import train
+    from harness.train.fit import train
 
     cfg = resolve("selu", overrides=dict(batch_size=64, backend=None, layers=1, units=8,
                                          epochs=1, **overrides))
@@ -263,7 +271,7 @@ def test_compare_shows_the_device_column(trained):
 def test_tuning_trials_record_their_device(tmp_path, archive):
     import keras
 
-    from harness.tune import SearchSpace, tune
+    from harness.search.tune import SearchSpace, tune
 
     base = resolve("selu", overrides={"epochs": 1, "batch_size": 64, "backend": None})
     tune(base, data.load(archive), tmp_path, "t", SearchSpace(layers=(1, 1), units=(8, 8)),

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness import mlperf, synthetic
+from harness.export import mlperf
+
+from harness.data import synthetic
 from harness.cli import main
-from harness.contract import CIFAR_MEAN, CIFAR_STD, Contract
-from harness.data import TEST_BATCH, TRAIN_BATCHES
+from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract
+from harness.data.cifar import TEST_BATCH, TRAIN_BATCHES
 
 REPO = Path(__file__).resolve().parents[1]
 MLPERF_INT8 = REPO / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
@@ -135,7 +137,7 @@ def test_contract_arithmetic_is_the_bundles(colours):
 
 
 def test_integer_input_takes_its_contract_from_its_quantization():
-    from harness.imported import quantized_contract
+    from harness.imports.imported import quantized_contract
 
     def probed(dtype, scale, zero):
         return {"input": {"dtype": dtype, "quantization": {"scale": scale, "zero_point": zero}}}
@@ -186,7 +188,7 @@ def test_onnx_nchw_unit_logits_import_bench_predict_deploy_compare(tmp_path, col
     assert record["imported"]["sha256"] == config["sha256"]
 
     from PIL import Image
-    from harness.data import load
+    from harness.data.cifar import load
     ds = load(colour_archive, tmp_path / "home")
     images = tmp_path / "images"
     images.mkdir()
@@ -229,8 +231,8 @@ def test_a_wrong_contract_is_refused_naming_the_one_that_scores(tmp_path, colour
 
 def test_a_bgr_model_scores_only_with_its_channels(tmp_path, colours, colour_archive):
     model = centroid_onnx(tmp_path / "bgr.onnx", colours, Contract(channels="bgr"))
-    from harness.data import load
-    from harness.imported import import_model
+    from harness.data.cifar import load
+    from harness.imports.imported import import_model
     ds = load(colour_archive, tmp_path / "home")
     right = import_model(model, ds, tmp_path / "r", "bgr", channels="bgr")
     assert right["test"]["accuracy"] > 0.95
@@ -318,7 +320,7 @@ def test_an_h5_with_a_lambda_is_refused_and_its_code_never_runs(tmp_path, colour
 
 
 def test_a_custom_keras_class_is_refused_before_loading():
-    from harness.foreign import ForeignFileError, check_keras_config
+    from harness.imports.foreign import ForeignFileError, check_keras_config
 
     config = {"class_name": "Functional", "config": {"layers": [
         {"class_name": "InputLayer", "config": {"name": "x"}},
@@ -373,7 +375,7 @@ def test_a_truncated_or_empty_file_gets_one_line(tmp_path, colours, colour_archi
 
 def test_a_runtime_crash_ends_the_probe_not_harness(tmp_path):
     """A file that crashes its runtime: the probe's subprocess dies, harness names it."""
-    from harness import foreign
+    from harness.imports import foreign
 
     script = tmp_path / "crash.py"
     script.write_text("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)\n")
@@ -389,7 +391,7 @@ def test_a_runtime_crash_ends_the_probe_not_harness(tmp_path):
 # --------------------------------------------------------------------------- MLPerf
 
 def test_mlperf_accuracy_list_needs_the_file_names(tmp_path, archive):
-    from harness.data import load
+    from harness.data.cifar import load
 
     ds = load(archive, tmp_path / "home")  # synthetic names img_00000.png ...
     with pytest.raises(mlperf.MlperfError, match="lacks 200 of the 200"):
@@ -409,7 +411,7 @@ def test_performance_mode_is_the_median_of_windows():
 
 def self_labelled_archive(path: Path, per_batch: int = 100) -> Path:
     """Colour images labelled by the MLPerf Tiny model's own answers: it scores 100% here."""
-    from harness.runtimes import load, predict_batched
+    from harness.export.runtimes import load, predict_batched
 
     model = load(MLPERF_INT8)
     batches = synthetic.make_batches(per_batch, seed=1, noise=20.0, spread=True)
@@ -464,7 +466,7 @@ def test_the_bundle_predict_applies_the_contract_without_harness(tmp_path, colou
     assert invoke("deploy", "std", "--target", "linux", "--runtime", "onnx", "--calls", "20",
                   "--warmup", "2", archive=colour_archive, results=results).exit_code == 0
     bundle = results / "deploy" / "std-linux-onnx-float32"
-    from harness.data import load
+    from harness.data.cifar import load
     ds = load(colour_archive, tmp_path / "home")
     np.savez(tmp_path / "x.npz", x=ds.x_test, y=ds.y_test)
     done = subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), "--npz",
@@ -485,7 +487,7 @@ def test_committed_imports_hold_the_files_they_name(config):
     committed; files over 1 MB are not) has the sha256 its config records."""
     import hashlib
 
-    from harness.schemas import check_run
+    from harness.core.schemas import check_run
 
     info = json.loads(config.read_text())
     metrics = check_run(json.loads((config.parent / "metrics.json").read_text()))

@@ -1,4 +1,4 @@
-"""harness' own Keras classes (harness.layers, harness.callbacks): saved models load back
+"""harness' own Keras classes (harness.train.layers, harness.train.callbacks): saved models load back
 into them, under the registered names older run directories carry, and the commands that
 need no Keras never import it."""
 
@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from harness.config import resolve
+from harness.core.config import resolve
 
 HEAVY = ("keras", "tensorflow", "jax")
 CHECK = f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, heavy"
@@ -20,11 +20,11 @@ CHECK = f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, 
 @pytest.mark.parametrize("name,code", [
     ("--help", "from harness.cli import main; main(['--help'], standalone_mode=False)"),
     ("data info", "from harness.cli import main; main(['data', 'info'], standalone_mode=False)"),
-    # predict imports harness.runtimes inside the command, on top of cli's own imports
-    ("predict", "import harness.cli, harness.runtimes"),
-    # prune-units imports harness.sparsity before it points Keras at the run's backend
-    ("library", "import harness.models, harness.train, harness.sparsity, harness.export, "
-                "harness.bench, harness.tune"),
+    # predict imports harness.export.runtimes inside the command, on top of cli's own imports
+    ("predict", "import harness.cli, harness.export.runtimes"),
+    # prune-units imports harness.train.sparsity before it points Keras at the run's backend
+    ("library", "import harness.train.models, harness.train.fit, harness.train.sparsity, harness.export.convert, "
+                "harness.export.bench, harness.search.tune"),
 ])
 def test_commands_without_a_model_import_no_deep_learning_library(archive, name, code):
     done = subprocess.run([sys.executable, "-c", f"import sys; {code}; {CHECK}"],
@@ -34,7 +34,7 @@ def test_commands_without_a_model_import_no_deep_learning_library(archive, name,
 
 
 def _tiny_tta_model():
-    from harness.models import build_model
+    from harness.train.models import build_model
 
     cfg = resolve("mlp-frontier", overrides=dict(layers=1, units=16, pca=0, tta="flip",
                                                  augment="flip-shift", zoom=0.1,
@@ -45,13 +45,13 @@ def _tiny_tta_model():
 
 
 def _as_written_before(path, target):
-    """The .keras file as harness wrote it when its classes lived in harness.models."""
+    """The .keras file as harness wrote it when its classes lived in harness.train.models."""
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename == "config.json":
-                data = data.replace(b'"module": "harness.layers"', b'"module": "harness.models"')
-                assert b"harness.models" in data
+                data = data.replace(b'"module": "harness.train.layers"', b'"module": "harness.train.models"')
+                assert b"harness.train.models" in data
             dst.writestr(item, data)
     return target
 
@@ -60,11 +60,11 @@ def _as_written_before(path, target):
 def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
     import keras
 
-    from harness.export import fold_input_affine
-    from harness.layers import (CUSTOM_OBJECTS, FlipPair, PairMean, RandomFlipShift,
+    from harness.export.convert import fold_input_affine
+    from harness.train.layers import (CUSTOM_OBJECTS, FlipPair, PairMean, RandomFlipShift,
                                 RowMajorDense, SmoothedSparseCrossentropy)
-    from harness.models import load_keras_model, loss_for
-    from harness.train import save_model
+    from harness.train.models import load_keras_model, loss_for
+    from harness.train.fit import save_model
 
     for name, cls in CUSTOM_OBJECTS.items():  # the names saved model.keras files carry
         assert keras.saving.get_registered_name(cls) == f"harness>{name}"
@@ -95,7 +95,7 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
 
 ROW_MAJOR_CHECK = """
 import json, jax, numpy as np, keras
-from harness.layers import RowMajorDense, _row_major_backward
+from harness.train.layers import RowMajorDense, _row_major_backward
 assert _row_major_backward()
 rng = np.random.default_rng(0)
 x = rng.normal(size=(64, 48)).astype(np.float32)
@@ -140,7 +140,7 @@ def test_row_major_dense_has_dense_values_and_gradients_on_jax():
 
 
 def test_mixup_batches_are_the_same_from_labels_or_one_hot_targets():
-    from harness.train import mixup_batches, one_hot
+    from harness.train.fit import mixup_batches, one_hot
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The microcontroller bundle (harness.mcu) and its measurements (harness.footprint).
+"""The microcontroller bundle (harness.deploy.mcu) and its measurements (harness.export.footprint).
 
 A 2 x 32 BatchNorm-ELU MLP is trained for two epochs on the synthetic archive and bundled
 once per module; TensorFlow Lite Micro runs it on the synthetic test set (100 images).
@@ -13,13 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import resolve
-from harness.deploy import DeployError, deploy_run, sha256_file
-from harness.mcu import (check_budget, compare_runtimes, parse_c_array, refuse_unsupported,
+from harness.data import cifar as data
+from harness.core.config import resolve
+from harness.deploy.linux import DeployError, deploy_run, sha256_file
+from harness.deploy.mcu import (check_budget, compare_runtimes, parse_c_array, refuse_unsupported,
                          write_mcu_bundle)
-from harness.records import RunDir
-from harness.train import train
+from harness.core.records import RunDir
+from harness.train.fit import train
 
 needs_tflm = pytest.mark.skipif(importlib.util.find_spec("tflite_micro") is None,
                                 reason="tflite-micro is not installed (pip install 'harness[mcu]')")
@@ -76,8 +76,8 @@ def test_bundle_files_and_manifest(bundled):
 
 @needs_tflm
 def test_tflm_accuracy_agrees_with_litert(bundled):
-    from harness.evaluate import score
-    from harness.runtimes import load, predict_batched
+    from harness.train.evaluate import score
+    from harness.export.runtimes import load, predict_batched
 
     _, ds, folder, manifest = bundled
     acc = manifest["accuracy"]
@@ -94,7 +94,7 @@ def test_tflm_accuracy_agrees_with_litert(bundled):
 
 @needs_tflm
 def test_measured_arena_is_the_smallest_that_allocates(bundled):
-    from harness.footprint import TflmError, TflmRuntime
+    from harness.export.footprint import TflmError, TflmRuntime
 
     _, ds, folder, manifest = bundled
     model = (folder / "model_int8.tflite").read_bytes()
@@ -107,7 +107,7 @@ def test_measured_arena_is_the_smallest_that_allocates(bundled):
 
 
 def test_c_array_round_trips(tmp_path):
-    from harness.mcu import c_array_files
+    from harness.deploy.mcu import c_array_files
 
     model = bytes(range(256)) * 3 + b"\x00\x7f"  # every byte value, not a multiple of a line
     header, source = c_array_files(model, 1234, ["FULLY_CONNECTED"], "test")
@@ -181,7 +181,7 @@ def test_unsupported_op_refusal_names_the_op():
 
 def test_tflm_messages_name_the_op():
     """TFLM's own stderr lines (from this wheel) are read into the op and the reason."""
-    from harness.footprint import _diagnose
+    from harness.export.footprint import _diagnose
 
     missing = _diagnose("Didn't find op for builtin opcode 'GELU'\n"
                         "Failed to get registration from op code GELU\n \n")
@@ -209,8 +209,8 @@ def test_selu_net_is_refused_naming_exp(bundled, tmp_path):
 def test_gelu_is_an_op_tflm_lacks(tmp_path):
     import keras
 
-    from harness.export import export_saved_model, exportable, tflite_bytes
-    from harness.footprint import unsupported_ops
+    from harness.export.convert import export_saved_model, exportable, tflite_bytes
+    from harness.export.footprint import unsupported_ops
 
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(8, activation="gelu"),
@@ -233,7 +233,7 @@ def test_accuracy_gap_over_a_tenth_of_a_point_refuses():
 def _small_net(tta: bool):
     import keras
 
-    from harness.layers import FlipPair, PairMean
+    from harness.train.layers import FlipPair, PairMean
 
     layers = [keras.Input((32, 32, 3))] + ([FlipPair()] if tta else []) + [
         keras.layers.Conv2D(4, 3, strides=2, padding="same"),  # 16 x 16 x 4
@@ -246,7 +246,7 @@ def _small_net(tta: bool):
 def test_macs_per_image_by_hand():
     import keras
 
-    from harness.footprint import macs_per_image
+    from harness.export.footprint import macs_per_image
 
     conv = 16 * 16 * (3 * 3 * 3 * 4)  # output positions x kernel
     depthwise = 16 * 16 * (3 * 3 * 4 * 1)
@@ -262,8 +262,8 @@ def test_macs_of_resnet8_match_mlperf_tiny():
     """MLPerf Tiny's ResNet-8 is quoted at 12.5 M MACs; counted layer by layer here."""
     import keras
 
-    from harness.footprint import macs_per_image
-    from harness.models import build_model
+    from harness.export.footprint import macs_per_image
+    from harness.train.models import build_model
 
     hand = (32 * 32 * 3 * 3 * 3 * 16 + 2 * 32 * 32 * 3 * 3 * 16 * 16      # stem, stage 1
             + 16 * 16 * (3 * 3 * 16 * 32 + 3 * 3 * 32 * 32 + 16 * 32)     # stage 2 + 1x1
@@ -281,7 +281,7 @@ def test_macs_of_resnet8_match_mlperf_tiny():
 
 @needs_tflm
 def test_deploy_command_writes_the_mcu_bundle(bundled, archive, tmp_path):
-    """``harness deploy --target mcu`` (harness.deploy) through write_mcu_bundle."""
+    """``harness deploy --target mcu`` (harness.deploy.linux) through write_mcu_bundle."""
     from click.testing import CliRunner
 
     from harness.cli import main

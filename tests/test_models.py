@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from harness.config import resolve
-from harness.models import build_model, count_params
+from harness.core.config import resolve
+from harness.train.models import build_model, count_params
 
 MEAN, VAR = np.array([125.3, 123.0, 113.9]), np.array([62.99, 62.09, 66.70]) ** 2
 
@@ -55,7 +55,7 @@ def test_each_activation_gets_its_initializer(activation, init):
 def test_host_initializer_draws_what_keras_draws(name):
     """The same distribution as Keras' initializer of that name (spread, bound, shape),
     reproducible from the seed keras.utils.set_random_seed sets."""
-    from harness.layers import HostInitializer
+    from harness.train.layers import HostInitializer
 
     shape = (300, 200)
     keras.utils.set_random_seed(3)

@@ -1,6 +1,6 @@
 """The accuracy limits of export verification, as documented, against a fake runtime.
 
-harness.export's docstring promises that a float export losing more than 0.1 point of test
+harness.export.convert's docstring promises that a float export losing more than 0.1 point of test
 accuracy, and a dynamic-range or int8 one losing more than 1 point, is flagged. The other
 tests read the limits from MAX_DROP_POINTS or set them themselves, so they still pass when
 a limit is raised (issue 20's mutation check: int8's limit at 100 points survived them).
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness import runtimes
-from harness.export import verify
+from harness.export import runtimes
+from harness.export.convert import verify
 
 IMAGES = 1000  # so that one image is 0.1 point: a drop can sit just above a limit
 # quantization -> (documented limit in points, images lost: just over that limit)

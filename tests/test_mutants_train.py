@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import resolve
-from harness.records import RunDir
-from harness.train import train
+from harness.data import cifar as data
+from harness.core.config import resolve
+from harness.core.records import RunDir
+from harness.train.fit import train
 
 EPOCHS = 3
 

@@ -1,6 +1,6 @@
 """Names that become folders, and what the CLI prints around TensorFlow.
 
-Every command that makes a folder from a name keeps one rule (harness.records.NAME). A bad
+Every command that makes a folder from a name keeps one rule (harness.core.records.NAME). A bad
 --name stops it with exit 2 and a usage message naming the option, before it reads a run or
 writes anything: nothing appears inside --results, nor in the folders around it.
 """
@@ -14,10 +14,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from harness import deploy
+from harness.deploy import linux as deploy
 from harness.cli import main
-from harness.config import ConfigError, resolve
-from harness.records import NAME, BadName, RunDir, check_name
+from harness.core.config import ConfigError, resolve
+from harness.core.records import NAME, BadName, RunDir, check_name
 
 # Each command with what it needs besides --name; a run that does not exist is enough,
 # because the name is checked (an option callback) before the command reads its run.
@@ -97,7 +97,7 @@ def test_a_bad_teacher_exits_2(archive, results):
 def test_a_default_name_from_an_odd_folder_exits_2(archive, results, tmp_path, command):
     """A run given by path keeps its folder's name, which may break the rule; the default
     name made from it (<run>-sparse, <run>-pruned80) is checked before anything is read."""
-    from harness.config import resolve
+    from harness.core.config import resolve
 
     run = tmp_path / "my run"
     run.mkdir()

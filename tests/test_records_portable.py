@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from harness import data
+from harness.data import cifar as data
 
 REPO = Path(__file__).resolve().parents[1]
 ABSOLUTE = re.compile(r'"(/(?:work|tmp|root|home|Users|mnt|opt)/[^"]*)"|[ =](/(?:root|home)/\S+)')

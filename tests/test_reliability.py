@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.data import LABEL_NAMES
+from harness.data.cifar import LABEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 MLPERF_INT8 = REPO / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
-PREDICT = REPO / "harness" / "device" / "predict.py"
+PREDICT = REPO / "harness" / "deploy" / "device" / "predict.py"
 GOOD = ("good-1.png", "good-2.png", "good-3.png", "grey16.png", "cmyk.jpg", "animated.png")
 BAD = {"truncated.png": "damaged or truncated", "notes.png": "not an image",
        "empty.png": "not an image", "bomb.png": "over the limit of"}
@@ -71,7 +71,7 @@ def images(tmp_path) -> Path:
 
 
 def test_image_modes_become_rgb_as_they_should(images):
-    from harness.device.predict import read_image
+    from harness.deploy.device.predict import read_image
 
     grey16 = read_image(images / "grey16.png")
     assert grey16.dtype == np.uint8 and 150 <= grey16.mean() <= 160  # 40000 / 65535 x 255
@@ -83,7 +83,7 @@ def test_image_modes_become_rgb_as_they_should(images):
 def test_a_bomb_is_refused_from_its_header_before_decoding(images, monkeypatch):
     from PIL import ImageFile
 
-    from harness.device.predict import ImageError, read_image
+    from harness.deploy.device.predict import ImageError, read_image
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded")
@@ -170,7 +170,7 @@ def test_a_model_file_that_is_not_one_gets_one_line(tmp_path, images):
 # --------------------------------------------------------------------------- run folders
 
 def _config() -> dict:
-    from harness.config import resolve
+    from harness.core.config import resolve
 
     return resolve("selu", None, {}).to_dict()
 
@@ -213,7 +213,7 @@ def test_a_run_folder_missing_a_piece_is_named_in_one_line(tmp_path, case, messa
 HOLD = """
 import sys, time
 from pathlib import Path
-from harness.records import RunDir, run_lock
+from harness.core.records import RunDir, run_lock
 with run_lock(RunDir.named(Path(sys.argv[1]), "same")):
     print("held", flush=True)
     time.sleep(60)
@@ -261,7 +261,7 @@ def test_the_tflite_converter_prints_nothing(tmp_path, capfd):
     """The converter's C++ settings line ("fully_quantize: 0, ...") stays off the terminal."""
     import keras
 
-    from harness.export import export_saved_model, tflite_bytes
+    from harness.export.convert import export_saved_model, tflite_bytes
 
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(10, activation="softmax")])

@@ -1,4 +1,4 @@
-"""Every training setting is declared once (harness.config): validation, the CLI options,
+"""Every training setting is declared once (harness.core.config): validation, the CLI options,
 config files and the docs' table follow from that declaration, and every committed run's
 config.json re-makes its network."""
 
@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.config import SETTINGS, ConfigError, TrainConfig, resolve, settings_table
+from harness.core.config import SETTINGS, ConfigError, TrainConfig, resolve, settings_table
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference"
@@ -52,7 +52,7 @@ def test_cli_refuses_a_value_outside_the_declared_range(tmp_path):
 
 
 def test_set_and_config_files_use_the_declaration(tmp_path):
-    from harness.config import settings_from
+    from harness.core.config import settings_from
 
     assert settings_from({"max-norm": "none", "units": "64", "lr": "3e-4"}, "--set") == \
         {"max_norm": None, "units": 64, "lr": 3e-4}
@@ -67,7 +67,7 @@ def test_docs_settings_table_is_up_to_date():
     assert found, "docs/training.md lacks the settings-table markers"
     assert found.group(1) == settings_table(), (
         "docs/training.md's settings table is out of date: run "
-        "`python -m harness.config docs/training.md`")
+        "`python -m harness.core.config docs/training.md`")
 
 
 def test_saved_config_is_read_whole_whatever_todays_preset(tmp_path):
@@ -93,7 +93,7 @@ def test_committed_configs_are_found():
 def test_committed_config_rebuilds_its_network(path):
     """`harness train --config <run>/config.json` resolves to the recorded configuration
     and builds a network with the recorded parameter count."""
-    from harness.models import build_model, count_params
+    from harness.train.models import build_model, count_params
 
     metrics = json.loads((path.parent / "metrics.json").read_text())
     cfg = resolve(file=path)
@@ -110,7 +110,7 @@ def test_committed_config_rebuilds_its_network(path):
 
 def test_clip_norm_reaches_the_optimizer():
     """The setting added by one declaration: a flag, validated, and used by the optimizer."""
-    from harness.train import _optimizer
+    from harness.train.fit import _optimizer
 
     cfg = resolve("selu", overrides={"clip_norm": 1.5})
     assert _optimizer(cfg, 10).global_clipnorm == 1.5

@@ -2,11 +2,11 @@ import keras
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import resolve
-from harness.records import RunDir
-from harness.sparsity import prune_units, sparsify
-from harness.train import train
+from harness.data import cifar as data
+from harness.core.config import resolve
+from harness.core.records import RunDir
+from harness.train.sparsity import prune_units, sparsify
+from harness.train.fit import train
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,9 @@ def test_structured_pruning_shrinks_layers_and_keeps_outputs_sane(parents, paren
 
 @pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
 def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
-    from harness.config import from_dict
-    from harness.models import build_model
-    from harness.sparsity import shrink_weights
+    from harness.core.config import from_dict
+    from harness.train.models import build_model
+    from harness.train.sparsity import shrink_weights
 
     results, ds = parents
     run = RunDir.named(results, parent)
@@ -92,7 +92,7 @@ def test_structured_pruning_keeps_the_pca_projection_and_linear_bottleneck_whole
 
 @pytest.mark.parametrize("parent", ["p-selu", "p-bn", "p-bneck"])
 def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
-    from harness.sparsity import _mirror_in_tf_keras, prune_magnitude
+    from harness.train.sparsity import _mirror_in_tf_keras, prune_magnitude
 
     results, ds = parents
     run = RunDir.named(results, parent)
@@ -117,7 +117,7 @@ def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
 
 
 def test_saliency_follows_batchnorm_scale_and_outgoing_weights():
-    from harness.sparsity import unit_saliency
+    from harness.train.sparsity import unit_saliency
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False),
                               keras.layers.BatchNormalization(), keras.layers.Dense(2),
@@ -134,9 +134,9 @@ def test_saliency_follows_batchnorm_scale_and_outgoing_weights():
 
 
 def test_sparsity_counts_learned_kernels_not_the_frozen_pca_projection():
-    from harness import bench
-    from harness.models import build_model
-    from harness.sparsity import kernel_sparsity
+    from harness.export import bench
+    from harness.train.models import build_model
+    from harness.train.sparsity import kernel_sparsity
 
     cfg = resolve("selu", overrides=dict(layers=1, units=16, pca=8))
     model = build_model(cfg, np.zeros(3), np.ones(3), components=np.zeros((3072, 8)))

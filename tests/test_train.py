@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-from harness import data
-from harness.config import ConfigError, resolve
-from harness.evaluate import score
-from harness.records import RunDir
-from harness.train import RunComplete, TrainingFailed, evaluate_run, train
+from harness.data import cifar as data
+from harness.core.config import ConfigError, resolve
+from harness.train.evaluate import score
+from harness.core.records import RunDir
+from harness.train.fit import RunComplete, TrainingFailed, evaluate_run, train
 
 SMALL = dict(layers=2, units=32, batch_size=64, epochs=2)
 
@@ -141,7 +141,7 @@ def test_cosine_schedule_warms_up_then_decays(tmp_path, archive):
 
 LR_READER_CHECK = """
 import numpy as np, keras
-from harness.callbacks import learning_rate_reader
+from harness.train.callbacks import learning_rate_reader
 schedule = keras.optimizers.schedules.CosineDecay(
     initial_learning_rate=1e-3, decay_steps=90, warmup_target=1e-2, warmup_steps=10)
 for rate in (schedule, 0.05):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import harness.train as train_mod
-from harness import data
+import harness.train.fit as train_mod
+from harness.data import cifar as data
 from harness.cli import main
-from harness.config import ConfigError, resolve
-from harness.records import RunDir
-from harness.tune import SearchSpace, sweep_lr, tune
+from harness.core.config import ConfigError, resolve
+from harness.core.records import RunDir
+from harness.search.tune import SearchSpace, sweep_lr, tune
 
 SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
 SEARCH_ARGS = ["tune", "--preset", "bn-elu", "--layers-range", "1,2", "--units-range", "8,16",
@@ -227,8 +227,8 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
     import keras_tuner as kt
     from keras_tuner.src.engine.tuner_utils import TunerCallback
 
-    from harness.callbacks import EpochTunerCallback
-    from harness.train import epoch_log, recipe_callbacks
+    from harness.train.callbacks import EpochTunerCallback
+    from harness.train.fit import epoch_log, recipe_callbacks
 
     tuner = kt.RandomSearch(lambda hp: None, objective="val_accuracy", max_trials=1,
                             directory=str(tmp_path), project_name="t")
@@ -278,7 +278,7 @@ def test_the_best_epoch_is_written_once_with_its_weights(tmp_path, monkeypatch):
     import keras_tuner as kt
     from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
-    from harness.callbacks import BestEpochOnce
+    from harness.train.callbacks import BestEpochOnce
 
     original = SaveBestEpoch(kt.Objective("val_accuracy", "max"),
                              str(tmp_path / "best.weights.h5"))
@@ -310,7 +310,7 @@ def test_a_worker_sends_a_heartbeat_after_each_epoch():
     says after each epoch that it is alive; a local search's callback does not."""
     from keras_tuner.src.distribute.oracle_client import OracleClient
 
-    from harness.callbacks import EpochTunerCallback
+    from harness.train.callbacks import EpochTunerCallback
 
     calls = []
 
@@ -337,7 +337,7 @@ def test_a_worker_sends_a_heartbeat_after_each_epoch():
 def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(tmp_path):
     import keras_tuner as kt
 
-    from harness.tune import watch_workers
+    from harness.search.tune import watch_workers
 
     now = [0.0]
     hp = kt.HyperParameters()

@@ -1,5 +1,5 @@
 """Fully connected against convolutional at equal training time, latency and flash
-(harness.versus), on hand-made records and on the committed ones."""
+(harness.report.versus), on hand-made records and on the committed ones."""
 
 import copy
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness import collect
+from harness.report import collect
 from harness.cli import main
-from harness.compare import report
-from harness.versus import CONV, DENSE, Point, all_matchups, kind_of, matchups, summary
+from harness.report.compare import report
+from harness.report.versus import CONV, DENSE, Point, all_matchups, kind_of, matchups, summary
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results" / "reference"

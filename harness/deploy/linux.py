@@ -1,0 +1,483 @@
+"""Deployment bundles: what a user copies to an edge device and trusts there.
+
+``harness deploy RUN --target linux|mcu`` exports a run through the verified export path
+(:mod:`harness.export.convert`) and writes ``<results>/deploy/<bundle>/`` plus
+``<results>/deploy/<bundle>.tar.gz`` and its ``.sha256``:
+
+- linux (any Linux, arm64 or x86-64): the model file, ``manifest.json``, a standalone
+  ``predict.py`` (numpy, pillow and one runtime; no harness, TensorFlow, Keras or JAX),
+  ``requirements.txt``, sample test images for ``predict.py --selftest`` and a README;
+- mcu (Cortex-M class, TensorFlow Lite Micro): see :mod:`harness.deploy.mcu`.
+
+Every figure in a manifest is measured while the bundle is made: test accuracy through the
+exported file's runtime (the export's verification, made in a scratch copy of the run, so
+the run's own exports/ stay as they are), batch-1 latency on this machine, and
+the probabilities of the shipped samples, which ``predict.py --selftest`` checks on the
+device. A bundle is built in a hidden folder beside its place, self-tested there, and only
+then moved into place, so a failed deploy leaves the previous bundle as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from harness.deploy.device.predict import sha256 as sha256_file  # the selftest's own checksum
+from harness.core.records import (BadName, RunDir, atomic_write_bytes, atomic_write_json,
+                             atomic_write_text, read_json)
+from harness.core.records import check_name as _check_name
+from harness.export.runtimes import pixel_rule
+
+TARGETS = ("linux", "mcu")
+# --runtime: the file format it runs and the package that runs it on the device.
+RUNTIMES = {"litert": {"format": "tflite", "package": "ai-edge-litert"},
+            "onnx": {"format": "onnx", "package": "onnxruntime"}}
+# The selftest's tolerance per precision: the largest |p - recorded| allowed for any class
+# probability of a shipped sample on another machine (another CPU, OS or runtime build).
+# The quantized ones hold the largest difference found on the full test set between x86 and
+# emulated Cortex-A72/A76 with room to spare (docs/deploy.md, its arm64 records).
+TOLERANCES = {
+    "float32": 1e-4,  # float32 throughout; another CPU sums in another order (SIMD width,
+                      # FMA); 1e-4 still catches any wrong input handling
+    "float16": 2e-3,  # float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK),
+                      # unit roundoff 4.9e-4, accumulated over the layers
+    "dynamic": 5e-2,  # activations quantized in each call by the CPU's own kernels, which
+                      # differ between x86 and arm64 with dot-product instructions
+    "int8": 3e-2,     # one output quantization step is 1/256; CPUs may differ by a few
+}
+TOLERANCE_RULE = ("every class probability of every sample within the tolerance of the one "
+                  "recorded; the predicted class may differ from the recorded one only where "
+                  "the recorded probabilities of the two classes are within the tolerance")
+SAMPLES_PER_CLASS = 10  # test images shipped for the selftest: 100 for CIFAR-10, ~300 KB
+DEVICE_FILES = Path(__file__).with_name("device")
+
+
+class DeployError(ValueError):
+    """A bundle that cannot be made as asked; the message is one line naming why."""
+
+
+class DeployRefused(DeployError):
+    """A request the run cannot take (an imported file asked to be re-quantized or run by
+    another runtime): bad input, exit 2."""
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a safe bundle name (harness.core.records.NAME, the rule for every folder
+    made from a name); else DeployError."""
+    try:
+        return _check_name(name, "bundle name")
+    except BadName as e:
+        raise DeployError(str(e)) from None
+
+
+def check_options(target: str, runtime: str, quantization: str | None,
+                  flash_kb: int | None = None, ram_kb: int | None = None) -> str:
+    """The precision to bundle (``quantization``, or the target's default); DeployError for
+    a combination that cannot be made."""
+    if target not in TARGETS or runtime not in RUNTIMES:
+        raise DeployError(f"unknown target {target!r} or runtime {runtime!r}")
+    if quantization is not None and quantization not in TOLERANCES:
+        raise DeployError(f"unknown precision {quantization!r}")
+    if target == "mcu":
+        if runtime != "litert" or quantization not in (None, "int8"):
+            raise DeployError("--target mcu runs TensorFlow Lite Micro: --runtime litert "
+                              "--quantize int8 only")
+        return "int8"
+    if flash_kb is not None or ram_kb is not None:
+        raise DeployError("--flash-kb and --ram-kb are budgets for --target mcu only")
+    if runtime == "onnx" and quantization not in (None, "float32"):
+        raise DeployError("ONNX exports are float32 only: --quantize float32, or --runtime "
+                          "litert for the other precisions")
+    return quantization or "float32"
+
+
+def default_name(run: str, target: str, runtime: str, quantization: str) -> str:
+    return f"{run}-{target}-{runtime}-{quantization}"
+
+
+def deploy_run(run: RunDir, ds, out: Path, target: str = "linux", runtime: str = "litert",
+               quantization: str | None = None, name: str | None = None,
+               flash_kb: int | None = None, ram_kb: int | None = None, calls: int = 2000,
+               warmup: int = 200, allow_flagged: bool = False) -> dict:
+    """Write the bundle ``out/<name>/``, ``out/<name>.tar.gz`` and its ``.sha256``.
+
+    Returns ``{"folder", "archive", "sha256", "manifest"}``. DeployError (or ExportError)
+    when the bundle cannot be made; ``out`` is then left as it was."""
+    from harness.imports.imported import read_import
+
+    info = read_import(run)
+    if info is not None and not run.model.exists():  # an imported .tflite or .onnx
+        quantization = check_imported(run, info, target, runtime, quantization)
+    quantization = check_options(target, runtime, quantization, flash_kb, ram_kb)
+    name = check_name(name or default_name(run.name, target, runtime, quantization))
+    header = {"bundle": name, "target": target, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "harness_version": metadata.version("harness"),
+              "source": {"run": run.name, "config": run.read_config(), "data": ds.record}}
+    with staging(Path(out), name) as folder:
+        if target == "mcu":
+            manifest = {**header, **write_mcu(run, ds, folder, flash_kb, ram_kb, allow_flagged)}
+        else:
+            manifest = {**header, **write_linux_bundle(run, ds, folder, runtime, quantization,
+                                                       calls, warmup, allow_flagged)}
+            atomic_write_text(folder / "README.md", render_readme(manifest))
+        _, digest = finish_bundle(folder, manifest)
+        if target == "linux":
+            run_selftest(folder)  # as the device will: a bundle that fails it is not kept
+    folder = Path(out) / name
+    return {"folder": folder, "archive": folder.with_name(f"{name}.tar.gz"), "sha256": digest,
+            "manifest": read_json(folder / "manifest.json")}
+
+
+@contextmanager
+def staging(out: Path, name: str):
+    """A folder to build bundle ``name`` in, beside ``out/<name>``. When the block ends
+    without an error, it and its archive replace ``out/<name>`` and its archive; when it
+    raises, nothing in ``out`` changes."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        (stage / name).mkdir()
+        yield stage / name
+        if (out / name).exists():
+            (out / name).replace(stage / "previous")
+        (stage / name).replace(out / name)
+        for suffix in (".tar.gz", ".tar.gz.sha256"):
+            (stage / f"{name}{suffix}").replace(out / f"{name}{suffix}")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_imported(run: RunDir, info: dict, target: str, runtime: str,
+                   quantization: str | None) -> str:
+    """The precision of an imported file, once the bundle asked for ships it as it is;
+    DeployError otherwise (harness cannot re-quantize a file it did not train)."""
+    from harness.imports.imported import ImportRefused, check_source
+
+    try:
+        check_source(run, info)
+    except ImportRefused as e:
+        raise DeployError(str(e)) from None
+    precision = run.read_metrics()["precision"]
+    wanted = {"tflite": "litert", "onnx": "onnx"}.get(info["format"])
+    if wanted is None:
+        raise DeployRefused(f"{run.name} is an imported {info['format']}: harness deploys "
+                            ".tflite and .onnx files as they are, and Keras models through "
+                            "its exports; convert it to one of those and import that")
+    if runtime != wanted:
+        raise DeployRefused(f"{run.name} is an imported {info['format']} file, shipped as it is: "
+                          f"--runtime {wanted}")
+    if quantization not in (None, precision):
+        raise DeployRefused(f"{run.name} is an imported {precision} file, shipped as it is: "
+                          f"--quantize {precision} (or leave it out)")
+    if target == "mcu" and (info["format"] != "tflite" or precision != "int8"):
+        raise DeployRefused(f"--target mcu needs an int8 .tflite; {run.name} is an imported "
+                          f"{info['format']} {precision} file")
+    return precision
+
+
+def imported_export(run: RunDir, info: dict) -> tuple[dict, Path]:
+    """An imported file as the export record a bundle is made from: its own test score,
+    no Keras model to compare with."""
+    from harness.imports.imported import source_file
+
+    metrics = run.read_metrics()
+    return ({"file": info["file"], "size_bytes": info["bytes"], "test": metrics["test"],
+             "keras_test": None, "accuracy_drop_points": None, "flagged": False,
+             "max_abs_diff": None, "imported": {k: info[k] for k in (
+                 "format", "sha256", "source")}}, source_file(run, info))
+
+
+def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization: str,
+                       calls: int, warmup: int, allow_flagged: bool) -> dict:
+    """The model, samples.npz, predict.py and requirements.txt in ``folder``; returns the
+    manifest's body (deploy_run adds the README, finish_bundle the files' sha256). An
+    imported file goes in as it is, with its declared contract."""
+    from harness.data import cifar as data_mod
+    from harness.export import runtimes
+    from harness.export.bench import latency_us
+    from harness.core.contract import Contract, ContractModel
+    from harness.imports.imported import read_import
+    from harness.core.records import machine_facts
+
+    fmt, package = RUNTIMES[runtime]["format"], RUNTIMES[runtime]["package"]
+    info = read_import(run)
+    if info is not None and not run.model.exists():
+        rec, exported = imported_export(run, info)
+        shutil.copyfile(exported, folder / rec["file"])
+        declared = Contract.from_dict(info["contract"])
+    else:
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            rec, exported = export_in_scratch(run, ds, Path(scratch), fmt, quantization,
+                                              allow_flagged)
+            shutil.copyfile(exported, folder / rec["file"])
+        declared = None  # harness' exports take the pixels as they are
+    runtime_model = runtimes.load(folder / rec["file"], threads=1)
+    contract = input_contract(runtime_model, declared)  # before any call resizes the input
+    model = ContractModel(runtime_model, declared or Contract(), float_pixels=fmt == "onnx")
+    test = data_mod.split(ds).test
+    load = os.getloadavg()  # other work on the machine shows in the percentiles
+    latency = latency_us(model.predict, test.x[:1], calls, warmup)  # uint8 pixels, as bench
+    selftest = write_samples(folder / "samples.npz", model, test, quantization)
+    shutil.copyfile(DEVICE_FILES / "predict.py", folder / "predict.py")
+    pins = {p: metadata.version(p) for p in ("numpy", "pillow", package)}
+    atomic_write_text(folder / "requirements.txt", "".join(f"{p}=={v}\n" for p, v in pins.items()))
+    return {
+        "model": {"file": rec["file"], "format": fmt, "precision": quantization,
+                  "bytes": rec["size_bytes"]},
+        "input": contract,
+        "output": {"shape": [-1, len(ds.label_names)], "dtype": "float32",
+                   "values": "class probabilities (softmax), in the order of classes"},
+        "classes": list(ds.label_names),
+        "runtime": {"name": model.name, "package": package, "version": pins[package]},
+        "requirements": pins,
+        "measured": {
+            "machine": machine_facts(),
+            "test": {**rec["test"], "images": len(test),
+                     "through": f"{rec['file']} in {model.name} " + (
+                         "(measured when it was imported)" if "imported" in rec
+                         else "(the export's verification)")},
+            "keras_test": rec["keras_test"], "accuracy_drop_points": rec["accuracy_drop_points"],
+            "flagged": rec["flagged"], "max_abs_diff_vs_keras": rec["max_abs_diff"],
+            **({"imported": rec["imported"]} if "imported" in rec else {}),
+            "latency_batch1": {**latency, "warmup": warmup, "threads": 1,
+                               "load_average_1_5_15_min": [round(v, 2) for v in load],
+                               "input": "uint8 pixels, converted to the model's input type "
+                                        "inside each timed call"}},
+        "selftest": selftest,
+    }
+
+
+def input_contract(model, declared=None) -> dict:
+    """What the model file takes, read off the file through its runtime, and the contract
+    (harness.core.contract) that turns 0-255 RGB pixels into it: harness' own exports take
+    them as they are; an imported file, as it was declared."""
+    from harness.core.contract import Contract
+
+    own, declared = declared is None, declared or Contract()
+    if model.name == "litert":
+        dtype = np.dtype(model.input["dtype"]).name
+        shape = [int(d) for d in model.input["shape_signature"]]
+        scale, zero = model.input["quantization"]
+        extra = {"quantization": {"scale": float(scale), "zero_point": int(zero),
+                                  "rule": pixel_rule(dtype, scale, zero)}} \
+            if dtype != "float32" else {}
+    else:
+        spec = model.session.get_inputs()[0]
+        dtype = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}[spec.type]
+        shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+        extra = {}
+    return {"pixels": "raw RGB values 0-255, neither scaled nor standardized (the model "
+                      "standardizes them itself)" if own else declared.words(),
+            "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)"
+                      if declared.layout == "nhwc" else "CHW, batch first: (batch, channels, "
+                      "height 32, width 32)",
+            "contract": declared.to_dict(),
+            "shape": shape, "dtype": dtype, **extra,
+            "batch": "the first dimension; -1 means any size (predict.py sends up to 256 "
+                     "images a call; the latency is for 1)",
+            "resize": "predict.py resizes images that are not 32 x 32 (bilinear), with a "
+                      "note on stderr"}
+
+
+def pick_samples(y: np.ndarray, per_class: int = SAMPLES_PER_CLASS, seed: int = 0) -> np.ndarray:
+    """Test-set indices, ``per_class`` of each class (fewer if there are fewer), sorted."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(where, size=min(per_class, len(where)), replace=False)
+             for where in (np.flatnonzero(y == c) for c in np.unique(y))]
+    return np.sort(np.concatenate(picks))
+
+
+def write_samples(path: Path, model, test, quantization: str) -> dict:
+    """The selftest's images, labels and the probabilities ``model`` gives them here, as
+    ``path`` (.npz); returns the manifest's ``selftest`` entry."""
+    from harness.export.runtimes import predict_batched
+
+    index = pick_samples(test.y)
+    x, y = test.x[index], test.y[index]
+    probs = predict_batched(model, x).astype(np.float32)  # in one call, as predict.py does
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=x, y=y.astype(np.int64), probs=probs, index=index)
+    atomic_write_bytes(path, buffer.getvalue())
+    return {"file": path.name, "images": int(len(x)), "keys": {
+                "x": "uint8 (N, 32, 32, 3) test images", "y": "their classes",
+                "probs": "float32 (N, classes) recorded here", "index": "their test-set index"},
+            "accuracy": float(np.mean(probs.argmax(1) == y)),
+            "tolerance": TOLERANCES[quantization], "tolerances": TOLERANCES,
+            "rule": TOLERANCE_RULE, "command": "python predict.py --selftest"}
+
+
+def run_selftest(folder: Path) -> None:
+    """The bundle's own ``predict.py --selftest``, here, in a fresh isolated interpreter."""
+    done = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), "--selftest"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise DeployError(f"the new bundle fails its own selftest: {lines[-1]}")
+
+
+README = """\
+# {bundle}
+
+A CIFAR-10 image classifier for Linux (x86-64 or arm64), made by `harness deploy` from the run
+`{run}`: {file} ({format}, {precision}), run by {package} {version}.
+
+Measured where it was made ({cpu}, {created}): test accuracy {accuracy:.2%} on {images:,} test
+images through {runtime}; one image answered in {p50:.1f} us (p50; p90 {p90:.1f} us, p99
+{p99:.1f} us; one thread). Every figure is in `manifest.json`, with the run's whole config.
+
+## Install
+
+```bash
+python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt
+```
+
+Only numpy, pillow and {package}, pinned to the versions it was made with (Python
+{python}); no TensorFlow, Keras or JAX.
+
+## Run
+
+```bash
+python predict.py cat.png photos/ --top 3     # a table: image, classes, probabilities
+python predict.py cat.png --json              # one JSON line per image
+python predict.py --npz images.npz --dump-probs probs.npy   # x: uint8 (N, 32, 32, 3)
+```
+
+Folders give every PNG/JPEG in them, by name. With `--npz`, a key `y` (classes) prints the
+accuracy. Exit status: 0 ok, 1 selftest failed or runtime error, 2 bad usage or input.
+
+## Input contract
+
+{pixels}; {layout}: shape {shape}, {dtype} (-1: any batch size). `predict.py`
+converts any image to RGB and resizes one that is not 32 x 32 (bilinear), with a note on
+stderr: the model has only seen 32 x 32 images; it applies the contract above
+(`manifest.json`, `input.contract`). Output: {classes} probabilities (float32), in this
+order:
+
+{class_names}
+
+## Selftest
+
+```bash
+python predict.py --selftest
+```
+
+Checks every file against its sha256 in `manifest.json`, then runs the {samples} test images in
+`{sample_file}` and compares the answers with the probabilities recorded when the bundle was
+made. It passes when
+
+- every class probability of every sample is within {tolerance:g} ({precision}) of the
+  recorded one, and
+- every predicted class is the recorded one, except where the recorded probabilities of
+  the two classes are within {tolerance:g} of each other (a near tie).
+
+Other CPUs round differently (summation order, SIMD kernels, quantized arithmetic), so the
+answers agree within the tolerance, not always to the last bit; `manifest.json` gives the
+tolerance of every precision (`selftest.tolerances`).
+"""
+
+
+def render_readme(manifest: dict) -> str:
+    """The bundle's README.md, every figure from ``manifest``."""
+    measured, selftest = manifest["measured"], manifest["selftest"]
+    latency = measured["latency_batch1"]
+    return README.format(
+        bundle=manifest["bundle"], run=manifest["source"]["run"], file=manifest["model"]["file"],
+        format=manifest["model"]["format"], precision=manifest["model"]["precision"],
+        package=manifest["runtime"]["package"], version=manifest["runtime"]["version"],
+        runtime=manifest["runtime"]["name"], cpu=measured["machine"]["cpu"],
+        created=manifest["created"][:10], accuracy=measured["test"]["accuracy"],
+        images=measured["test"]["images"], p50=latency["p50_us"], p90=latency["p90_us"],
+        p99=latency["p99_us"], python=measured["machine"]["versions"]["python"],
+        shape=manifest["input"]["shape"], dtype=manifest["input"]["dtype"],
+        pixels=manifest["input"]["pixels"][0].upper() + manifest["input"]["pixels"][1:],
+        layout=manifest["input"]["layout"],
+        classes=len(manifest["classes"]), class_names=", ".join(manifest["classes"]),
+        samples=selftest["images"], sample_file=selftest["file"],
+        tolerance=selftest["tolerance"])
+
+
+def write_mcu(run: RunDir, ds, folder: Path, flash_kb: int | None, ram_kb: int | None,
+              allow_flagged: bool) -> dict:
+    """The TFLite Micro bundle, by :func:`harness.deploy.mcu.write_mcu_bundle`; its manifest (to
+    which deploy_run adds the bundle's name and date, and finish_bundle the files again)."""
+    try:
+        from harness.deploy.mcu import write_mcu_bundle
+    except ModuleNotFoundError as e:
+        if e.name != "harness.deploy.mcu":
+            raise
+        raise DeployError("--target mcu needs harness.deploy.mcu, which this installation lacks") \
+            from None
+    budget = {k: v for k, v in (("flash_kb", flash_kb), ("ram_kb", ram_kb)) if v is not None}
+    return write_mcu_bundle(run, ds, folder, allow_flagged=allow_flagged, **budget)
+
+
+def export_in_scratch(run: RunDir, ds, scratch: Path, fmt: str, quantization: str,
+                      allow_flagged: bool) -> tuple[dict, Path]:
+    """The run's verified export (its record and file), made in a copy of the run under
+    ``scratch`` (its model linked), so deploying leaves the run's own exports/ and their
+    records as they were; DeployError for a flagged export unless ``allow_flagged``."""
+    from harness.export.convert import export_run
+
+    work = RunDir(scratch / run.name)
+    work.path.mkdir()
+    work.model.symlink_to(run.model.resolve())
+    (rec,) = export_run(work, ds, (fmt,), (quantization,))
+    if rec["flagged"] and not allow_flagged:
+        raise DeployError(f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of test "
+                          f"accuracy against the Keras model, more than export allows; "
+                          f"--allow-flagged bundles it anyway")
+    return rec, work.path / "exports" / rec["file"]
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Archive members owned by root, not by whoever made the bundle."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def finish_bundle(folder: Path, manifest: dict) -> tuple[Path, str]:
+    """Write ``manifest.json`` (with the sha256 of every other file in ``folder``) and then
+    ``<folder>.tar.gz`` and ``<folder>.tar.gz.sha256``; returns the archive and its sha256."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {**manifest, "files": {str(p.relative_to(folder)): {
+        "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    atomic_write_json(folder / "manifest.json", manifest)
+    archive = folder.with_name(folder.name + ".tar.gz")
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name, filter=_anonymous)
+    tmp.replace(archive)
+    digest = sha256_file(archive)
+    atomic_write_bytes(archive.with_name(archive.name + ".sha256"),
+                       f"{digest}  {archive.name}\n".encode())
+    return archive, digest
+
+
+def format_summary(result: dict) -> str:
+    """What ``harness deploy`` prints: where the bundle is and what was measured."""
+    manifest = result["manifest"]
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    lines = [f"bundle   {result['folder']}/  ({len(manifest['files'])} files and the "
+             f"manifest, {size / 1024:.1f} KiB)",
+             f"archive  {result['archive']}  sha256 {result['sha256']}"]
+    if "measured" in manifest:  # linux
+        test, latency = manifest["measured"]["test"], manifest["measured"]["latency_batch1"]
+        lines += [f"measured test accuracy {test['accuracy']:.4f} ({manifest['runtime']['name']} "
+                  f"{manifest['model']['precision']}), batch-1 p50 {latency['p50_us']:.1f} us, "
+                  f"p90 {latency['p90_us']:.1f} us, p99 {latency['p99_us']:.1f} us",
+                  "selftest passed here; on the device: pip install -r requirements.txt && "
+                  "python predict.py --selftest"]
+    return "\n".join(lines)

@@ -1,0 +1,652 @@
+"""Learning-rate sweeps and KerasTuner searches, resumable, on one machine or distributed.
+
+A sweep trains a FRESH model per learning rate through :func:`harness.train.fit.train` (the
+study reused one model across rates, so each rate started where the previous one ended).
+Every rate is a normal run directory under ``<results>/sweeps/<name>/runs/``, so its
+TensorBoard curves overlay with ``tensorboard --logdir <results>/sweeps/<name>/runs`` and
+an interrupted sweep resumes rate by rate, epoch by epoch.
+
+A search subclasses KerasTuner's ``HyperModel``: ``build`` turns hyperparameters into a
+TrainConfig and calls the same model builder and compile step as ``harness train``;
+``fit`` adds the recipe's EarlyStopping and ReduceLROnPlateau. KerasTuner owns the loop,
+its state (so a re-run resumes without redoing finished trials) and, through
+KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT, the distribution over
+a chief and workers.
+
+Layout of ``<results>/tuning/<name>/``::
+
+    keras_tuner/               KerasTuner's own state (oracle, trials, checkpoints)
+    trial_meta/<id>.json       who ran each trial, its seconds and memory (one writer each)
+    trials.csv, trials.json    the trial table: hyperparameters, score, epochs, seconds
+    best_hyperparameters.json
+    best/                      the best trial's model as a normal run directory
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import resource
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from harness.data import cifar as data_mod
+from harness.core.config import SETTINGS, ConfigError, TrainConfig, problem
+from harness.core.hardware import label_of
+from harness.core.records import (COMPLETED, RunDir, atomic_write_csv, atomic_write_json,
+                             check_name, read_json, write_record)
+
+DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+TUNERS = ("bayesian", "hyperband", "random")
+CHANCE = 0.2  # a sweep rate whose best val accuracy never beats this (chance: 0.1) diverged
+
+
+# --------------------------------------------------------------------------- sweep
+
+def sweep_lr(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
+             rates=DEFAULT_RATES, epochs: int = 10, verbose: int | None = None) -> dict:
+    """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
+    from harness.train.fit import RunComplete, TrainingFailed, read_history, train
+
+    root = Path(results) / "sweeps" / check_name(name, "sweep name")
+    rows = []
+    for rate in rates:
+        cfg = replace(base, lr=float(rate), epochs=epochs, name=f"lr-{rate:g}",
+                      warmup_epochs=min(base.warmup_epochs, epochs - 1)).validate()
+        run = RunDir.named(root, cfg.name)
+        try:
+            train(cfg, ds, root, verbose=verbose)
+        except (RunComplete, TrainingFailed):
+            pass  # finished earlier, or diverged: both are recorded in metrics.json
+        rows.append(_sweep_row(rate, run.read_metrics() or {}, read_history(run)))
+    usable = [r for r in rows if not r["diverged"]]
+    best = max(usable, key=lambda r: r["best_val_accuracy"]) if usable else None
+    record = {"name": name, "base_config": base.to_dict(), "epochs": epochs,
+              "data": ds.record, "rates": rows, "best_lr": best["lr"] if best else None,
+              "tensorboard": str(root / "runs")}
+    atomic_write_json(root / "sweep.json", record)
+    return record
+
+
+def _sweep_row(rate: float, metrics: dict, history: list[dict]) -> dict:
+    val_acc = [h["val_accuracy"] for h in history if math.isfinite(h.get("val_accuracy", math.nan))]
+    val_loss = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]
+    best_acc = max(val_acc) if val_acc else 0.0
+    return {"lr": float(rate), "status": metrics.get("status"),
+            "best_val_accuracy": best_acc,
+            "best_val_loss": min(val_loss) if val_loss else None,
+            "epoch_of_best": (val_acc.index(best_acc) + 1) if val_acc else None,
+            "epochs_run": len(history),
+            "diverged": metrics.get("status") != COMPLETED or best_acc <= CHANCE}
+
+
+def format_sweep(record: dict) -> str:
+    lines = [f"{'lr':>8}  {'best val acc':>12}  {'best val loss':>13}  {'epoch':>5}  diverged"]
+    for r in record["rates"]:
+        loss = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
+        lines.append(f"{r['lr']:>8g}  {r['best_val_accuracy']:>12.4f}  {loss:>13}  "
+                     f"{r['epoch_of_best'] or '-':>5}  {'yes' if r['diverged'] else 'no'}")
+    lines.append(f"best learning rate: {record['best_lr']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- search space
+
+@dataclass
+class SearchSpace:
+    """What a search may vary. Defaults are the study's space (with lr on a log scale)."""
+
+    layers: tuple[int, int] = (1, 10)          # n_hidden, inclusive
+    units: tuple[int, int] = (64, 256)         # n_neurons, inclusive
+    lr: tuple[float, float] = (1e-5, 1e-3)     # sampled log-uniformly
+    activations: tuple[str, ...] = ()          # empty = keep the base config's
+    dropout: tuple[float, float] | None = None
+    l1: tuple[float, float] | None = None      # sampled log-uniformly
+    batch_sizes: tuple[int, ...] = ()          # empty = keep the base config's
+    pca: tuple[int, ...] = ()                  # PCA widths to choose from (0 = none)
+    teacher_weight: tuple[float, float] | None = None  # needs a base config with a teacher
+
+    def validate(self) -> "SearchSpace":
+        """Each end of each range, each activation and batch size must be a value its
+        training setting allows (harness.core.config.SETTINGS); log-scaled ranges start above 0."""
+        ranges = {"layers": self.layers, "units": self.units, "lr": self.lr,
+                  "dropout": self.dropout, "l1": self.l1, "teacher_weight": self.teacher_weight}
+        for key, rng in ranges.items():
+            if rng is None:
+                continue
+            lo, hi = rng
+            for value in rng:
+                why = problem(SETTINGS[key], value)
+                if why:
+                    raise ConfigError(f"{key} range {rng}: {value!r} {why}")
+            if key in ("lr", "l1") and lo <= 0:
+                raise ConfigError(f"{key} range {rng}: lower end must be > 0 (log scale)")
+            if (hi < lo) if SETTINGS[key].metadata["kind"] is int else (hi <= lo):
+                raise ConfigError(f"{key} range {rng}: empty or inverted")
+        for key, values in (("activation", self.activations), ("batch_size", self.batch_sizes),
+                            ("pca", self.pca)):
+            for value in values:
+                why = problem(SETTINGS[key], value)
+                if why:
+                    raise ConfigError(f"{key} {value!r} in the search space: {why}")
+        return self
+
+    def config_for(self, hp, base: TrainConfig) -> TrainConfig:
+        """Register the hyperparameters on ``hp`` and return the config they describe."""
+        def clamp(v, rng):
+            return min(max(v, rng[0]), rng[1])
+
+        values = dict(
+            layers=hp.Int("n_hidden", *self.layers, default=clamp(base.layers, self.layers)),
+            units=hp.Int("n_neurons", *self.units, default=clamp(base.units, self.units)),
+            lr=hp.Float("learning_rate", *self.lr, sampling="log"))
+        if self.activations:
+            values["activation"] = hp.Choice("activation", list(self.activations))
+        if self.dropout is not None:
+            values["dropout"] = hp.Float("dropout", *self.dropout)
+        if self.l1 is not None:
+            values["l1"] = hp.Float("l1", *self.l1, sampling="log")
+        if self.batch_sizes:
+            values["batch_size"] = hp.Choice("batch_size", list(self.batch_sizes))
+        if self.pca:
+            values["pca"] = hp.Choice("pca", list(self.pca))
+        if self.teacher_weight is not None:
+            values["teacher_weight"] = hp.Float("teacher_weight", *self.teacher_weight)
+        return replace(base, **values)
+
+    def widest_pca(self, base: TrainConfig) -> int:
+        return max(self.pca) if self.pca else base.pca
+
+
+# --------------------------------------------------------------------------- search
+
+def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits,
+                    results: Path | None = None):
+    import keras_tuner as kt
+
+    from harness.train.callbacks import BestEpochOnce, EpochTunerCallback
+    from harness.train.models import build_model
+    from harness.train.fit import (compile_model, epoch_log, fit_inputs, one_hot,
+                               recipe_callbacks, teacher_targets)
+
+    mean, variance = splits.norm_stats()
+    widest = space.widest_pca(base)
+    # The top principal directions come largest first, so a narrower PCA is a slice.
+    components = splits.principal_components(widest, base.pool) if widest else None
+    # The teacher answers once; each trial mixes its answers with the labels by its weight.
+    answers = (teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
+               if base.teacher else None)
+    labels = one_hot(splits.train.y)
+
+    class StudyHyperModel(kt.HyperModel):
+        """A TrainConfig per trial, built and compiled exactly as ``harness train`` does."""
+
+        def build(self, hp):
+            cfg = space.config_for(hp, base)
+            model = build_model(cfg, mean, variance,
+                                components[:, :cfg.pca] if cfg.pca else None)
+            compile_model(model, cfg, len(splits.train))
+            return model
+
+        def fit(self, hp, model, x, y, validation_data, callbacks=(), epochs=None, **kwargs):
+            cfg = space.config_for(hp, base)
+            # Ours first, so epoch_seconds is in the logs KerasTuner records.
+            ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
+            # Async dispatch kept; the best epoch's weights written once, at the end.
+            theirs = [BestEpochOnce.replacing(EpochTunerCallback.replacing(c))
+                      for c in callbacks]
+            kwargs.pop("shuffle", None)
+            targets = (None if answers is None else
+                       cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels)
+            return model.fit(**fit_inputs(cfg, x, y, validation_data, targets=targets),
+                             epochs=epochs or cfg.epochs, callbacks=[*ours, *theirs],
+                             **kwargs)
+
+    return StudyHyperModel()
+
+
+def _tuner_class(kind: str, judge=None, config: TrainConfig | None = None,
+                 space: SearchSpace | None = None):
+    import keras_tuner as kt
+
+    base = {"bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
+            "random": kt.RandomSearch}[kind]
+
+    def run_trial(self, trial, *args, **kwargs):
+        """Records who ran the trial and on which device, its per-epoch history (KerasTuner
+        keeps only the best epoch), its wall time and the process's memory after it."""
+        import keras
+
+        from harness.core.hardware import select
+
+        t0 = time.perf_counter()
+        result = base.run_trial(self, trial, *args, **kwargs)
+        runs = result if isinstance(result, list) else [result]
+        history = next((r.history for r in runs if hasattr(r, "history")), {})
+        costs = ({} if judge is None else
+                 {"costs": judge.costs(space.config_for(trial.hyperparameters.copy(), config)),
+                  "turned_down": getattr(self.oracle, "turned_down", {}).get(trial.trial_id)})
+        meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **costs,
+                "device": select(keras.backend.backend()).record,
+                "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "history": {k: [float(v) for v in vals] for k, vals in history.items()}}
+        atomic_write_json(Path(self.project_dir).parent / "trial_meta" /
+                          f"{trial.trial_id}.json", meta)
+        return result
+
+    return type(f"Harness{base.__name__}", (base,), {"run_trial": run_trial})
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (not the peak)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: int,
+               seed: int = 42, judge=None, base: TrainConfig | None = None,
+               space: SearchSpace | None = None):
+    """A KerasTuner tuner over ``directory`` (reloaded, never overwritten: that is resume)."""
+    if kind not in TUNERS:
+        raise ConfigError(f"tuner={kind!r}: must be one of {', '.join(TUNERS)}")
+    common = dict(objective="val_accuracy", directory=str(directory),
+                  project_name="keras_tuner", overwrite=False, seed=seed)
+    cls = _tuner_class(kind, judge, base, space)
+    if kind == "bayesian":  # the study's settings
+        return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
+    if kind == "hyperband":
+        return cls(hypermodel, max_epochs=epochs, factor=3, **common)
+    return cls(hypermodel, max_trials=max_trials, **common)
+
+
+def forget_finished_retries(oracle) -> None:
+    """Take finished trials off a reloaded oracle's retry queue.
+
+    KerasTuner 1.4.8's ``Oracle.end_trial`` saves the oracle before it takes the trial off
+    ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
+    search would otherwise train its last finished trial again (and overwrite it)."""
+    finished = {"COMPLETED", "FAILED"}
+    oracle._retry_queue = [t for t in oracle._retry_queue
+                           if str(oracle.trials[t].status) not in finished]
+
+
+MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
+
+
+def constrain(oracle, misses) -> dict[str, int]:
+    """Make ``oracle`` propose only values whose network fits: ``misses(values)`` lists what
+    a proposal breaks (empty: it fits). A random draw that does not fit is drawn again; a
+    model-based proposal (Bayesian's optimum) that does not fit is replaced by a random one
+    that does. Returns, per trial id, how many proposals were turned down before it."""
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    from harness.search.budget import BudgetError
+
+    draw, populate = oracle._random_values, oracle.populate_space
+    rejected = {"now": 0}
+    per_trial: dict[str, int] = {}
+
+    def random_values():
+        last = []
+        for _ in range(MAX_DRAWS):
+            values = draw()
+            if values is None:  # the space is used up
+                return None
+            last = misses(values)
+            if not last:
+                return values
+            rejected["now"] += 1
+        raise BudgetError(f"none of {MAX_DRAWS} networks drawn from the search space fits "
+                          f"the budget (the last: {'; '.join(last)}); allow smaller networks "
+                          "or a larger budget")
+
+    def populate_space(trial_id):
+        rejected["now"] = 0
+        result = populate(trial_id)
+        if result.get("status") == TrialStatus.RUNNING and misses(result["values"]):
+            rejected["now"] += 1
+            values = random_values()
+            result = ({"status": TrialStatus.STOPPED, "values": None} if values is None
+                      else {"status": TrialStatus.RUNNING, "values": values})
+        per_trial[trial_id] = rejected["now"]
+        return result
+
+    oracle._random_values, oracle.populate_space = random_values, populate_space
+    oracle.turned_down = per_trial  # read by run_trial for the trial's record
+    return per_trial
+
+
+def wait_for_chief(ip: str, port: int, timeout: float) -> None:
+    """A worker's first step: reach the chief's oracle, or fail naming the address."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=2).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"cannot reach the chief at {ip}:{port} after "
+                                      f"{timeout:g} s ({e})") from None
+            time.sleep(0.5)
+
+
+def watch_workers(oracle, timeout: float, interval: float = 2.0,
+                  clock=time.monotonic) -> threading.Thread:
+    """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
+
+    KerasTuner's chief waits for every running trial to end, so one dead worker would hang
+    the search forever. Workers report after every epoch (an ``update_trial`` without
+    metrics is such a heartbeat, from :class:`harness.train.callbacks.EpochTunerCallback`, and
+    goes no further); a trial whose worker has not been heard from within ``timeout`` goes
+    back to the oracle's retry queue and the worker is forgotten (a worker that comes back
+    simply asks for a new trial). A worker that asks for a trial when none is left while
+    others still run is told to wait (IDLE, and KerasTuner's worker asks again) rather than
+    to stop: if one of those others has died, its trial comes back to the queue and a live
+    worker must be there to take it.
+    """
+    import keras_tuner as kt
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    heard: dict[str, float] = {}
+    create, update = oracle.create_trial, oracle.update_trial
+
+    @kt.synchronized
+    def others_running(oracle, tuner_id) -> bool:
+        if any(t != tuner_id for t in oracle.ongoing_trials):
+            oracle.tuner_ids.add(tuner_id)  # create() forgot it when it said STOPPED
+            return True
+        return False
+
+    def create_trial(tuner_id):
+        heard[tuner_id] = clock()
+        trial = create(tuner_id)
+        if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
+            time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
+            trial.status = TrialStatus.IDLE
+        return trial
+
+    def update_trial(trial_id, metrics, step=0):
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if trial.trial_id == trial_id:
+                heard[tuner_id] = clock()
+        if not metrics:  # a heartbeat: KerasTuner's own update needs the objective
+            return oracle.trials[trial_id]
+        return update(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def requeue_silent(oracle):
+        now = clock()
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if now - heard.get(tuner_id, now) > timeout:
+                oracle.ongoing_trials.pop(tuner_id)
+                oracle.tuner_ids.discard(tuner_id)
+                oracle._retry_queue.append(trial.trial_id)
+                heard.pop(tuner_id, None)
+                print(f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
+                      "goes to another worker", flush=True)
+
+    def loop():
+        while True:
+            time.sleep(interval)
+            requeue_silent(oracle)
+
+    oracle.create_trial, oracle.update_trial = create_trial, update_trial
+    thread = threading.Thread(target=loop, name="harness-worker-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def search_dir(results: Path, name: str) -> Path:
+    """``<results>/tuning/<name>/``: where a search keeps everything but its trial runs."""
+    return Path(results) / "tuning" / check_name(name, "search name")
+
+
+def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
+         space: SearchSpace, kind: str = "bayesian", max_trials: int = 10,
+         worker_timeout: float = 600.0, verbose: int = 1, budget=None, bench_top: int = 3,
+         archive: Path | None = None, home: Path | None = None) -> dict | None:
+    """Run (or resume, or join) a search; on the chief or alone, write every output.
+
+    With a ``budget`` (:class:`harness.search.budget.Budget`), only networks predicted to fit it
+    train, and afterwards the ``bench_top`` best trials become runs under
+    ``<results>/runs/<name>-t<trial>/``, are benchmarked (``harness bench``, reading the
+    data from ``archive``/``home`` as this process did) and judged on what was measured.
+
+    Returns the summary on the process that writes outputs, None on a worker.
+    """
+    import keras
+
+    from harness.core.hardware import select
+    from harness.train.fit import check_backend
+
+    check_backend(base)
+    select(keras.backend.backend())  # a missing GPU stops the search before it starts
+    space.validate()
+    root = search_dir(results, name)
+    splits = data_mod.split(ds)
+    if base.teacher_views:
+        raise ConfigError("tune distills from a teacher's answers on the clean images only: "
+                          "leave teacher_views at 0 (train with --teacher-views instead)")
+    if space.teacher_weight is not None and not base.teacher:
+        raise ConfigError("a teacher-weight range needs a teacher: add --teacher RUN")
+    role = os.environ.get("KERASTUNER_TUNER_ID")
+    judge = _judge(budget, base, space, root) if budget and role in (None, "chief") else None
+    tuner = make_tuner(kind, make_hypermodel(base, space, splits, results), root, max_trials,
+                       base.epochs, base.seed, judge, base, space)
+    if role in (None, "chief"):
+        forget_finished_retries(tuner.oracle)
+    if judge is not None:
+        oracle = tuner.oracle
+
+        def misses(values):
+            hp = oracle.hyperparameters.copy()
+            hp.values.update(values)
+            return judge.misses(space.config_for(hp, base))
+
+        constrain(oracle, misses)
+    if role == "chief":
+        watch_workers(tuner.oracle, worker_timeout)
+    atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
+                                             "max_trials": max_trials, "space": space.__dict__,
+                                             "base_config": base.to_dict(), "data": ds.record})
+    # KerasTuner collects garbage before every trial: with the objects that outlive the
+    # search (modules, data, tuner) frozen out of the collector's reach, that is cheap.
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    try:
+        tuner.search(splits.train.x, splits.train.y,
+                     validation_data=(splits.val.x, splits.val.y), verbose=verbose)
+    finally:
+        gc.unfreeze()
+    if role not in (None, "chief"):
+        return None  # a worker: the chief writes the outputs
+    summary = write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
+    if judge is None:
+        return summary
+    return judge_search(tuner, root, base, space, ds, splits, summary, judge, bench_top,
+                        Path(results), archive, home)
+
+
+def calibrate_search(base: TrainConfig, results: Path, name: str, space: SearchSpace,
+                     budget) -> dict:
+    """Only the probes of a budgeted search: ``budget_calibration.json`` written (or
+    reused) under ``<results>/tuning/<name>/``, for a search that will train where
+    TensorFlow is missing. Returns the calibration."""
+    space.validate()
+    if not budget.needs_probes:
+        raise ConfigError("only a latency or flash budget has probes to measure "
+                          "(--max-latency-us, --max-flash-kb)")
+    root = search_dir(results, name)
+    return _judge(budget, base, space, root).calibration
+
+
+def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
+    """The search's judge: probes measured (or reloaded) when flash or latency is bounded;
+    a budget that even the space's smallest network misses stops here."""
+    from harness.search.budget import BudgetError, Judge, calibrate, probe_configs
+
+    budget.validate()
+    root.mkdir(parents=True, exist_ok=True)
+    calibration = (calibrate(budget, base, space, root / "budget_calibration.json")
+                   if budget.needs_probes else None)
+    judge = Judge(budget, calibration)
+    smallest = probe_configs(base, space)[0]
+    if judge.misses(smallest):
+        raise BudgetError(f"even the smallest network of the search space ({smallest.layers} "
+                          f"x {smallest.units}, PCA {smallest.pca}) misses the budget: "
+                          f"{'; '.join(judge.misses(smallest))}")
+    return judge
+
+
+def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
+                 ds: data_mod.Dataset, splits: data_mod.Splits, summary: dict, judge,
+                 bench_top: int, results: Path, archive, home) -> dict:
+    """The ``bench_top`` best trials as runs, benchmarked and judged; the summary gains
+    ``budget`` (see :func:`harness.search.budget.judge_benched`)."""
+    from harness.search import budget as budget_mod
+
+    candidates = []
+    for trial in tuner.oracle.get_best_trials(bench_top):
+        cfg = space.config_for(trial.hyperparameters.copy(), base)
+        run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
+        _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
+                         run.name)
+        candidates.append({"run": run.name, "trial_id": trial.trial_id,
+                           "val_accuracy": float(trial.score),
+                           "hyperparameters": trial.hyperparameters.values,
+                           "predicted": judge.costs(cfg)})
+    part = budget_mod.judge_measured(
+        judge.budget, candidates, results,
+        lambda runs: budget_mod.bench_in_subprocess(runs, judge.budget, archive, home, results),
+        splits.val)
+    part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
+                           else None)
+    part["proposals_turned_down"] = sum(tuner.oracle.turned_down.values())
+    summary = {**summary, "budget": part}
+    write_record("tuning", root / "summary.json", summary)
+    return summary
+
+
+def _trial_rows(tuner, root: Path) -> list[dict]:
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        meta = _trial_meta(root, trial.trial_id)
+        history = meta.get("history", {})
+        rows.append({"trial_id": trial.trial_id, "status": str(trial.status),
+                     "score": None if trial.score is None else float(trial.score),
+                     **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
+                     "epochs": len(history.get("loss", [])),
+                     "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
+                     "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
+                     "rss_mb": meta.get("rss_mb"), "device": label_of(meta.get("device")),
+                     **meta.get("costs", {})})
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
+                  ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
+    """Trial table, best hyperparameters, and the best model as a run directory.
+
+    ``search_seconds`` adds to those of the summary already there: a finished search run
+    again (to judge it where TensorFlow is, say) keeps the time its trials took."""
+    before = root / "summary.json"
+    if before.exists():
+        search_seconds += read_json(before).get("search_seconds", 0.0)
+    rows = _trial_rows(tuner, root)
+    atomic_write_json(root / "trials.json", rows)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    atomic_write_csv(root / "trials.csv", [keys, *([r.get(k, "") for k in keys] for r in rows)])
+
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best_hp = best_trial.hyperparameters
+    cfg = replace(space.config_for(best_hp.copy(), base), name="best")
+    run = RunDir(root / "best")
+    evaluated = _write_trial_run(tuner, best_trial, run, cfg, root, ds, splits,
+                                 f"{root.name}/best")
+    summary = {"name": root.name, "trials": len(rows),
+               "completed": sum(r["status"] == "COMPLETED" for r in rows),
+               "search_seconds": round(search_seconds, 1),
+               "best_trial": best_trial.trial_id, "best_val_accuracy": float(best_trial.score),
+               "best_test_accuracy": evaluated["test"]["accuracy"],
+               "best_hyperparameters": best_hp.values,
+               "best_run": run.path.name}  # relative to this summary's folder
+    atomic_write_json(root / "best_hyperparameters.json",
+                      {"trial_id": best_trial.trial_id, "score": float(best_trial.score),
+                       "values": best_hp.values, "config": cfg.to_dict()})
+    write_record("tuning", root / "summary.json", summary)
+    return summary
+
+
+def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
+                     ds: data_mod.Dataset, splits: data_mod.Splits, label: str) -> dict:
+    """A trial's model as a normal run directory at ``run`` (config, model, history,
+    metrics evaluated on every split, named ``label``); returns the evaluation."""
+    import keras
+
+    from harness.train.evaluate import evaluate_splits
+    from harness.train.models import count_params
+    from harness.core.records import library_versions
+    from harness.train.fit import save_model
+
+    model = tuner.load_model(trial)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg.to_dict())
+    save_model(model, run.model)
+    meta = _trial_meta(root, trial.trial_id)
+    history = meta.get("history", {})
+    _write_trial_history(history, run)
+    evaluated = evaluate_splits(model, splits)
+    metrics = {"run": label, "status": COMPLETED, "config": cfg.to_dict(),
+               "data": ds.record, "params": count_params(model), "versions": library_versions(),
+               "backend": keras.backend.backend(), "epochs_run": len(history.get("loss", [])),
+               # where the trial trained (its worker's record; none from before issue 21)
+               **({"device": meta["device"]} if "device" in meta else {}),
+               "best_epoch": int(np.argmax(history.get("val_accuracy", [0])) + 1),
+               "wall_time_s": round(sum(history.get("epoch_seconds", [])), 3),
+               "tuning": {"name": root.name, "trial_id": trial.trial_id,
+                          "score": float(trial.score)}, **evaluated}
+    run.write_metrics(metrics)
+    return evaluated
+
+
+def _trial_meta(root: Path, trial_id: str) -> dict:
+    path = root / "trial_meta" / f"{trial_id}.json"
+    return read_json(path) if path.exists() else {}
+
+
+def _write_trial_history(history: dict[str, list[float]], run: RunDir) -> None:
+    """The trial's epochs as history.csv, the same columns ``harness train`` writes."""
+    names = sorted(history)
+    epochs = max((len(v) for v in history.values()), default=0)
+    atomic_write_csv(run.history, [["epoch", *names], *(
+        [e, *(history[n][e] if e < len(history[n]) else "" for n in names)]
+        for e in range(epochs))])
+
+
+def format_trials(rows: list[dict]) -> str:
+    hp_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("hp_")]
+    head = f"{'trial':>5} {'status':<10}{'score':>7}" + "".join(f"{k[3:]:>16}" for k in hp_keys)
+    lines = [head + f"{'epochs':>7}{'seconds':>9}  worker"]
+    for r in rows:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        hps = "".join(f"{_fmt(r.get(k)):>16}" for k in hp_keys)
+        lines.append(f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{r['epochs']:>7}"
+                     f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)
