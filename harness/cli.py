@@ -23,7 +23,7 @@ import numpy as np
 from harness.report import compare as compare_mod
 from harness.data import cifar as data_mod
 from harness.core.config import PRESETS, SETTINGS, ConfigError, resolve
-from harness.deploy.device.predict import MAX_PIXELS
+from harness.edge.predict import MAX_PIXELS
 from harness.core.hardware import device_option
 from harness.core.records import NAME, BadName, RunBusy, RunDir, check_name
 
@@ -825,7 +825,7 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
     """
     from harness.export import runtimes
     from harness.core.contract import Contract, ContractModel
-    from harness.deploy.device.predict import read_images
+    from harness.edge.predict import read_images
 
     try:
         if model.is_dir():

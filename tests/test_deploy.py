@@ -23,7 +23,7 @@ from harness.data import cifar as data
 from harness.deploy import linux as deploy
 from harness.cli import main
 from harness.core.config import resolve
-from harness.deploy.device import predict as predict_mod
+from harness.edge import predict as predict_mod
 from harness.export.convert import QUANTIZATIONS
 from harness.core.records import RunDir
 from harness.train.fit import train

@@ -26,7 +26,7 @@ from harness.data.cifar import LABEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 MLPERF_INT8 = REPO / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
-PREDICT = REPO / "harness" / "deploy" / "device" / "predict.py"
+PREDICT = REPO / "harness" / "edge" / "predict.py"
 GOOD = ("good-1.png", "good-2.png", "good-3.png", "grey16.png", "cmyk.jpg", "animated.png")
 BAD = {"truncated.png": "damaged or truncated", "notes.png": "not an image",
        "empty.png": "not an image", "bomb.png": "over the limit of"}
@@ -71,7 +71,7 @@ def images(tmp_path) -> Path:
 
 
 def test_image_modes_become_rgb_as_they_should(images):
-    from harness.deploy.device.predict import read_image
+    from harness.edge.predict import read_image
 
     grey16 = read_image(images / "grey16.png")
     assert grey16.dtype == np.uint8 and 150 <= grey16.mean() <= 160  # 40000 / 65535 x 255
@@ -83,7 +83,7 @@ def test_image_modes_become_rgb_as_they_should(images):
 def test_a_bomb_is_refused_from_its_header_before_decoding(images, monkeypatch):
     from PIL import ImageFile
 
-    from harness.deploy.device.predict import ImageError, read_image
+    from harness.edge.predict import ImageError, read_image
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded")

@@ -4,7 +4,7 @@ harness' own models take the pixels as they are (raw, RGB, NHWC) and answer prob
 A model from elsewhere may want pixels / 255, standardized channels, BGR or NCHW, and may
 answer logits: ``harness import`` records that as its contract, and every command that
 runs the model applies it (the arithmetic is declared once, in the bundle's standalone
-``predict.py``: :func:`harness.deploy.device.predict.apply_contract`, so a device applies exactly
+``predict.py``: :func:`harness.edge.predict.apply_contract`, so a device applies exactly
 what harness measured). Imports neither TensorFlow nor Keras.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from harness.deploy.device.predict import PLAIN, SCALES, apply_contract, output_probs, takes_pixels
+from harness.edge.predict import PLAIN, SCALES, apply_contract, output_probs, takes_pixels
 
 LAYOUTS = ("nhwc", "nchw")
 CHANNELS = ("rgb", "bgr")

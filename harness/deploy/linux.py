@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.deploy.device.predict import sha256 as sha256_file  # the selftest's own checksum
+from harness.edge.predict import sha256 as sha256_file  # the selftest's own checksum
 from harness.core.records import (BadName, RunDir, atomic_write_bytes, atomic_write_json,
                              atomic_write_text, read_json)
 from harness.core.records import check_name as _check_name
@@ -60,7 +60,7 @@ TOLERANCE_RULE = ("every class probability of every sample within the tolerance 
                   "recorded; the predicted class may differ from the recorded one only where "
                   "the recorded probabilities of the two classes are within the tolerance")
 SAMPLES_PER_CLASS = 10  # test images shipped for the selftest: 100 for CIFAR-10, ~300 KB
-DEVICE_FILES = Path(__file__).with_name("device")
+DEVICE_FILES = Path(__file__).parents[1] / "edge"
 
 
 class DeployError(ValueError):

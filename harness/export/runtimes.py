@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.deploy.device.predict import without_info_lines
+from harness.edge.predict import without_info_lines
 
 
 class OnnxRuntime:

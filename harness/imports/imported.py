@@ -31,7 +31,7 @@ import numpy as np
 
 from harness.imports import foreign
 from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract, ContractModel
-from harness.deploy.device.predict import sha256
+from harness.edge.predict import sha256
 from harness.core.records import COMPLETED, RunDir, atomic_write_json, check_name, read_json
 
 KIND = "imported"

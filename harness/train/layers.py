@@ -110,7 +110,7 @@ class ContractLayer(keras.layers.Layer):
     """An imported model's input contract (:mod:`harness.core.contract`) as a layer: raw 0-255
     RGB pixels (N, 32, 32, 3) in, the model's input out (scaled, standardized, channels
     reordered, laid out). The same arithmetic as
-    :func:`harness.deploy.device.predict.apply_contract`, in Keras ops, so harness' exports of an
+    :func:`harness.edge.predict.apply_contract`, in Keras ops, so harness' exports of an
     imported Keras model take raw pixels as its own models do."""
 
     def __init__(self, contract: dict, **kwargs):
