@@ -675,20 +675,21 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
     device with `python predict.py --selftest`; re-running the command replaces it.
     """
     from harness.deploy import linux as deploy_mod
+    from harness.deploy.bundle import DeployError, DeployRefused
     from harness.export.convert import ExportError
 
     try:
         deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
-    except deploy_mod.DeployError as e:
+    except DeployError as e:
         raise click.UsageError(str(e)) from None
     run_dir = _run_dir(obj, run)
     try:
         result = deploy_mod.deploy_run(run_dir, obj.dataset(), out or obj.results / "deploy",
                                        target, runtime, quantization, name, flash_kb, ram_kb,
                                        calls, warmup, allow_flagged)
-    except deploy_mod.DeployRefused as e:
+    except DeployRefused as e:
         raise Refused(str(e)) from None
-    except (deploy_mod.DeployError, ExportError) as e:
+    except (DeployError, ExportError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(deploy_mod.format_summary(result))
 
@@ -715,6 +716,7 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.export.bench import bench_run, format_rows, write_bench
+    from harness.imports.imported import bench_import
     from harness.export.convert import ExportError
     from harness.imports.imported import ImportRefused
     from harness.export.mlperf import MlperfError
@@ -724,8 +726,12 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
     ds = obj.dataset()
     for run_dir in run_dirs:
         try:
-            record = bench_run(run_dir, ds, export_kind, calls, warmup, tuple(dict.fromkeys(
-                modes)), window_s)
+            how = {"calls": calls, "warmup": warmup, "modes": tuple(dict.fromkeys(modes)),
+                   "window_s": window_s}
+            if run_dir.read_import() is not None and not run_dir.model.exists():
+                record = bench_import(run_dir, ds, **how)  # a .tflite or .onnx, as it is
+            else:
+                record = bench_run(run_dir, ds, export_kind, **how)
             written = write_bench(record, obj.results)
         except (ImportRefused, MlperfError) as e:
             raise Refused(str(e)) from None

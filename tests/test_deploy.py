@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from harness.data import cifar as data
 
+from harness.deploy import bundle as bundle_mod
 from harness.deploy import linux as deploy
 from harness.cli import main
 from harness.core.config import resolve
@@ -307,9 +308,9 @@ def test_a_bad_bundle_name_exits_2(trained, name):
                                        "--target", "linux", "--name", name])
     assert result.exit_code == 2, result.output
     assert "a bundle name is 1 to 100 letters" in result.output
-    with pytest.raises(deploy.DeployError):
-        deploy.check_name(name)
-    assert deploy.check_name("fr-edge_r2.v1") == "fr-edge_r2.v1"
+    with pytest.raises(bundle_mod.DeployError):
+        bundle_mod.check_name(name)
+    assert bundle_mod.check_name("fr-edge_r2.v1") == "fr-edge_r2.v1"
 
 
 @pytest.mark.parametrize("options,message", [
@@ -342,7 +343,7 @@ def test_a_flagged_export_is_refused_and_nothing_is_written(trained, monkeypatch
 
     run, ds, _ = trained
     monkeypatch.setitem(export.MAX_DROP_POINTS, "float32", -1.0)  # every export "loses"
-    with pytest.raises(deploy.DeployError, match="--allow-flagged"):
+    with pytest.raises(bundle_mod.DeployError, match="--allow-flagged"):
         deploy.deploy_run(run, ds, tmp_path, "linux", "onnx", calls=10, warmup=0)
     assert list(tmp_path.iterdir()) == []
 
@@ -350,7 +351,7 @@ def test_a_flagged_export_is_refused_and_nothing_is_written(trained, monkeypatch
 def test_mcu_without_harness_mcu_is_a_clear_error(trained, monkeypatch, tmp_path):
     run, ds, _ = trained
     monkeypatch.setitem(sys.modules, "harness.deploy.mcu", None)  # as if it were not installed
-    with pytest.raises(deploy.DeployError, match="needs harness.deploy.mcu"):
+    with pytest.raises(bundle_mod.DeployError, match="needs harness.deploy.mcu"):
         deploy.deploy_run(run, ds, tmp_path, "mcu")
     assert list(tmp_path.iterdir()) == []
 
@@ -363,5 +364,5 @@ def test_mcu_bundle(trained, tmp_path):
     manifest = json.loads((result["folder"] / "manifest.json").read_text())
     assert manifest["target"] == "mcu" and manifest["source"]["run"] == "d"
     for name, facts in manifest["files"].items():
-        assert facts["sha256"] == deploy.sha256_file(result["folder"] / name), name
-    assert deploy.sha256_file(result["archive"]) == result["sha256"]
+        assert facts["sha256"] == bundle_mod.sha256_file(result["folder"] / name), name
+    assert bundle_mod.sha256_file(result["archive"]) == result["sha256"]

@@ -15,7 +15,8 @@ import pytest
 
 from harness.data import cifar as data
 from harness.core.config import resolve
-from harness.deploy.linux import DeployError, deploy_run, sha256_file
+from harness.deploy.bundle import DeployError, sha256_file
+from harness.deploy.linux import deploy_run
 from harness.deploy.mcu import (check_budget, compare_runtimes, parse_c_array, refuse_unsupported,
                          write_mcu_bundle)
 from harness.core.records import RunDir

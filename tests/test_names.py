@@ -14,7 +14,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from harness.deploy import linux as deploy
+from harness.deploy import bundle
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
 from harness.core.records import NAME, BadName, RunDir, check_name
@@ -74,15 +74,15 @@ def test_every_bad_name_is_refused(archive, results, tmp_path, name):
         check_name(name)
     with pytest.raises(BadName):
         RunDir.named(results, name)  # the library's own guard, below the CLI's
-    with pytest.raises(deploy.DeployError):
-        deploy.check_name(name)
+    with pytest.raises(bundle.DeployError):
+        bundle.check_name(name)
     with pytest.raises(ConfigError):
         resolve("selu", overrides={"name": name})
 
 
 def test_a_good_name_passes():
     for name in ["my-run_1.2", "_scratch", "0", "x" * 100]:
-        assert check_name(name) == name == deploy.check_name(name)
+        assert check_name(name) == name == bundle.check_name(name)
         assert NAME.fullmatch(name)
     assert resolve("selu", overrides={"name": "my-run_1.2"}).run_name == "my-run_1.2"
     assert RunDir.named("results", "my-run_1.2").path.name == "my-run_1.2"

@@ -37,6 +37,10 @@ from harness.core.schemas import (COMPLETED, FAILED, METRICS_SCHEMA_VERSION, RUN
                              RecordError, check_record)
 
 
+# The kind of run `harness import` writes (a model harness did not train): its config.json
+# records the import, not a recipe.
+IMPORTED = "imported"
+
 # A name that becomes one folder: a run, a sweep, a search, a bundle. Never a path, a hidden
 # file or something a shell reads as an option; every command checks its --name here, and
 # RunDir.named checks again before a run directory is made.
@@ -202,6 +206,14 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         write_record("run", self.metrics, {"schema": METRICS_SCHEMA_VERSION, **metrics})
+
+    def read_import(self) -> dict | None:
+        """An imported model's config.json (harness.imports: ``"kind": "imported"``), or
+        None for a run harness trained (or no config at all)."""
+        if not self.config.exists():
+            return None
+        config = self.read_config()
+        return config if isinstance(config, dict) and config.get("kind") == IMPORTED else None
 
 
 class RunBusy(RuntimeError):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.records import RunDir, atomic_write_text
+from harness.deploy.bundle import DeployError, export_in_scratch, imported_export
 from harness.export.runtimes import LiteRTRuntime, pixel_rule, without_info_lines
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
@@ -46,7 +47,6 @@ BYTES_PER_LINE = 12
 def refuse_unsupported(problems: dict[str, str]) -> None:
     """DeployError naming the op TFLM cannot run (``{op: reason}``, from
     :func:`harness.export.footprint.unsupported_ops`); nothing when there is none."""
-    from harness.deploy.linux import DeployError
 
     if problems:
         op, reason = next(iter(problems.items()))
@@ -55,7 +55,6 @@ def refuse_unsupported(problems: dict[str, str]) -> None:
 
 def check_budget(footprint: dict, flash_kb: int | None, ram_kb: int | None) -> None:
     """DeployError when the model (flash) or its tensor arena (RAM) is over budget (KiB)."""
-    from harness.deploy.linux import DeployError
 
     for figure, key, limit, flag in (("model", "flash_bytes", flash_kb, "--flash-kb"),
                                      ("tensor arena", "arena_bytes", ram_kb, "--ram-kb")):
@@ -144,7 +143,6 @@ def compare_runtimes(tflm: dict, reference: dict) -> dict:
     """TFLM against LiteRT's kernels closest to it, on the same file and images (each
     ``{"test": score, "probs": ...}``); DeployError when their test accuracies are more
     than MAX_TFLM_GAP_POINTS apart."""
-    from harness.deploy.linux import DeployError
 
     ours, theirs = tflm["test"]["accuracy"], reference["test"]["accuracy"]
     gap = 100 * abs(ours - theirs)
@@ -166,8 +164,8 @@ def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict,
     kernels closest to TFLM's (checked by :func:`compare_runtimes`), and LiteRT's default
     figure from the export's verification, beside it."""
     from harness.core.contract import Contract, ContractModel
-    from harness.train.evaluate import score
     from harness.export.runtimes import predict_batched
+    from harness.train.evaluate import score
 
     contract = contract or Contract()
     start = time.perf_counter()
@@ -201,7 +199,6 @@ def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict,
 
 def export_int8(run: RunDir, ds, scratch: Path, allow_flagged: bool) -> tuple[dict, Path]:
     """The run's verified int8 TFLite export, as the linux bundle makes its exports."""
-    from harness.deploy.linux import export_in_scratch
 
     return export_in_scratch(run, ds, scratch, "tflite", "int8", allow_flagged)
 
@@ -210,7 +207,6 @@ def check_on_tflm(model_bytes: bytes, flash_kb: int | None, ram_kb: int | None) 
     """The footprint of ``model_bytes`` (:func:`harness.export.footprint.tflm_footprint`) once
     TFLM runs it within budget; DeployError otherwise."""
     from harness.export import footprint as fp
-    from harness.deploy.linux import DeployError
 
     refuse_unsupported(fp.unsupported_ops(model_bytes))
     try:
@@ -282,10 +278,9 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
 
     ``flash_kb``/``ram_kb`` are budgets in KiB for the model and the tensor arena. Every
     refusal is a DeployError of one line, raised before anything is written."""
+    from harness.core.contract import Contract
     from harness.data import cifar as data_mod
     from harness.export import footprint as fp
-    from harness.core.contract import Contract
-    from harness.deploy.linux import DeployError, imported_export
     from harness.imports.imported import read_import
     from harness.train.models import load_keras_model
 

@@ -77,34 +77,44 @@ def file_footprint(path: Path, fmt: str, precision: str) -> dict:
 def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
               warmup: int = 200, modes: tuple[str, ...] = (),
               window_s: float = mlperf.WINDOW_S) -> dict:
-    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all); an
-    imported .tflite or .onnx (harness import) as it is. ``modes`` adds MLPerf Tiny's
-    accuracy and/or performance figures to every row (:mod:`harness.export.mlperf`)."""
-    from harness.imports.imported import read_import
+    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all).
+    ``modes`` adds MLPerf Tiny's accuracy and/or performance figures to every row
+    (:mod:`harness.export.mlperf`). An imported .tflite or .onnx is benchmarked as it is by
+    :func:`harness.imports.imported.bench_import`."""
+    record = bench_record(run.name, ds, model_rows(run, ds, export, calls, warmup), calls,
+                          warmup, modes, window_s)
+    info = run.read_import()  # a Keras import: harness' form of it and its exports
+    if info is not None:
+        note_import(record, info)
+    return record
 
-    info = read_import(run)
-    if info is not None and not run.model.exists():
-        timed = [imported_row(run, info, ds, calls, warmup)]
-    else:
-        timed = model_rows(run, ds, export, calls, warmup)
-    rows = [row for row, _, _ in timed]
+
+def bench_record(name: str, ds: data_mod.Dataset, timed: list[tuple[dict, object, np.ndarray]],
+                 calls: int, warmup: int, modes: tuple[str, ...] = (),
+                 window_s: float = mlperf.WINDOW_S) -> dict:
+    """The bench record of run ``name`` from its timed rows (each row with the function and
+    image it was timed with), MLPerf Tiny's figures added where ``modes`` asks."""
     add_modes(timed, ds, modes, window_s)
-    record = {"benchmark": "bench", "run": run.name,
+    record = {"benchmark": "bench", "run": name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": machine_facts(), "data": ds.record,
               "inputs": {"keras": "float32 pixels", "exports": "uint8 pixels, converted to "
                          "the model's input type inside each timed call"},
               "threads": {"latency": 1, "throughput": os.cpu_count(),
                           "keras": "TensorFlow/JAX defaults (all cores)"},
-              "footprint": FOOTPRINT_WORDS, "calls": calls, "warmup": warmup, "rows": rows}
-    if info is not None:
-        record["imported"] = {k: info[k] for k in ("format", "file", "sha256", "source",
-                                                    "contract")}
-        record["inputs"]["imported"] = ("uint8 pixels, put through the declared contract "
-                                        "inside each timed call: " + info["contract_words"])
+              "footprint": FOOTPRINT_WORDS, "calls": calls, "warmup": warmup,
+              "rows": [row for row, _, _ in timed]}
     if modes:
         record["modes"] = list(modes)
     return record
+
+
+def note_import(record: dict, info: dict) -> None:
+    """What a bench record of an imported model says of the file and its contract."""
+    record["imported"] = {k: info[k] for k in ("format", "file", "sha256", "source",
+                                                "contract")}
+    record["inputs"]["imported"] = ("uint8 pixels, put through the declared contract inside "
+                                    "each timed call: " + info["contract_words"])
 
 
 FOOTPRINT_WORDS = {"macs": "multiply-accumulates per image: the Dense and convolution layers "
@@ -162,33 +172,6 @@ def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
                      **file_footprint(path, rec["format"], rec["quantization"])},
                      single.predict, pixels))
     return rows
-
-
-def imported_row(run: RunDir, info: dict, ds: data_mod.Dataset, calls: int,
-                 warmup: int) -> tuple[dict, object, np.ndarray]:
-    """The row of an imported .tflite or .onnx file, timed as it is: uint8 pixels through
-    its contract inside each call, its test accuracy measured again through its runtime;
-    with the function and image it was timed with."""
-    from harness.export import runtimes
-    from harness.imports.imported import check_source, open_run
-
-    path = check_source(run, info)
-    metrics = run.read_metrics()
-    splits = data_mod.split(ds)
-    pixels, pixel_batch = splits.test.x[:1], splits.test.x[:THROUGHPUT_BATCH]
-    single = open_run(run, info, threads=1)
-    multi = open_run(run, info, threads=os.cpu_count() or 1)
-    macs = {"macs": metrics["macs"]} if metrics.get("macs") is not None else {}
-    return ({"run": run.name, "params": metrics["params"]["total"],
-            "sparsity": metrics.get("sparsity", 0.0), **macs,
-            "format": info["format"], "precision": metrics["precision"],
-            "runtime": single.name, "file": info["file"], "size_bytes": info["bytes"],
-            "imported": True, **latency_us(single.predict, pixels, calls, warmup),
-            "throughput_ips": throughput(multi.predict, pixel_batch),
-            "test": score(runtimes.predict_batched(single, splits.test.x), splits.test.y),
-            **(file_footprint(path, info["format"], metrics["precision"]) if path.is_file()
-               else {"flash_bytes": info["bytes"], "arena_bytes": None})},  # a SavedModel
-            single.predict, pixels)
 
 
 def add_modes(timed: list[tuple[dict, object, np.ndarray]], ds: data_mod.Dataset,

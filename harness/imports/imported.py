@@ -21,6 +21,7 @@ into it, so an import that fails leaves nothing.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -32,9 +33,9 @@ import numpy as np
 from harness.imports import foreign
 from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract, ContractModel
 from harness.edge.predict import sha256
-from harness.core.records import COMPLETED, RunDir, atomic_write_json, check_name, read_json
+from harness.core.records import COMPLETED, IMPORTED, RunDir, atomic_write_json, check_name
 
-KIND = "imported"
+KIND = IMPORTED
 CHANCE_LIMIT = 0.2     # val accuracy below this (chance: 0.1) means a wrong contract
 PROBE_IMAGES = 300     # validation images each common contract is tried on
 OUTPUT_PROBE = 64      # images whose outputs tell probabilities from logits
@@ -46,10 +47,7 @@ class ImportRefused(ValueError):
 
 def read_import(run: RunDir) -> dict | None:
     """An imported run's config.json, or None for a run harness trained."""
-    if not run.config.exists():
-        return None
-    config = read_json(run.config)
-    return config if isinstance(config, dict) and config.get("kind") == KIND else None
+    return run.read_import()
 
 
 def source_file(run: RunDir, info: dict) -> Path:
@@ -331,6 +329,51 @@ def write_keras_form(model, contract: Contract, path: Path, reference: ContractM
         raise ImportRefused(f"harness' Keras form of the model differs from it by "
                             f"{np.abs(got - want).max():.2e}")
     save_model(wrapped, path)
+
+
+# --------------------------------------------------------------------------- bench
+
+def bench_import(run: RunDir, ds, calls: int = 2000, warmup: int = 200,
+                 modes: tuple[str, ...] = (), window_s: float | None = None) -> dict:
+    """The bench record of an imported .tflite or .onnx file, timed as it is (Keras
+    imports go through :func:`harness.export.bench.bench_run`, harness' form and exports)."""
+    from harness.export import bench
+
+    info = read_import(run)
+    record = bench.bench_record(run.name, ds, [imported_row(run, info, ds, calls, warmup)],
+                                calls, warmup, modes, window_s or bench.mlperf.WINDOW_S)
+    bench.note_import(record, info)
+    return record
+
+
+def imported_row(run: RunDir, info: dict, ds, calls: int,
+                 warmup: int) -> tuple[dict, object, np.ndarray]:
+    """The row of an imported .tflite or .onnx file, timed as it is: uint8 pixels through
+    its contract inside each call, its test accuracy measured again through its runtime;
+    with the function and image it was timed with."""
+    from harness.data import cifar as data_mod
+    from harness.export.bench import THROUGHPUT_BATCH, file_footprint, latency_us, throughput
+    from harness.export.runtimes import predict_batched
+    from harness.train.evaluate import score
+
+    path = check_source(run, info)
+    metrics = run.read_metrics()
+    splits = data_mod.split(ds)
+    pixels, pixel_batch = splits.test.x[:1], splits.test.x[:THROUGHPUT_BATCH]
+    single = open_run(run, info, threads=1)
+    multi = open_run(run, info, threads=os.cpu_count() or 1)
+    macs = {"macs": metrics["macs"]} if metrics.get("macs") is not None else {}
+    return ({"run": run.name, "params": metrics["params"]["total"],
+            "sparsity": metrics.get("sparsity", 0.0), **macs,
+            "format": info["format"], "precision": metrics["precision"],
+            "runtime": single.name, "file": info["file"], "size_bytes": info["bytes"],
+            "imported": True, **latency_us(single.predict, pixels, calls, warmup),
+            "throughput_ips": throughput(multi.predict, pixel_batch),
+            "test": score(predict_batched(single, splits.test.x), splits.test.y),
+            **(file_footprint(path, info["format"], metrics["precision"]) if path.is_file()
+               else {"flash_bytes": info["bytes"], "arena_bytes": None})},  # a SavedModel
+            single.predict, pixels)
+
 
 
 # --------------------------------------------------------------------------- evaluate
