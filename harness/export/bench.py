@@ -213,3 +213,22 @@ def format_rows(rows: list[dict]) -> str:
                      f"{r['p50_us']:>10.1f}{r['p90_us']:>10.1f}{r['p99_us']:>10.1f}"
                      f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}{extra}")
     return "\n".join(lines)
+
+
+def main() -> None:
+    """``python -m harness.export.bench`` with a JSON request on stdin, ``{"runs": [paths],
+    "export": "onnx|tflite|all", "results": path, "archive": path|null, "home": path|null}``:
+    benchmarks each run and writes its record, as ``harness bench`` does. The budget search
+    judges its candidates through this, in a process whose Keras runs on TensorFlow."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    where = {k: Path(request[k]) if request.get(k) else None for k in ("archive", "home")}
+    ds = data_mod.load(where["archive"], where["home"])
+    for run in request["runs"]:
+        write_bench(bench_run(RunDir(Path(run)), ds, request["export"]), Path(request["results"]))
+
+
+if __name__ == "__main__":
+    main()

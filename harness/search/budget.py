@@ -304,15 +304,14 @@ class Judge:
 
 def bench_in_subprocess(runs: list[Path], budget: Budget, archive: Path | None,
                         home: Path | None, results: Path) -> None:
-    """``harness bench RUNS --export <format>`` in a fresh process on TensorFlow (the
-    exporters need it); its records are read back by :func:`judge_benched`."""
-    args = ["harness.cli", "--results", str(results)]
-    if archive is not None:
-        args += ["--archive", str(archive)]
-    if home is not None:
-        args += ["--home", str(home)]
-    _on_tensorflow([*args, "bench", *map(str, runs), "--export", budget.format],
-                   "benchmarking the search's best networks")
+    """What ``harness bench RUNS --export <format>`` does, in a fresh process on TensorFlow
+    (the exporters need it: ``python -m harness.export.bench``); its records are read back
+    by :func:`judge_benched`."""
+    request = {"runs": [str(r) for r in runs], "export": budget.format,
+               "results": str(results), "archive": str(archive) if archive else None,
+               "home": str(home) if home else None}
+    _on_tensorflow(["harness.export.bench"], "benchmarking the search's best networks",
+                   json.dumps(request))
 
 
 def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench, val=None
