@@ -15,7 +15,8 @@ from harness.search import budget as budget_mod
 from harness.search.budget import Budget, BudgetError, Judge
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
-from harness.search.tune import SearchSpace, constrain
+from harness.search.kerastuner import constrain
+from harness.search.tune import SearchSpace
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

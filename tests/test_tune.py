@@ -227,7 +227,7 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
     import keras_tuner as kt
     from keras_tuner.src.engine.tuner_utils import TunerCallback
 
-    from harness.train.callbacks import EpochTunerCallback
+    from harness.search.kerastuner import EpochTunerCallback
     from harness.train.fit import epoch_log, recipe_callbacks
 
     tuner = kt.RandomSearch(lambda hp: None, objective="val_accuracy", max_trials=1,
@@ -278,7 +278,7 @@ def test_the_best_epoch_is_written_once_with_its_weights(tmp_path, monkeypatch):
     import keras_tuner as kt
     from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 
-    from harness.train.callbacks import BestEpochOnce
+    from harness.search.kerastuner import BestEpochOnce
 
     original = SaveBestEpoch(kt.Objective("val_accuracy", "max"),
                              str(tmp_path / "best.weights.h5"))
@@ -310,7 +310,7 @@ def test_a_worker_sends_a_heartbeat_after_each_epoch():
     says after each epoch that it is alive; a local search's callback does not."""
     from keras_tuner.src.distribute.oracle_client import OracleClient
 
-    from harness.train.callbacks import EpochTunerCallback
+    from harness.search.kerastuner import EpochTunerCallback
 
     calls = []
 
@@ -337,7 +337,7 @@ def test_a_worker_sends_a_heartbeat_after_each_epoch():
 def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(tmp_path):
     import keras_tuner as kt
 
-    from harness.search.tune import watch_workers
+    from harness.search.kerastuner import watch_workers
 
     now = [0.0]
     hp = kt.HyperParameters()

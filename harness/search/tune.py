@@ -29,7 +29,6 @@ import math
 import os
 import resource
 import socket
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -170,7 +169,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
                     results: Path | None = None):
     import keras_tuner as kt
 
-    from harness.train.callbacks import BestEpochOnce, EpochTunerCallback
+    from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
     from harness.train.models import build_model
     from harness.train.fit import (compile_model, epoch_log, fit_inputs, one_hot,
                                recipe_callbacks, teacher_targets)
@@ -269,63 +268,6 @@ def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: 
     return cls(hypermodel, max_trials=max_trials, **common)
 
 
-def forget_finished_retries(oracle) -> None:
-    """Take finished trials off a reloaded oracle's retry queue.
-
-    KerasTuner 1.4.8's ``Oracle.end_trial`` saves the oracle before it takes the trial off
-    ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
-    search would otherwise train its last finished trial again (and overwrite it)."""
-    finished = {"COMPLETED", "FAILED"}
-    oracle._retry_queue = [t for t in oracle._retry_queue
-                           if str(oracle.trials[t].status) not in finished]
-
-
-MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
-
-
-def constrain(oracle, misses) -> dict[str, int]:
-    """Make ``oracle`` propose only values whose network fits: ``misses(values)`` lists what
-    a proposal breaks (empty: it fits). A random draw that does not fit is drawn again; a
-    model-based proposal (Bayesian's optimum) that does not fit is replaced by a random one
-    that does. Returns, per trial id, how many proposals were turned down before it."""
-    from keras_tuner.src.engine.trial import TrialStatus
-
-    from harness.search.budget import BudgetError
-
-    draw, populate = oracle._random_values, oracle.populate_space
-    rejected = {"now": 0}
-    per_trial: dict[str, int] = {}
-
-    def random_values():
-        last = []
-        for _ in range(MAX_DRAWS):
-            values = draw()
-            if values is None:  # the space is used up
-                return None
-            last = misses(values)
-            if not last:
-                return values
-            rejected["now"] += 1
-        raise BudgetError(f"none of {MAX_DRAWS} networks drawn from the search space fits "
-                          f"the budget (the last: {'; '.join(last)}); allow smaller networks "
-                          "or a larger budget")
-
-    def populate_space(trial_id):
-        rejected["now"] = 0
-        result = populate(trial_id)
-        if result.get("status") == TrialStatus.RUNNING and misses(result["values"]):
-            rejected["now"] += 1
-            values = random_values()
-            result = ({"status": TrialStatus.STOPPED, "values": None} if values is None
-                      else {"status": TrialStatus.RUNNING, "values": values})
-        per_trial[trial_id] = rejected["now"]
-        return result
-
-    oracle._random_values, oracle.populate_space = random_values, populate_space
-    oracle.turned_down = per_trial  # read by run_trial for the trial's record
-    return per_trial
-
-
 def wait_for_chief(ip: str, port: int, timeout: float) -> None:
     """A worker's first step: reach the chief's oracle, or fail naming the address."""
     deadline = time.monotonic() + timeout
@@ -338,72 +280,6 @@ def wait_for_chief(ip: str, port: int, timeout: float) -> None:
                 raise ConnectionError(f"cannot reach the chief at {ip}:{port} after "
                                       f"{timeout:g} s ({e})") from None
             time.sleep(0.5)
-
-
-def watch_workers(oracle, timeout: float, interval: float = 2.0,
-                  clock=time.monotonic) -> threading.Thread:
-    """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
-
-    KerasTuner's chief waits for every running trial to end, so one dead worker would hang
-    the search forever. Workers report after every epoch (an ``update_trial`` without
-    metrics is such a heartbeat, from :class:`harness.train.callbacks.EpochTunerCallback`, and
-    goes no further); a trial whose worker has not been heard from within ``timeout`` goes
-    back to the oracle's retry queue and the worker is forgotten (a worker that comes back
-    simply asks for a new trial). A worker that asks for a trial when none is left while
-    others still run is told to wait (IDLE, and KerasTuner's worker asks again) rather than
-    to stop: if one of those others has died, its trial comes back to the queue and a live
-    worker must be there to take it.
-    """
-    import keras_tuner as kt
-    from keras_tuner.src.engine.trial import TrialStatus
-
-    heard: dict[str, float] = {}
-    create, update = oracle.create_trial, oracle.update_trial
-
-    @kt.synchronized
-    def others_running(oracle, tuner_id) -> bool:
-        if any(t != tuner_id for t in oracle.ongoing_trials):
-            oracle.tuner_ids.add(tuner_id)  # create() forgot it when it said STOPPED
-            return True
-        return False
-
-    def create_trial(tuner_id):
-        heard[tuner_id] = clock()
-        trial = create(tuner_id)
-        if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
-            time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
-            trial.status = TrialStatus.IDLE
-        return trial
-
-    def update_trial(trial_id, metrics, step=0):
-        for tuner_id, trial in list(oracle.ongoing_trials.items()):
-            if trial.trial_id == trial_id:
-                heard[tuner_id] = clock()
-        if not metrics:  # a heartbeat: KerasTuner's own update needs the objective
-            return oracle.trials[trial_id]
-        return update(trial_id, metrics, step=step)
-
-    @kt.synchronized
-    def requeue_silent(oracle):
-        now = clock()
-        for tuner_id, trial in list(oracle.ongoing_trials.items()):
-            if now - heard.get(tuner_id, now) > timeout:
-                oracle.ongoing_trials.pop(tuner_id)
-                oracle.tuner_ids.discard(tuner_id)
-                oracle._retry_queue.append(trial.trial_id)
-                heard.pop(tuner_id, None)
-                print(f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
-                      "goes to another worker", flush=True)
-
-    def loop():
-        while True:
-            time.sleep(interval)
-            requeue_silent(oracle)
-
-    oracle.create_trial, oracle.update_trial = create_trial, update_trial
-    thread = threading.Thread(target=loop, name="harness-worker-watch", daemon=True)
-    thread.start()
-    return thread
 
 
 def search_dir(results: Path, name: str) -> Path:
@@ -427,6 +303,7 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     import keras
 
     from harness.core.hardware import select
+    from harness.search.kerastuner import constrain, forget_finished_retries, watch_workers
     from harness.train.fit import check_backend
 
     check_backend(base)

@@ -1,0 +1,247 @@
+"""Every touch of KerasTuner's internals, fenced in one module.
+
+KerasTuner (pinned to the version these were written against, in pyproject.toml) leaves
+four needs of harness to its private parts, each patched here and nowhere else:
+
+- the per-trial callback without per-batch hooks, and a worker's heartbeat to the chief
+  (:class:`EpochTunerCallback`: ``keras_tuner.src.engine.tuner_utils.TunerCallback``,
+  ``keras_tuner.src.distribute.oracle_client.OracleClient``);
+- the best epoch's weights written once (:class:`BestEpochOnce`: ``SaveBestEpoch``);
+- a resumed search that does not re-run its last trial (:func:`forget_finished_retries`:
+  ``Oracle._retry_queue``);
+- proposals that fit a device budget (:func:`constrain`: ``Oracle._random_values``,
+  ``populate_space``, ``keras_tuner.src.engine.trial.TrialStatus``) and a chief that hands
+  a silent worker's trial on (:func:`watch_workers`: ``create_trial``, ``update_trial``,
+  ``ongoing_trials``, ``tuner_ids``, ``_retry_queue``).
+
+:data:`INTERNALS` names each; ``tests/test_kerastuner_fence.py`` fails by name when one
+moves in a new KerasTuner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import keras
+
+# What this module reaches for in KerasTuner: (module, attribute) pairs, attribute None for
+# the module itself; "Oracle.x" means an attribute of keras_tuner.Oracle or its instances.
+INTERNALS = (
+    ("keras_tuner.src.engine.tuner_utils", "TunerCallback"),
+    ("keras_tuner.src.engine.tuner_utils", "SaveBestEpoch"),
+    ("keras_tuner.src.distribute.oracle_client", "OracleClient"),
+    ("keras_tuner.src.engine.trial", "TrialStatus"),
+    ("keras_tuner", "Oracle._retry_queue"),
+    ("keras_tuner", "Oracle._random_values"),
+    ("keras_tuner", "Oracle.populate_space"),
+    ("keras_tuner", "Oracle.create_trial"),
+    ("keras_tuner", "Oracle.update_trial"),
+    ("keras_tuner", "Oracle.ongoing_trials"),
+    ("keras_tuner", "Oracle.tuner_ids"),
+    ("keras_tuner", "synchronized"),
+)
+
+
+class EpochTunerCallback(keras.callbacks.Callback):
+    """KerasTuner's per-trial callback (``tuner_utils.TunerCallback``) without its per-batch
+    hooks, which call ``Tuner.on_batch_begin/end``: no-ops in KerasTuner's tuners, yet their
+    presence made each JAX step wait for the one before. The epoch hooks are kept. Marking
+    the original ``async_safe`` instead made JAX trials fail with "Buffer has been deleted
+    or donated" (docs/training-speed.md).
+
+    On a distributed worker it also tells the chief after each epoch that it is alive (an
+    ``update_trial`` with no metrics, which :func:`watch_workers` takes as a
+    heartbeat): KerasTuner 1.4.8 reports to the oracle only when a trial ends, so without
+    it a trial longer than the chief's ``--worker-timeout`` looked like a dead worker's."""
+
+    def __init__(self, original):
+        super().__init__()
+        from keras_tuner.src.distribute.oracle_client import OracleClient
+
+        self.tuner, self.trial = original.tuner, original.trial
+        self.heartbeat = isinstance(self.tuner.oracle, OracleClient)
+
+    @classmethod
+    def replacing(cls, callback):
+        """``callback`` as an EpochTunerCallback when it is KerasTuner's TunerCallback and its
+        tuner keeps the no-op batch hooks; else ``callback`` itself."""
+        import keras_tuner as kt
+        from keras_tuner.src.engine.tuner_utils import TunerCallback
+
+        if not isinstance(callback, TunerCallback):
+            return callback
+        tuner = type(callback.tuner)
+        if (tuner.on_batch_begin is not kt.Tuner.on_batch_begin
+                or tuner.on_batch_end is not kt.Tuner.on_batch_end):
+            return callback  # a tuner that uses the batch hooks keeps them
+        return cls(callback)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.tuner.on_epoch_begin(self.trial, self.model, epoch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tuner.on_epoch_end(self.trial, self.model, epoch, logs=logs)
+        if self.heartbeat:
+            self.tuner.oracle.update_trial(self.trial.trial_id, {}, step=epoch)
+
+
+class BestEpochOnce(keras.callbacks.Callback):
+    """KerasTuner's ``SaveBestEpoch`` writing once: the best epoch's weights are copied in
+    memory when the objective improves and written to the same file when training ends
+    (KerasTuner writes the file after every improving epoch). An interrupted trial is run
+    again from its start, so nothing is lost by writing at the end."""
+
+    def __init__(self, original):
+        super().__init__()
+        # The original keeps the best value: it carries over to the trial's next execution.
+        self.original = original
+        self.best_weights = None
+
+    @classmethod
+    def replacing(cls, callback):
+        """``callback`` as a BestEpochOnce when it is KerasTuner's SaveBestEpoch."""
+        from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+        return cls(callback) if type(callback) is SaveBestEpoch else callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        objective, original = self.original.objective, self.original
+        if not objective.has_value(logs):
+            self.best_weights = self.model.get_weights()
+            return
+        value = objective.get_value(logs)
+        if objective.better_than(value, original.best_value):
+            original.best_value = value
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is None:
+            return
+        last = self.model.get_weights()
+        self.model.set_weights(self.best_weights)
+        self.model.save_weights(self.original.filepath)
+        self.model.set_weights(last)
+
+
+def forget_finished_retries(oracle) -> None:
+    """Take finished trials off a reloaded oracle's retry queue.
+
+    KerasTuner 1.4.8's ``Oracle.end_trial`` saves the oracle before it takes the trial off
+    ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
+    search would otherwise train its last finished trial again (and overwrite it)."""
+    finished = {"COMPLETED", "FAILED"}
+    oracle._retry_queue = [t for t in oracle._retry_queue
+                           if str(oracle.trials[t].status) not in finished]
+
+
+MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
+
+
+def constrain(oracle, misses) -> dict[str, int]:
+    """Make ``oracle`` propose only values whose network fits: ``misses(values)`` lists what
+    a proposal breaks (empty: it fits). A random draw that does not fit is drawn again; a
+    model-based proposal (Bayesian's optimum) that does not fit is replaced by a random one
+    that does. Returns, per trial id, how many proposals were turned down before it."""
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    from harness.search.budget import BudgetError
+
+    draw, populate = oracle._random_values, oracle.populate_space
+    rejected = {"now": 0}
+    per_trial: dict[str, int] = {}
+
+    def random_values():
+        last = []
+        for _ in range(MAX_DRAWS):
+            values = draw()
+            if values is None:  # the space is used up
+                return None
+            last = misses(values)
+            if not last:
+                return values
+            rejected["now"] += 1
+        raise BudgetError(f"none of {MAX_DRAWS} networks drawn from the search space fits "
+                          f"the budget (the last: {'; '.join(last)}); allow smaller networks "
+                          "or a larger budget")
+
+    def populate_space(trial_id):
+        rejected["now"] = 0
+        result = populate(trial_id)
+        if result.get("status") == TrialStatus.RUNNING and misses(result["values"]):
+            rejected["now"] += 1
+            values = random_values()
+            result = ({"status": TrialStatus.STOPPED, "values": None} if values is None
+                      else {"status": TrialStatus.RUNNING, "values": values})
+        per_trial[trial_id] = rejected["now"]
+        return result
+
+    oracle._random_values, oracle.populate_space = random_values, populate_space
+    oracle.turned_down = per_trial  # read by run_trial for the trial's record
+    return per_trial
+
+
+def watch_workers(oracle, timeout: float, interval: float = 2.0,
+                  clock=time.monotonic) -> threading.Thread:
+    """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
+
+    KerasTuner's chief waits for every running trial to end, so one dead worker would hang
+    the search forever. Workers report after every epoch (an ``update_trial`` without
+    metrics is such a heartbeat, from :class:`EpochTunerCallback`, and
+    goes no further); a trial whose worker has not been heard from within ``timeout`` goes
+    back to the oracle's retry queue and the worker is forgotten (a worker that comes back
+    simply asks for a new trial). A worker that asks for a trial when none is left while
+    others still run is told to wait (IDLE, and KerasTuner's worker asks again) rather than
+    to stop: if one of those others has died, its trial comes back to the queue and a live
+    worker must be there to take it.
+    """
+    import keras_tuner as kt
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    heard: dict[str, float] = {}
+    create, update = oracle.create_trial, oracle.update_trial
+
+    @kt.synchronized
+    def others_running(oracle, tuner_id) -> bool:
+        if any(t != tuner_id for t in oracle.ongoing_trials):
+            oracle.tuner_ids.add(tuner_id)  # create() forgot it when it said STOPPED
+            return True
+        return False
+
+    def create_trial(tuner_id):
+        heard[tuner_id] = clock()
+        trial = create(tuner_id)
+        if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
+            time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
+            trial.status = TrialStatus.IDLE
+        return trial
+
+    def update_trial(trial_id, metrics, step=0):
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if trial.trial_id == trial_id:
+                heard[tuner_id] = clock()
+        if not metrics:  # a heartbeat: KerasTuner's own update needs the objective
+            return oracle.trials[trial_id]
+        return update(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def requeue_silent(oracle):
+        now = clock()
+        for tuner_id, trial in list(oracle.ongoing_trials.items()):
+            if now - heard.get(tuner_id, now) > timeout:
+                oracle.ongoing_trials.pop(tuner_id)
+                oracle.tuner_ids.discard(tuner_id)
+                oracle._retry_queue.append(trial.trial_id)
+                heard.pop(tuner_id, None)
+                print(f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
+                      "goes to another worker", flush=True)
+
+    def loop():
+        while True:
+            time.sleep(interval)
+            requeue_silent(oracle)
+
+    oracle.create_trial, oracle.update_trial = create_trial, update_trial
+    thread = threading.Thread(target=loop, name="harness-worker-watch", daemon=True)
+    thread.start()
+    return thread
