@@ -1,0 +1,62 @@
+"""The report command: compare."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from harness.cli.app import Context, main
+from harness.report import compare as compare_mod
+
+
+def _column_keys(ctx, param, value: str | None) -> tuple[str, ...]:
+    try:
+        return compare_mod.parse_columns(value) if value is not None else ()
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for report.md, results.csv and the pictures "
+                   "[default: <results>/report].")
+@click.option("--columns", metavar="KEY,...", callback=_column_keys,
+              help="Columns to print, in this order (the keys --sort takes) [default for "
+                   "table: model, runtime, precision, accuracy, p50, size, then as many "
+                   "more as the terminal's width allows; other formats: all].")
+@click.option("--format", "fmt", type=click.Choice(compare_mod.FORMATS), default="table",
+              show_default=True, help="How to print the table.")
+@click.option("--sort", "sort_key", type=click.Choice(compare_mod.SORT_KEYS), default="accuracy",
+              show_default=True,
+              help="Column to sort by (accuracy and throughput high to low, others low to "
+                   "high).")
+@click.pass_obj
+def compare(obj: Context, paths, out, columns, fmt, sort_key):
+    """Every run, tuning and bench record under PATHS in one table, with pictures.
+
+    Files that break the record schema are named and skipped. Writes report.md,
+    results.csv, accuracy_vs_latency.png, accuracy_vs_flash.png and training_curves.png
+    to --out.
+    """
+    records = compare_mod.collect_records(paths)
+    for path, reason in records.skipped:
+        click.secho(f"skipped {path}: {reason}", err=True, fg="yellow")
+    for note in records.notes:
+        click.echo(f"note: {note}", err=True)
+    try:
+        report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
+    except compare_mod.NoRecords as e:
+        raise click.ClickException(str(e)) from None
+    text, left_out = compare_mod.printed_table(report.rows, fmt, columns,
+                                               shutil.get_terminal_size().columns)
+    click.echo(text)
+    for line in compare_mod.versus_summary(report.versus):
+        click.echo(line, err=True)
+    if left_out:
+        click.echo(f"left out to fit the terminal: {', '.join(left_out)} (--columns chooses; "
+                   "results.csv has every column)", err=True)
+    click.echo("wrote " + ", ".join(str(p) for p in report.files), err=True)
