@@ -394,7 +394,8 @@ def run_predict(python_cmd: list[str], env: dict, bundle: Path,
     seconds = round(time.perf_counter() - start, 2)
     # The JSON lines of an image run are compared, not kept; the rest is kept as evidence.
     said = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
-                     if not line.startswith("{")).replace(str(Path.home()), "~")  # no absolute paths
+                     if not line.startswith("{")
+                     ).replace(str(Path.home()), "~")  # no absolute paths
     if done.returncode:
         raise RunFailed(f"predict.py {args[0]} exited {done.returncode} after {seconds} s: "
                         f"{said[-1500:]}")

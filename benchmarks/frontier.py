@@ -93,8 +93,8 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     in full: some of the budget is left unused rather than overrun. Charging every epoch a
     save left the H200 runs using a quarter of their budget: calibrate such fast nets with
     more epochs (--calibration-epochs 10)."""
-    from harness.train.callbacks import Stopwatch
     from harness.core.records import RunDir
+    from harness.train.callbacks import Stopwatch
     from harness.train.fit import read_history
 
     short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
@@ -146,9 +146,9 @@ def main(argv=None) -> int:
     backend = PRESETS.get(args.preset, {}).get("backend")
     if backend:
         os.environ.setdefault("KERAS_BACKEND", backend)
-    from harness.data import cifar as data
     from harness.core.config import resolve
     from harness.core.records import machine_facts, write_record
+    from harness.data import cifar as data
 
     ds = data.load(Path(args.archive) if args.archive else None)
     cfg = resolve(args.preset, overrides={**overrides_from(args.set), "name": args.name})

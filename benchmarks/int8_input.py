@@ -87,8 +87,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the converters need TensorFlow
-    from harness.data import cifar as data_mod
     from harness.core.records import RunDir, atomic_write_json, machine_facts
+    from harness.data import cifar as data_mod
 
     ds = data_mod.load(Path(args.archive))
     results = Path(args.results)

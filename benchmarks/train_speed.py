@@ -61,11 +61,11 @@ def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
     """Train one preset in this process; return its timings and accuracies."""
     import keras
 
-    from harness.data import cifar as data
     from harness.core.config import resolve
+    from harness.core.records import RunDir
+    from harness.data import cifar as data
     from harness.train.evaluate import evaluate_keras
     from harness.train.fit import read_history, train
-    from harness.core.records import RunDir
 
     ds = data.load(Path(archive))
     splits = data.split(ds)

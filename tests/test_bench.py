@@ -10,10 +10,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
-from harness.export.bench import bench_run, file_footprint, write_bench
 from harness.core.config import resolve
 from harness.core.records import RunDir, read_json
+from harness.data import cifar as data
+from harness.export.bench import bench_run, file_footprint, write_bench
 from harness.train.fit import train
 
 HAS_TFLM = importlib.util.find_spec("tflite_micro") is not None

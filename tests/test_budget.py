@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.search import budget as budget_mod
-from harness.search.budget import Budget, BudgetError, Judge
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
+from harness.search import budget as budget_mod
+from harness.search.budget import Budget, BudgetError, Judge
 from harness.search.kerastuner import constrain
 from harness.search.tune import SearchSpace
 
@@ -227,8 +227,8 @@ def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_pa
                                                                           monkeypatch):
     """Candidates come in the trained models' order; the judged files decide, ties keep
     that order, and a file over the budget never wins."""
-    from harness.export import runtimes
     from harness.data.cifar import Split
+    from harness.export import runtimes
 
     y = np.arange(100) % 10
     right = {"a": 0.60, "b": 0.62, "c": 0.62, "d": 0.90}  # the share each file gets right

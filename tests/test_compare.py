@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.report import collect
-
-from harness.report import plots
-
-from harness.core import schemas
-
-from harness.report import table
-from harness.report import compare as cmp
-from harness.core.records import RunDir, write_record
 from harness.cli import main
+from harness.core import schemas
+from harness.core.records import RunDir, write_record
+from harness.report import collect, plots, table
+from harness.report import compare as cmp
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -653,7 +648,8 @@ def test_no_valid_record_is_an_error(tmp_path):
 
 
 def test_only_drawing_imports_matplotlib():
-    code = ("import sys; import harness.report.compare, harness.report.collect, harness.report.table, harness.report.plots; "
+    code = ("import sys; import harness.report.compare, harness.report.collect, "
+            "harness.report.table, harness.report.plots; "
             "assert 'matplotlib' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)

@@ -17,7 +17,8 @@ def test_file_then_flags(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("preset: bn-elu\nunits: 64\nbatch-size: 128\nlr: 3e-4\n")
     cfg = resolve(file=f, overrides={"units": 32, "layers": None})
-    assert (cfg.preset, cfg.units, cfg.batch_size, cfg.lr, cfg.layers) == ("bn-elu", 32, 128, 3e-4, 5)
+    got = (cfg.preset, cfg.units, cfg.batch_size, cfg.lr, cfg.layers)
+    assert got == ("bn-elu", 32, 128, 3e-4, 5)
     j = tmp_path / "c.json"
     j.write_text('{"arch": "plain", "activation": "relu", "epochs": 3}')
     cfg = resolve(file=j)

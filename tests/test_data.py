@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from harness.data import cifar as data
-
 from harness.data import synthetic
 from harness.data.cifar import DataError
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from harness.data import cifar as data
-
 from harness.data import synthetic
 
 PROCESSES = 4

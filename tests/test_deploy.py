@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.data import cifar as data
-
-from harness.deploy import bundle as bundle_mod
-from harness.deploy import linux as deploy
 from harness.cli import main
 from harness.core.config import resolve
+from harness.core.records import RunDir
+from harness.data import cifar as data
+from harness.deploy import bundle as bundle_mod
+from harness.deploy import linux as deploy
 from harness.edge import predict as predict_mod
 from harness.export.convert import QUANTIZATIONS
-from harness.core.records import RunDir
 from harness.train.fit import train
 
 BUNDLES = {"litert": "int8", "onnx": "float32"}  # runtime -> precision

@@ -24,7 +24,7 @@ RECORD = re.compile(r"results/reference/[\w.<>*/-]*[\w>*/]")
 MADE_NOT_COMMITTED = (".keras", ".tflite", ".onnx", "/saved_model", "/logs")
 # The set-up commands the README keeps verbatim (the second is also what .ci/run runs).
 SETUP_COMMANDS = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && harness train --preset selu",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && harness train --preset selu",  # noqa: E501 (verbatim)
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && pytest',
 )
 

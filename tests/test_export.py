@@ -5,12 +5,11 @@ import sys
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
-
-from harness.export import runtimes
 from harness.core.config import resolve
-from harness.export.convert import MAX_DROP_POINTS, export_run, verify
 from harness.core.records import RunDir
+from harness.data import cifar as data
+from harness.export import runtimes
+from harness.export.convert import MAX_DROP_POINTS, export_run, verify
 from harness.train.fit import train
 
 

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from harness.cli import main
+from harness.core.records import RunDir, read_json
+from harness.data import synthetic
+from harness.data.cifar import LABEL_NAMES, TEST_BATCH
 from harness.export import convert as export_mod
 from harness.export import runtimes
-from harness.data import synthetic
-from harness.cli import main
-from harness.data.cifar import LABEL_NAMES, TEST_BATCH
-from harness.core.records import RunDir, read_json
 
 # ------------------------------------------------------------------ the run and its floors
 RUN = "flow"

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
 from harness.core.config import ConfigError, resolve
-from harness.train.models import build_model, custom_objects, load_keras_model
 from harness.core.records import RunDir
+from harness.data import cifar as data
 from harness.train.fit import evaluate_run, train
+from harness.train.models import build_model, custom_objects, load_keras_model
 
 
 def _moved(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
@@ -303,8 +303,8 @@ def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
     """teacher_views: the teacher labels augmented views once; each batch shows one view
     per image with the targets of that very view; the student has no augmentation layer."""
     from harness.train.callbacks import MixupBatches
-    from harness.train.models import load_keras_model
     from harness.train.fit import teacher_targets
+    from harness.train.models import load_keras_model
 
     ds = data.load(archive)
     results = tmp_path / "results"

@@ -17,18 +17,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness.report import collect
-
-from harness.data import cifar as data
-
-from harness.core import hardware
-
-from harness.core import schemas
-
-from harness.report import table
+from harness.core import hardware, schemas
 from harness.core.config import resolve
 from harness.core.hardware import Device, DeviceError
 from harness.core.records import RunDir
+from harness.data import cifar as data
+from harness.report import collect, table
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_GPUS = ["NVIDIA H200", "NVIDIA H200"]

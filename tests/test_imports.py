@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.export import mlperf
-
-from harness.data import synthetic
 from harness.cli import main
 from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract
+from harness.data import synthetic
 from harness.data.cifar import TEST_BATCH, TRAIN_BATCHES
+from harness.export import mlperf
 
 REPO = Path(__file__).resolve().parents[1]
 MLPERF_INT8 = REPO / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
@@ -184,10 +183,12 @@ def test_onnx_nchw_unit_logits_import_bench_predict_deploy_compare(tmp_path, col
     assert row["mlperf"]["accuracy"]["images"] == 200
     assert row["mlperf"]["accuracy"]["accuracy"] > 0.95
     perf = row["mlperf"]["performance"]
-    assert perf["windows"] == 5 and perf["latency_us"] == pytest.approx(1e6 / perf["throughput_ips"])
+    assert perf["windows"] == 5
+    assert perf["latency_us"] == pytest.approx(1e6 / perf["throughput_ips"])
     assert record["imported"]["sha256"] == config["sha256"]
 
     from PIL import Image
+
     from harness.data.cifar import load
     ds = load(colour_archive, tmp_path / "home")
     images = tmp_path / "images"

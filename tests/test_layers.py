@@ -1,5 +1,5 @@
-"""harness' own Keras classes (harness.train.layers, harness.train.callbacks): saved models load back
-into them, under the registered names older run directories carry, and the commands that
+"""harness' own Keras classes (harness.train.layers, harness.train.callbacks): saved models
+load back into them, under the registered names older run directories carry, and the commands that
 need no Keras never import it."""
 
 import json
@@ -23,7 +23,8 @@ CHECK = f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, 
     # predict imports harness.export.runtimes inside the command, on top of cli's own imports
     ("predict", "import harness.cli, harness.export.runtimes"),
     # prune-units imports harness.train.sparsity before it points Keras at the run's backend
-    ("library", "import harness.train.models, harness.train.fit, harness.train.sparsity, harness.export.convert, "
+    ("library", "import harness.train.models, harness.train.fit, harness.train.sparsity, "
+                "harness.export.convert, "
                 "harness.export.bench, harness.search.tune"),
 ])
 def test_commands_without_a_model_import_no_deep_learning_library(archive, name, code):
@@ -50,7 +51,8 @@ def _as_written_before(path, target):
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename == "config.json":
-                data = data.replace(b'"module": "harness.train.layers"', b'"module": "harness.train.models"')
+                data = data.replace(b'"module": "harness.train.layers"',
+                                    b'"module": "harness.train.models"')
                 assert b"harness.train.models" in data
             dst.writestr(item, data)
     return target
@@ -61,10 +63,16 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
     import keras
 
     from harness.export.convert import fold_input_affine
-    from harness.train.layers import (CUSTOM_OBJECTS, FlipPair, PairMean, RandomFlipShift,
-                                RowMajorDense, SmoothedSparseCrossentropy)
-    from harness.train.models import load_keras_model, loss_for
     from harness.train.fit import save_model
+    from harness.train.layers import (
+        CUSTOM_OBJECTS,
+        FlipPair,
+        PairMean,
+        RandomFlipShift,
+        RowMajorDense,
+        SmoothedSparseCrossentropy,
+    )
+    from harness.train.models import load_keras_model, loss_for
 
     for name, cls in CUSTOM_OBJECTS.items():  # the names saved model.keras files carry
         assert keras.saving.get_registered_name(cls) == f"harness>{name}"

@@ -13,13 +13,18 @@ import subprocess
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
 from harness.core.config import resolve
+from harness.core.records import RunDir
+from harness.data import cifar as data
 from harness.deploy.bundle import DeployError, sha256_file
 from harness.deploy.linux import deploy_run
-from harness.deploy.mcu import (check_budget, compare_runtimes, parse_c_array, refuse_unsupported,
-                         write_mcu_bundle)
-from harness.core.records import RunDir
+from harness.deploy.mcu import (
+    check_budget,
+    compare_runtimes,
+    parse_c_array,
+    refuse_unsupported,
+    write_mcu_bundle,
+)
 from harness.train.fit import train
 
 needs_tflm = pytest.mark.skipif(importlib.util.find_spec("tflite_micro") is None,
@@ -77,8 +82,8 @@ def test_bundle_files_and_manifest(bundled):
 
 @needs_tflm
 def test_tflm_accuracy_agrees_with_litert(bundled):
-    from harness.train.evaluate import score
     from harness.export.runtimes import load, predict_batched
+    from harness.train.evaluate import score
 
     _, ds, folder, manifest = bundled
     acc = manifest["accuracy"]

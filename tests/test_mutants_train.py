@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
 from harness.core.config import resolve
 from harness.core.records import RunDir
+from harness.data import cifar as data
 from harness.train.fit import train
 
 EPOCHS = 3

@@ -14,10 +14,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from harness.deploy import bundle
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
 from harness.core.records import NAME, BadName, RunDir, check_name
+from harness.deploy import bundle
 
 # Each command with what it needs besides --name; a run that does not exist is enough,
 # because the name is checked (an option callback) before the command reads its run.

@@ -2,11 +2,11 @@ import keras
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
 from harness.core.config import resolve
 from harness.core.records import RunDir
-from harness.train.sparsity import prune_units, sparsify
+from harness.data import cifar as data
 from harness.train.fit import train
+from harness.train.sparsity import prune_units, sparsify
 
 
 @pytest.fixture(scope="module")

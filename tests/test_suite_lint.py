@@ -155,3 +155,16 @@ def test_lambda_is_not_a_check():
     found = [entry.split(" (line ")[0] for entry in unchecked_tests(source)]
     assert found == ["test_method_runs_only", "test_runs_only",
                      "test_assert_only_in_an_uncalled_closure", "test_lambda_is_not_a_check"]
+
+
+def test_the_code_keeps_its_style():
+    """ruff, as configured in pyproject.toml ([tool.ruff]), finds nothing in the tree."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is not installed: pip install -e '.[test]'"
+    done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=TESTS.parent, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:]

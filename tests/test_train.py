@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from harness.data import cifar as data
 from harness.core.config import ConfigError, resolve
-from harness.train.evaluate import score
 from harness.core.records import RunDir
+from harness.data import cifar as data
+from harness.train.evaluate import score
 from harness.train.fit import RunComplete, TrainingFailed, evaluate_run, train
 
 SMALL = dict(layers=2, units=32, batch_size=64, epochs=2)

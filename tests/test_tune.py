@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 import harness.train.fit as train_mod
-from harness.data import cifar as data
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
 from harness.core.records import RunDir
+from harness.data import cifar as data
 from harness.search.tune import SearchSpace, sweep_lr, tune
 
 SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
@@ -88,7 +88,8 @@ def test_search_writes_every_output(tmp_path, archive, kind, trials):
     assert summary["best_test_accuracy"] == metrics["test"]["accuracy"]
     model = keras.saving.load_model(run.model)
     probs = model.predict(ds.x_test.astype(np.float32), verbose=0)
-    assert float((probs.argmax(1) == ds.y_test).mean()) == pytest.approx(metrics["test"]["accuracy"])
+    accuracy = float((probs.argmax(1) == ds.y_test).mean())
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"])
     assert len(run.history.read_text().splitlines()) == metrics["epochs_run"] + 1
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness.report import collect
 from harness.cli import main
+from harness.report import collect
 from harness.report.compare import report
 from harness.report.versus import CONV, DENSE, Point, all_matchups, kind_of, matchups, summary
 

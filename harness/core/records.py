@@ -33,9 +33,14 @@ from pathlib import Path
 from typing import Any
 
 # The statuses and schema version are part of the record formats; imported from here too.
-from harness.core.schemas import (COMPLETED, FAILED, METRICS_SCHEMA_VERSION, RUNNING,  # noqa: F401
-                             RecordError, check_record)
-
+from harness.core.schemas import (  # noqa: F401
+    COMPLETED,
+    FAILED,
+    METRICS_SCHEMA_VERSION,
+    RUNNING,
+    RecordError,
+    check_record,
+)
 
 # The kind of run `harness import` writes (a model harness did not train): its config.json
 # records the import, not a recipe.

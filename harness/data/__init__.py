@@ -1,1 +1,3 @@
-"""CIFAR-10 in: downloads, imports and validates the archive, caches it, splits it (cifar); writes tiny archives in the official format for tests (synthetic). Gives a Dataset."""
+"""CIFAR-10 in: downloads, imports and validates the archive, caches it, splits it (cifar);
+writes tiny archives in the official format for tests (synthetic). Gives a Dataset.
+"""

@@ -1,1 +1,4 @@
-"""Takes a run, gives a bundle for a device: Linux (linux, with the standalone device/predict.py) or a microcontroller (mcu)."""
+"""Takes a run, gives a bundle for a device: Linux (linux: the model, its manifest and the
+standalone predict.py of harness.edge) or a microcontroller (mcu: TensorFlow Lite Micro),
+from what both share (bundle: errors, staging, the shipped file, manifest and archive).
+"""

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.records import RunDir, machine_facts, write_record
 from harness.data import cifar as data_mod
 from harness.export import mlperf
-from harness.train.evaluate import score
 from harness.export.footprint import TflmError, macs_per_image, tflm_footprint
+from harness.train.evaluate import score
 from harness.train.models import load_keras_model
-from harness.core.records import RunDir, machine_facts, write_record
 from harness.train.sparsity import kernel_sparsity
 
 THROUGHPUT_BATCH = 256

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.records import RunDir, atomic_write_bytes, atomic_write_json
 from harness.data import cifar as data_mod
+from harness.export.runtimes import without_info_lines
 from harness.train.evaluate import evaluate_keras, predict_keras, score
 from harness.train.models import load_keras_model
-from harness.core.records import RunDir, atomic_write_bytes, atomic_write_json
-from harness.export.runtimes import without_info_lines
 
 FORMATS = ("onnx", "tflite", "saved_model")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")

@@ -1,1 +1,3 @@
-"""Takes a model file harness did not train, gives an imported run: the file checked before anything runs it (foreign), scored under its input contract (imported)."""
+"""Takes a model file harness did not train, gives an imported run: the file checked before
+anything runs it (foreign), scored under its input contract (imported).
+"""

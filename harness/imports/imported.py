@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.imports import foreign
 from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract, ContractModel
-from harness.edge.predict import sha256
 from harness.core.records import COMPLETED, IMPORTED, RunDir, atomic_write_json, check_name
+from harness.edge.predict import sha256
+from harness.imports import foreign
 
 KIND = IMPORTED
 CHANCE_LIMIT = 0.2     # val accuracy below this (chance: 0.1) means a wrong contract
@@ -225,8 +225,8 @@ def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel
                  run: RunDir, source: str | None, overwrite: bool) -> dict:
     """The run folder, built in a hidden folder beside its place and renamed into it."""
     from harness.data import cifar as data_mod
-    from harness.train.evaluate import score
     from harness.export.runtimes import predict_batched
+    from harness.train.evaluate import score
 
     splits = data_mod.split(ds)
     run.path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,8 +311,8 @@ def write_keras_form(model, contract: Contract, path: Path, reference: ContractM
     model does under the contract."""
     import keras
 
-    from harness.train.layers import ContractLayer
     from harness.train.fit import save_model
+    from harness.train.layers import ContractLayer
 
     if contract.takes_pixels and contract.output == "probs":
         wrapped = model
@@ -382,8 +382,8 @@ def evaluate_import(run: RunDir, ds, info: dict | None = None) -> dict:
     """Val and test accuracy of an imported run through the file's own runtime, under its
     contract; writes evaluation.json as a trained run's evaluate does."""
     from harness.data import cifar as data_mod
-    from harness.train.evaluate import score
     from harness.export.runtimes import predict_batched
+    from harness.train.evaluate import score
 
     info = info or read_import(run)
     model = open_run(run, info)

@@ -25,13 +25,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.report.collect import Records, collect_records, display_path
-from harness.report.plots import (MLPERF_TINY_TARGET, plot_accuracy_flash, plot_accuracy_latency,
-                           plot_training_curves)
 from harness.core.records import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from harness.report.table import (DEFAULT_KEYS, FORMATS, SORT_KEYS, build_rows, csv_rows, flash_of,
-                           format_rows, machine_label, machines, mark_pareto, parse_columns,
-                           printed_table, reference_row, run_labels, sort_rows)
+from harness.report.collect import Records, collect_records, display_path
+from harness.report.plots import (
+    MLPERF_TINY_TARGET,
+    plot_accuracy_flash,
+    plot_accuracy_latency,
+    plot_training_curves,
+)
+from harness.report.table import (
+    DEFAULT_KEYS,
+    FORMATS,
+    SORT_KEYS,
+    build_rows,
+    csv_rows,
+    flash_of,
+    format_rows,
+    machine_label,
+    machines,
+    mark_pareto,
+    parse_columns,
+    printed_table,
+    reference_row,
+    run_labels,
+    sort_rows,
+)
 from harness.report.versus import Matchup, all_matchups
 from harness.report.versus import render as versus_section
 from harness.report.versus import summary as versus_summary
@@ -50,7 +68,7 @@ class Report:
     records: Records
     rows: list[dict]
     files: list[Path]
-    versus: dict[str, list[Matchup]]   # fully connected against CNN, per axis (harness.report.versus)
+    versus: dict[str, list[Matchup]]   # fully connected against CNN, per axis (report.versus)
 
 
 def compare(paths: Sequence[Path], out: Path, sort: str = "accuracy") -> Report:

@@ -24,8 +24,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.report.collect import BenchRecord, Records, RunRecord, TuningRecord, display_path
 from harness.core.hardware import label_of
+from harness.report.collect import BenchRecord, Records, RunRecord, TuningRecord, display_path
 
 # (key, header), in the order of report.md and results.csv: the default columns. Their keys,
 # and "machine" and "device", are what --sort and --columns accept; results.csv and JSON
@@ -212,7 +212,8 @@ def machines(rows: list[dict]) -> list[str]:
 def _tuning_row(tuning: TuningRecord) -> dict:
     s = tuning.summary
     hp = s["best_hyperparameters"]
-    shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if {"n_hidden", "n_neurons"} <= hp.keys() else None
+    known = {"n_hidden", "n_neurons"} <= hp.keys()
+    shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if known else None
     return {"model": f"{s['name']}/best", "architecture": shape,
             "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
             "params": None, "sparsity": None, "device": None, **UNMEASURED, "format": "keras",

@@ -361,8 +361,8 @@ def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=Non
     the validation images, and the best is the fitting candidate whose file scores best on
     them (ties: the order given): the file is what deploys, and its quantization costs
     each network a different share of its accuracy. Without, the first that fits."""
-    from harness.train.evaluate import score
     from harness.export.runtimes import load, predict_batched
+    from harness.train.evaluate import score
 
     rows, first_p50 = [], first_p50 or {}
     for cand in candidates:

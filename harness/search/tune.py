@@ -35,11 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import cifar as data_mod
 from harness.core.config import SETTINGS, ConfigError, TrainConfig, problem
 from harness.core.hardware import label_of
-from harness.core.records import (COMPLETED, RunDir, atomic_write_csv, atomic_write_json,
-                             check_name, read_json, write_record)
+from harness.core.records import (
+    COMPLETED,
+    RunDir,
+    atomic_write_csv,
+    atomic_write_json,
+    check_name,
+    read_json,
+    write_record,
+)
+from harness.data import cifar as data_mod
 
 DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TUNERS = ("bayesian", "hyperband", "random")
@@ -170,9 +177,15 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
     import keras_tuner as kt
 
     from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
+    from harness.train.fit import (
+        compile_model,
+        epoch_log,
+        fit_inputs,
+        one_hot,
+        recipe_callbacks,
+        teacher_targets,
+    )
     from harness.train.models import build_model
-    from harness.train.fit import (compile_model, epoch_log, fit_inputs, one_hot,
-                               recipe_callbacks, teacher_targets)
 
     mean, variance = splits.norm_stats()
     widest = space.widest_pca(base)
@@ -471,10 +484,10 @@ def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
     metrics evaluated on every split, named ``label``); returns the evaluation."""
     import keras
 
-    from harness.train.evaluate import evaluate_splits
-    from harness.train.models import count_params
     from harness.core.records import library_versions
+    from harness.train.evaluate import evaluate_splits
     from harness.train.fit import save_model
+    from harness.train.models import count_params
 
     model = tuner.load_model(trial)
     run.path.mkdir(parents=True, exist_ok=True)

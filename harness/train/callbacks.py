@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from harness.train.models import load_keras_model
 from harness.core.records import atomic_write_text
+from harness.train.models import load_keras_model
 
 # A backup is written when the time since the last one is at least this many times what the
 # last one took, so backups cost at most about 1/BACKUP_COST_RATIO of the training time.

@@ -1,10 +1,11 @@
 """Training: the study's recipe as Keras callbacks around one ``model.fit``.
 
-A run lives in ``<results>/runs/<name>/`` (see :mod:`harness.core.records`). Re-running the same
-command after an interruption, ``kill -9`` included, resumes from the last finished epoch:
-Keras' BackupAndRestore restores weights and optimizer state, and
-:class:`harness.train.callbacks.ResumeState` restores what the other callbacks had learned (best val_loss, patience counters), so a
-resumed run makes the same decisions an uninterrupted one would.
+A run lives in ``<results>/runs/<name>/`` (see :mod:`harness.core.records`). Re-running the
+same command after an interruption, ``kill -9`` included, resumes from the last finished
+epoch: Keras' BackupAndRestore restores weights and optimizer state, and
+:class:`harness.train.callbacks.ResumeState` restores what the other callbacks had learned
+(best val_loss, patience counters), so a resumed run makes the same decisions an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import cifar as data_mod
 from harness.core.config import ConfigError, TrainConfig, from_dict
+from harness.core.records import (
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    RunDir,
+    atomic_write_csv,
+    library_versions,
+    run_lock,
+)
+from harness.data import cifar as data_mod
 from harness.train.evaluate import evaluate_splits, predict_keras
 from harness.train.models import build_model, count_params, load_keras_model, loss_for
-from harness.core.records import (COMPLETED, FAILED, RUNNING, RunDir, atomic_write_csv, run_lock,
-                             library_versions)
-
 
 CLASSES = 10
 
@@ -198,7 +205,12 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
                     resumed: bool = False):
     import keras
 
-    from harness.train.callbacks import AtomicCheckpoint, ResumeState, TerminateOnNaN, ThrottledBackup
+    from harness.train.callbacks import (
+        AtomicCheckpoint,
+        ResumeState,
+        TerminateOnNaN,
+        ThrottledBackup,
+    )
 
     ema, early, plateau = recipe_callbacks(cfg, resumed=resumed)
     checkpoint = AtomicCheckpoint(run.model, cfg.monitor)

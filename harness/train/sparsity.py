@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import cifar as data_mod
 from harness.core.config import from_dict
+from harness.core.records import COMPLETED, RunDir, library_versions
+from harness.data import cifar as data_mod
 from harness.train.evaluate import evaluate_splits
 from harness.train.models import load_keras_model
-from harness.core.records import COMPLETED, RunDir, library_versions
 
 
 def learned_dense_layers(model):
@@ -58,8 +58,8 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
     """A derived model as a run directory: parent's config, model.keras, metrics.json."""
     import keras
 
-    from harness.train.models import count_params
     from harness.train.fit import save_model
+    from harness.train.models import count_params
 
     cfg = replace(from_dict(parent.read_config()), name=name)
     overall, per_layer = kernel_sparsity(model)
@@ -150,8 +150,8 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str |
     distilling from the run ``teacher`` if given (the parent itself is a good one). The new
     run is ``name``, or ``<parent>-units<N>``."""
 
-    from harness.train.models import build_model
     from harness.train.fit import train
+    from harness.train.models import build_model
 
     cfg = from_dict(parent.read_config())
     units = max(1, int(round(cfg.units * keep)))
