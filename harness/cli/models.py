@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from harness.cli.app import Context, Refused, _import_info, _name_option, _run_dir, main
+from harness.core.precisions import NAMES as PRECISION_NAMES
 from harness.core.records import RunDir
 from harness.data import cifar as data_mod
 from harness.edge.predict import MAX_PIXELS
@@ -74,7 +75,7 @@ def import_model(obj: Context, model: Path, name, layout, channels, input_scale,
 @click.option("--format", "formats", type=click.Choice(["onnx", "tflite", "saved_model", "all"]),
               multiple=True, default=["all"], show_default=True, help="Export format(s).")
 @click.option("--quantize", "quantizations", multiple=True, default=["all"], show_default=True,
-              type=click.Choice(["float32", "float16", "dynamic", "int8", "all"]),
+              type=click.Choice([*PRECISION_NAMES, "all"]),
               help="TFLite precision(s).")
 @click.pass_obj
 def export(obj: Context, run: Path, formats, quantizations):
@@ -112,7 +113,7 @@ def export(obj: Context, run: Path, formats, quantizations):
               show_default=True, help="Runtime on the device: LiteRT (.tflite) or "
               "onnxruntime (.onnx, float32 only).")
 @click.option("--quantize", "quantization",
-              type=click.Choice(["float32", "float16", "dynamic", "int8"]),
+              type=click.Choice(PRECISION_NAMES),
               help="Precision of the model file [default: float32 for linux, int8 for mcu].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the bundle and its .tar.gz [default: <results>/deploy].")

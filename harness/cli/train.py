@@ -22,6 +22,7 @@ from harness.cli.app import (
 )
 from harness.core.config import PRESETS, SETTINGS, ConfigError, resolve
 from harness.core.hardware import device_option
+from harness.core.precisions import EXPORTS as BUDGET_EXPORTS
 from harness.core.records import BadName, RunBusy, RunDir
 
 # --------------------------------------------------------------------------- train
@@ -172,9 +173,8 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
               help="Budget: size of the --budget-export file, KiB.")
 @click.option("--max-macs", type=click.IntRange(min=1),
               help="Budget: multiply-accumulates per image.")
-@click.option("--budget-export", default="tflite-int8", show_default=True,
-              type=click.Choice(["tflite-int8", "tflite-dynamic", "tflite-float16",
-                                 "tflite-float32", "onnx-float32"]),
+@click.option("--budget-export", default=BUDGET_EXPORTS[0], show_default=True,
+              type=click.Choice(BUDGET_EXPORTS),
               help="The export a budget is judged on (LiteRT or onnxruntime).")
 @click.option("--bench-top", type=click.IntRange(min=1), default=3, show_default=True,
               help="Budget: export, benchmark and judge this many of the best trials.")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.precisions import PRECISIONS
 from harness.core.records import (
     RunDir,
     atomic_write_bytes,
@@ -52,19 +53,12 @@ TARGETS = ("linux", "mcu")
 # --runtime: the file format it runs and the package that runs it on the device.
 RUNTIMES = {"litert": {"format": "tflite", "package": "ai-edge-litert"},
             "onnx": {"format": "onnx", "package": "onnxruntime"}}
-# The selftest's tolerance per precision: the largest |p - recorded| allowed for any class
-# probability of a shipped sample on another machine (another CPU, OS or runtime build).
-# The quantized ones hold the largest difference found on the full test set between x86 and
-# emulated Cortex-A72/A76 with room to spare (docs/deploy.md, its arm64 records).
-TOLERANCES = {
-    "float32": 1e-4,  # float32 throughout; another CPU sums in another order (SIMD width,
-                      # FMA); 1e-4 still catches any wrong input handling
-    "float16": 2e-3,  # float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK),
-                      # unit roundoff 4.9e-4, accumulated over the layers
-    "dynamic": 5e-2,  # activations quantized in each call by the CPU's own kernels, which
-                      # differ between x86 and arm64 with dot-product instructions
-    "int8": 3e-2,     # one output quantization step is 1/256; CPUs may differ by a few
-}
+# The selftest's tolerance per precision (harness.core.precisions, with the reason of each):
+# the largest |p - recorded| allowed for any class probability of a shipped sample on another
+# machine (another CPU, OS or runtime build). The quantized ones hold the largest difference
+# found on the full test set between x86 and emulated Cortex-A72/A76 with room to spare
+# (docs/deploy.md, its arm64 records).
+TOLERANCES = {name: p.selftest_tolerance for name, p in PRECISIONS.items()}
 TOLERANCE_RULE = ("every class probability of every sample within the tolerance of the one "
                   "recorded; the predicted class may differ from the recorded one only where "
                   "the recorded probabilities of the two classes are within the tolerance")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.precisions import NAMES, PRECISIONS
 from harness.core.records import RunDir, atomic_write_bytes, atomic_write_json
 from harness.data import cifar as data_mod
 from harness.export.runtimes import without_info_lines
@@ -25,9 +26,9 @@ from harness.train.evaluate import evaluate_keras, predict_keras, score
 from harness.train.models import load_keras_model
 
 FORMATS = ("onnx", "tflite", "saved_model")
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+QUANTIZATIONS = NAMES  # harness.core.precisions
 PROBE_IMAGES = 256
-MAX_DROP_POINTS = {"float32": 0.1, "float16": 0.1, "dynamic": 1.0, "int8": 1.0}
+MAX_DROP_POINTS = {name: p.max_drop_points for name, p in PRECISIONS.items()}
 REPRESENTATIVE_IMAGES = 500  # from the training split, for int8 calibration
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.config import ConfigError, TrainConfig, from_dict
+from harness.core.precisions import EXPORTS, PRECISIONS
 from harness.core.records import RunDir, atomic_write_json, read_json
 
-EXPORTS = ("tflite-int8", "tflite-dynamic", "tflite-float16", "tflite-float32", "onnx-float32")
-BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
+BYTES_PER_WEIGHT = {name: p.bytes_per_weight for name, p in PRECISIONS.items()}
 PROBE_CALLS, PROBE_WARMUP = 500, 50
 KIB = 1024
 
