@@ -751,3 +751,23 @@ def test_cli_errors(tmp_path):
 
     result = _invoke(tmp_path)
     assert result.exit_code == 2 and "Missing argument 'PATHS...'" in result.output
+
+
+def test_a_model_benchmarked_twice_is_told_apart_in_the_printed_table(tmp_path):
+    """Two bench records of one run: the printed table names what tells their rows apart,
+    the machine where they differ in it, else the record."""
+    root = tmp_path / "results"
+    write_run(root, "twice", 0.60)
+    write_json(root / "bench" / "twice.json", bench("twice", [
+        bench_row("twice", "litert", "int8", 0.60, 10.0)], cpu="Fast CPU"))
+    write_json(root / "other" / "bench" / "twice.json", bench("twice", [
+        bench_row("twice", "litert", "int8", 0.60, 12.0)], cpu="Slow CPU"))
+    rows = table.mark_pareto(table.build_rows(collect.collect_records([root])))
+    text, _ = table.printed_table(rows, width=200)
+    header, *lines = text.splitlines()
+    assert header.split()[:4] == ["model", "runtime", "precision", "machine"]
+    assert any("Fast CPU" in line for line in lines) and any("Slow CPU" in line for line in lines)
+    same = [dict(r, machine="One CPU, 2 cores") for r in rows]
+    assert "record" in table.printed_table(same, width=200)[0].splitlines()[0]
+    once = [r for r in rows if "Fast" in r["machine"]]
+    assert "machine" not in table.printed_table(once, width=200)[0].splitlines()[0]

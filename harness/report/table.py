@@ -54,7 +54,7 @@ DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
 # the device the model trained on (harness.core.hardware: "jax gpu: NVIDIA H200"; "-" for runs
 # recorded before issue 21).
 SORT_KEYS = (*DEFAULT_KEYS, "machine", "device")
-HEADERS = {**dict(COLUMNS), "machine": "machine", "device": "device"}
+HEADERS = {**dict(COLUMNS), "machine": "machine", "device": "device", "record": "record"}
 DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
 FORMATS = ("table", "markdown", "csv", "json")
 # Beyond the columns, each row carries these (results.csv, JSON), each added after those
@@ -360,13 +360,31 @@ def printed_table(rows: list[dict], fmt: str = "table", columns: Sequence[str] =
     out one by one until the table is at most ``width`` characters wide."""
     if columns or fmt != "table":
         return format_rows(rows, fmt, columns), []
-    headers, cells = _text_cells(rows, PRINTED)
+    apart = telling_apart(rows)
+    printed = (*PRINTED[:3], *apart, *PRINTED[3:])
+    always = ALWAYS_PRINTED + len(apart)
+    headers, cells = _text_cells(rows, printed)
     widths = _widths(headers, cells)
-    keep = len(PRINTED)
+    keep = len(printed)
     # widths[0] is the Pareto mark; each column after it takes two spaces more.
-    while keep > ALWAYS_PRINTED and widths[0] + sum(w + 2 for w in widths[1:keep + 1]) > width:
+    while keep > always and widths[0] + sum(w + 2 for w in widths[1:keep + 1]) > width:
         keep -= 1
-    return format_rows(rows, fmt, PRINTED[:keep]), list(PRINTED[keep:])
+    return format_rows(rows, fmt, printed[:keep]), list(printed[keep:])
+
+
+def telling_apart(rows: list[dict]) -> tuple[str, ...]:
+    """The column that tells apart rows of one model, runtime and precision (a model
+    benchmarked twice): the machine where each such row has its own, else the record; none
+    where no row repeats. Printed after the precision, never left out to fit."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["runtime"], r["precision"]), []).append(r)
+    twins = [g for g in groups.values() if len(g) > 1]
+    if not twins:
+        return ()
+    if all(len({r.get("machine") for r in g}) == len(g) for g in twins):
+        return ("machine",)
+    return ("record",)
 
 
 def _text_cells(rows: list[dict], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
