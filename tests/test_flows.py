@@ -293,6 +293,7 @@ def test_prune_reaches_the_asked_sparsity_in_every_layer(trained, pruned):
     assert metrics["sparsity"] == pytest.approx(_zeros(kernels))
     assert metrics["test"]["accuracy"] >= PRUNE_FLOOR, metrics["test"]
     assert (metrics["parent"], metrics["variant"]) == (RUN, "magnitude-pruned")
+    assert metrics["device"]["kind"] == "cpu" and metrics["backend"] == "tensorflow"
     assert f"test accuracy {metrics['test']['accuracy']:.4f}" in output
 
 

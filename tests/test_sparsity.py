@@ -28,6 +28,7 @@ def test_sparsify_reaches_the_target(parents):
     m = sparsify(RunDir.named(results, "p-selu"), ds, results, "s80", target=0.8)
     assert m["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert m["parent"] == "p-selu" and m["variant"] == "sparsified"
+    assert m["device"]["kind"] == "cpu"  # where it was made, as every run record says
     assert [l["shape"] for l in m["sparsity_per_layer"]] == [[3072, 32], [32, 32], [32, 10]]
     model = keras.saving.load_model(RunDir.named(results, "s80").model)
     kernels = [np.asarray(l.kernel) for l in model.layers if isinstance(l, keras.layers.Dense)]

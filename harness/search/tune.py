@@ -482,12 +482,8 @@ def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
                      ds: data_mod.Dataset, splits: data_mod.Splits, label: str) -> dict:
     """A trial's model as a normal run directory at ``run`` (config, model, history,
     metrics evaluated on every split, named ``label``); returns the evaluation."""
-    import keras
-
-    from harness.core.records import library_versions
     from harness.train.evaluate import evaluate_splits
-    from harness.train.fit import save_model
-    from harness.train.models import count_params
+    from harness.train.fit import run_record, save_model
 
     model = tuner.load_model(trial)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -497,15 +493,13 @@ def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
     history = meta.get("history", {})
     _write_trial_history(history, run)
     evaluated = evaluate_splits(model, splits)
-    metrics = {"run": label, "status": COMPLETED, "config": cfg.to_dict(),
-               "data": ds.record, "params": count_params(model), "versions": library_versions(),
-               "backend": keras.backend.backend(), "epochs_run": len(history.get("loss", [])),
-               # where the trial trained (its worker's record; none from before issue 21)
-               **({"device": meta["device"]} if "device" in meta else {}),
-               "best_epoch": int(np.argmax(history.get("val_accuracy", [0])) + 1),
-               "wall_time_s": round(sum(history.get("epoch_seconds", [])), 3),
-               "tuning": {"name": root.name, "trial_id": trial.trial_id,
-                          "score": float(trial.score)}, **evaluated}
+    # The device: where the trial trained (its worker's record; none from before issue 21).
+    metrics = run_record(label, cfg, model, ds, meta.get("device"), status=COMPLETED,
+                         epochs_run=len(history.get("loss", [])),
+                         best_epoch=int(np.argmax(history.get("val_accuracy", [0])) + 1),
+                         wall_time_s=round(sum(history.get("epoch_seconds", [])), 3),
+                         tuning={"name": root.name, "trial_id": trial.trial_id,
+                                 "score": float(trial.score)}, **evaluated)
     run.write_metrics(metrics)
     return evaluated
 

@@ -375,10 +375,9 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
     if initial_weights is not None:
         model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))
-    base = {**(record or {}), "run": run.name, "config": cfg.to_dict(), "data": ds.record,
-            "params": count_params(model), "versions": library_versions(),
-            "backend": keras.backend.backend(), "device": device.record, "started_at": _now(),
-            "resumed_from_epoch": resume_from, **({"teacher": teacher} if teacher else {})}
+    base = run_record(run.name, cfg, model, ds, device.record, **(record or {}),
+                      started_at=_now(), resumed_from_epoch=resume_from,
+                      **({"teacher": teacher} if teacher else {}))
     run.write_metrics({**base, "status": RUNNING})
     if resume_from:
         print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
@@ -410,6 +409,27 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
                **evaluate_splits(best_model, splits), **_without_tta(cfg, best_model, splits)}
     run.write_metrics(metrics)
     return metrics
+
+
+_THIS_PROCESS = object()
+
+
+def run_record(name: str, cfg: TrainConfig, model, ds: data_mod.Dataset,
+               device=_THIS_PROCESS, **fields) -> dict:
+    """The fields every trained run's metrics.json is made of, assembled here once (train,
+    tune's trial runs, sparsify, prune, prune-units), then ``fields``: its name, config,
+    data, parameters, library versions, Keras backend and the device it trained on (this
+    process's, unless given; None leaves it out, for a trial whose worker did not say)."""
+    import keras
+
+    from harness.core.hardware import select
+
+    if device is _THIS_PROCESS:
+        device = select(keras.backend.backend()).record
+    return {"run": name, "config": cfg.to_dict(), "data": ds.record,
+            "params": count_params(model), "versions": library_versions(),
+            "backend": keras.backend.backend(), **({"device": device} if device else {}),
+            **fields}
 
 
 def _without_tta(cfg: TrainConfig, model, splits) -> dict:

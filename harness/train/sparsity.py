@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.config import from_dict
-from harness.core.records import COMPLETED, RunDir, library_versions
+from harness.core.records import COMPLETED, RunDir
 from harness.data import cifar as data_mod
 from harness.train.evaluate import evaluate_splits
 from harness.train.models import load_keras_model
@@ -56,10 +56,7 @@ def kernel_sparsity(model) -> tuple[float, list[dict]]:
 def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, name: str,
                    record: dict) -> dict:
     """A derived model as a run directory: parent's config, model.keras, metrics.json."""
-    import keras
-
-    from harness.train.fit import save_model
-    from harness.train.models import count_params
+    from harness.train.fit import run_record, save_model
 
     cfg = replace(from_dict(parent.read_config()), name=name)
     overall, per_layer = kernel_sparsity(model)
@@ -67,10 +64,9 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg.to_dict())
     save_model(model, run.model)
-    metrics = {"run": name, "status": COMPLETED, "parent": parent.name, **record,
-               "config": cfg.to_dict(), "sparsity": overall, "sparsity_per_layer": per_layer,
-               "data": ds.record, "params": count_params(model), "versions": library_versions(),
-               "backend": keras.backend.backend(), **evaluate_splits(model, data_mod.split(ds))}
+    metrics = run_record(name, cfg, model, ds, status=COMPLETED, parent=parent.name, **record,
+                         sparsity=overall, sparsity_per_layer=per_layer,
+                         **evaluate_splits(model, data_mod.split(ds)))
     run.write_metrics(metrics)
     return metrics
 
