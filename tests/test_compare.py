@@ -615,8 +615,8 @@ def test_report_files_are_written(results, tmp_path):
     out = tmp_path / "report"
     report = cmp.compare([results], out)
     assert sorted(p.name for p in report.files) == [
-        "accuracy_vs_flash.png", "accuracy_vs_latency.png", "report.md", "results.csv",
-        "training_curves.png"]
+        "accuracy_vs_flash.png", "accuracy_vs_latency.html", "accuracy_vs_latency.png",
+        "report.md", "results.csv", "training_curves.png"]
     _check_png(out / "accuracy_vs_latency.png")
     _check_png(out / "accuracy_vs_flash.png")
     _check_png(out / "training_curves.png")
@@ -771,3 +771,26 @@ def test_a_model_benchmarked_twice_is_told_apart_in_the_printed_table(tmp_path):
     assert "record" in table.printed_table(same, width=200)[0].splitlines()[0]
     once = [r for r in rows if "Fast" in r["machine"]]
     assert "machine" not in table.printed_table(once, width=200)[0].splitlines()[0]
+
+
+def test_the_chart_colours_families_fades_the_rest_and_has_an_offline_page(results, tmp_path):
+    """Colour by family, marker by precision, off-front points faded; the HTML page holds
+    one hover title per timed row naming its model, runtime, precision and record, and
+    loads nothing from elsewhere."""
+    import re
+
+    report = cmp.compare([results], tmp_path / "report")
+    timed = [r for r in report.rows if r["p50_us"] is not None]
+    ax = plots.accuracy_latency_figure(report.rows).axes[0]
+    alphas = sorted({c.get_alpha() for c in ax.collections})
+    assert alphas == ([0.3, 0.95] if not all(r["pareto"] for r in timed) else [0.95])
+    families = [t.get_text() for t in ax.artists[0].get_texts()] if ax.artists else [
+        t.get_text() for t in ax.get_legend().get_texts()]
+    assert "fully connected" in families or "CNN" in families
+    page = (tmp_path / "report" / "accuracy_vs_latency.html").read_text()
+    titles = re.findall(r"<title>([^<]*)</title>", page)
+    for r in timed:
+        assert any(t.startswith(f"{r['model']}: {r['runtime']} {r['precision']}")
+                   and r["record"] in t for t in titles), r
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page and "<script" not in page

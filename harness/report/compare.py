@@ -27,6 +27,7 @@ from pathlib import Path
 
 from harness.core.records import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from harness.report.collect import Records, collect_records, display_path
+from harness.report.html import accuracy_latency_html
 from harness.report.plots import (
     MLPERF_TINY_TARGET,
     plot_accuracy_flash,
@@ -91,8 +92,11 @@ def report(records: Records, out: Path, sort: str = "accuracy",
 
 def write_report(records: Records, rows: list[dict], versus: dict[str, list[Matchup]], out: Path,
                  sources: Sequence[Path]) -> list[Path]:
-    """report.md, results.csv and the three PNGs in ``out``, each written atomically."""
+    """report.md, results.csv, the three PNGs and the chart's HTML page (hover for each
+    point's details) in ``out``, each written atomically."""
     files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
+             "accuracy_vs_latency.html": accuracy_latency_html(rows, "; ".join(machines(rows)))
+             .encode(),
              "accuracy_vs_flash.png": plot_accuracy_flash(rows),
              "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs))}
     for name, png in files.items():
@@ -159,8 +163,10 @@ def render_markdown(records: Records, rows: list[dict], versus: dict[str, list[M
         "![accuracy vs latency](accuracy_vs_latency.png)", "",
         ("Each point is one model through one runtime at one precision: up is more accurate, "
         "left answers a single image faster (log scale: each grid line is ten times slower "
-        "than the one to its left). Colour names the model, the marker the runtime and "
-        f"precision. {front} Runs "
+        "than the one to its left). Colour names the model's family (fully connected, CNN, "
+        "imported), the marker its precision; points off their machine's front are faded. "
+        "`accuracy_vs_latency.html` is the same chart with each point's model, runtime and "
+        f"record on hover. {front} Runs "
         "without a bench record have no latency and appear only in the table."), "",
         "## Accuracy against flash", "",
         "![accuracy vs flash](accuracy_vs_flash.png)", "",

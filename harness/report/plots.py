@@ -65,26 +65,24 @@ def plot_accuracy_latency(rows: list[dict], machine: str = "") -> bytes:
 
 
 def accuracy_latency_figure(rows: list[dict], machine: str = ""):
-    """The Matplotlib Figure plot_accuracy_latency saves."""
+    """The Matplotlib Figure plot_accuracy_latency saves: colour = the model's family
+    (fully connected, CNN, imported), marker = precision; points off their machine's
+    front faded; each front a step line, its points labelled."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     timed = [r for r in rows if r["p50_us"] is not None]
-    models = list(dict.fromkeys(r["model"] for r in timed))
-    kinds = list(dict.fromkeys(_kind_label(r) for r in timed))
     machines = sorted({r["machine"] for r in timed})
-    # 6.5 inches hold the two legends' 28 rows at 8 points; each further row takes 0.18.
-    fig = _figure(11, 6.5 + 0.18 * max(0, len(models) + len(kinds) + len(machines) - 28))
+    fig = _figure(11, 6.5)
     ax = fig.add_subplot()
     title = "Test accuracy against batch-1 latency (p50, one thread)"
     ax.set_title(title + (f"\n{machine}" if machine else ""), fontsize=11)
     if not timed:
         _nothing_to_plot(ax, "no bench records: no latency to plot")
         return fig
-    cmap = _colours(len(models))
-    for r in timed:
-        ax.scatter(r["p50_us"], r["accuracy"] * 100, s=46, alpha=0.85, zorder=3,
-                   color=cmap[models.index(r["model"])],
-                   marker=MARKERS[kinds.index(_kind_label(r)) % len(MARKERS)],
+    for r in sorted(timed, key=lambda r: r["pareto"]):  # the front drawn last, on top
+        ax.scatter(r["p50_us"], r["accuracy"] * 100, s=46 if r["pareto"] else 30, zorder=3,
+                   alpha=0.95 if r["pareto"] else 0.3, color=FAMILY_COLOURS[family_of(r)],
+                   marker=PRECISION_MARKERS.get(r["precision"], "X"),
                    edgecolors="black" if r["pareto"] else "none", linewidths=1.2)
     front = sorted((r for r in timed if r["pareto"]), key=lambda r: (r["p50_us"], r["accuracy"]))
     for (colour, style), on in zip(FRONTS * len(machines), machines):
@@ -102,7 +100,8 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", axis="x", alpha=0.15)
-    _legends(ax, models, kinds, cmap, machines)
+    _legends(ax, sorted({family_of(r) for r in timed}, key=list(FAMILY_COLOURS).index),
+             sorted({r["precision"] for r in timed}, key=_precision_order), machines)
     if len(machines) > 1:
         _label_fronts(fig, ax, front)
     else:
@@ -111,16 +110,37 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
     return fig
 
 
+# The chart's colours: a model's family (harness.report.versus.kind_of, imports apart).
+FAMILY_COLOURS = {"fully connected": "tab:blue", "CNN": "tab:orange", "imported": "tab:green",
+                  "unknown": "0.5"}
+PRECISION_MARKERS = {"float32": "o", "float16": "D", "dynamic": "P", "int8": "s"}
+
+
+def family_of(row: dict) -> str:
+    """fully connected, CNN, imported (a model harness did not train) or unknown (a bench
+    record without its run)."""
+    from harness.report.versus import CONV, DENSE, kind_of
+
+    if str(row.get("variant") or "").startswith("imported"):
+        return "imported"
+    return {DENSE: "fully connected", CONV: "CNN"}.get(kind_of(row["architecture"]), "unknown")
+
+
 def _label_imported(ax, rows: list[dict]) -> None:
     """Imported models (harness import: a published reference, say) are labelled as such
     wherever they lie; off the front, below and to the right of the point, where front
     labels (up and to the left) do not go."""
     for r in rows:
-        if str(r.get("variant") or "").startswith("imported"):
+        if family_of(r) == "imported":
             ax.annotate(f"{_model_label(r)}\n{_kind_label(r)}",
                         (r["p50_us"], r["accuracy"] * 100), xytext=(7, -6),
                         textcoords="offset points", fontsize=8, ha="left", va="top",
                         bbox=_LABEL_BOX)
+
+
+def _precision_order(name: str) -> int:
+    order = list(PRECISION_MARKERS)
+    return order.index(name) if name in order else len(order)
 
 
 _LABEL_BOX = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9}
@@ -226,17 +246,23 @@ def _model_legend(ax, models: list[str], cmap: list) -> None:
                             bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9))
 
 
-def _legends(ax, models: list[str], kinds: list[str], cmap: list, machines: list[str]) -> None:
+def _legends(ax, families: list[str], precisions: list[str], machines: list[str]) -> None:
+    """Colour by family (top right), marker by precision and each machine's front (below)."""
     from matplotlib.lines import Line2D
 
-    _model_legend(ax, models, cmap)
-    by_kind = [Line2D([], [], marker=MARKERS[i % len(MARKERS)], linestyle="", color="0.4",
-                      label=k) for i, k in enumerate(kinds)]
+    by_family = [Line2D([], [], marker="o", linestyle="", color=FAMILY_COLOURS[f], label=f)
+                 for f in families]
+    by_family.append(Line2D([], [], marker="o", linestyle="", color="0.5", alpha=0.3,
+                            label="off the front (faded)"))
+    ax.add_artist(ax.legend(handles=by_family, title="family", loc="upper left",
+                            bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9))
+    by_kind = [Line2D([], [], marker=PRECISION_MARKERS.get(p, "X"), linestyle="", color="0.4",
+                      label=p) for p in precisions]
     by_kind += [Line2D([], [], color=colour, linestyle=style, marker="o", markerfacecolor="w",
                        markeredgecolor="black",
                        label="Pareto front" + (f", {on}" if len(machines) > 1 else ""))
                 for (colour, style), on in zip(FRONTS * len(machines), machines)]
-    ax.legend(handles=by_kind, title="runtime, precision", loc="lower left",
+    ax.legend(handles=by_kind, title="precision", loc="lower left",
               bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
 
 
