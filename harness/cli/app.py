@@ -215,12 +215,6 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
     return None, None
 
 
-def _import_info(run_dir: RunDir) -> dict | None:
-    from harness.imports.imported import read_import
-
-    return read_import(run_dir)
-
-
 def _select_backend(backend: str | None) -> None:
     """Point Keras at ``backend`` before it is imported (it reads KERAS_BACKEND once)."""
     if backend is None or "keras" in sys.modules:

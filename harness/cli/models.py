@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from harness.cli.app import Context, Refused, _import_info, _name_option, _run_dir, main
+from harness.cli.app import Context, Refused, _name_option, _run_dir, main
 from harness.core.precisions import NAMES as PRECISION_NAMES
 from harness.core.records import RunDir
 from harness.data import cifar as data_mod
@@ -83,7 +83,7 @@ def export(obj: Context, run: Path, formats, quantizations):
     from harness.export import convert as export_mod
 
     run_dir = _run_dir(obj, run)
-    info = _import_info(run_dir)
+    info = run_dir.read_import()
     if info is not None and not run_dir.model.exists():
         raise Refused(f"{run}: an imported {info['format']}; harness exports Keras and .h5 "
                       "imports (a .tflite or .onnx is an export already: bench, predict and "

@@ -13,7 +13,6 @@ from harness.cli.app import (
     Context,
     Refused,
     _derived_name,
-    _import_info,
     _name_option,
     _run_dir,
     _select_backend,
@@ -378,7 +377,7 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
 def evaluate(obj: Context, run: Path):
     """Re-evaluate a saved run (a name under results/runs/ or a path) on val and test."""
     run_dir = _run_dir(obj, run)
-    info = _import_info(run_dir)
+    info = run_dir.read_import()
     if info is not None:
         from harness.imports.imported import (
             ImportRefused,

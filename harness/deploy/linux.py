@@ -99,9 +99,8 @@ def deploy_run(run: RunDir, ds, out: Path, target: str = "linux", runtime: str =
 
     Returns ``{"folder", "archive", "sha256", "manifest"}``. DeployError (or ExportError)
     when the bundle cannot be made; ``out`` is then left as it was."""
-    from harness.imports.imported import read_import
 
-    info = read_import(run)
+    info = run.read_import()
     if info is not None and not run.model.exists():  # an imported .tflite or .onnx
         quantization = check_imported(run, info, target, runtime, quantization)
     quantization = check_options(target, runtime, quantization, flash_kb, ram_kb)
@@ -134,10 +133,9 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
     from harness.data import cifar as data_mod
     from harness.export import runtimes
     from harness.export.bench import latency_us
-    from harness.imports.imported import read_import
 
     fmt, package = RUNTIMES[runtime]["format"], RUNTIMES[runtime]["package"]
-    info = read_import(run)
+    info = run.read_import()
     if info is not None and not run.model.exists():
         rec, exported = imported_export(run, info)
         shutil.copyfile(exported, folder / rec["file"])

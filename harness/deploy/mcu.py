@@ -281,7 +281,6 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
     from harness.core.contract import Contract
     from harness.data import cifar as data_mod
     from harness.export import footprint as fp
-    from harness.imports.imported import read_import
     from harness.train.models import load_keras_model
 
     run, folder = (run if isinstance(run, RunDir) else RunDir(Path(run))), Path(folder)
@@ -295,7 +294,7 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
         raise DeployError(str(e)) from None
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    info = read_import(run)
+    info = run.read_import()
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mcu-export.") as scratch:
         if info is not None and not run.model.exists():  # an imported int8 file, as it is
             rec, model_file = imported_export(run, info)
