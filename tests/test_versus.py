@@ -67,7 +67,7 @@ def test_frontier_records_are_collected_and_set_against_each_other(tmp_path):
 
 def test_committed_records_answer_all_three_questions(tmp_path):
     """The committed records hold a matchup on every axis; the CNN leads on each at the
-    largest common limit (what docs/frontier.md states)."""
+    largest common limit (what docs/lab/frontier.md states)."""
     made = report(collect.collect_records([COMMITTED]), tmp_path / "report")
     for axis, found in made.versus.items():
         both = [m for m in found if m.gap_points is not None]
