@@ -61,13 +61,13 @@ def test_set_and_config_files_use_the_declaration(tmp_path):
 
 
 def test_docs_settings_table_is_up_to_date():
-    text = (REPO / "docs" / "training.md").read_text()
+    text = (REPO / "docs" / "settings.md").read_text()
     found = re.search(r"<!-- settings-table:begin -->\n(.*?)\n<!-- settings-table:end -->",
                       text, re.S)
-    assert found, "docs/training.md lacks the settings-table markers"
+    assert found, "docs/settings.md lacks the settings-table markers"
     assert found.group(1) == settings_table(), (
-        "docs/training.md's settings table is out of date: run "
-        "`python -m harness.core.config docs/training.md`")
+        "docs/settings.md's settings table is out of date: run "
+        "`python -m harness.core.config docs/settings.md`")
 
 
 def test_saved_config_is_read_whole_whatever_todays_preset(tmp_path):

@@ -225,7 +225,7 @@ def problem(f: dataclasses.Field, value: Any, cfg: TrainConfig | None = None) ->
 
 
 def settings_table() -> str:
-    """The Markdown table of every training setting, for docs/training.md."""
+    """The Markdown table of every training setting, for docs/settings.md."""
     lines = ["| flag (config key) | default | allowed | applies to | what it does |",
              "| --- | --- | --- | --- | --- |"]
     for name, f in SETTINGS.items():
@@ -383,7 +383,7 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def update_docs(path: Path) -> None:
-    """Rewrite the settings table between its markers in ``path`` (docs/training.md)."""
+    """Rewrite the settings table between its markers in ``path`` (docs/settings.md)."""
     text = Path(path).read_text(encoding="utf-8")
     begin, end = "<!-- settings-table:begin -->", "<!-- settings-table:end -->"
     if begin not in text or end not in text:
@@ -393,7 +393,7 @@ def update_docs(path: Path) -> None:
                           encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m harness.core.config docs/training.md
+if __name__ == "__main__":  # python -m harness.core.config docs/settings.md
     import sys
 
     update_docs(Path(sys.argv[1]))
