@@ -99,3 +99,10 @@ def test_record_pattern_finds_paths():
     assert LINK.findall("[a](docs/x.md) ![b](img.png) [c](https://e.org)") == [
         "docs/x.md", "img.png", "https://e.org"]
     assert _slug("Against the CNN, and the targets") == "against-the-cnn-and-the-targets"
+
+
+@pytest.mark.parametrize("page", PAGES[1:], ids=_name)
+def test_user_pages_are_short(page):
+    """A user page says how to do a job; how each result was reached goes to docs/lab/."""
+    size = len(page.read_text(encoding="utf-8"))
+    assert size <= README_LIMIT, f"{_name(page)} is {size} characters (at most {README_LIMIT})"
