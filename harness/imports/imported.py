@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.contract import CIFAR_MEAN, CIFAR_STD, Contract, ContractModel
-from harness.core.records import COMPLETED, IMPORTED, RunDir, atomic_write_json, check_name
+from harness.core.records import COMPLETED, IMPORTED, NAME, RunDir, atomic_write_json
 from harness.edge.predict import sha256
 from harness.imports import foreign
 
@@ -67,20 +67,22 @@ def sha256_of(path: Path) -> str:
 
 # --------------------------------------------------------------------------- opening
 
-def open_model(path: Path, fmt: str, contract: Contract, threads: int = 1) -> ContractModel:
+def open_model(path: Path, fmt: str, contract: Contract, threads: int = 1,
+               loaded=None) -> ContractModel:
     """The file through its own runtime, behind its contract: uint8 pixels in,
-    probabilities out."""
+    probabilities out. ``loaded``: the Keras model or SavedModel function already loaded
+    from ``path`` (an import loads it once)."""
     if fmt in foreign.FILE_RUNTIMES:
         from harness.export import runtimes
 
         runtime = runtimes.load(path, threads)
         return ContractModel(runtime, contract, float_pixels=fmt == "onnx")
     if fmt in ("keras", "h5"):
-        model = foreign.load_keras(path, fmt)
+        model = loaded if loaded is not None else foreign.load_keras(path, fmt)
         return ContractModel(lambda x: np.asarray(model(x, training=False)), contract,
                              name="keras-call", float_pixels=True)
-    return ContractModel(foreign.load_saved_model(path), contract, name="tensorflow",
-                         float_pixels=True)
+    call = loaded if loaded is not None else foreign.load_saved_model(path)
+    return ContractModel(call, contract, name="tensorflow", float_pixels=True)
 
 
 def open_run(run: RunDir, info: dict | None = None, threads: int = 1) -> ContractModel:
@@ -197,7 +199,7 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
         sources.append("input from the file's input quantization")
     contract = Contract(layout=layout, output=output or "probs",
                         **{"channels": "rgb", "input": "raw", **declared})
-    model = open_model(path, fmt, contract)
+    model = open_model(path, fmt, contract, loaded=keras_model or saved)
     splits = data_mod.split(ds)
     if output is None:
         detected = detect_output(model, splits.val.x[:OUTPUT_PROBE])
@@ -233,7 +235,7 @@ def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel
     stage = Path(tempfile.mkdtemp(dir=run.path.parent, prefix=f".{run.name}.", suffix=".tmp"))
     try:
         work = RunDir(stage / run.name)
-        file_name = path.name if _safe_name(path.name) else f"model{path.suffix.lower()}"
+        file_name = path.name if NAME.fullmatch(path.name) else f"model{path.suffix.lower()}"
         target = work.path / "source" / file_name
         target.parent.mkdir(parents=True)
         if fmt == "saved_model":
@@ -278,14 +280,6 @@ def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return run.read_metrics()
-
-
-def _safe_name(name: str) -> bool:
-    try:
-        check_name(name)
-        return True
-    except ValueError:
-        return False
 
 
 def _size(path: Path) -> int:
