@@ -136,3 +136,19 @@ def finish_bundle(folder: Path, manifest: dict) -> tuple[Path, str]:
     atomic_write_bytes(archive.with_name(archive.name + ".sha256"),
                        f"{digest}  {archive.name}\n".encode())
     return archive, digest
+
+
+# How harness' own exports take their pixels, in a manifest's words.
+OWN_PIXELS = ("raw RGB values 0-255, neither scaled nor standardized (the model standardizes "
+              "them itself)")
+
+
+def declared_contract(declared=None) -> dict:
+    """A manifest's ``pixels`` and ``contract`` for a model's input: harness' own exports
+    (``declared`` None) take the pixels as they are; an imported file, as it was declared
+    (harness.core.contract.Contract)."""
+    from harness.core.contract import Contract
+
+    contract = declared or Contract()
+    return {"pixels": OWN_PIXELS if declared is None else contract.words(),
+            "contract": contract.to_dict()}

@@ -42,6 +42,7 @@ from harness.deploy.bundle import (
     DeployError,
     check_imported,
     check_name,
+    declared_contract,
     export_in_scratch,
     finish_bundle,
     imported_export,
@@ -186,9 +187,7 @@ def input_contract(model, declared=None) -> dict:
     """What the model file takes, read off the file through its runtime, and the contract
     (harness.core.contract) that turns 0-255 RGB pixels into it: harness' own exports take
     them as they are; an imported file, as it was declared."""
-    from harness.core.contract import Contract
-
-    own, declared = declared is None, declared or Contract()
+    words = declared_contract(declared)
     if model.name == "litert":
         dtype = np.dtype(model.input["dtype"]).name
         shape = [int(d) for d in model.input["shape_signature"]]
@@ -201,12 +200,11 @@ def input_contract(model, declared=None) -> dict:
         dtype = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}[spec.type]
         shape = [d if isinstance(d, int) else -1 for d in spec.shape]
         extra = {}
-    return {"pixels": "raw RGB values 0-255, neither scaled nor standardized (the model "
-                      "standardizes them itself)" if own else declared.words(),
+    return {"pixels": words["pixels"],
             "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)"
-                      if declared.layout == "nhwc" else "CHW, batch first: (batch, channels, "
-                      "height 32, width 32)",
-            "contract": declared.to_dict(),
+                      if words["contract"]["layout"] == "nhwc" else "CHW, batch first: "
+                      "(batch, channels, height 32, width 32)",
+            "contract": words["contract"],
             "shape": shape, "dtype": dtype, **extra,
             "batch": "the first dimension; -1 means any size (predict.py sends up to 256 "
                      "images a call; the latency is for 1)",

@@ -34,7 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.records import RunDir, atomic_write_text
-from harness.deploy.bundle import DeployError, export_in_scratch, imported_export
+from harness.deploy.bundle import (
+    DeployError,
+    declared_contract,
+    export_in_scratch,
+    imported_export,
+)
 from harness.export.runtimes import LiteRTRuntime, pixel_rule, without_info_lines
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
@@ -236,16 +241,12 @@ def write_model_files(folder: Path, model_file: Path, footprint: dict, origin: s
 def input_contract(details: dict, declared=None) -> dict:
     """The input as the file expects it, read off TFLM's input details, and the contract
     (harness.core.contract) from 0-255 RGB pixels to it: as they are for harness' exports."""
-    from harness.core.contract import Contract
-
-    own, declared = declared is None, declared or Contract()
     quant = details["quantization_parameters"]
-    contract = {"pixels": "raw RGB values 0-255, neither scaled nor standardized (the model "
-                          "standardizes them itself)" if own else declared.words(),
-                "contract": declared.to_dict(),
+    words = declared_contract(declared)
+    contract = {**words,
                 "layout": "NHWC: (batch 1, height 32, width 32, channels R G B)"
-                          if declared.layout == "nhwc" else "NCHW: (batch 1, channels, "
-                          "height 32, width 32)",
+                          if words["contract"]["layout"] == "nhwc" else "NCHW: (batch 1, "
+                          "channels, height 32, width 32)",
                 "shape": [int(d) for d in details["shape"]],
                 "dtype": np.dtype(details["dtype"]).name}
     if len(quant["scales"]):

@@ -156,8 +156,9 @@ def common_contracts(layout: str, output: str) -> dict[str, Contract]:
 
 def accuracy(model: ContractModel, x: np.ndarray, y: np.ndarray) -> float:
     from harness.export.runtimes import predict_batched
+    from harness.train.evaluate import score
 
-    return float(np.mean(predict_batched(model, x).argmax(1) == y))
+    return score(predict_batched(model, x), y)["accuracy"]
 
 
 def suggest_contract(model: ContractModel, x: np.ndarray, y: np.ndarray) -> tuple[str, float]:
