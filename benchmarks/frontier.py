@@ -41,12 +41,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archive", help="CIFAR-10 archive (default: $HARNESS_ARCHIVE or the cache)")
     p.add_argument("--preset", default="mlp-frontier")
-    p.add_argument("--budget-min", type=float, default=30.0,
-                   help="wall-time budget of the real run, minutes")
+    p.add_argument(
+        "--budget-min", type=float, default=30.0, help="wall-time budget of the real run, minutes"
+    )
     p.add_argument("--calibration-epochs", type=int, default=4)
     p.add_argument("--name", help="run name (default: the preset)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set units=2048 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field, e.g. --set units=2048 (repeatable)",
+    )
     p.add_argument("--results", default="results", help="results root for the run directory")
     p.add_argument("--out", default="results/bench", help="folder for the JSON record")
     return p.parse_args(argv)
@@ -97,8 +103,12 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     from harness.train.callbacks import Stopwatch
     from harness.train.fit import read_history
 
-    short = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, 1),
-                                name=f"{cfg.run_name}-calibration")
+    short = dataclasses.replace(
+        cfg,
+        epochs=epochs,
+        warmup_epochs=min(cfg.warmup_epochs, 1),
+        name=f"{cfg.run_name}-calibration",
+    )
     watch = Stopwatch()  # the callbacks' own cost per epoch, and the backup's
     with tempfile.TemporaryDirectory() as tmp:
         if cfg.teacher:
@@ -121,11 +131,20 @@ def calibrate(cfg, ds, epochs: int, results: Path) -> dict:
     per_epoch = timed + callbacks + SAVING_SHARE * saving + backup
     # whatever the epochs at full cost do not explain: compilation, mostly
     first_extra = metrics["wall_time_s"] - epochs * (timed + callbacks + saving + backup)
-    return {"epochs": epochs, "epoch_seconds": seconds, "timed_epoch_s": timed,
-            "callbacks_s": callbacks, "improving_epochs": len(improving), "saving_s": saving,
-            "backup_s": backup, "saving_share": SAVING_SHARE,
-            "seconds_per_epoch": per_epoch, "first_epoch_extra_s": max(first_extra, 0.0),
-            "after_fit_s": max(total - metrics["wall_time_s"], 0.0), "total_s": total}
+    return {
+        "epochs": epochs,
+        "epoch_seconds": seconds,
+        "timed_epoch_s": timed,
+        "callbacks_s": callbacks,
+        "improving_epochs": len(improving),
+        "saving_s": saving,
+        "backup_s": backup,
+        "saving_share": SAVING_SHARE,
+        "seconds_per_epoch": per_epoch,
+        "first_epoch_extra_s": max(first_extra, 0.0),
+        "after_fit_s": max(total - metrics["wall_time_s"], 0.0),
+        "total_s": total,
+    }
 
 
 def accelerator() -> str:
@@ -158,31 +177,48 @@ def main(argv=None) -> int:
     # 3% of the budget is kept as a margin for epoch-to-epoch noise.
     spare = budget * 0.97 - cal["first_epoch_extra_s"] - cal["after_fit_s"]
     epochs = max(math.floor(spare / cal["seconds_per_epoch"]), 1)
-    cfg = dataclasses.replace(cfg, epochs=epochs,
-                              warmup_epochs=min(cfg.warmup_epochs, epochs - 1)).validate()
-    print(f"{cal['seconds_per_epoch']:.2f} s/epoch -> {epochs} epochs in "
-          f"{args.budget_min:g} min", flush=True)
+    cfg = dataclasses.replace(
+        cfg, epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, epochs - 1)
+    ).validate()
+    print(
+        f"{cal['seconds_per_epoch']:.2f} s/epoch -> {epochs} epochs in {args.budget_min:g} min",
+        flush=True,
+    )
     metrics, total = timed_train(cfg, ds, Path(args.results))
     record = {
-        "benchmark": "frontier", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "benchmark": "frontier",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "preset": args.preset, "run": cfg.run_name, "config": cfg.to_dict(),
-        "budget_s": budget, "calibration": cal, "train_call_s": round(total, 2),
-        "within_budget": total <= budget, "budget_used": round(total / budget, 3),
-        "epochs": epochs, "fit_seconds_per_epoch": round(metrics["wall_time_s"] / epochs, 3),
-        "seconds_per_epoch": metrics["seconds_per_epoch"], "best_epoch": metrics["best_epoch"],
-        "params": metrics["params"], "backend": metrics["backend"],
+        "preset": args.preset,
+        "run": cfg.run_name,
+        "config": cfg.to_dict(),
+        "budget_s": budget,
+        "calibration": cal,
+        "train_call_s": round(total, 2),
+        "within_budget": total <= budget,
+        "budget_used": round(total / budget, 3),
+        "epochs": epochs,
+        "fit_seconds_per_epoch": round(metrics["wall_time_s"] / epochs, 3),
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "best_epoch": metrics["best_epoch"],
+        "params": metrics["params"],
+        "backend": metrics["backend"],
         "accuracy": {k: metrics[k]["accuracy"] for k in ("train", "val", "test")},
-        **({"accuracy_without_tta": {k: v["accuracy"] for k, v in
-                                     metrics["without_tta"].items()}}
-           if "without_tta" in metrics else {}),
-        "data": metrics["data"], "machine": {**machine_facts(), "accelerator": accelerator()},
+        **(
+            {"accuracy_without_tta": {k: v["accuracy"] for k, v in metrics["without_tta"].items()}}
+            if "without_tta" in metrics
+            else {}
+        ),
+        "data": metrics["data"],
+        "machine": {**machine_facts(), "accelerator": accelerator()},
     }
     out = Path(args.out) / f"frontier-{cfg.run_name}.json"
     write_record("frontier", out, record)
-    print(f"{cfg.run_name}: test {record['accuracy']['test']:.2%} (val "
-          f"{record['accuracy']['val']:.2%}), {epochs} epochs, train() {total / 60:.1f} min "
-          f"of a {args.budget_min:g} min budget (+{cal['total_s']:.0f} s calibration) -> {out}")
+    print(
+        f"{cfg.run_name}: test {record['accuracy']['test']:.2%} (val "
+        f"{record['accuracy']['val']:.2%}), {epochs} epochs, train() {total / 60:.1f} min "
+        f"of a {args.budget_min:g} min budget (+{cal['total_s']:.0f} s calibration) -> {out}"
+    )
     print(json.dumps(record["accuracy"]))
     if "accuracy_without_tta" in record:
         print("without test-time augmentation:", json.dumps(record["accuracy_without_tta"]))

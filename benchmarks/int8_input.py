@@ -49,18 +49,26 @@ def compare_run(run, ds, rounds: int, calls: int, warmup: int) -> dict:
         loaded = {}
         for pixels in INPUTS:
             path = Path(tmp) / f"model_int8_{pixels}.tflite"
-            path.write_bytes(export_mod.tflite_bytes(
-                saved, "int8", export_mod.representative_images(splits), int8_input=pixels))
+            path.write_bytes(
+                export_mod.tflite_bytes(
+                    saved, "int8", export_mod.representative_images(splits), int8_input=pixels
+                )
+            )
             rt = runtimes.load(path, threads=1)
             probs = runtimes.predict_batched(rt, splits.test.x)
             loaded[pixels] = rt
-            out[pixels] = {"bytes": path.stat().st_size,
-                           "input": {"dtype": np.dtype(rt.input["dtype"]).name,
-                                     "scale": float(rt.input["quantization"][0]),
-                                     "zero_point": int(rt.input["quantization"][1])},
-                           "ops": [op["op_name"] for op in rt.interpreter._get_ops_details()],
-                           "test": score(probs, splits.test.y), "argmax": probs.argmax(1),
-                           "p50_us_rounds": []}
+            out[pixels] = {
+                "bytes": path.stat().st_size,
+                "input": {
+                    "dtype": np.dtype(rt.input["dtype"]).name,
+                    "scale": float(rt.input["quantization"][0]),
+                    "zero_point": int(rt.input["quantization"][1]),
+                },
+                "ops": [op["op_name"] for op in rt.interpreter._get_ops_details()],
+                "test": score(probs, splits.test.y),
+                "argmax": probs.argmax(1),
+                "p50_us_rounds": [],
+            }
         image = splits.test.x[:1]
         for _ in range(rounds):
             for pixels in INPUTS:
@@ -98,15 +106,26 @@ def main() -> None:
         if not run.model.exists():
             sys.exit(f"{name}: no finished run at {run.path}")
         rec = compare_run(run, ds, args.rounds, args.calls, args.warmup)
-        print(f"{name:<24} uint8 {rec['uint8']['p50_us']:6.2f} us  int8 "
-              f"{rec['int8']['p50_us']:6.2f} us  ratio {rec['int8_over_uint8']:.3f}  "
-              f"test {rec['uint8']['test']['accuracy']:.4f} / {rec['int8']['test']['accuracy']:.4f}"
-              f"  same answers {rec['same_answers']:.4f}", flush=True)
+        print(
+            f"{name:<24} uint8 {rec['uint8']['p50_us']:6.2f} us  int8 "
+            f"{rec['int8']['p50_us']:6.2f} us  ratio {rec['int8_over_uint8']:.3f}  "
+            f"test {rec['uint8']['test']['accuracy']:.4f} / {rec['int8']['test']['accuracy']:.4f}"
+            f"  same answers {rec['same_answers']:.4f}",
+            flush=True,
+        )
         runs.append(rec)
-    record = {"benchmark": "int8_input", "command": shlex.join(["python", *sys.argv]),
-              "machine": machine_facts(), "data": ds.record, "rounds": args.rounds,
-              "calls": args.calls, "warmup": args.warmup, "batch": 1, "threads": 1,
-              "runs": runs}
+    record = {
+        "benchmark": "int8_input",
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": machine_facts(),
+        "data": ds.record,
+        "rounds": args.rounds,
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "batch": 1,
+        "threads": 1,
+        "runs": runs,
+    }
     out = Path(args.out) / "int8_input.json"
     atomic_write_json(out, record)
     print(f"wrote {out}")

@@ -53,8 +53,12 @@ def measure_sgemm(n: int = 2048, repeats: int = 10) -> float:
 def machine_facts() -> dict:
     from harness.core.records import machine_facts as facts
 
-    return {**facts(), "threads": {k: os.environ.get(k) for k in (
-        "OMP_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS")}}
+    return {
+        **facts(),
+        "threads": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTRAOP_THREADS")
+        },
+    }
 
 
 def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
@@ -77,8 +81,9 @@ def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
             test_acc.append(evaluate_keras(self.model, splits.test)["accuracy"])
 
     with tempfile.TemporaryDirectory() as results:
-        metrics = train(cfg, ds, Path(results), overwrite=True, verbose=0,
-                        extra_callbacks=[TestWatch()])
+        metrics = train(
+            cfg, ds, Path(results), overwrite=True, verbose=0, extra_callbacks=[TestWatch()]
+        )
         history = read_history(RunDir.named(Path(results), cfg.run_name))
     seconds = [row["epoch_seconds"] for row in history]
     elapsed = np.cumsum(seconds)
@@ -86,16 +91,24 @@ def run_one(preset: str, archive: str, overrides: dict, target: float) -> dict:
     weights = metrics["params"]["trainable"]
     flops = 6 * weights * len(splits.train) + 2 * weights * len(splits.val)
     per_epoch = float(np.median(seconds[1:] or seconds))
-    return {"preset": preset, "config": cfg.to_dict(), "backend": metrics["backend"],
-            "epochs": len(seconds), "best_epoch": metrics["best_epoch"],
-            "seconds_per_epoch": per_epoch, "first_epoch_s": seconds[0],
-            "train_time_s": float(elapsed[-1]),
-            "time_to_target_s": None if reached is None else float(elapsed[reached]),
-            "epochs_to_target": None if reached is None else reached + 1,
-            "final_test_accuracy": metrics["test"]["accuracy"],
-            "best_test_accuracy_seen": max(test_acc), "test_accuracy_per_epoch": test_acc,
-            "epoch_seconds": seconds, "gflop_per_epoch": flops / 1e9,
-            "achieved_gflops": flops / 1e9 / per_epoch}
+    return {
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "backend": metrics["backend"],
+        "epochs": len(seconds),
+        "best_epoch": metrics["best_epoch"],
+        "seconds_per_epoch": per_epoch,
+        "first_epoch_s": seconds[0],
+        "train_time_s": float(elapsed[-1]),
+        "time_to_target_s": None if reached is None else float(elapsed[reached]),
+        "epochs_to_target": None if reached is None else reached + 1,
+        "final_test_accuracy": metrics["test"]["accuracy"],
+        "best_test_accuracy_seen": max(test_acc),
+        "test_accuracy_per_epoch": test_acc,
+        "epoch_seconds": seconds,
+        "gflop_per_epoch": flops / 1e9,
+        "achieved_gflops": flops / 1e9 / per_epoch,
+    }
 
 
 def run_in_subprocess(preset: str, archive: str, overrides: dict, target: float) -> dict:
@@ -106,24 +119,39 @@ def run_in_subprocess(preset: str, archive: str, overrides: dict, target: float)
     if backend:
         env["KERAS_BACKEND"] = backend
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, __file__, "--one", preset, "--archive", archive,
-               "--target", str(target), "--overrides", json.dumps(overrides),
-               "--json-out", out.name]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            preset,
+            "--archive",
+            archive,
+            "--target",
+            str(target),
+            "--overrides",
+            json.dumps(overrides),
+            "--json-out",
+            out.name,
+        ]
         subprocess.run(cmd, env=env, check=True)
         return json.loads(Path(out.name).read_text())
 
 
 def print_table(rows: list[dict], sgemm: float, target: float) -> None:
-    head = (f"{'preset':<14}{'backend':<11}{'batch':>6}{'s/epoch':>9}{'speed-up':>9}"
-            f"{'to ' + format(target, '.0%'):>9}{'epochs':>7}{'test':>8}{'GFLOP/s':>9}{'sgemm':>7}")
+    head = (
+        f"{'preset':<14}{'backend':<11}{'batch':>6}{'s/epoch':>9}{'speed-up':>9}"
+        f"{'to ' + format(target, '.0%'):>9}{'epochs':>7}{'test':>8}{'GFLOP/s':>9}{'sgemm':>7}"
+    )
     print(head)
     for r in rows:
         ratio = r.get("speedup_vs_study")
         to_target = f"{r['time_to_target_s']:.1f}s" if r["time_to_target_s"] else "never"
-        print(f"{r['preset']:<14}{r['backend']:<11}{r['config']['batch_size']:>6}"
-              f"{r['seconds_per_epoch']:>9.3f}{(f'{ratio:.1f}x' if ratio else '-'):>9}"
-              f"{to_target:>9}{r['epochs']:>7}{r['final_test_accuracy']:>8.2%}"
-              f"{r['achieved_gflops']:>9.1f}{r['achieved_gflops'] / sgemm:>7.0%}")
+        print(
+            f"{r['preset']:<14}{r['backend']:<11}{r['config']['batch_size']:>6}"
+            f"{r['seconds_per_epoch']:>9.3f}{(f'{ratio:.1f}x' if ratio else '-'):>9}"
+            f"{to_target:>9}{r['epochs']:>7}{r['final_test_accuracy']:>8.2%}"
+            f"{r['achieved_gflops']:>9.1f}{r['achieved_gflops'] / sgemm:>7.0%}"
+        )
     print(f"numpy sgemm (2048^3, float32) in this run: {sgemm:.0f} GFLOP/s")
 
 
@@ -158,10 +186,16 @@ def main() -> None:
         r["speedup_vs_study"] = base["seconds_per_epoch"] / r["seconds_per_epoch"] if base else None
         r["sgemm_share"] = r["achieved_gflops"] / sgemm
     print_table(rows, sgemm, args.target)
-    record = {"benchmark": "train_speed", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": machine_facts(), "sgemm_gflops": sgemm, "target": args.target,
-              "overrides": overrides, "results": rows}
+    record = {
+        "benchmark": "train_speed",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_facts(),
+        "sgemm_gflops": sgemm,
+        "target": args.target,
+        "overrides": overrides,
+        "results": rows,
+    }
     out = Path(args.out) / "train_speed.json"
     atomic_write_json(out, record)
     print(f"wrote {out}")

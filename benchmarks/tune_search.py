@@ -33,10 +33,27 @@ from pathlib import Path
 
 def run_search(args, name: str, preset: str, flags: list[str]) -> dict:
     """One search as a child process; its record (command, times, memory, summary)."""
-    command = [sys.executable, "-m", "harness.cli", "--archive", args.archive,
-               "--results", args.results, "tune", "--preset", preset,
-               "--tuner", "bayesian", "--max-trials", str(args.max_trials),
-               "--epochs", str(args.epochs), "--name", name, *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "--archive",
+        args.archive,
+        "--results",
+        args.results,
+        "tune",
+        "--preset",
+        preset,
+        "--tuner",
+        "bayesian",
+        "--max-trials",
+        str(args.max_trials),
+        "--epochs",
+        str(args.epochs),
+        "--name",
+        name,
+        *flags,
+    ]
     t0 = time.perf_counter()
     child = subprocess.Popen(command)
     _, status, usage = os.wait4(child.pid, 0)
@@ -47,12 +64,15 @@ def run_search(args, name: str, preset: str, flags: list[str]) -> dict:
     summary = json.loads((root / "summary.json").read_text())
     trials = json.loads((root / "trials.json").read_text())
     seconds = [t["trial_seconds"] for t in trials if t.get("trial_seconds") is not None]
-    return {"name": name, "command": " ".join(["harness", *command[3:]]),
-            "wall_time_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "rss_mb_after_each_trial": [t["rss_mb"] for t in trials
-                                        if t.get("rss_mb") is not None],
-            "seconds_per_trial": round(sum(seconds) / len(seconds), 1) if seconds else None,
-            "summary": summary}
+    return {
+        "name": name,
+        "command": " ".join(["harness", *command[3:]]),
+        "wall_time_s": round(wall, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "rss_mb_after_each_trial": [t["rss_mb"] for t in trials if t.get("rss_mb") is not None],
+        "seconds_per_trial": round(sum(seconds) / len(seconds), 1) if seconds else None,
+        "summary": summary,
+    }
 
 
 def main() -> None:
@@ -61,9 +81,13 @@ def main() -> None:
     parser.add_argument("--results", default="results/reference")
     parser.add_argument("--name", default="study-bn-elu")
     parser.add_argument("--preset", default="bn-elu")
-    parser.add_argument("--search", action="append", default=[],
-                        metavar="NAME=PRESET [FLAGS]",
-                        help="a search to run (repeatable; default: --name=--preset)")
+    parser.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="NAME=PRESET [FLAGS]",
+        help="a search to run (repeatable; default: --name=--preset)",
+    )
     parser.add_argument("--max-trials", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="results/bench")
@@ -77,17 +101,24 @@ def main() -> None:
         preset, *flags = shlex.split(rest)
         searches.append(run_search(args, name, preset, flags))
         done = searches[-1]
-        print(f"{name}: {done['summary']['search_seconds']:.0f} s of search, "
-              f"{done['seconds_per_trial']} s per trial, wall {done['wall_time_s'] / 60:.1f} "
-              f"min, peak memory {done['peak_rss_mb']:.0f} MB; best val accuracy "
-              f"{done['summary']['best_val_accuracy']:.4f} (study: 0.5198), test "
-              f"{done['summary']['best_test_accuracy']:.4f} (study: 0.511)")
+        print(
+            f"{name}: {done['summary']['search_seconds']:.0f} s of search, "
+            f"{done['seconds_per_trial']} s per trial, wall {done['wall_time_s'] / 60:.1f} "
+            f"min, peak memory {done['peak_rss_mb']:.0f} MB; best val accuracy "
+            f"{done['summary']['best_val_accuracy']:.4f} (study: 0.5198), test "
+            f"{done['summary']['best_test_accuracy']:.4f} (study: 0.511)"
+        )
     first = searches[0]["summary"]["search_seconds"]
     for done in searches:
         done["search_seconds_vs_first"] = round(done["summary"]["search_seconds"] / first, 3)
-    record = {"benchmark": "tune_search", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine_facts(), "max_trials": args.max_trials,
-              "epochs": args.epochs, "searches": searches}
+    record = {
+        "benchmark": "tune_search",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_facts(),
+        "max_trials": args.max_trials,
+        "epochs": args.epochs,
+        "searches": searches,
+    }
     out = Path(args.out) / "tune_search.json"
     atomic_write_json(out, record)
     print(f"wrote {out}")

@@ -22,8 +22,9 @@ def batches():
 
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory, batches):
-    return synthetic.write_archive(tmp_path_factory.mktemp("data") / "cifar.tar.gz",
-                                   batches=batches)
+    return synthetic.write_archive(
+        tmp_path_factory.mktemp("data") / "cifar.tar.gz", batches=batches
+    )
 
 
 @pytest.fixture(autouse=True)

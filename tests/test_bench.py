@@ -17,8 +17,9 @@ from harness.export.bench import bench_run, file_footprint, write_bench
 from harness.train.fit import train
 
 HAS_TFLM = importlib.util.find_spec("tflite_micro") is not None
-needs_tflm = pytest.mark.skipif(not HAS_TFLM, reason="tflite-micro is not installed "
-                                "(pip install 'harness[mcu]')")
+needs_tflm = pytest.mark.skipif(
+    not HAS_TFLM, reason="tflite-micro is not installed (pip install 'harness[mcu]')"
+)
 HAND_MACS = 3072 * 32 + 32 * 32 + 32 * 10  # the three Dense layers, one image
 
 
@@ -26,8 +27,10 @@ HAND_MACS = 3072 * 32 + 32 * 32 + 32 * 10  # the three Dense layers, one image
 def benched(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
-    cfg = resolve("bn-elu", overrides=dict(layers=2, units=32, epochs=1, batch_size=64,
-                                           backend=None, name="b"))
+    cfg = resolve(
+        "bn-elu",
+        overrides=dict(layers=2, units=32, epochs=1, batch_size=64, backend=None, name="b"),
+    )
     train(cfg, ds, results, verbose=0)
     run = RunDir.named(results, "b")
     return run, bench_run(run, ds, "tflite", calls=20, warmup=5)
@@ -39,9 +42,14 @@ def test_every_row_carries_the_footprint(benched, tmp_path):
     run, record = benched
     assert read_json(write_bench(record, tmp_path)) == record  # the schema accepts it
     rows = {(r["runtime"], r["precision"]): r for r in record["rows"]}
-    assert sorted(rows) == [("keras-call", "float32"), ("keras-predict", "float32"),
-                            ("litert", "dynamic"), ("litert", "float16"),
-                            ("litert", "float32"), ("litert", "int8")]
+    assert sorted(rows) == [
+        ("keras-call", "float32"),
+        ("keras-predict", "float32"),
+        ("litert", "dynamic"),
+        ("litert", "float16"),
+        ("litert", "float32"),
+        ("litert", "int8"),
+    ]
     for row in rows.values():
         path = run.model if row["format"] == "keras" else run.path / "exports" / row["file"]
         assert row["macs"] == HAND_MACS  # the Keras model's, on every row
@@ -63,15 +71,17 @@ def test_without_tflm_the_row_says_why(benched, monkeypatch):
     from harness.export import footprint
 
     def missing():
-        raise ImportError("TensorFlow Lite Micro is not installed (test); pip install "
-                          "'harness[mcu]'")
+        raise ImportError(
+            "TensorFlow Lite Micro is not installed (test); pip install 'harness[mcu]'"
+        )
 
     monkeypatch.setattr(footprint, "require_tflm", missing)
     path = benched[0].path / "exports" / "model_int8.tflite"
     assert file_footprint(path, "tflite", "int8") == {
-        "flash_bytes": path.stat().st_size, "arena_bytes": None,
-        "arena_note": "TensorFlow Lite Micro is not installed (test); pip install "
-                      "'harness[mcu]'"}
+        "flash_bytes": path.stat().st_size,
+        "arena_bytes": None,
+        "arena_note": "TensorFlow Lite Micro is not installed (test); pip install 'harness[mcu]'",
+    }
 
 
 @needs_tflm
@@ -80,13 +90,19 @@ def test_a_model_tflm_cannot_run_has_no_arena_and_says_why(tmp_path):
 
     from harness.export.convert import export_saved_model, tflite_bytes
 
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(8, activation="gelu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="gelu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
     path = tmp_path / "model_int8.tflite"
     path.write_bytes(tflite_bytes(export_saved_model(model, tmp_path / "saved"), "int8", pixels))
     fields = file_footprint(path, "tflite", "int8")
     assert fields["arena_bytes"] is None and fields["flash_bytes"] == path.stat().st_size
-    assert fields["arena_note"] == ("TensorFlow Lite Micro cannot run op GELU: TFLM has no "
-                                    "kernel for GELU")
+    assert fields["arena_note"] == (
+        "TensorFlow Lite Micro cannot run op GELU: TFLM has no kernel for GELU"
+    )

@@ -21,8 +21,15 @@ from harness.search.tune import SearchSpace
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-@pytest.mark.parametrize("budget", [Budget(max_latency_us=0), Budget(max_flash_kb=-1),
-                                    Budget(max_macs=0), Budget(export="tflite-int4")])
+@pytest.mark.parametrize(
+    "budget",
+    [
+        Budget(max_latency_us=0),
+        Budget(max_flash_kb=-1),
+        Budget(max_macs=0),
+        Budget(export="tflite-int4"),
+    ],
+)
 def test_bad_budgets_are_refused(budget):
     with pytest.raises(ConfigError):
         budget.validate()
@@ -54,15 +61,18 @@ def test_the_cost_model_predicts_a_network_it_did_not_measure():
     """Probes fitted, a network between them measured: MACs exact, flash and latency close."""
     base = resolve("bn-elu-fast")
     space = SearchSpace(layers=(1, 3), units=(16, 96))
-    probes = [budget_mod.measure(c, "tflite-int8", calls=200, warmup=20)
-              for c in budget_mod.probe_configs(base, space)]
+    probes = [
+        budget_mod.measure(c, "tflite-int8", calls=200, warmup=20)
+        for c in budget_mod.probe_configs(base, space)
+    ]
     judge = Judge(Budget(max_latency_us=1e3), {"model": budget_mod.fit(probes)})
     middle = replace(base, layers=2, units=48)
     measured = budget_mod.measure(middle, "tflite-int8", calls=200, warmup=20)
     predicted = judge.costs(middle)
     assert predicted["macs"] == measured["macs"] == 3072 * 48 + 48 * 48 + 48 * 10
-    assert abs(predicted["flash_bytes_est"] - measured["flash_bytes"]) < 0.05 * measured[
-        "flash_bytes"]
+    assert (
+        abs(predicted["flash_bytes_est"] - measured["flash_bytes"]) < 0.05 * measured["flash_bytes"]
+    )
     # The timing noise of a shared machine: a loose bound, but a wrong model breaks it.
     assert abs(predicted["latency_us_est"] - measured["p50_us"]) < 0.5 * measured["p50_us"]
 
@@ -73,10 +83,18 @@ def test_a_saved_calibration_is_reused_and_a_changed_one_measured_again(tmp_path
 
     def fake(configs, export):
         calls.append(export)
-        return [{"architecture": budget_mod.architecture(c), "macs": 1000 * c.units * c.layers,
-                 "layers": c.layers + 1, "weight_bytes": 100 * c.units,
-                 "flash_bytes": 100 * c.units + 5000, "p50_us": 5.0 + c.units / 10,
-                 "calls": 1} for c in configs]
+        return [
+            {
+                "architecture": budget_mod.architecture(c),
+                "macs": 1000 * c.units * c.layers,
+                "layers": c.layers + 1,
+                "weight_bytes": 100 * c.units,
+                "flash_bytes": 100 * c.units + 5000,
+                "p50_us": 5.0 + c.units / 10,
+                "calls": 1,
+            }
+            for c in configs
+        ]
 
     monkeypatch.setattr(budget_mod, "measure_in_subprocess", fake)
     path = tmp_path / "budget_calibration.json"
@@ -93,9 +111,13 @@ def _oracle(tmp_path, kind="random"):
     import keras_tuner as kt
 
     objective = kt.Objective("score", "max")
-    oracle = (kt.oracles.RandomSearchOracle(objective=objective, max_trials=12, seed=1)
-              if kind == "random" else kt.oracles.BayesianOptimizationOracle(
-                  objective=objective, max_trials=8, num_initial_points=2, seed=1))
+    oracle = (
+        kt.oracles.RandomSearchOracle(objective=objective, max_trials=12, seed=1)
+        if kind == "random"
+        else kt.oracles.BayesianOptimizationOracle(
+            objective=objective, max_trials=8, num_initial_points=2, seed=1
+        )
+    )
     oracle._set_project_dir(str(tmp_path), kind)
     oracle.hyperparameters.Int("n", 1, 100)
     return oracle
@@ -140,8 +162,10 @@ def test_a_budget_nothing_meets_stops_with_a_reason(tmp_path):
 
 
 def test_tune_budget_errors_are_one_line(tmp_path, archive):
-    run = lambda *a: CliRunner().invoke(main, ["--archive", str(archive), "--results",
-                                              str(tmp_path), "tune", "--preset", "bn-elu", *a])
+    run = lambda *a: CliRunner().invoke(
+        main,
+        ["--archive", str(archive), "--results", str(tmp_path), "tune", "--preset", "bn-elu", *a],
+    )
     result = run("--max-flash-kb", "0")
     assert result.exit_code == 2 and "--max-flash-kb" in result.output
     result = run("--budget-export", "tflite-int4")
@@ -160,14 +184,45 @@ def test_tune_budget_errors_are_one_line(tmp_path, archive):
 def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp_path, archive):
     """End to end on JAX: probes, constrained trials, the best one benchmarked and judged;
     behind an input pooling and a projection of the pooled images."""
-    cmd = [sys.executable, "-m", "harness.cli", "--archive", str(archive), "--results",
-           str(tmp_path), "tune", "--preset", "bn-elu-fast", "--tuner", "random",
-           "--pool", "2", "--pca", "16",
-           "--max-trials", "3", "--epochs", "2", "--batch-size", "64", "--layers-range", "1,3",
-           "--units-range", "8,64", "--max-macs", "100000", "--max-latency-us", "1000",
-           "--bench-top", "1", "--name", "edge"]
-    done = subprocess.run(cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True,
-                          text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "--archive",
+        str(archive),
+        "--results",
+        str(tmp_path),
+        "tune",
+        "--preset",
+        "bn-elu-fast",
+        "--tuner",
+        "random",
+        "--pool",
+        "2",
+        "--pca",
+        "16",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--layers-range",
+        "1,3",
+        "--units-range",
+        "8,64",
+        "--max-macs",
+        "100000",
+        "--max-latency-us",
+        "1000",
+        "--bench-top",
+        "1",
+        "--name",
+        "edge",
+    ]
+    done = subprocess.run(
+        cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     root = tmp_path / "tuning" / "edge"
     rows = json.loads((root / "trials.json").read_text())
@@ -178,7 +233,8 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
     summary = json.loads((root / "summary.json").read_text())
     part = summary["budget"]
     assert [c["run"] for c in part["candidates"]] == [
-        f"edge-t{c['trial_id']}" for c in part["candidates"]]
+        f"edge-t{c['trial_id']}" for c in part["candidates"]
+    ]
     assert len(part["candidates"]) == 1
     assert part["candidates"][0]["trial_id"] == summary["best_trial"]
     for cand in part["candidates"]:
@@ -195,16 +251,33 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
         assert metrics["run"] == cand["run"] and metrics["tuning"]["trial_id"] == cand["trial_id"]
     assert part["best"] == part["candidates"][0]["run"]
     assert 0 < part["candidates"][0]["measured"]["val_accuracy"] <= 1
-    assert (f"best within the budget, by the judged file's validation accuracy: "
-            f"{part['best']}") in done.stdout
+    assert (
+        f"best within the budget, by the judged file's validation accuracy: {part['best']}"
+    ) in done.stdout
 
 
 @pytest.mark.slow
 def test_calibrate_only_measures_the_probes_and_trains_nothing(tmp_path, archive):
-    run = lambda *a: CliRunner().invoke(main, [
-        "--archive", str(archive), "--results", str(tmp_path), "tune", "--preset",
-        "bn-elu-fast", "--layers-range", "1,2", "--units-range", "8,16", "--name", "c",
-        "--calibrate-only", *a])
+    run = lambda *a: CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "tune",
+            "--preset",
+            "bn-elu-fast",
+            "--layers-range",
+            "1,2",
+            "--units-range",
+            "8,16",
+            "--name",
+            "c",
+            "--calibrate-only",
+            *a,
+        ],
+    )
     result = run("--max-macs", "100000")
     assert result.exit_code == 1 and "only a latency or flash budget" in result.output
     result = run("--max-latency-us", "1000")
@@ -217,14 +290,20 @@ def test_calibrate_only_measures_the_probes_and_trains_nothing(tmp_path, archive
 
 def _bench_record(results: Path, run: str, p50: float, flash: int) -> None:
     """A bench record with only the row a tflite-int8 budget reads."""
-    row = {"format": "tflite", "precision": "int8", "macs": 1000, "flash_bytes": flash,
-           "p50_us": p50, "test": {"accuracy": 0.5}, "file": "model_int8.tflite"}
+    row = {
+        "format": "tflite",
+        "precision": "int8",
+        "macs": 1000,
+        "flash_bytes": flash,
+        "p50_us": p50,
+        "test": {"accuracy": 0.5},
+        "file": "model_int8.tflite",
+    }
     (results / "bench").mkdir(exist_ok=True)
     (results / "bench" / f"{run}.json").write_text(json.dumps({"rows": [row]}))
 
 
-def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_path,
-                                                                          monkeypatch):
+def test_the_judge_picks_the_file_that_answers_the_validation_images_best(tmp_path, monkeypatch):
     """Candidates come in the trained models' order; the judged files decide, ties keep
     that order, and a file over the budget never wins."""
     from harness.data.cifar import Split
@@ -267,8 +346,10 @@ def test_a_near_miss_is_timed_again_and_judged_on_the_second_measurement(tmp_pat
         for run in runs:
             _bench_record(tmp_path, run, timings[run].pop(0), flash[run])
 
-    cands = [{"run": r, "trial_id": r, "val_accuracy": v}
-             for r, v in (("near", 0.7), ("slow", 0.69), ("fat", 0.68), ("fits", 0.6))]
+    cands = [
+        {"run": r, "trial_id": r, "val_accuracy": v}
+        for r, v in (("near", 0.7), ("slow", 0.69), ("fat", 0.68), ("fits", 0.6))
+    ]
     part = budget_mod.judge_measured(budget, cands, tmp_path, bench)
     assert benched == [["near", "slow", "fat", "fits"], ["near"]]
     near = part["candidates"][0]

@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def run_cli(tmp_path, archive):
     def run(*args):
-        result = CliRunner().invoke(main, ["--archive", str(archive),
-                                           "--results", str(tmp_path / "results"), *args])
+        result = CliRunner().invoke(
+            main, ["--archive", str(archive), "--results", str(tmp_path / "results"), *args]
+        )
         return result
+
     return run
 
 
@@ -46,10 +48,17 @@ def test_corrupt_archive_gives_one_clear_line(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args", [["--preset", "nope"], ["--preset", "selu", "--layers", "0"],
-                                  ["--preset", "selu", "--lr", "-1"],
-                                  ["--preset", "selu", "--dropout", "1.5"],
-                                  ["--preset", "selu", "--bogus"], []])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--preset", "nope"],
+        ["--preset", "selu", "--layers", "0"],
+        ["--preset", "selu", "--lr", "-1"],
+        ["--preset", "selu", "--dropout", "1.5"],
+        ["--preset", "selu", "--bogus"],
+        [],
+    ],
+)
 def test_bad_flags_exit_2_with_usage(run_cli, args):
     result = run_cli("train", *args)
     assert result.exit_code == 2
@@ -64,8 +73,21 @@ def test_bad_config_file_exits_2(run_cli, tmp_path):
 
 
 def test_train_evaluate_and_rerun(run_cli, tmp_path):
-    args = ["train", "--preset", "bn-elu", "--layers", "1", "--units", "16", "--epochs", "2",
-            "--batch-size", "64", "--name", "cli"]
+    args = [
+        "train",
+        "--preset",
+        "bn-elu",
+        "--layers",
+        "1",
+        "--units",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--name",
+        "cli",
+    ]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert "completed, 2 epochs" in result.output and "test  accuracy" in result.output
@@ -79,8 +101,21 @@ def test_train_evaluate_and_rerun(run_cli, tmp_path):
 
 
 def test_nan_run_exits_nonzero(run_cli, tmp_path):
-    result = run_cli("train", "--preset", "selu", "--layers", "1", "--units", "8",
-                     "--epochs", "2", "--l2", "1e38", "--name", "nan")
+    result = run_cli(
+        "train",
+        "--preset",
+        "selu",
+        "--layers",
+        "1",
+        "--units",
+        "8",
+        "--epochs",
+        "2",
+        "--l2",
+        "1e38",
+        "--name",
+        "nan",
+    )
     assert result.exit_code == 1 and "training failed" in result.output
     metrics = json.loads((tmp_path / "results/runs/nan/metrics.json").read_text())
     assert metrics["status"] == "failed"

@@ -26,18 +26,42 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def metrics(name: str, accuracy: float = 0.5, **extra) -> dict:
-    return {"schema": 1, "run": name, "status": "completed",
-            "config": {"arch": "batchnorm", "activation": "relu", "layers": 2, "units": 8,
-                       "preset": "bn-elu-fast", "l1": 0.0},
-            "params": {"total": 1234}, "test": {"accuracy": accuracy, "loss": 1.5}, **extra}
+    return {
+        "schema": 1,
+        "run": name,
+        "status": "completed",
+        "config": {
+            "arch": "batchnorm",
+            "activation": "relu",
+            "layers": 2,
+            "units": 8,
+            "preset": "bn-elu-fast",
+            "l1": 0.0,
+        },
+        "params": {"total": 1234},
+        "test": {"accuracy": accuracy, "loss": 1.5},
+        **extra,
+    }
 
 
 def bench_row(run: str, runtime: str, precision: str, accuracy: float, p50: float) -> dict:
-    return {"run": run, "runtime": runtime, "format": "tflite", "precision": precision,
-            "file": f"model_{precision}.tflite", "params": 1234, "size_bytes": 5000,
-            "sparsity": 0.0, "p50_us": p50, "p90_us": p50 * 1.2, "p99_us": p50 * 2,
-            "throughput_ips": 1e5, "test": {"accuracy": accuracy, "loss": 1.5},
-            "flagged": False, "calls": 100}
+    return {
+        "run": run,
+        "runtime": runtime,
+        "format": "tflite",
+        "precision": precision,
+        "file": f"model_{precision}.tflite",
+        "params": 1234,
+        "size_bytes": 5000,
+        "sparsity": 0.0,
+        "p50_us": p50,
+        "p90_us": p50 * 1.2,
+        "p99_us": p50 * 2,
+        "throughput_ips": 1e5,
+        "test": {"accuracy": accuracy, "loss": 1.5},
+        "flagged": False,
+        "calls": 100,
+    }
 
 
 def footprint(row: dict, macs: int, arena: int | None, note: str | None = None) -> dict:
@@ -47,16 +71,31 @@ def footprint(row: dict, macs: int, arena: int | None, note: str | None = None) 
 
 
 def bench(run: str, rows: list[dict], cpu: str = "Test CPU") -> dict:
-    return {"benchmark": "bench", "run": run, "created": "2026-11-26T20:16:33+0000",
-            "machine": {"cpu": cpu, "cores": 2}, "data": {}, "threads": {},
-            "calls": 100, "warmup": 10, "rows": rows}
+    return {
+        "benchmark": "bench",
+        "run": run,
+        "created": "2026-11-26T20:16:33+0000",
+        "machine": {"cpu": cpu, "cores": 2},
+        "data": {},
+        "threads": {},
+        "calls": 100,
+        "warmup": 10,
+        "rows": rows,
+    }
 
 
 def summary(name: str = "search") -> dict:
-    return {"name": name, "trials": 3, "completed": 3, "search_seconds": 12.5,
-            "best_trial": "02", "best_val_accuracy": 0.52, "best_test_accuracy": 0.51,
-            "best_hyperparameters": {"n_hidden": 3, "n_neurons": 64, "learning_rate": 1e-4},
-            "best_run": "results/tuning/search/best"}
+    return {
+        "name": name,
+        "trials": 3,
+        "completed": 3,
+        "search_seconds": 12.5,
+        "best_trial": "02",
+        "best_val_accuracy": 0.52,
+        "best_test_accuracy": 0.51,
+        "best_hyperparameters": {"n_hidden": 3, "n_neurons": 64, "learning_rate": 1e-4},
+        "best_run": "results/tuning/search/best",
+    }
 
 
 def write_json(path: Path, obj) -> Path:
@@ -65,8 +104,7 @@ def write_json(path: Path, obj) -> Path:
     return path
 
 
-def write_run(results: Path, name: str, accuracy: float = 0.5, epochs: int = 4,
-              **extra) -> Path:
+def write_run(results: Path, name: str, accuracy: float = 0.5, epochs: int = 4, **extra) -> Path:
     run = results / "runs" / name
     write_json(run / "metrics.json", metrics(name, accuracy, **extra))
     lines = ["epoch,accuracy,loss,val_accuracy,val_loss"]
@@ -82,29 +120,54 @@ def results(tmp_path) -> Path:
     write_run(root, "fast", 0.45)
     write_run(root, "big", 0.55)
     write_run(root, "plain", 0.50)
-    write_json(root / "bench" / "fast.json", bench("fast", [
-        bench_row("fast", "litert", "dynamic", 0.45, 12.0),
-        bench_row("fast", "onnxruntime", "float32", 0.45, 40.0)]))
-    write_json(root / "bench" / "big.json", bench("big", [
-        bench_row("big", "litert", "dynamic", 0.55, 20.0),
-        bench_row("big", "litert", "int8", 0.54, 45.0),
-        bench_row("big", "keras-call", "float32", 0.55, 9000.0)]))
+    write_json(
+        root / "bench" / "fast.json",
+        bench(
+            "fast",
+            [
+                bench_row("fast", "litert", "dynamic", 0.45, 12.0),
+                bench_row("fast", "onnxruntime", "float32", 0.45, 40.0),
+            ],
+        ),
+    )
+    write_json(
+        root / "bench" / "big.json",
+        bench(
+            "big",
+            [
+                bench_row("big", "litert", "dynamic", 0.55, 20.0),
+                bench_row("big", "litert", "int8", 0.54, 45.0),
+                bench_row("big", "keras-call", "float32", 0.55, 9000.0),
+            ],
+        ),
+    )
     best = root / "tuning" / "search" / "best"
-    write_json(best / "metrics.json", metrics("search/best", 0.51,
-                                              tuning={"name": "search", "trial_id": "02"}))
+    write_json(
+        best / "metrics.json",
+        metrics("search/best", 0.51, tuning={"name": "search", "trial_id": "02"}),
+    )
     write_json(root / "tuning" / "search" / "summary.json", summary())
     return root
 
 
 # --------------------------------------------------------------------------- schema
 
+
 def test_valid_records_pass_validation():
     assert schemas.check_run(metrics("a"))["run"] == "a"
     assert schemas.check_bench(bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)]))
     # The footprint fields are optional (older records lack them); the arena may be null.
-    assert schemas.check_bench(bench("a", [
-        footprint(bench_row("a", "litert", "int8", 0.5, 10.0), 1000, 2048),
-        footprint(bench_row("a", "litert", "int8", 0.5, 10.0), 1000, None, "TFLM is missing")]))
+    assert schemas.check_bench(
+        bench(
+            "a",
+            [
+                footprint(bench_row("a", "litert", "int8", 0.5, 10.0), 1000, 2048),
+                footprint(
+                    bench_row("a", "litert", "int8", 0.5, 10.0), 1000, None, "TFLM is missing"
+                ),
+            ],
+        )
+    )
     assert schemas.check_tuning(summary())["name"] == "search"
     # An unfinished run needs only its name and status: it is noted, not compared.
     assert schemas.check_run({"schema": 1, "run": "a", "status": "running"})
@@ -133,38 +196,79 @@ def _with(record: dict, dotted: str, value) -> dict:
 GOOD_BENCH = bench("a", [bench_row("a", "litert", "int8", 0.5, 10.0)])
 
 
-@pytest.mark.parametrize("validate, record, message", [
-    (schemas.check_run, _without(metrics("a"), "test.accuracy"),
-     "missing field 'test.accuracy'"),
-    (schemas.check_run, _without(metrics("a"), "config"),
-     "missing field 'config.arch'"),
-    (schemas.check_run, _with(metrics("a"), "test.accuracy", 1.5),
-     "field 'test.accuracy' is 1.5, expected a number in [0, 1]"),
-    (schemas.check_run, _with(metrics("a"), "config.layers", "5"),
-     "field 'config.layers' is \"5\", expected an integer"),
-    (schemas.check_run, _with(metrics("a"), "params.total", True),
-     "field 'params.total' is true, expected an integer >= 0"),
-    (schemas.check_run, _with(metrics("a"), "status", "done"),
-     "field 'status' is 'done', expected running, completed or failed"),
-    (schemas.check_run, _with(metrics("a"), "schema", 99),
-     "schema 99 is newer than this harness reads (1)"),
-    (schemas.check_run, _with(metrics("a"), "sparsity", -0.1),
-     "field 'sparsity' is -0.1, expected a number in [0, 1]"),
-    (schemas.check_bench, _without(GOOD_BENCH, "rows.0.p50_us"),
-     "missing field 'rows[0].p50_us'"),
-    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.p99_us", 0),
-     "field 'rows[0].p99_us' is 0, expected a positive number"),
-    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.run", "b"),
-     "field 'rows[0].run' is 'b', expected the record's run 'a'"),
-    (schemas.check_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
-    (schemas.check_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
-    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.arena_bytes", -1),
-     "field 'rows[0].arena_bytes' is -1, expected an integer >= 0 or null"),
-    (schemas.check_bench, _with(GOOD_BENCH, "rows.0.macs", None),
-     "field 'rows[0].macs' is null, expected an integer >= 0"),
-    (schemas.check_tuning, _without(summary(), "best_test_accuracy"),
-     "missing field 'best_test_accuracy'"),
-])
+@pytest.mark.parametrize(
+    "validate, record, message",
+    [
+        (
+            schemas.check_run,
+            _without(metrics("a"), "test.accuracy"),
+            "missing field 'test.accuracy'",
+        ),
+        (schemas.check_run, _without(metrics("a"), "config"), "missing field 'config.arch'"),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "test.accuracy", 1.5),
+            "field 'test.accuracy' is 1.5, expected a number in [0, 1]",
+        ),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "config.layers", "5"),
+            "field 'config.layers' is \"5\", expected an integer",
+        ),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "params.total", True),
+            "field 'params.total' is true, expected an integer >= 0",
+        ),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "status", "done"),
+            "field 'status' is 'done', expected running, completed or failed",
+        ),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "schema", 99),
+            "schema 99 is newer than this harness reads (1)",
+        ),
+        (
+            schemas.check_run,
+            _with(metrics("a"), "sparsity", -0.1),
+            "field 'sparsity' is -0.1, expected a number in [0, 1]",
+        ),
+        (
+            schemas.check_bench,
+            _without(GOOD_BENCH, "rows.0.p50_us"),
+            "missing field 'rows[0].p50_us'",
+        ),
+        (
+            schemas.check_bench,
+            _with(GOOD_BENCH, "rows.0.p99_us", 0),
+            "field 'rows[0].p99_us' is 0, expected a positive number",
+        ),
+        (
+            schemas.check_bench,
+            _with(GOOD_BENCH, "rows.0.run", "b"),
+            "field 'rows[0].run' is 'b', expected the record's run 'a'",
+        ),
+        (schemas.check_bench, _with(GOOD_BENCH, "rows", []), "field 'rows' is empty"),
+        (schemas.check_bench, _without(GOOD_BENCH, "machine"), "missing field 'machine'"),
+        (
+            schemas.check_bench,
+            _with(GOOD_BENCH, "rows.0.arena_bytes", -1),
+            "field 'rows[0].arena_bytes' is -1, expected an integer >= 0 or null",
+        ),
+        (
+            schemas.check_bench,
+            _with(GOOD_BENCH, "rows.0.macs", None),
+            "field 'rows[0].macs' is null, expected an integer >= 0",
+        ),
+        (
+            schemas.check_tuning,
+            _without(summary(), "best_test_accuracy"),
+            "missing field 'best_test_accuracy'",
+        ),
+    ],
+)
 def test_missing_and_bad_fields_are_named(validate, record, message):
     with pytest.raises(schemas.RecordError) as e:
         validate(record)
@@ -181,8 +285,11 @@ def test_every_problem_is_reported_not_just_the_first():
 def test_writers_refuse_a_record_that_breaks_its_format(tmp_path):
     path = tmp_path / "bench" / "a.json"
     bad = _with(GOOD_BENCH, "rows.0.p50_us", -1.0)
-    with pytest.raises(schemas.RecordError, match=r"not a valid bench record: field "
-                                                  r"'rows\[0\].p50_us' is -1.0"):
+    with pytest.raises(
+        schemas.RecordError,
+        match=r"not a valid bench record: field "
+        r"'rows\[0\].p50_us' is -1.0",
+    ):
         write_record("bench", path, bad)
     assert not path.exists() and not list(tmp_path.rglob("*.tmp"))
     write_record("bench", path, GOOD_BENCH)
@@ -219,7 +326,8 @@ def test_frontier_records_are_checked_when_written_and_read(tmp_path):
     write_json(tmp_path / "bench" / "frontier-bad.json", _without(record, "budget_s"))
     records = collect.collect_records([tmp_path])
     assert [(p.name, reason) for p, reason in records.skipped] == [
-        ("frontier-bad.json", "missing field 'budget_s'")]
+        ("frontier-bad.json", "missing field 'budget_s'")
+    ]
     [note] = records.notes
     assert "frontier-good.json: a 'frontier' benchmark" in note
 
@@ -231,8 +339,10 @@ def test_collect_skips_malformed_files_with_the_reason(tmp_path):
     (root / "runs" / "broken" / "metrics.json").write_text('{"run": "broken", ')
     write_json(root / "runs" / "listed" / "metrics.json", [1, 2])
     write_json(root / "runs" / "partial" / "metrics.json", _without(metrics("partial"), "test"))
-    write_json(root / "runs" / "unfinished" / "metrics.json",
-               {"schema": 1, "run": "unfinished", "status": "failed"})
+    write_json(
+        root / "runs" / "unfinished" / "metrics.json",
+        {"schema": 1, "run": "unfinished", "status": "failed"},
+    )
     bad_history = write_run(root, "badhist") / "history.csv"
     bad_history.write_text("epoch,val_accuracy\n0,0.3\n1,oops\n")
     write_json(root / "bench" / "train_speed.json", {"benchmark": "train_speed", "results": []})
@@ -245,14 +355,19 @@ def test_collect_skips_malformed_files_with_the_reason(tmp_path):
 
     assert sorted(r.metrics["run"] for r in records.runs) == ["badhist", "good"]
     skipped = {p.relative_to(root).as_posix(): reason for p, reason in records.skipped}
-    assert set(skipped) == {"runs/broken/metrics.json", "runs/listed/metrics.json",
-                            "runs/partial/metrics.json", "runs/badhist/history.csv",
-                            "bench/nameless.json"}
+    assert set(skipped) == {
+        "runs/broken/metrics.json",
+        "runs/listed/metrics.json",
+        "runs/partial/metrics.json",
+        "runs/badhist/history.csv",
+        "bench/nameless.json",
+    }
     assert skipped["runs/broken/metrics.json"].startswith("not valid JSON (line 1")
     assert skipped["runs/listed/metrics.json"] == "expected a JSON object, found list"
     assert "missing field 'test.accuracy'" in skipped["runs/partial/metrics.json"]
     assert skipped["runs/badhist/history.csv"] == (
-        "line 3: epoch '1' or val_accuracy 'oops' is not a number")
+        "line 3: epoch '1' or val_accuracy 'oops' is not a number"
+    )
     assert "missing field 'benchmark'" in skipped["bench/nameless.json"]
     assert len(records.notes) == 2
     assert any("'unfinished' is failed" in n for n in records.notes)
@@ -271,21 +386,32 @@ def test_a_file_given_directly_must_be_a_record(tmp_path):
 
 # --------------------------------------------------------------------------- rows and Pareto
 
+
 def test_pareto_front_on_hand_made_points():
     points = [
-        (0.50, 10.0),   # 0 on the front
-        (0.60, 20.0),   # 1 on the front
-        (0.55, 30.0),   # 2 beaten by 1 (more accurate and faster)
-        (0.60, 25.0),   # 3 beaten by 1 (as accurate, faster)
-        (0.40, 5.0),    # 4 on the front (fastest)
-        (0.40, 8.0),    # 5 beaten by 0 and 4
-        (0.70, None),   # 6 no latency: never on the front
-        (None, 1.0),    # 7 no accuracy: never on the front
-        (0.50, 10.0),   # 8 equal to 0: neither beats the other
-        (0.65, 90.0),   # 9 on the front (most accurate with a latency)
+        (0.50, 10.0),  # 0 on the front
+        (0.60, 20.0),  # 1 on the front
+        (0.55, 30.0),  # 2 beaten by 1 (more accurate and faster)
+        (0.60, 25.0),  # 3 beaten by 1 (as accurate, faster)
+        (0.40, 5.0),  # 4 on the front (fastest)
+        (0.40, 8.0),  # 5 beaten by 0 and 4
+        (0.70, None),  # 6 no latency: never on the front
+        (None, 1.0),  # 7 no accuracy: never on the front
+        (0.50, 10.0),  # 8 equal to 0: neither beats the other
+        (0.65, 90.0),  # 9 on the front (most accurate with a latency)
     ]
-    assert table.pareto_front(points) == [True, True, False, False, True, False, False, False,
-                                        True, True]
+    assert table.pareto_front(points) == [
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
     assert table.pareto_front([]) == []
 
 
@@ -312,11 +438,21 @@ def two_machines(tmp_path) -> Path:
     root = tmp_path / "results"
     write_run(root, "quick", 0.60)
     write_run(root, "slow", 0.55)
-    write_json(root / "bench" / "quick.json", bench("quick", [
-        bench_row("quick", "litert", "dynamic", 0.60, 10.0)], cpu="Fast CPU"))
-    write_json(root / "bench" / "slow.json", bench("slow", [
-        bench_row("slow", "litert", "dynamic", 0.55, 20.0),
-        bench_row("slow", "litert", "int8", 0.50, 30.0)], cpu="Slow CPU"))
+    write_json(
+        root / "bench" / "quick.json",
+        bench("quick", [bench_row("quick", "litert", "dynamic", 0.60, 10.0)], cpu="Fast CPU"),
+    )
+    write_json(
+        root / "bench" / "slow.json",
+        bench(
+            "slow",
+            [
+                bench_row("slow", "litert", "dynamic", 0.55, 20.0),
+                bench_row("slow", "litert", "int8", 0.50, 30.0),
+            ],
+            cpu="Slow CPU",
+        ),
+    )
     return root
 
 
@@ -324,11 +460,14 @@ def test_each_machine_has_its_own_front(two_machines):
     rows = table.build_rows(collect.collect_records([two_machines]))
     points = [(r["accuracy"], r["p50_us"]) for r in rows]
     assert table.pareto_front(points).count(True) == 1  # one front for all: quick alone
-    marked = {(r["model"], r["precision"]): (r["machine"], r["pareto"])
-              for r in table.mark_pareto(rows)}
-    assert marked == {("quick", "dynamic"): ("Fast CPU, 2 cores", True),
-                      ("slow", "dynamic"): ("Slow CPU, 2 cores", True),
-                      ("slow", "int8"): ("Slow CPU, 2 cores", False)}
+    marked = {
+        (r["model"], r["precision"]): (r["machine"], r["pareto"]) for r in table.mark_pareto(rows)
+    }
+    assert marked == {
+        ("quick", "dynamic"): ("Fast CPU, 2 cores", True),
+        ("slow", "dynamic"): ("Slow CPU, 2 cores", True),
+        ("slow", "int8"): ("Slow CPU, 2 cores", False),
+    }
     assert table.machines(rows) == ["Fast CPU, 2 cores", "Slow CPU, 2 cores"]
 
 
@@ -337,16 +476,29 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
     report = cmp.compare([two_machines], out)
     with open(out / "results.csv", newline="") as f:
         written = list(csv.DictReader(f))
-    assert list(written[0])[-9:] == ["size_bytes", "flash_bytes", "arena_bytes", "macs",
-                                     "pareto", "flagged", "record", "machine", "arena_note"]
+    assert list(written[0])[-9:] == [
+        "size_bytes",
+        "flash_bytes",
+        "arena_bytes",
+        "macs",
+        "pareto",
+        "flagged",
+        "record",
+        "machine",
+        "arena_note",
+    ]
     assert {(r["model"], r["machine"], r["pareto"]) for r in written} == {
-        ("quick", "Fast CPU, 2 cores", "True"), ("slow", "Slow CPU, 2 cores", "True"),
-        ("slow", "Slow CPU, 2 cores", "False")}
+        ("quick", "Fast CPU, 2 cores", "True"),
+        ("slow", "Slow CPU, 2 cores", "True"),
+        ("slow", "Slow CPU, 2 cores", "False"),
+    }
     md = (out / "report.md").read_text()
     first = md.split("\n\n")[1]
-    assert ("come from 2 machines, whose latencies are not comparable, so each machine has "
-            "its own Pareto front: Fast CPU, 2 cores (1 bench record); Slow CPU, 2 cores "
-            "(1 bench record).") in first
+    assert (
+        "come from 2 machines, whose latencies are not comparable, so each machine has "
+        "its own Pareto front: Fast CPU, 2 cores (1 bench record); Slow CPU, 2 cores "
+        "(1 bench record)."
+    ) in first
     assert "| file size | flash | arena | MACs | machine |" in md
     assert "| 60.00% | 10.0 us |" in md
     _check_png(out / "accuracy_vs_latency.png")
@@ -356,22 +508,33 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
     assert set(fronts) == {"front Fast CPU, 2 cores", "front Slow CPU, 2 cores"}
     assert len(set(fronts.values())) == 2
     assert {"Pareto front, Fast CPU, 2 cores", "Pareto front, Slow CPU, 2 cores"} <= {
-        t.get_text() for t in ax.get_legend().get_texts()}
+        t.get_text() for t in ax.get_legend().get_texts()
+    }
 
 
 def test_one_machine_report_keeps_its_form(results, tmp_path):
     report = cmp.compare([results], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    assert ("Latency: batch 1, one thread, 100 timed calls after 10 warm-up calls, on Test CPU, "
-            "2 cores; throughput: batch 256, all cores.\n") in md
+    assert (
+        "Latency: batch 1, one thread, 100 timed calls after 10 warm-up calls, on Test CPU, "
+        "2 cores; throughput: batch 256, all cores.\n"
+    ) in md
     assert "machines" not in md and "The dashed step line is the Pareto front:" in md
-    header = ("|  | model | architecture | variant | params | sparsity | format | runtime | "
-              "precision | test acc | p50 b=1 | p99 b=1 | img/s b=256 | file size | flash | "
-              "arena | MACs |")
+    header = (
+        "|  | model | architecture | variant | params | sparsity | format | runtime | "
+        "precision | test acc | p50 b=1 | p99 b=1 | img/s b=256 | file size | flash | "
+        "arena | MACs |"
+    )
     assert header + "\n" in md
     with open(tmp_path / "report" / "results.csv", newline="") as f:
-        assert next(csv.reader(f)) == [*table.DEFAULT_KEYS, "pareto", "flagged", "record",
-                                       "machine", "arena_note"]
+        assert next(csv.reader(f)) == [
+            *table.DEFAULT_KEYS,
+            "pareto",
+            "flagged",
+            "record",
+            "machine",
+            "arena_note",
+        ]
     ax = plots.accuracy_latency_figure(report.rows, "Test CPU, 2 cores").axes[0]
     [front] = ax.get_lines()
     assert (front.get_color(), front.get_linestyle()) == ("black", "--")
@@ -389,8 +552,10 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     cnn = metrics("cnn")
     cnn["config"].update(arch="resnet8", dropout=0.1, tta="flip", ema=0.999)
     write_json(tmp_path / "runs" / "cnn" / "metrics.json", cnn)
-    write_json(tmp_path / "runs" / "cut" / "metrics.json",
-               metrics("cut", variant="structured-pruned", parent="dense"))
+    write_json(
+        tmp_path / "runs" / "cut" / "metrics.json",
+        metrics("cut", variant="structured-pruned", parent="dense"),
+    )
     narrow = metrics("narrow")
     narrow["config"].update(bottleneck=16)
     write_json(tmp_path / "runs" / "narrow" / "metrics.json", narrow)
@@ -401,25 +566,37 @@ def test_architecture_and_variant_say_what_the_model_is(tmp_path):
     assert rows["narrow"]["architecture"] == "batchnorm 16+2x8 relu"
     assert rows["projected"]["architecture"] == "batchnorm pca64+2x8 relu"
     assert (rows["dense"]["architecture"], rows["dense"]["variant"]) == (
-        "batchnorm 2x8 relu", "trained (bn-elu-fast)")
+        "batchnorm 2x8 relu",
+        "trained (bn-elu-fast)",
+    )
     assert (rows["cnn"]["architecture"], rows["cnn"]["variant"]) == (
-        "resnet8 + flip TTA", "trained (bn-elu-fast, dropout 0.1, ema 0.999)")
+        "resnet8 + flip TTA",
+        "trained (bn-elu-fast, dropout 0.1, ema 0.999)",
+    )
     assert rows["cut"]["variant"] == "structured-pruned (dense)"
 
 
 def test_a_bench_without_its_run_still_shows(tmp_path):
-    write_json(tmp_path / "bench" / "lonely.json",
-               bench("lonely", [bench_row("lonely", "litert", "int8", 0.3, 50.0)]))
+    write_json(
+        tmp_path / "bench" / "lonely.json",
+        bench("lonely", [bench_row("lonely", "litert", "int8", 0.3, 50.0)]),
+    )
     [row] = table.mark_pareto(table.build_rows(collect.collect_records([tmp_path])))
     assert (row["model"], row["architecture"], row["p50_us"], row["pareto"]) == (
-        "lonely", None, 50.0, True)
+        "lonely",
+        None,
+        50.0,
+        True,
+    )
 
 
 def test_runs_sharing_a_name_are_told_apart_by_path(tmp_path):
     write_run(tmp_path / "a", "same", 0.4)
     write_run(tmp_path / "b", "same", 0.6)
-    write_json(tmp_path / "b" / "bench" / "same.json",
-               bench("same", [bench_row("same", "litert", "int8", 0.6, 50.0)]))
+    write_json(
+        tmp_path / "b" / "bench" / "same.json",
+        bench("same", [bench_row("same", "litert", "int8", 0.6, 50.0)]),
+    )
     rows = table.build_rows(collect.collect_records([tmp_path]))
     models = {r["model"]: r["runtime"] for r in rows}
     assert len(models) == 2
@@ -431,8 +608,9 @@ def test_runs_sharing_a_name_are_told_apart_by_path(tmp_path):
 def test_sorting(results):
     rows = table.mark_pareto(table.build_rows(collect.collect_records([results])))
     by_accuracy = table.sort_rows(rows)
-    assert [r["accuracy"] for r in by_accuracy] == sorted((r["accuracy"] for r in rows),
-                                                          reverse=True)
+    assert [r["accuracy"] for r in by_accuracy] == sorted(
+        (r["accuracy"] for r in rows), reverse=True
+    )
     by_p50 = [r["p50_us"] for r in table.sort_rows(rows, "p50_us")]
     assert by_p50 == [12.0, 20.0, 40.0, 45.0, 9000.0, None, None]
     assert table.sort_rows(rows, "model")[0]["model"] == "big"
@@ -466,12 +644,23 @@ def test_printed_table_fits_a_narrow_terminal(results):
     assert lines[1].startswith("*  big") and "55.00%" in lines[1] and "20.0 us" in lines[1]
     # Too narrow for even the columns a reader decides by: those are printed all the same.
     text, left_out = table.printed_table(rows, width=10)
-    assert text.splitlines()[0].split() == ["model", "runtime", "precision", "test", "acc", "p50",
-                                            "b=1", "file", "size"]
+    assert text.splitlines()[0].split() == [
+        "model",
+        "runtime",
+        "precision",
+        "test",
+        "acc",
+        "p50",
+        "b=1",
+        "file",
+        "size",
+    ]
     assert len(left_out) == len(table.PRINTED) - table.ALWAYS_PRINTED
     # Other formats and chosen columns are never cut.
-    assert table.printed_table(rows, "markdown", width=10) == (table.format_rows(rows, "markdown"),
-                                                               [])
+    assert table.printed_table(rows, "markdown", width=10) == (
+        table.format_rows(rows, "markdown"),
+        [],
+    )
     text, left_out = table.printed_table(rows, columns=["variant", "model"], width=10)
     assert left_out == [] and text.splitlines()[0].split()[:2] == ["variant", "model"]
 
@@ -501,19 +690,54 @@ def footprints(tmp_path) -> Path:
         write_json(root / "runs" / name / "metrics.json", cnn)
     write_run(root, "mlp", 0.55)
     write_run(root, "old", 0.50)
-    write_json(root / "bench" / "cnn.json", bench("cnn", [
-        footprint({**bench_row("cnn", "litert", "int8", 0.86, 100.0), "size_bytes": 98_960},
-                  RESNET8_MACS, 53_000),
-        footprint({**bench_row("cnn", "litert", "float32", 0.87, 300.0), "size_bytes": 320_000},
-                  RESNET8_MACS, None)]))
-    write_json(root / "bench" / "cnn-short.json", bench("cnn-short", [
-        footprint({**bench_row("cnn-short", "litert", "int8", 0.74, 100.0),
-                   "size_bytes": 99_104}, RESNET8_MACS, 53_000)]))
-    write_json(root / "bench" / "mlp.json", bench("mlp", [
-        footprint({**bench_row("mlp", "litert", "int8", 0.55, 6.0), "size_bytes": 200_000},
-                  99_648, None, EXP_NOTE)]))
-    write_json(root / "bench" / "old.json", bench("old", [
-        bench_row("old", "litert", "int8", 0.50, 8.0)]))  # 5,000 bytes, no footprint fields
+    write_json(
+        root / "bench" / "cnn.json",
+        bench(
+            "cnn",
+            [
+                footprint(
+                    {**bench_row("cnn", "litert", "int8", 0.86, 100.0), "size_bytes": 98_960},
+                    RESNET8_MACS,
+                    53_000,
+                ),
+                footprint(
+                    {**bench_row("cnn", "litert", "float32", 0.87, 300.0), "size_bytes": 320_000},
+                    RESNET8_MACS,
+                    None,
+                ),
+            ],
+        ),
+    )
+    write_json(
+        root / "bench" / "cnn-short.json",
+        bench(
+            "cnn-short",
+            [
+                footprint(
+                    {**bench_row("cnn-short", "litert", "int8", 0.74, 100.0), "size_bytes": 99_104},
+                    RESNET8_MACS,
+                    53_000,
+                )
+            ],
+        ),
+    )
+    write_json(
+        root / "bench" / "mlp.json",
+        bench(
+            "mlp",
+            [
+                footprint(
+                    {**bench_row("mlp", "litert", "int8", 0.55, 6.0), "size_bytes": 200_000},
+                    99_648,
+                    None,
+                    EXP_NOTE,
+                )
+            ],
+        ),
+    )
+    write_json(
+        root / "bench" / "old.json", bench("old", [bench_row("old", "litert", "int8", 0.50, 8.0)])
+    )  # 5,000 bytes, no footprint fields
     return root
 
 
@@ -528,11 +752,15 @@ def test_footprint_columns_and_old_records(footprints, tmp_path):
     assert by["mlp", "int8"]["arena_note"] == EXP_NOTE
     rows = table.sort_rows(rows, "macs")
     assert [r["macs"] for r in rows][:2] == [99_648, RESNET8_MACS] and rows[-1]["macs"] is None
-    text = table.format_rows(rows, "table", ("model", "precision", "size_bytes", "flash_bytes",
-                                            "arena_bytes", "macs")).splitlines()
+    text = table.format_rows(
+        rows, "table", ("model", "precision", "size_bytes", "flash_bytes", "arena_bytes", "macs")
+    ).splitlines()
     assert text[0].split() == ["model", "precision", "file", "size", "flash", "arena", "MACs"]
-    cells = {words[0]: words[2:] for words in (line.lstrip("* ").split() for line in text[1:])
-             if words[1] == "int8"}
+    cells = {
+        words[0]: words[2:]
+        for words in (line.lstrip("* ").split() for line in text[1:])
+        if words[1] == "int8"
+    }
     assert cells["mlp"] == ["195", "KiB", "195", "KiB", "-", "99.6", "k"]
     assert cells["cnn"] == ["97", "KiB", "97", "KiB", "51.8", "KiB", "12.5", "M"]
     assert cells["old"] == ["5", "KiB", "-", "-", "-"]
@@ -541,11 +769,16 @@ def test_footprint_columns_and_old_records(footprints, tmp_path):
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         written = {(r["model"], r["precision"]): r for r in csv.DictReader(f)}
     assert (written["cnn", "int8"]["flash_bytes"], written["cnn", "int8"]["macs"]) == (
-        "98960", str(RESNET8_MACS))
+        "98960",
+        str(RESNET8_MACS),
+    )
     assert written["old", "int8"]["arena_bytes"] == written["old", "int8"]["macs"] == ""
     assert written["mlp", "int8"]["arena_note"] == EXP_NOTE
-    [old_json] = [r for r in json.loads(table.format_rows(report.rows, "json"))
-                  if r["model"] == "old" and r["precision"] == "int8"]
+    [old_json] = [
+        r
+        for r in json.loads(table.format_rows(report.rows, "json"))
+        if r["model"] == "old" and r["precision"] == "int8"
+    ]
     assert old_json["flash_bytes"] is old_json["arena_bytes"] is old_json["macs"] is None
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| file size | flash | arena | MACs |" in md
@@ -553,8 +786,9 @@ def test_footprint_columns_and_old_records(footprints, tmp_path):
 
 
 def test_footprint_columns_are_printed_only_where_they_fit(footprints):
-    rows = table.sort_rows(table.mark_pareto(table.build_rows(
-        collect.collect_records([footprints]))))
+    rows = table.sort_rows(
+        table.mark_pareto(table.build_rows(collect.collect_records([footprints])))
+    )
     wide, left_out = table.printed_table(rows, width=500)
     header = wide.splitlines()[0]
     assert left_out == [] and "arena" in header and "MACs" in header
@@ -562,7 +796,10 @@ def test_footprint_columns_are_printed_only_where_they_fit(footprints):
     text, left_out = table.printed_table(rows, width=80)
     assert max(map(len, text.splitlines())) <= 80 and "macs" in left_out
     assert table.parse_columns("flash_bytes,arena_bytes,macs") == (
-        "flash_bytes", "arena_bytes", "macs")
+        "flash_bytes",
+        "arena_bytes",
+        "macs",
+    )
 
 
 def test_flash_picture_has_the_reference_lines(footprints, tmp_path):
@@ -577,8 +814,9 @@ def test_flash_picture_has_the_reference_lines(footprints, tmp_path):
     assert {line.get_linestyle() for line in lines.values()} == {"--"}
     assert ax.get_xscale() == "log"
     # One point per int8 file; the old record's by its file size, the same figure.
-    points = sorted((float(x), round(float(y), 6)) for c in ax.collections
-                    for x, y in c.get_offsets())
+    points = sorted(
+        (float(x), round(float(y), 6)) for c in ax.collections for x, y in c.get_offsets()
+    )
     assert points == [(5_000, 50.0), (98_960, 86.0), (99_104, 74.0), (200_000, 55.0)]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "MLPerf Tiny quality target: 85% top-1" in legend
@@ -600,6 +838,7 @@ def test_flash_picture_without_a_resnet8_has_no_vertical_line(results, tmp_path)
 
 # --------------------------------------------------------------------------- report
 
+
 def _check_png(path: Path) -> None:
     from matplotlib.image import imread
 
@@ -615,8 +854,13 @@ def test_report_files_are_written(results, tmp_path):
     out = tmp_path / "report"
     report = cmp.compare([results], out)
     assert sorted(p.name for p in report.files) == [
-        "accuracy_vs_flash.png", "accuracy_vs_latency.html", "accuracy_vs_latency.png",
-        "report.md", "results.csv", "training_curves.png"]
+        "accuracy_vs_flash.png",
+        "accuracy_vs_latency.html",
+        "accuracy_vs_latency.png",
+        "report.md",
+        "results.csv",
+        "training_curves.png",
+    ]
     _check_png(out / "accuracy_vs_latency.png")
     _check_png(out / "accuracy_vs_flash.png")
     _check_png(out / "training_curves.png")
@@ -648,21 +892,23 @@ def test_no_valid_record_is_an_error(tmp_path):
 
 
 def test_only_drawing_imports_matplotlib():
-    code = ("import sys; import harness.report.compare, harness.report.collect, "
-            "harness.report.table, harness.report.plots; "
-            "assert 'matplotlib' not in sys.modules")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    code = (
+        "import sys; import harness.report.compare, harness.report.collect, "
+        "harness.report.table, harness.report.plots; "
+        "assert 'matplotlib' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
 
 def test_compare_imports_neither_tensorflow_nor_keras(results, tmp_path):
-    code = ("import sys; from harness.report.compare import compare; "
-            f"compare([{str(results)!r}], {str(tmp_path / 'out')!r}); "
-            "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
+    code = (
+        "import sys; from harness.report.compare import compare; "
+        f"compare([{str(results)!r}], {str(tmp_path / 'out')!r}); "
+        "heavy = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
 
@@ -674,6 +920,7 @@ def test_the_committed_reference_records_are_valid():
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def _invoke(results_dir: Path, *args):
     return CliRunner().invoke(main, ["--results", str(results_dir), "compare", *args])
@@ -700,8 +947,9 @@ def test_cli_names_skipped_files_and_honours_out(results, tmp_path):
 
 
 def test_cli_table_fits_the_terminal_and_says_what_it_left_out(results, tmp_path):
-    result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results)],
-                                env={"COLUMNS": "80"})
+    result = CliRunner().invoke(
+        main, ["--results", str(results), "compare", str(results)], env={"COLUMNS": "80"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(map(len, lines)) <= 80 and "test acc" in lines[0] and "p50 b=1" in lines[0]
@@ -714,16 +962,26 @@ def test_cli_table_fits_the_terminal_and_says_what_it_left_out(results, tmp_path
 def test_cli_columns_choose_and_reject(results):
     result = _invoke(results, str(results), "--columns", "p50_us,model", "--format", "json")
     assert result.exit_code == 0, result.output
-    assert list(json.loads(result.stdout)[0]) == ["p50_us", "model", "pareto", "flagged",
-                                                  "record", "machine", "arena_note"]
+    assert list(json.loads(result.stdout)[0]) == [
+        "p50_us",
+        "model",
+        "pareto",
+        "flagged",
+        "record",
+        "machine",
+        "arena_note",
+    ]
     result = _invoke(results, str(results), "--columns", "model,machine", "--sort", "machine")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["model", "machine"] and "Test CPU, 2 cores" in lines[1]
     result = _invoke(results, str(results), "--columns", "machine", "--format", "csv")
     assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record,arena_note"
-    result = CliRunner().invoke(main, ["--results", str(results), "compare", str(results),
-                                       "--columns", "model,variant"], env={"COLUMNS": "20"})
+    result = CliRunner().invoke(
+        main,
+        ["--results", str(results), "compare", str(results), "--columns", "model,variant"],
+        env={"COLUMNS": "20"},
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0].split() == ["model", "variant"]
     assert "left out" not in result.stderr
@@ -758,10 +1016,14 @@ def test_a_model_benchmarked_twice_is_told_apart_in_the_printed_table(tmp_path):
     the machine where they differ in it, else the record."""
     root = tmp_path / "results"
     write_run(root, "twice", 0.60)
-    write_json(root / "bench" / "twice.json", bench("twice", [
-        bench_row("twice", "litert", "int8", 0.60, 10.0)], cpu="Fast CPU"))
-    write_json(root / "other" / "bench" / "twice.json", bench("twice", [
-        bench_row("twice", "litert", "int8", 0.60, 12.0)], cpu="Slow CPU"))
+    write_json(
+        root / "bench" / "twice.json",
+        bench("twice", [bench_row("twice", "litert", "int8", 0.60, 10.0)], cpu="Fast CPU"),
+    )
+    write_json(
+        root / "other" / "bench" / "twice.json",
+        bench("twice", [bench_row("twice", "litert", "int8", 0.60, 12.0)], cpu="Slow CPU"),
+    )
     rows = table.mark_pareto(table.build_rows(collect.collect_records([root])))
     text, _ = table.printed_table(rows, width=200)
     header, *lines = text.splitlines()
@@ -784,13 +1046,18 @@ def test_the_chart_colours_families_fades_the_rest_and_has_an_offline_page(resul
     ax = plots.accuracy_latency_figure(report.rows).axes[0]
     alphas = sorted({c.get_alpha() for c in ax.collections})
     assert alphas == ([0.3, 0.95] if not all(r["pareto"] for r in timed) else [0.95])
-    families = [t.get_text() for t in ax.artists[0].get_texts()] if ax.artists else [
-        t.get_text() for t in ax.get_legend().get_texts()]
+    families = (
+        [t.get_text() for t in ax.artists[0].get_texts()]
+        if ax.artists
+        else [t.get_text() for t in ax.get_legend().get_texts()]
+    )
     assert "fully connected" in families or "CNN" in families
     page = (tmp_path / "report" / "accuracy_vs_latency.html").read_text()
     titles = re.findall(r"<title>([^<]*)</title>", page)
     for r in timed:
-        assert any(t.startswith(f"{r['model']}: {r['runtime']} {r['precision']}")
-                   and r["record"] in t for t in titles), r
+        assert any(
+            t.startswith(f"{r['model']}: {r['runtime']} {r['precision']}") and r["record"] in t
+            for t in titles
+        ), r
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page and "<script" not in page

@@ -25,11 +25,16 @@ def test_file_then_flags(tmp_path):
     assert (cfg.activation, cfg.epochs, cfg.preset) == ("relu", 3, None)
 
 
-@pytest.mark.parametrize("text,match", [("unitz: 3\n", "unknown setting"),
-                                        ("units: many\n", "units='many'"),
-                                        ("layers: 0\n", "layers=0"),
-                                        ("- a\n- b\n", "expected a mapping"),
-                                        ("activation: tanh\n", "activation='tanh'")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("unitz: 3\n", "unknown setting"),
+        ("units: many\n", "units='many'"),
+        ("layers: 0\n", "layers=0"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("activation: tanh\n", "activation='tanh'"),
+    ],
+)
 def test_bad_config_files_name_the_key(tmp_path, text, match):
     f = tmp_path / "c.yaml"
     f.write_text(text)
@@ -42,16 +47,28 @@ def test_unsafe_run_name_is_refused():
         TrainConfig(name="../x").validate()
 
 
-@pytest.mark.parametrize("key,value", [("schedule", "step"), ("warmup_epochs", 100),
-                                       ("backend", "torch"), ("steps_per_execution", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("schedule", "step"),
+        ("warmup_epochs", 100),
+        ("backend", "torch"),
+        ("steps_per_execution", 0),
+    ],
+)
 def test_execution_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("selu", overrides={key: value})
 
 
-@pytest.mark.parametrize("overrides,match", [({"pool": 3}, "pool=3.*divide 32"),
-                                             ({"pool": 0}, "pool=0"),
-                                             ({"pool": 4, "pca": 200}, "pca=200.*3072 / pool")])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"pool": 3}, "pool=3.*divide 32"),
+        ({"pool": 0}, "pool=0"),
+        ({"pool": 4, "pca": 200}, "pca=200.*3072 / pool"),
+    ],
+)
 def test_input_pooling_is_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):
         resolve("bn-elu-fast", overrides=overrides)

@@ -42,7 +42,7 @@ def test_round_trip_keeps_images_labels_and_order(archive, batches):
 def test_channel_layout_matches_official_row_order():
     # Official rows are 1024 red values, then 1024 green, then 1024 blue.
     img = np.zeros((1, 32, 32, 3), np.uint8)
-    img[0, 0, 1, 0], img[0, 0, 0, 2] = 7, 9   # red at (row 0, col 1), blue at (0, 0)
+    img[0, 0, 1, 0], img[0, 0, 0, 2] = 7, 9  # red at (row 0, col 1), blue at (0, 0)
     blob = synthetic.batch_pickle(img, np.array([3]), "b")
     row = pickle.loads(blob, encoding="bytes")[b"data"][0]
     assert row[1] == 7 and row[2048] == 9
@@ -55,12 +55,19 @@ def test_split_sizes_and_order(archive):
     ds = data.load(archive)
     s = data.split(ds)
     assert (len(s.train), len(s.val), len(s.test)) == (450, 50, 100)
-    np.testing.assert_array_equal(s.val.x, ds.x_train[:50])     # validation = the first images
+    np.testing.assert_array_equal(s.val.x, ds.x_train[:50])  # validation = the first images
     np.testing.assert_array_equal(s.train.x, ds.x_train[50:])
     # The study's sizes on full-size data: 45,000 / 5,000 / 10,000.
-    full = data.Dataset(np.zeros((50000, 32, 32, 3), np.uint8), np.zeros(50000, np.int64),
-                        np.zeros((10000, 32, 32, 3), np.uint8), np.zeros(10000, np.int64),
-                        data.LABEL_NAMES, "x", "x", "content")
+    full = data.Dataset(
+        np.zeros((50000, 32, 32, 3), np.uint8),
+        np.zeros(50000, np.int64),
+        np.zeros((10000, 32, 32, 3), np.uint8),
+        np.zeros(10000, np.int64),
+        data.LABEL_NAMES,
+        "x",
+        "x",
+        "content",
+    )
     s = data.split(full)
     assert (len(s.train), len(s.val), len(s.test)) == (45000, 5000, 10000)
 
@@ -70,8 +77,9 @@ def test_normalization_stats_come_from_train_split_only():
     x = rng.integers(0, 100, size=(100, 32, 32, 3)).astype(np.uint8)
     x[:10] = 255  # the validation images: far brighter than the rest
     t = np.full((10, 32, 32, 3), 200, np.uint8)
-    ds = data.Dataset(x, np.zeros(100, np.int64), t, np.zeros(10, np.int64),
-                      data.LABEL_NAMES, "x", "x", "content")
+    ds = data.Dataset(
+        x, np.zeros(100, np.int64), t, np.zeros(10, np.int64), data.LABEL_NAMES, "x", "x", "content"
+    )
     mean, var = data.split(ds).norm_stats()
     train = x[10:].reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(mean, train.mean(0), rtol=1e-6)
@@ -95,8 +103,9 @@ def _tar_with(tmp_path: Path, members: dict[str, bytes], name="bad.tar.gz") -> P
 
 
 def _official_members(batches) -> dict[str, bytes]:
-    return {f"cifar-10-batches-py/{n}": synthetic.batch_pickle(x, y, n)
-            for n, (x, y) in batches.items()}
+    return {
+        f"cifar-10-batches-py/{n}": synthetic.batch_pickle(x, y, n) for n, (x, y) in batches.items()
+    }
 
 
 def test_malicious_pickle_is_refused(tmp_path, batches, monkeypatch):
@@ -155,7 +164,8 @@ def test_truncated_archive_errors_and_leaves_no_cache(tmp_path, archive):
 def test_wrong_shapes_are_named(tmp_path, batches):
     members = _official_members(batches)
     members["cifar-10-batches-py/data_batch_2"] = synthetic.rows_pickle(
-        np.zeros((100, 100), np.uint8), [0] * 100, "b")
+        np.zeros((100, 100), np.uint8), [0] * 100, "b"
+    )
     with pytest.raises(DataError, match=r"data_batch_2: data is uint8 \(100, 100\)"):
         data.import_data(_tar_with(tmp_path, members))
 
@@ -204,7 +214,8 @@ def test_extracted_folder_imports_the_same_arrays(tmp_path, archive):
 @pytest.fixture
 def http_server(archive):
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(
-        *a, directory=str(Path(archive).parent), **k)
+        *a, directory=str(Path(archive).parent), **k
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -33,10 +33,11 @@ while not go.exists():
     time.sleep(0.01)
 {body}
 """
-LOAD = CHILD.format(body="from harness.data import cifar as data\nds = data.load()\n"
-                         "print(ds.sha256, len(ds.x_train), len(ds.x_test))")
-IMPORT = CHILD.format(body="from harness.cli import main\n"
-                           "main(['data', 'import', sys.argv[2]])")
+LOAD = CHILD.format(
+    body="from harness.data import cifar as data\nds = data.load()\n"
+    "print(ds.sha256, len(ds.x_train), len(ds.x_test))"
+)
+IMPORT = CHILD.format(body="from harness.cli import main\nmain(['data', 'import', sys.argv[2]])")
 
 
 @pytest.fixture
@@ -71,17 +72,32 @@ def server(archive_small):
 
 
 def _env(home: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_ARCHIVE", "http_proxy", "HTTP_PROXY")}
-    return {**env, "HARNESS_HOME": str(home), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-            **extra}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HARNESS_ARCHIVE", "http_proxy", "HTTP_PROXY")
+    }
+    return {
+        **env,
+        "HARNESS_HOME": str(home),
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+        **extra,
+    }
 
 
 def _run_together(tmp_path: Path, code: str, env: dict, *args: str) -> list[tuple]:
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), *args], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(PROCESSES)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(go), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
     time.sleep(0.3)
     go.touch()
     results = []
@@ -123,16 +139,24 @@ def test_concurrent_data_import_imports_once(tmp_path, archive_small):
     assert data.read_cache(home).sha256 == data.sha256_of(archive_small)
 
 
-def test_a_killed_holder_leaves_neither_lock_nor_parts(tmp_path, server, archive_small,
-                                                      monkeypatch):
+def test_a_killed_holder_leaves_neither_lock_nor_parts(
+    tmp_path, server, archive_small, monkeypatch
+):
     """The kernel drops the lock of a process killed while holding it; the next holder
     removes what it left half written."""
     url, hits = server
     home = tmp_path / "home"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom harness.data import cifar as data\n"
-         "with data.cache_lock():\n    print('held', flush=True)\n    time.sleep(60)"],
-        env=_env(home), stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom harness.data import cifar as data\n"
+            "with data.cache_lock():\n    print('held', flush=True)\n    time.sleep(60)",
+        ],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     stale = home / f".{data.ARCHIVE_NAME}.dead.part"
     stale.write_bytes(b"half")

@@ -44,16 +44,19 @@ runpy.run_path(script, run_name='__main__')
 
 
 def standalone(bundle: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-I", "-c", STANDALONE, str(bundle / "predict.py"),
-                           *map(str, args)], capture_output=True, text=True, cwd=bundle.parent)
+    return subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, str(bundle / "predict.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=bundle.parent,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
-    cfg = resolve("bn-elu", overrides=dict(layers=2, units=32, epochs=3, batch_size=64,
-                                           name="d"))
+    cfg = resolve("bn-elu", overrides=dict(layers=2, units=32, epochs=3, batch_size=64, name="d"))
     train(cfg, ds, results, verbose=0)
     return RunDir.named(results, "d"), ds, results
 
@@ -66,9 +69,12 @@ def _files(folder: Path) -> dict[str, float]:
 def bundles(trained):
     run, ds, results = trained
     before = _files(run.path)
-    made = {runtime: deploy.deploy_run(run, ds, results / "deploy", "linux", runtime, precision,
-                                       calls=20, warmup=2)
-            for runtime, precision in BUNDLES.items()}
+    made = {
+        runtime: deploy.deploy_run(
+            run, ds, results / "deploy", "linux", runtime, precision, calls=20, warmup=2
+        )
+        for runtime, precision in BUNDLES.items()
+    }
     return {**made, "run files": (before, _files(run.path))}
 
 
@@ -86,8 +92,8 @@ def test_bundle_folder_archive_and_sha256(bundle, trained):
     assert manifest["bundle"] == folder.name and BUNDLES[runtime] == precision
     model_file = manifest["model"]["file"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["README.md", "manifest.json", model_file, "predict.py", "requirements.txt",
-         "samples.npz"])
+        ["README.md", "manifest.json", model_file, "predict.py", "requirements.txt", "samples.npz"]
+    )
     archive = bundle["archive"]
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert bundle["sha256"] == digest
@@ -95,8 +101,10 @@ def test_bundle_folder_archive_and_sha256(bundle, trained):
     with tarfile.open(archive) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         assert set(members) == {f"{folder.name}/{p.name}" for p in folder.iterdir()}
-        assert tar.extractfile(f"{folder.name}/manifest.json").read() == \
-            (folder / "manifest.json").read_bytes()
+        assert (
+            tar.extractfile(f"{folder.name}/manifest.json").read()
+            == (folder / "manifest.json").read_bytes()
+        )
         assert {(m.uid, m.uname) for m in members.values()} == {(0, "")}
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -150,8 +158,11 @@ def test_manifest_figures_are_the_measured_ones(bundle, trained):
 
 def test_selftest_passes_without_harness_tensorflow_keras_jax(bundle, tmp_path):
     (tmp_path / "imports.py").write_text("import tensorflow\n")
-    blocked = subprocess.run([sys.executable, "-I", "-c", STANDALONE, tmp_path / "imports.py"],
-                             capture_output=True, text=True)
+    blocked = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, tmp_path / "imports.py"],
+        capture_output=True,
+        text=True,
+    )
     assert blocked.returncode == 1 and "tensorflow is blocked" in blocked.stderr  # it works
     with tarfile.open(bundle["archive"]) as tar:  # ... and the archive alone is enough
         tar.extractall(tmp_path, filter="data")
@@ -207,8 +218,10 @@ def test_a_changed_file_fails_the_selftest(bundle, tmp_path):
     (folder / "README.md").write_text("changed")
     done = standalone(folder, "--selftest")
     assert done.returncode == 1
-    assert done.stderr == "predict.py: README.md: sha256 differs from manifest.json " \
-                          "(damaged or changed)\n"
+    assert (
+        done.stderr == "predict.py: README.md: sha256 differs from manifest.json "
+        "(damaged or changed)\n"
+    )
 
 
 def test_near_ties_may_change_class_far_ones_may_not():
@@ -260,26 +273,31 @@ def test_npz_in_probabilities_out(bundle, trained, tmp_path):
 
     run, ds, _ = trained
     np.savez(tmp_path / "test.npz", x=ds.x_test, y=ds.y_test)
-    done = standalone(bundle["folder"], "--npz", tmp_path / "test.npz", "--dump-probs",
-                      tmp_path / "probs.npy")
+    done = standalone(
+        bundle["folder"], "--npz", tmp_path / "test.npz", "--dump-probs", tmp_path / "probs.npy"
+    )
     assert done.returncode == 0, done.stderr
     probs = np.load(tmp_path / "probs.npy")
     expected = runtimes.predict_batched(
-        runtimes.load(bundle["folder"] / bundle["manifest"]["model"]["file"]), ds.x_test)
+        runtimes.load(bundle["folder"] / bundle["manifest"]["model"]["file"]), ds.x_test
+    )
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     accuracy = bundle["manifest"]["measured"]["test"]["accuracy"]
     assert done.stdout.splitlines()[-1] == f"accuracy {accuracy:.4f} on {len(ds.x_test)} images"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["missing.png"], "missing.png: no such file or folder"),
-    ([], "give image files/folders, or --npz FILE, or --selftest"),
-    (["--selftest", "a.png"], "--selftest takes no images"),
-    (["a.png", "--top", "11"], "--top 11: must be 1 to 10"),
-    (["--npz", "notes.txt"], "notes.txt: not a readable .npz file"),
-    (["--npz", "wrong.npz"], "expected key x of uint8 images (N, 32, 32, 3), got x float32"),
-    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing.png"], "missing.png: no such file or folder"),
+        ([], "give image files/folders, or --npz FILE, or --selftest"),
+        (["--selftest", "a.png"], "--selftest takes no images"),
+        (["a.png", "--top", "11"], "--top 11: must be 1 to 10"),
+        (["--npz", "notes.txt"], "notes.txt: not a readable .npz file"),
+        (["--npz", "wrong.npz"], "expected key x of uint8 images (N, 32, 32, 3), got x float32"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(bundles, tmp_path, args, message):
     folder = _copy(bundles["onnx"], tmp_path)
     (tmp_path / "notes.txt").write_text("not an image")
@@ -296,15 +314,18 @@ def test_a_model_the_runtime_cannot_run_exits_1(bundles, tmp_path):
     (folder / "model.onnx").write_bytes(b"not a model")
     np.savez(tmp_path / "x.npz", x=np.zeros((1, 32, 32, 3), np.uint8))
     done = standalone(folder, "--npz", tmp_path / "x.npz")
-    assert done.returncode == 1 and done.stderr.startswith("predict.py: model.onnx: the runtime "
-                                                           "cannot load it"), done.stderr
+    assert done.returncode == 1 and done.stderr.startswith(
+        "predict.py: model.onnx: the runtime cannot load it"
+    ), done.stderr
 
 
 @pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "", "a b", "-rf", "x" * 101])
 def test_a_bad_bundle_name_exits_2(trained, name):
     run, _, results = trained
-    result = CliRunner().invoke(main, ["--results", str(results), "deploy", str(run.path),
-                                       "--target", "linux", "--name", name])
+    result = CliRunner().invoke(
+        main,
+        ["--results", str(results), "deploy", str(run.path), "--target", "linux", "--name", name],
+    )
     assert result.exit_code == 2, result.output
     assert "a bundle name is 1 to 100 letters" in result.output
     with pytest.raises(bundle_mod.DeployError):
@@ -312,24 +333,44 @@ def test_a_bad_bundle_name_exits_2(trained, name):
     assert bundle_mod.check_name("fr-edge_r2.v1") == "fr-edge_r2.v1"
 
 
-@pytest.mark.parametrize("options,message", [
-    (["--target", "linux", "--runtime", "onnx", "--quantize", "int8"], "float32 only"),
-    (["--target", "linux", "--flash-kb", "64"], "for --target mcu only"),
-    (["--target", "mcu", "--quantize", "float32"], "int8 only"),
-    (["--target", "mcu", "--runtime", "onnx"], "int8 only"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--target", "linux", "--runtime", "onnx", "--quantize", "int8"], "float32 only"),
+        (["--target", "linux", "--flash-kb", "64"], "for --target mcu only"),
+        (["--target", "mcu", "--quantize", "float32"], "int8 only"),
+        (["--target", "mcu", "--runtime", "onnx"], "int8 only"),
+    ],
+)
 def test_impossible_options_exit_2(trained, options, message):
     run, _, results = trained
-    result = CliRunner().invoke(main, ["--results", str(results), "deploy", str(run.path),
-                                       *options])
+    result = CliRunner().invoke(
+        main, ["--results", str(results), "deploy", str(run.path), *options]
+    )
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_cli_writes_the_bundle_under_results(trained, archive, tmp_path):
     run, _, _ = trained
-    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
-                                       "deploy", str(run.path), "--target", "linux",
-                                       "--runtime", "onnx", "--calls", "10", "--warmup", "0"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "deploy",
+            str(run.path),
+            "--target",
+            "linux",
+            "--runtime",
+            "onnx",
+            "--calls",
+            "10",
+            "--warmup",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     folder = tmp_path / "deploy" / "d-linux-onnx-float32"
     assert (folder / "manifest.json").exists() and (folder / "model.onnx").exists()

@@ -41,7 +41,8 @@ def test_identical_probabilities_agree_fully_and_pass(arm64, reference):
 
 
 def test_two_flips_in_2000_are_99_9_percent_and_pass_only_within_the_accuracy_target(
-        arm64, reference):
+    arm64, reference
+):
     labels = reference.argmax(1)
     probs = reference.copy()
     # Swap the top two classes of images 0 and 1: both now disagree with x86 and are wrong.
@@ -53,8 +54,7 @@ def test_two_flips_in_2000_are_99_9_percent_and_pass_only_within_the_accuracy_ta
     assert figures["argmax_agreement"] == pytest.approx(0.999)
     assert figures["accuracy_delta_points"] == pytest.approx(-0.1)
     assert figures["passed"]  # both targets are met exactly at their limits
-    assert figures["max_abs_prob_diff"] == pytest.approx(
-        float(np.abs(probs - reference).max()))
+    assert figures["max_abs_prob_diff"] == pytest.approx(float(np.abs(probs - reference).max()))
     worse = probs.copy()
     order = np.argsort(worse[2])
     worse[2, [order[-1], order[-2]]] = worse[2, [order[-2], order[-1]]]
@@ -63,9 +63,9 @@ def test_two_flips_in_2000_are_99_9_percent_and_pass_only_within_the_accuracy_ta
 
 def test_flips_that_cancel_in_accuracy_still_fail_the_agreement_target(arm64, reference):
     labels = reference.argmax(1)
-    labels[:5] = (labels[:5] + 1) % 10          # x86 is wrong on images 0-4 ...
+    labels[:5] = (labels[:5] + 1) % 10  # x86 is wrong on images 0-4 ...
     probs = reference.copy()
-    probs[:5] = np.eye(10)[labels[:5]]          # ... the emulated run right: 5 flips
+    probs[:5] = np.eye(10)[labels[:5]]  # ... the emulated run right: 5 flips
     probs[5:10] = np.eye(10)[(labels[5:10] + 1) % 10]  # and 5 right ones become wrong
     figures = arm64.compare_probs(probs, reference, labels)
     assert figures["accuracy_delta_points"] == 0
@@ -82,15 +82,21 @@ def test_without_labels_only_agreement_counts_and_bad_shapes_are_refused(arm64, 
 
 
 def test_requirements_must_be_pinned(arm64):
-    text = "# pinned by harness deploy\nnumpy==2.4.6\nPillow == 13.0.0  # images\n" \
-           "ai_edge_litert==2.3.0 ; python_version >= '3.10'\n\n"
+    text = (
+        "# pinned by harness deploy\nnumpy==2.4.6\nPillow == 13.0.0  # images\n"
+        "ai_edge_litert==2.3.0 ; python_version >= '3.10'\n\n"
+    )
     assert arm64.read_requirements(text) == {
-        "numpy": "2.4.6", "pillow": "13.0.0", "ai-edge-litert": "2.3.0"}
+        "numpy": "2.4.6",
+        "pillow": "13.0.0",
+        "ai-edge-litert": "2.3.0",
+    }
     with pytest.raises(ValueError, match="not pinned"):
         arm64.read_requirements("numpy>=2\n")
     key = arm64.requirements_key(arm64.read_requirements(text))
-    assert key == arm64.requirements_key({"ai-edge-litert": "2.3.0", "pillow": "13.0.0",
-                                          "numpy": "2.4.6"})
+    assert key == arm64.requirements_key(
+        {"ai-edge-litert": "2.3.0", "pillow": "13.0.0", "numpy": "2.4.6"}
+    )
     assert key != arm64.requirements_key({"numpy": "2.4.6"})
 
 
@@ -109,11 +115,13 @@ def test_platform_tags_cover_every_glibc_up_to_the_userland(arm64):
 
 
 def test_json_lines_become_probabilities_in_class_order(arm64):
-    out = ('{"image": "a.png", "top": [{"class": "cat", "index": 3, "probability": 0.75}, '
-           '{"class": "dog", "index": 5, "probability": 0.25}]}\n'
-           'note: not json\n'
-           '{"image": "b.png", "top": [{"class": "dog", "index": 5, "probability": 1.0}, '
-           '{"class": "cat", "index": 3, "probability": 0.0}]}\n')
+    out = (
+        '{"image": "a.png", "top": [{"class": "cat", "index": 3, "probability": 0.75}, '
+        '{"class": "dog", "index": 5, "probability": 0.25}]}\n'
+        "note: not json\n"
+        '{"image": "b.png", "top": [{"class": "dog", "index": 5, "probability": 1.0}, '
+        '{"class": "cat", "index": 3, "probability": 0.0}]}\n'
+    )
     probs = arm64.read_json_lines(out, 10)
     assert probs.shape == (2, 10) and probs.sum() == pytest.approx(2.0)
     assert probs[0, 3] == 0.75 and probs[1].argmax() == 5

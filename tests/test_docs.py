@@ -94,10 +94,15 @@ def test_cited_records_exist(page):
 def test_record_pattern_finds_paths():
     """The checks above see what they should (a guard against a regex that matches nothing)."""
     text = "see `results/reference/runs/<run>/config.json`, and results/reference/bench/a.json."
-    assert RECORD.findall(text) == ["results/reference/runs/<run>/config.json",
-                                    "results/reference/bench/a.json"]
+    assert RECORD.findall(text) == [
+        "results/reference/runs/<run>/config.json",
+        "results/reference/bench/a.json",
+    ]
     assert LINK.findall("[a](docs/x.md) ![b](img.png) [c](https://e.org)") == [
-        "docs/x.md", "img.png", "https://e.org"]
+        "docs/x.md",
+        "img.png",
+        "https://e.org",
+    ]
     assert _slug("Against the CNN, and the targets") == "against-the-cnn-and-the-targets"
 
 

@@ -26,8 +26,13 @@ def exported(tmp_path_factory, archive):
 def test_every_export_is_written_and_verified(exported):
     run, _, records = exported
     by_file = {r["file"]: r for r in records}
-    assert set(by_file) == {"model.onnx", "model_float32.tflite", "model_float16.tflite",
-                            "model_dynamic.tflite", "model_int8.tflite"}
+    assert set(by_file) == {
+        "model.onnx",
+        "model_float32.tflite",
+        "model_float16.tflite",
+        "model_dynamic.tflite",
+        "model_int8.tflite",
+    }
     assert (run.path / "exports" / "saved_model" / "saved_model.pb").exists()
     keras_accuracy = run.read_metrics()["test"]["accuracy"]
     for name, rec in by_file.items():
@@ -38,9 +43,11 @@ def test_every_export_is_written_and_verified(exported):
         # files the same, dynamic 0.70, int8 0.63 (a drop of 6 points: flagged).
         assert rec["keras_test"]["accuracy"] == pytest.approx(keras_accuracy)
         assert rec["accuracy_drop_points"] == pytest.approx(
-            100 * (keras_accuracy - rec["test"]["accuracy"]), abs=1e-3)
-        assert rec["flagged"] == (rec["accuracy_drop_points"]
-                                  > MAX_DROP_POINTS[rec["quantization"]])
+            100 * (keras_accuracy - rec["test"]["accuracy"]), abs=1e-3
+        )
+        assert rec["flagged"] == (
+            rec["accuracy_drop_points"] > MAX_DROP_POINTS[rec["quantization"]]
+        )
         assert rec["test"]["accuracy"] > 0.5, name
     assert by_file["model.onnx"]["max_abs_diff"] < 1e-4
     assert by_file["model_float32.tflite"]["max_abs_diff"] < 1e-4
@@ -61,7 +68,7 @@ def test_verification_catches_a_broken_export(exported):
 
 
 def test_a_drop_of_exactly_the_limit_is_not_flagged(monkeypatch):
-    """"An int8 export that loses more than 1 point is flagged": one that loses 1 point (one
+    """ "An int8 export that loses more than 1 point is flagged": one that loses 1 point (one
     image in 100) is not, whatever the two accuracies are."""
     from types import SimpleNamespace
 
@@ -69,7 +76,7 @@ def test_a_drop_of_exactly_the_limit_is_not_flagged(monkeypatch):
     probs = np.eye(10, dtype=np.float32)[y]
     probs[:1] = np.roll(probs[:1], 1, axis=1)  # 99 of the 100 right
     monkeypatch.setattr(runtimes, "load", lambda path: SimpleNamespace(name="fake"))
-    monkeypatch.setattr(runtimes, "predict_batched", lambda runtime, x: probs[:len(x)])
+    monkeypatch.setattr(runtimes, "predict_batched", lambda runtime, x: probs[: len(x)])
     splits = SimpleNamespace(test=SimpleNamespace(x=np.zeros((100, 32, 32, 3), np.uint8), y=y))
     result = verify(None, "int8", probs, {"accuracy": 1.0, "loss": 0.0}, splits)
     assert result["test"]["accuracy"] == 0.99 and result["accuracy_drop_points"] == 1.0
@@ -78,13 +85,15 @@ def test_a_drop_of_exactly_the_limit_is_not_flagged(monkeypatch):
 
 def test_runtimes_work_without_tensorflow(exported):
     run, ds, _ = exported
-    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "import numpy as np; from harness.export import runtimes\n"
-            f"x = np.load({str(run.path / 'x.npy')!r})\n"
-            "for f in sys.argv[1:]:\n"
-            "    p = runtimes.predict_batched(runtimes.load(f), x, 7)\n"
-            "    assert p.shape == (len(x), 10) and np.allclose(p.sum(1), 1, atol=1e-2), f\n"
-            "print('ok')")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "import numpy as np; from harness.export import runtimes\n"
+        f"x = np.load({str(run.path / 'x.npy')!r})\n"
+        "for f in sys.argv[1:]:\n"
+        "    p = runtimes.predict_batched(runtimes.load(f), x, 7)\n"
+        "    assert p.shape == (len(x), 10) and np.allclose(p.sum(1), 1, atol=1e-2), f\n"
+        "print('ok')"
+    )
     np.save(run.path / "x.npy", ds.x_test[:20])
     files = [str(run.path / "exports" / f) for f in ("model.onnx", "model_int8.tflite")]
     done = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True)
@@ -102,8 +111,9 @@ def test_export_on_another_backend_is_a_clear_error(exported, archive, monkeypat
     run, ds, _ = exported
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     for command in (["export", str(run.path)], ["bench", str(run.path)]):
-        result = CliRunner().invoke(main, ["--archive", str(archive), "--results",
-                                           str(tmp_path), *command])
+        result = CliRunner().invoke(
+            main, ["--archive", str(archive), "--results", str(tmp_path), *command]
+        )
         assert result.exit_code == 1, result.output
         assert "KERAS_BACKEND=tensorflow" in result.output and "Traceback" not in result.output
 
@@ -143,39 +153,65 @@ def test_predict_runs_without_tensorflow(exported, tmp_path):
     Image.fromarray(ds.x_test[0]).resize((64, 48)).save(tmp_path / "a.png")
     Image.fromarray(ds.x_test[1]).save(tmp_path / "b.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
-    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "from harness.cli import main; main()")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from harness.cli import main; main()"
+    )
     for model in ("model.onnx", "model_int8.tflite"):
-        args = [sys.executable, "-c", code, "predict", "--top", "2",
-                str(run.path / "exports" / model), str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+        args = [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            "--top",
+            "2",
+            str(run.path / "exports" / model),
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.jpg"),
+        ]
         done = subprocess.run(args, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         lines = done.stdout.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "a.png"))
         assert lines[0].count(",") == 1  # two classes with probabilities
-    bad = subprocess.run([sys.executable, "-c", code, "predict", str(run.path / "exports" /
-                          "model.onnx"), str(tmp_path / "notes.txt")], capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            str(run.path / "exports" / "model.onnx"),
+            str(tmp_path / "notes.txt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "notes.txt: not an image" in bad.stderr
 
 
-@pytest.mark.parametrize("pca,tta,pool", [(0, "none", 1), (24, "none", 1), (24, "flip", 1),
-                                          (0, "none", 2), (24, "flip", 4)])
+@pytest.mark.parametrize(
+    "pca,tta,pool",
+    [(0, "none", 1), (24, "none", 1), (24, "flip", 1), (0, "none", 2), (24, "flip", 4)],
+)
 def test_folded_inference_model_is_the_same_function(pca, tta, pool):
     import keras
 
     from harness.export.convert import exportable
     from harness.train.models import build_model
 
-    cfg = resolve("mlp-frontier", overrides=dict(layers=2, units=16, pca=pca, tta=tta,
-                                                 pool=pool, backend=None))
+    cfg = resolve(
+        "mlp-frontier",
+        overrides=dict(layers=2, units=16, pca=pca, tta=tta, pool=pool, backend=None),
+    )
     rng = np.random.default_rng(0)
-    model = build_model(cfg, mean=np.array([125.0, 122.0, 113.0]),
-                        variance=np.array([3900.0, 3800.0, 4400.0]))
+    model = build_model(
+        cfg, mean=np.array([125.0, 122.0, 113.0]), variance=np.array([3900.0, 3800.0, 4400.0])
+    )
     for layer in model.layers:  # BatchNorm statistics far from the identity
         if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "standardize":
-            layer.set_weights([rng.uniform(0.5, 2, w.shape).astype(np.float32)
-                               for w in layer.get_weights()])
+            layer.set_weights(
+                [rng.uniform(0.5, 2, w.shape).astype(np.float32) for w in layer.get_weights()]
+            )
     pixels = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.float32)
     expected = np.asarray(model(pixels, training=False))
     lean = exportable(model)
@@ -187,13 +223,14 @@ def test_folded_inference_model_is_the_same_function(pca, tta, pool):
     assert kinds[:3] == ["InputLayer", "FlatPixels", "Dense"], kinds
     assert "Dropout" not in kinds and "RandomFlipShift" not in kinds
     first = next(layer for layer in lean.layers if isinstance(layer, keras.layers.Dense))
-    assert first.kernel.shape == (3072 // pool ** 2, pca or 16)
+    assert first.kernel.shape == (3072 // pool**2, pca or 16)
     # the first Dense is linear, so the BatchNormalization after it is folded in too
     assert kinds[3] == ("Dense" if pca else "Activation"), kinds
     np.testing.assert_allclose(np.asarray(lean(pixels)), expected, atol=2e-5)
 
-    cnn = build_model(resolve("resnet8", overrides=dict(backend=None)),
-                      mean=np.zeros(3), variance=np.ones(3))
+    cnn = build_model(
+        resolve("resnet8", overrides=dict(backend=None)), mean=np.zeros(3), variance=np.ones(3)
+    )
     assert exportable(cnn) is cnn  # nothing to fold
 
 
@@ -225,7 +262,8 @@ def test_int8_file_takes_shifted_pixel_bytes_with_no_op_before_its_first_layer(e
     byte_path = rt.predict(pixels)
     assert rt._shifted.view(np.int8).reshape(-1)[:6].tolist() == [-128, -127, -1, 0, 126, 127]
     general = rt.interpreter
-    general.set_tensor(rt.input["index"], np.clip(np.round(pixels / 1.0 - 128), -128, 127)
-                       .astype(np.int8))
+    general.set_tensor(
+        rt.input["index"], np.clip(np.round(pixels / 1.0 - 128), -128, 127).astype(np.int8)
+    )
     general.invoke()
     assert np.array_equal(byte_path, general.get_tensor(rt.output["index"]))

@@ -36,17 +36,27 @@ from harness.export import runtimes
 
 # ------------------------------------------------------------------ the run and its floors
 RUN = "flow"
-TRAIN = ["--preset", "bn-elu", "--layers", "2", "--units", "32", "--epochs", "6",
-         "--batch-size", "32"]
+TRAIN = [
+    "--preset",
+    "bn-elu",
+    "--layers",
+    "2",
+    "--units",
+    "32",
+    "--epochs",
+    "6",
+    "--batch-size",
+    "32",
+]
 EXPORTS = ("model.onnx", "model_float32.tflite", "model_dynamic.tflite", "model_int8.tflite")
 # Test accuracy floors (100 images; chance is 0.10). Measured with this module's seeds (data
 # 0, training 42) and, in brackets, over seven other pairs of data and training seeds; 0.90
 # is one pair of classes merged:
-TRAIN_FLOOR = 0.85     # 1.00 (0.90-1.00)
+TRAIN_FLOOR = 0.85  # 1.00 (0.90-1.00)
 SPARSIFY_FLOOR = 0.85  # half of the kernel weights zeroed, no fine-tuning: 1.00 (0.90-1.00)
-PRUNE_FLOOR = 0.85     # tfmot magnitude pruning to 50 %, 2 epochs: 1.00 (0.90-1.00)
-UNITS_FLOOR = 0.70     # 16 of 32 units kept, 2 epochs: 1.00 (0.87-0.90)
-PREDICT_FLOOR = 0.80   # 30 test images as PNG files: 1.00
+PRUNE_FLOOR = 0.85  # tfmot magnitude pruning to 50 %, 2 epochs: 1.00 (0.90-1.00)
+UNITS_FLOOR = 0.70  # 16 of 32 units kept, 2 epochs: 1.00 (0.87-0.90)
+PREDICT_FLOOR = 0.80  # 30 test images as PNG files: 1.00
 QUANTIZED_MAX_DIFF = 0.05  # largest |p - p_keras| of the dynamic and int8 files: 0.010 (0.015)
 
 
@@ -60,8 +70,18 @@ def flow(tmp_path_factory):
     results = root / "results"
 
     def cli(*args, ok=True):
-        result = CliRunner().invoke(main, ["--archive", str(archive), "--home", str(root / "home"),
-                                           "--results", str(results), *map(str, args)])
+        result = CliRunner().invoke(
+            main,
+            [
+                "--archive",
+                str(archive),
+                "--home",
+                str(root / "home"),
+                "--results",
+                str(results),
+                *map(str, args),
+            ],
+        )
         if ok:
             assert result.exit_code == 0, (result.output, result.exception)
         return result
@@ -79,9 +99,20 @@ def trained(flow):
 def exported(flow, trained):
     """export's output and its records, by file name, as they were right after export."""
     _, run = trained
-    output = flow.cli("export", RUN, "--format", "onnx", "--format", "tflite",
-                      "--quantize", "float32", "--quantize", "dynamic",
-                      "--quantize", "int8").output
+    output = flow.cli(
+        "export",
+        RUN,
+        "--format",
+        "onnx",
+        "--format",
+        "tflite",
+        "--quantize",
+        "float32",
+        "--quantize",
+        "dynamic",
+        "--quantize",
+        "int8",
+    ).output
     return output, {name: read_json(run.path / "exports" / f"{name}.json") for name in EXPORTS}
 
 
@@ -98,28 +129,30 @@ def sparsified(flow, trained):
 
 @pytest.fixture(scope="module")
 def pruned(flow, trained):
-    return _variant(flow, "prune", RUN, "--sparsity", "0.5", "--epochs", "2",
-                    "--name", "flow-p50")
+    return _variant(flow, "prune", RUN, "--sparsity", "0.5", "--epochs", "2", "--name", "flow-p50")
 
 
 @pytest.fixture(scope="module")
 def unit_pruned(flow, trained):
-    return _variant(flow, "prune-units", RUN, "--keep", "0.5", "--epochs", "2",
-                    "--name", "flow-u16")
+    return _variant(
+        flow, "prune-units", RUN, "--keep", "0.5", "--epochs", "2", "--name", "flow-u16"
+    )
 
 
 @pytest.fixture(scope="module")
 def benched(flow, exported):
-    output = flow.cli("bench", RUN, "--export", "onnx", "--calls", "20",
-                      "--warmup", "5").output
+    output = flow.cli("bench", RUN, "--export", "onnx", "--calls", "20", "--warmup", "5").output
     return output, read_json(flow.results / "bench" / f"{RUN}.json")
 
 
 def _kernels(run: RunDir) -> list[np.ndarray]:
     """The learned Dense kernels of a run's saved model, first layer first."""
     model = keras.saving.load_model(run.model)
-    return [np.asarray(layer.kernel) for layer in model.layers
-            if isinstance(layer, keras.layers.Dense) and layer.trainable]
+    return [
+        np.asarray(layer.kernel)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense) and layer.trainable
+    ]
 
 
 def _zeros(kernels: list[np.ndarray]) -> float:
@@ -127,6 +160,7 @@ def _zeros(kernels: list[np.ndarray]) -> float:
 
 
 # ------------------------------------------------------------------ data
+
 
 def test_synthetic_classes_are_separable_by_their_mean_colour(batches, flow):
     """Both synthetic archives, the default one and this module's, are separable in
@@ -141,12 +175,14 @@ def test_synthetic_classes_are_separable_by_their_mean_colour(batches, flow):
         colours = test_x.reshape(len(test_x), 1024, 3).mean(axis=1)
         nearest = np.linalg.norm(colours[:, None] - means[None], axis=-1).argmin(axis=1)
         assert (nearest == test_y).mean() == 1.0, name
-    gaps = np.linalg.norm(synthetic.SPREAD_COLOURS[:, None] - synthetic.SPREAD_COLOURS[None],
-                          axis=-1)
+    gaps = np.linalg.norm(
+        synthetic.SPREAD_COLOURS[:, None] - synthetic.SPREAD_COLOURS[None], axis=-1
+    )
     assert gaps[~np.eye(10, dtype=bool)].min() > 120
 
 
 # ------------------------------------------------------------------ train
+
 
 def test_train_learns_the_synthetic_classes(flow, trained):
     output, run = trained
@@ -162,6 +198,7 @@ def test_train_learns_the_synthetic_classes(flow, trained):
 
 
 # ------------------------------------------------------------------ export
+
 
 def test_export_writes_verified_files_that_keep_the_accuracy(flow, trained, exported):
     _, run = trained
@@ -191,22 +228,36 @@ def test_export_writes_verified_files_that_keep_the_accuracy(flow, trained, expo
     assert not (run.path / "exports" / "saved_model").exists()  # not asked for: removed
 
 
-def test_export_flags_a_file_that_loses_more_than_its_limit(flow, trained, exported,
-                                                             monkeypatch, tmp_path):
+def test_export_flags_a_file_that_loses_more_than_its_limit(
+    flow, trained, exported, monkeypatch, tmp_path
+):
     """The flag is ``drop > limit``: with int8's limit at -50 points the unchanged drop
     exceeds it; float32's limit set to its drop, 0, does not (only more than it flags)."""
     _, run = trained
     _, records = exported
-    copy = Path(shutil.copytree(run.path, tmp_path / "runs" / "copy",
-                                ignore=shutil.ignore_patterns("exports", "logs")))
+    copy = Path(
+        shutil.copytree(
+            run.path, tmp_path / "runs" / "copy", ignore=shutil.ignore_patterns("exports", "logs")
+        )
+    )
     monkeypatch.setitem(export_mod.MAX_DROP_POINTS, "int8", -50.0)
     monkeypatch.setitem(export_mod.MAX_DROP_POINTS, "float32", 0.0)
-    result = flow.cli("export", copy, "--format", "tflite", "--quantize", "float32",
-                      "--quantize", "int8", ok=False)
+    result = flow.cli(
+        "export",
+        copy,
+        "--format",
+        "tflite",
+        "--quantize",
+        "float32",
+        "--quantize",
+        "int8",
+        ok=False,
+    )
     assert result.exit_code == 1, result.output
     assert "an export lost more accuracy than allowed" in result.output
-    lines = {line.split()[0]: line for line in result.output.splitlines()
-             if line.startswith("model_")}
+    lines = {
+        line.split()[0]: line for line in result.output.splitlines() if line.startswith("model_")
+    }
     assert lines["model_int8.tflite"].endswith("FLAGGED")
     assert "FLAGGED" not in lines["model_float32.tflite"]
     int8 = read_json(copy / "exports" / "model_int8.tflite.json")
@@ -218,6 +269,7 @@ def test_export_flags_a_file_that_loses_more_than_its_limit(flow, trained, expor
 
 
 # ------------------------------------------------------------------ bench
+
 
 def test_bench_times_the_run_and_its_onnx_file(flow, trained, exported, benched):
     _, run = trained
@@ -241,6 +293,7 @@ def test_bench_times_the_run_and_its_onnx_file(flow, trained, exported, benched)
 
 
 # ------------------------------------------------------------------ predict
+
 
 def test_predict_names_the_class_of_known_test_images(flow, trained, exported, tmp_path):
     from PIL import Image
@@ -269,6 +322,7 @@ def test_predict_names_the_class_of_known_test_images(flow, trained, exported, t
 
 
 # ------------------------------------------------------------------ sparsify, prune, prune-units
+
 
 def test_sparsify_zeroes_the_smallest_half_of_the_weights(trained, sparsified):
     _, parent = trained
@@ -310,16 +364,20 @@ def test_prune_units_keeps_half_of_the_units(trained, unit_pruned):
 
 # ------------------------------------------------------------------ compare
 
+
 def _dominates(a: dict, b: dict) -> bool:
-    return (a["accuracy"] >= b["accuracy"] and a["p50_us"] <= b["p50_us"]
-            and (a["accuracy"] > b["accuracy"] or a["p50_us"] < b["p50_us"]))
+    return (
+        a["accuracy"] >= b["accuracy"]
+        and a["p50_us"] <= b["p50_us"]
+        and (a["accuracy"] > b["accuracy"] or a["p50_us"] < b["p50_us"])
+    )
 
 
-def test_compare_reports_every_run_and_marks_the_front(flow, benched, sparsified, pruned,
-                                                       unit_pruned, tmp_path):
+def test_compare_reports_every_run_and_marks_the_front(
+    flow, benched, sparsified, pruned, unit_pruned, tmp_path
+):
     out = tmp_path / "report"
-    rows = json.loads(flow.cli("compare", flow.results, "--format", "json", "--out",
-                               out).stdout)
+    rows = json.loads(flow.cli("compare", flow.results, "--format", "json", "--out", out).stdout)
     names = {RUN, "flow-s50", "flow-p50", "flow-u16"}
     assert {row["model"] for row in rows} == names
     by_key = {(row["model"], row["runtime"]): row for row in rows}
@@ -343,19 +401,25 @@ def test_compare_reports_every_run_and_marks_the_front(flow, benched, sparsified
 
 # ------------------------------------------------------------------ deploy
 
+
 def test_deploy_linux_int8_bundle_passes_its_selftest(flow, trained, exported):
     """The CLI's default runtime (LiteRT), int8; tests/test_deploy.py checks the bundle's
     contents in detail."""
     _, records = exported
-    output = flow.cli("deploy", RUN, "--target", "linux", "--quantize", "int8",
-                      "--calls", "10", "--warmup", "0").output
+    output = flow.cli(
+        "deploy", RUN, "--target", "linux", "--quantize", "int8", "--calls", "10", "--warmup", "0"
+    ).output
     folder = flow.results / "deploy" / f"{RUN}-linux-litert-int8"
     assert "selftest passed here" in output
     manifest = read_json(folder / "manifest.json")
     assert manifest["model"]["file"] == "model_int8.tflite"
     measured = manifest["measured"]["test"]["accuracy"]
     assert measured == records["model_int8.tflite"]["test"]["accuracy"]
-    done = subprocess.run([sys.executable, "-I", "predict.py", "--selftest"], cwd=folder,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-I", "predict.py", "--selftest"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("selftest ok: 100 samples"), done.stdout

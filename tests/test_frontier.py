@@ -19,8 +19,9 @@ def _moved(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
     src = image[:, ::-1] if flip else image
     out = np.zeros_like(src)
     h, w = src.shape[:2]
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        src[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = src[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 
@@ -31,8 +32,11 @@ def test_augmentation_is_a_flip_and_a_shift_when_training_and_identity_otherwise
     y = np.asarray(layer(x, training=True))
     seen = set()
     for image, out in zip(x, y):
-        matches = [m for m in itertools.product((False, True), range(-2, 3), range(-2, 3))
-                   if np.allclose(_moved(image, *m), out, atol=1e-5)]
+        matches = [
+            m
+            for m in itertools.product((False, True), range(-2, 3), range(-2, 3))
+            if np.allclose(_moved(image, *m), out, atol=1e-5)
+        ]
         assert len(matches) == 1, "each output must be exactly one flip/shift of its input"
         seen.add(matches[0])
     assert len(seen) > 10  # the moves are random, not one fixed move
@@ -63,7 +67,7 @@ def test_pca_layer_projects_onto_the_training_images_principal_directions(tmp_pa
     assert v.shape == (32 * 32 * 3, k)
     np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-4)  # orthonormal
     mean, variance = splits.norm_stats()
-    x = ((splits.train.x.reshape(len(splits.train), -1, 3) - mean) / np.sqrt(variance))
+    x = (splits.train.x.reshape(len(splits.train), -1, 3) - mean) / np.sqrt(variance)
     x = x.reshape(len(splits.train), -1)
     spread = (x - x.mean(axis=0)) @ v
     assert np.all(np.diff(spread.var(axis=0)) <= 1e-3)  # largest variance first
@@ -72,14 +76,16 @@ def test_pca_layer_projects_onto_the_training_images_principal_directions(tmp_pa
     other -= v[:, :1] @ (v[:, :1].T @ other)
     other /= np.linalg.norm(other, axis=0)
     assert spread[:, 0].var() >= ((x - x.mean(axis=0)) @ other).var(axis=0).max()
-    cfg = dataclasses.replace(resolve("mlp-frontier", overrides={"layers": 1, "units": 8,
-                                                                 "pca": k}), backend=None)
+    cfg = dataclasses.replace(
+        resolve("mlp-frontier", overrides={"layers": 1, "units": 8, "pca": k}), backend=None
+    )
     model = build_model(cfg, mean, variance, components=v)
     layer = model.get_layer("pca")
     assert not layer.trainable and not layer.use_bias
     np.testing.assert_array_equal(np.asarray(layer.kernel), v)
-    assert model.count_params() - sum(int(np.prod(w.shape)) for w in model.trainable_weights) \
-        >= v.size  # the projection is not trained
+    assert (
+        model.count_params() - sum(int(np.prod(w.shape)) for w in model.trainable_weights) >= v.size
+    )  # the projection is not trained
 
     # with pool 2, the directions of the 16 x 16 block means, as the model's pooling sees them
     pooled = splits.principal_components(k, pool=2)
@@ -110,11 +116,21 @@ def test_resnet8_has_the_mlperf_tiny_shape():
     assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 9
 
 
-@pytest.mark.parametrize("key,value", [("optimizer", "sgd"), ("augment", "rotate"),
-                                       ("label_smoothing", 1.0), ("weight_decay", -0.1),
-                                       ("arch", "vit"), ("zoom", 1.0),
-                                       ("input_bn", "layer"), ("bottleneck", -1),
-                                       ("pca", 3073), ("tta", "rotate")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("optimizer", "sgd"),
+        ("augment", "rotate"),
+        ("label_smoothing", 1.0),
+        ("weight_decay", -0.1),
+        ("arch", "vit"),
+        ("zoom", 1.0),
+        ("input_bn", "layer"),
+        ("bottleneck", -1),
+        ("pca", 3073),
+        ("tta", "rotate"),
+    ],
+)
 def test_frontier_settings_are_checked(key, value):
     with pytest.raises(ConfigError, match=key):
         resolve("mlp-frontier", overrides={key: value})
@@ -125,8 +141,9 @@ def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
     still standardizes each pixel with its batch statistics when training."""
     stats = build_model(resolve("bn-elu", overrides={"input_bn": "stats"}), np.zeros(3), np.ones(3))
     affine = build_model(resolve("bn-elu"), np.zeros(3), np.ones(3))
-    first_bn = [layer for layer in stats.layers
-                if isinstance(layer, keras.layers.BatchNormalization)][1]
+    first_bn = [
+        layer for layer in stats.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ][1]
     assert not first_bn.trainable_weights and len(first_bn.non_trainable_weights) == 2
     counts = [sum(int(np.prod(w.shape)) for w in m.trainable_weights) for m in (stats, affine)]
     assert counts[1] - counts[0] == 2 * 32 * 32 * 3
@@ -137,35 +154,40 @@ def test_input_bn_stats_learns_no_scale_or_offset_on_the_pixels():
     np.testing.assert_allclose(out.std(axis=0), 1, atol=1e-2)
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw", mixup=0.0)),
-    ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
-    ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
-    ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
-    ("mlp-frontier", dict(layers=1, units=32, bottleneck=8)),
-    ("mlp-frontier", dict(layers=1, units=32, pca=24)),
-    ("mlp-frontier", dict(layers=1, units=32, pca=24, tta="flip")),
-    ("resnet8", dict()),
-])
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("mlp-frontier", dict(layers=1, units=32, optimizer="adamw", mixup=0.0)),
+        ("mlp-frontier", dict(layers=1, units=32, optimizer="lion", lr=1e-4, augment="flip")),
+        ("mlp-frontier", dict(layers=1, units=32, mixup=0.4)),
+        ("mlp-frontier", dict(layers=1, units=32, input_bn="affine")),
+        ("mlp-frontier", dict(layers=1, units=32, bottleneck=8)),
+        ("mlp-frontier", dict(layers=1, units=32, pca=24)),
+        ("mlp-frontier", dict(layers=1, units=32, pca=24, tta="flip")),
+        ("resnet8", dict()),
+    ],
+)
 def test_frontier_presets_train_save_and_reload(tmp_path, archive, preset, overrides):
     ds = data.load(archive)
-    cfg = resolve(preset, overrides={**overrides, "epochs": 2, "warmup_epochs": 1,
-                                     "batch_size": 64, "name": "f"})
+    cfg = resolve(
+        preset,
+        overrides={**overrides, "epochs": 2, "warmup_epochs": 1, "batch_size": 64, "name": "f"},
+    )
     cfg = dataclasses.replace(cfg, backend=None)  # whatever backend the tests run on
     metrics = train(cfg, ds, tmp_path / "results", verbose=0)
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 2
     model = load_keras_model(RunDir.named(tmp_path / "results", "f").model)
     test = data.split(ds).test
     probs = np.asarray(model.predict(test.x, verbose=0))
-    assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(
-        metrics["test"]["accuracy"])
+    assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(metrics["test"]["accuracy"])
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     if cfg.tta != "none":  # the same weights without the test-time flips, recorded beside
         plain = build_model(dataclasses.replace(cfg, tta="none"), np.zeros(3), np.ones(3))
         plain.set_weights(model.get_weights())
         probs = np.asarray(plain.predict(test.x, verbose=0))
         assert float((probs.argmax(1) == test.y).mean()) == pytest.approx(
-            metrics["without_tta"]["test"]["accuracy"])
+            metrics["without_tta"]["test"]["accuracy"]
+        )
         again = evaluate_run(RunDir.named(tmp_path / "results", "f"), ds)  # harness evaluate
         assert again["without_tta"]["test"] == pytest.approx(metrics["without_tta"]["test"])
     else:
@@ -179,13 +201,26 @@ def test_augmented_model_exports_without_its_augmentation(tmp_path, archive, tta
     from harness.export.convert import export_run
 
     ds = data.load(archive)
-    cfg = dataclasses.replace(resolve("mlp-frontier", overrides={
-        "layers": 1, "units": 16, "pca": 24, "bottleneck": 8, "epochs": 1, "warmup_epochs": 0,
-        "batch_size": 64, "tta": tta, "name": "aug"}), backend=None)
+    cfg = dataclasses.replace(
+        resolve(
+            "mlp-frontier",
+            overrides={
+                "layers": 1,
+                "units": 16,
+                "pca": 24,
+                "bottleneck": 8,
+                "epochs": 1,
+                "warmup_epochs": 0,
+                "batch_size": 64,
+                "tta": tta,
+                "name": "aug",
+            },
+        ),
+        backend=None,
+    )
     train(cfg, ds, tmp_path / "results", verbose=0)
     formats = ("onnx", "tflite") if tta == "flip" else ("onnx",)
-    records = export_run(RunDir.named(tmp_path / "results", "aug"), ds, formats,
-                         ("float32",))
+    records = export_run(RunDir.named(tmp_path / "results", "aug"), ds, formats, ("float32",))
     assert len(records) == len(formats)
     for record in records:
         assert record["max_abs_diff"] < 1e-4 and not record["flagged"], record
@@ -200,10 +235,16 @@ def test_flip_tta_averages_each_image_with_its_mirror_image(arch):
     preset = "mlp-frontier" if arch == "batchnorm" else "resnet8"
     stats = (np.array([125.0, 122.0, 113.0]), np.array([3900.0, 3800.0, 4400.0]))
     components = np.linalg.qr(rng.normal(size=(3072, 24)))[0] if arch == "batchnorm" else None
-    plain = build_model(resolve(preset, overrides={**overrides, "augment": "none",
-                                                   "tta": "none"}), *stats, components)
-    tta = build_model(resolve(preset, overrides={**overrides, "augment": "none",
-                                                 "tta": "flip"}), *stats, components)
+    plain = build_model(
+        resolve(preset, overrides={**overrides, "augment": "none", "tta": "none"}),
+        *stats,
+        components,
+    )
+    tta = build_model(
+        resolve(preset, overrides={**overrides, "augment": "none", "tta": "flip"}),
+        *stats,
+        components,
+    )
     assert tta.count_params() == plain.count_params()
     tta.set_weights(plain.get_weights())
     x = rng.integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
@@ -212,8 +253,9 @@ def test_flip_tta_averages_each_image_with_its_mirror_image(arch):
     expected = (plain.predict(x, verbose=0) + plain.predict(mirrored, verbose=0)) / 2
     np.testing.assert_allclose(tta.predict(x, verbose=0), expected, atol=1e-6)
     np.testing.assert_allclose(tta.predict(mirrored, verbose=0), expected, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(tta(x, training=True)),
-                               np.asarray(plain(x, training=True)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(tta(x, training=True)), np.asarray(plain(x, training=True)), atol=1e-6
+    )
 
 
 def test_mixup_batches_mix_images_and_labels_alike():
@@ -238,8 +280,11 @@ def test_mixup_batches_mix_images_and_labels_alike():
             if len(weights) == 1:
                 continue  # two images of one class: the label cannot tell the blend
             candidates = [j for j in range(100) if y[j] in weights]
-            assert any(np.allclose(image, weights[y[j]] * x[j] + (1 - weights[y[j]]) * x[k],
-                                   atol=1e-3) for j in candidates for k in candidates)
+            assert any(
+                np.allclose(image, weights[y[j]] * x[j] + (1 - weights[y[j]]) * x[k], atol=1e-3)
+                for j in candidates
+                for k in candidates
+            )
     assert sum(seen) == 100 and any(mixed)
 
 
@@ -272,8 +317,9 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
 
     from harness.train.fit import one_hot, teacher_targets
 
-    cfg = resolve("selu", overrides={**small, "name": "student", "teacher": "teach",
-                                     "teacher_weight": 0.5})
+    cfg = resolve(
+        "selu", overrides={**small, "name": "student", "teacher": "teach", "teacher_weight": 0.5}
+    )
     splits = data.split(ds)
     targets, record, views = teacher_targets(cfg, results, splits)
     assert views is None and targets.shape == (len(splits.train), 10)
@@ -284,14 +330,26 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
     assert metrics["status"] == "completed" and metrics["teacher"]["run"] == "teach"
     # At temperature 4 the teacher's part is softer (more entropy), keeps its ranking and
     # equals the softmax of its log-probabilities / 4; the labels' part is unchanged.
-    hot = resolve("selu", overrides={**small, "name": "student-t4", "teacher": "teach",
-                                     "teacher_weight": 0.5, "teacher_temperature": 4.0})
+    hot = resolve(
+        "selu",
+        overrides={
+            **small,
+            "name": "student-t4",
+            "teacher": "teach",
+            "teacher_weight": 0.5,
+            "teacher_temperature": 4.0,
+        },
+    )
     soft, record, _ = teacher_targets(hot, results, splits)
     assert record["temperature"] == 4.0
-    teacher_part, soft_part = 2 * targets - one_hot(splits.train.y), 2 * soft - one_hot(
-        splits.train.y)
+    teacher_part, soft_part = (
+        2 * targets - one_hot(splits.train.y),
+        2 * soft - one_hot(splits.train.y),
+    )
+
     def entropy(p):
         return -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
+
     assert (entropy(soft_part) > entropy(teacher_part) - 1e-4).all()
     assert (soft_part.argmax(axis=1) == teacher_part.argmax(axis=1)).all()
     logits = np.log(np.maximum(teacher_part, 1e-30)) / 4
@@ -312,9 +370,17 @@ def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
     train(resolve("selu", overrides={**small, "name": "teach"}), ds, results, verbose=0)
     with pytest.raises(ConfigError, match="teacher_views.*needs a teacher"):
         resolve("bn-elu", overrides={**small, "name": "x", "teacher_views": 2})
-    cfg = resolve("bn-elu", overrides={**small, "name": "student", "teacher": "teach",
-                                       "teacher_views": 3, "augment": "flip-shift",
-                                       "mixup": 0.0})
+    cfg = resolve(
+        "bn-elu",
+        overrides={
+            **small,
+            "name": "student",
+            "teacher": "teach",
+            "teacher_views": 3,
+            "augment": "flip-shift",
+            "mixup": 0.0,
+        },
+    )
     splits = data.split(ds)
     targets, record, views = teacher_targets(cfg, results, splits)
     n = len(splits.train)
@@ -323,8 +389,9 @@ def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
     assert not np.array_equal(views[0], views[1])  # each view moved anew
     assert not np.array_equal(views[0], splits.train.x)
     teacher = load_keras_model(RunDir.named(results, "teach").model)
-    expected = 0.7 * teacher.predict(views[1][:20], verbose=0) + 0.3 * np.eye(10)[
-        splits.train.y[:20]]
+    expected = (
+        0.7 * teacher.predict(views[1][:20], verbose=0) + 0.3 * np.eye(10)[splits.train.y[:20]]
+    )
     np.testing.assert_allclose(targets[1, :20], expected, atol=1e-5)
 
     # A batch's images and targets come from the same view of the same image.

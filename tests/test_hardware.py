@@ -32,9 +32,15 @@ TWO_GPUS = ["NVIDIA H200", "NVIDIA H200"]
 def clean_environment(monkeypatch):
     """prepare() writes os.environ, select() remembers its listing: both undone after."""
     saved = dict(os.environ)
-    for name in ("CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-                 "TF_FORCE_GPU_ALLOW_GROWTH", hardware.DEVICE_ENV, hardware.GPU_ENV,
-                 "KERASTUNER_TUNER_ID"):
+    for name in (
+        "CUDA_VISIBLE_DEVICES",
+        "JAX_PLATFORMS",
+        "XLA_PYTHON_CLIENT_PREALLOCATE",
+        "TF_FORCE_GPU_ALLOW_GROWTH",
+        hardware.DEVICE_ENV,
+        hardware.GPU_ENV,
+        "KERASTUNER_TUNER_ID",
+    ):
         os.environ.pop(name, None)
     monkeypatch.setattr(hardware, "_SELECTED", {})
     yield
@@ -47,6 +53,7 @@ def gpus_seen(*names):
 
 
 # --------------------------------------------------------------------------- before the backend
+
 
 def test_cpu_hides_the_gpus_before_the_backend_starts():
     env = {}
@@ -65,22 +72,32 @@ def test_gpu_processes_share_memory_unless_the_user_chose():
     assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" and env["HARNESS_DEVICE"] == "gpu"
 
 
-@pytest.mark.parametrize("tuner_id,gpus,pinned", [
-    ("tuner0", 2, "0"), ("tuner1", 2, "1"), ("tuner2", 2, "0"), ("tuner7", 4, "3"),
-    ("worker_5", 3, "2"), ("tuner3", 1, "0"),
-    ("chief", 2, None),             # serves the oracle, trains nothing
-    ("worker-3fa0b1c2", 2, None),   # --tuner-id auto: no index
-    (None, 2, None),                # not a worker
-    ("tuner1", 0, None),            # no GPU to pin to
-])
+@pytest.mark.parametrize(
+    "tuner_id,gpus,pinned",
+    [
+        ("tuner0", 2, "0"),
+        ("tuner1", 2, "1"),
+        ("tuner2", 2, "0"),
+        ("tuner7", 4, "3"),
+        ("worker_5", 3, "2"),
+        ("tuner3", 1, "0"),
+        ("chief", 2, None),  # serves the oracle, trains nothing
+        ("worker-3fa0b1c2", 2, None),  # --tuner-id auto: no index
+        (None, 2, None),  # not a worker
+        ("tuner1", 0, None),  # no GPU to pin to
+    ],
+)
 def test_worker_takes_its_index_modulo_the_visible_gpus(tuner_id, gpus, pinned):
     env = {}
-    note = hardware.prepare("auto", tuner_id=tuner_id, environ=env,
-                            gpu_ids=lambda e: [str(i) for i in range(gpus)])
+    note = hardware.prepare(
+        "auto", tuner_id=tuner_id, environ=env, gpu_ids=lambda e: [str(i) for i in range(gpus)]
+    )
     assert env.get("CUDA_VISIBLE_DEVICES") == pinned
     if pinned is not None:
-        assert note == f"worker {tuner_id}: GPU {pinned} ({hardware.worker_index(tuner_id)} " \
-                       f"modulo {gpus} visible GPUs)"
+        assert (
+            note == f"worker {tuner_id}: GPU {pinned} ({hardware.worker_index(tuner_id)} "
+            f"modulo {gpus} visible GPUs)"
+        )
 
 
 def test_worker_pinning_follows_an_existing_cuda_visible_devices():
@@ -90,15 +107,20 @@ def test_worker_pinning_follows_an_existing_cuda_visible_devices():
 
 
 def test_an_unindexed_worker_on_several_gpus_is_told():
-    note = hardware.prepare("auto", tuner_id="worker-ab12cd34", environ={},
-                            gpu_ids=lambda e: ["0", "1"])
+    note = hardware.prepare(
+        "auto", tuner_id="worker-ab12cd34", environ={}, gpu_ids=lambda e: ["0", "1"]
+    )
     assert "sees every GPU" in note and "--gpu N" in note
 
 
 def test_explicit_gpu_pins_and_requires_a_gpu():
     env = {}
-    assert hardware.prepare("auto", gpu=1, tuner_id="tuner0", environ=env,
-                            gpu_ids=lambda e: ["0", "1", "2"]) == "pinned to GPU 1 (--gpu 1)"
+    assert (
+        hardware.prepare(
+            "auto", gpu=1, tuner_id="tuner0", environ=env, gpu_ids=lambda e: ["0", "1", "2"]
+        )
+        == "pinned to GPU 1 (--gpu 1)"
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["HARNESS_DEVICE"] == "gpu"
     with pytest.raises(DeviceError, match=r"--gpu 2: only 2 GPU\(s\) visible \(0-1\)"):
         hardware.prepare("auto", gpu=2, environ={}, gpu_ids=lambda e: ["0", "1"])
@@ -112,6 +134,7 @@ def test_visible_gpu_ids_from_the_environment():
 
 
 # --------------------------------------------------------------------------- once the backend runs
+
 
 def test_auto_prints_the_device_it_found(capsys):
     device = hardware.select("jax", "auto", gpus=gpus_seen(*TWO_GPUS))
@@ -155,6 +178,7 @@ def test_this_machine_lists_no_gpu_and_trains_on_its_cpu(capsys):
 
 # --------------------------------------------------------------------------- the CLI option
 
+
 def _command(listing):
     @click.command()
     @hardware.device_option
@@ -174,8 +198,9 @@ def test_the_option_refuses_gpu_with_exit_1_and_one_line():
 
 
 def test_the_option_reads_its_environment_and_validates():
-    result = CliRunner().invoke(_command(gpus_seen("NVIDIA A100")), [],
-                                env={hardware.DEVICE_ENV: "gpu"})
+    result = CliRunner().invoke(
+        _command(gpus_seen("NVIDIA A100")), [], env={hardware.DEVICE_ENV: "gpu"}
+    )
     assert result.exit_code == 0 and "jax gpu: NVIDIA A100" in result.output
     result = CliRunner().invoke(_command(gpus_seen()), ["--device", "tpu"])
     assert result.exit_code == 2 and "Invalid value for '--device'" in result.output
@@ -203,9 +228,26 @@ def test_the_commands_take_device_and_gpu(command):
 def test_train_refuses_gpu_on_this_machine(tmp_path, archive):
     from harness.cli import main
 
-    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
-                                       "train", "--preset", "selu", "--layers", "1",
-                                       "--units", "8", "--epochs", "1", "--device", "gpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "train",
+            "--preset",
+            "selu",
+            "--layers",
+            "1",
+            "--units",
+            "8",
+            "--epochs",
+            "1",
+            "--device",
+            "gpu",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "sees no GPU" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # refused before any file was written
@@ -213,11 +255,14 @@ def test_train_refuses_gpu_on_this_machine(tmp_path, archive):
 
 # --------------------------------------------------------------------------- the records
 
+
 def tiny_run(results, ds, **overrides):
     from harness.train.fit import train
 
-    cfg = resolve("selu", overrides=dict(batch_size=64, backend=None, layers=1, units=8,
-                                         epochs=1, **overrides))
+    cfg = resolve(
+        "selu",
+        overrides=dict(batch_size=64, backend=None, layers=1, units=8, epochs=1, **overrides),
+    )
     train(cfg, ds, results, verbose=0)
     return RunDir.named(results, cfg.name)
 
@@ -236,8 +281,12 @@ def test_metrics_record_the_device(trained):
     results, run, backend = trained
     m = run.read_metrics()
     assert m["backend"] == backend
-    assert m["device"] == {"backend": backend, "kind": "cpu", "name": hardware.cpu_name(),
-                           "count": 1}
+    assert m["device"] == {
+        "backend": backend,
+        "kind": "cpu",
+        "name": hardware.cpu_name(),
+        "count": 1,
+    }
     schemas.check_run(m)
 
 
@@ -258,8 +307,7 @@ def test_compare_shows_the_device_column(trained):
     assert text.splitlines()[0].split() == ["model", "device"]
     assert f"{backend} cpu:" in text.splitlines()[1]
     rows[0]["device"] = None  # a run recorded before issue 21
-    assert table.format_rows(rows, "csv", ("model", "device")).splitlines()[1].startswith(
-        "dev,,")
+    assert table.format_rows(rows, "csv", ("model", "device")).splitlines()[1].startswith("dev,,")
 
 
 def test_tuning_trials_record_their_device(tmp_path, archive):
@@ -268,8 +316,16 @@ def test_tuning_trials_record_their_device(tmp_path, archive):
     from harness.search.tune import SearchSpace, tune
 
     base = resolve("selu", overrides={"epochs": 1, "batch_size": 64, "backend": None})
-    tune(base, data.load(archive), tmp_path, "t", SearchSpace(layers=(1, 1), units=(8, 8)),
-         "random", max_trials=1, verbose=0)
+    tune(
+        base,
+        data.load(archive),
+        tmp_path,
+        "t",
+        SearchSpace(layers=(1, 1), units=(8, 8)),
+        "random",
+        max_trials=1,
+        verbose=0,
+    )
     root = tmp_path / "tuning" / "t"
     backend = keras.backend.backend()
     expected = {"backend": backend, "kind": "cpu", "name": hardware.cpu_name(), "count": 1}
@@ -282,10 +338,15 @@ def test_tuning_trials_record_their_device(tmp_path, archive):
 
 # --------------------------------------------------------------------------- the GPU image
 
+
 def _pick_extras(**env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("CUDA_VERSION", "JAX_CUDA")}
-    return subprocess.run(["sh", str(REPO / "docker" / "pick-extras.sh")], env={**clean, **env},
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["sh", str(REPO / "docker" / "pick-extras.sh")],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_the_cuda_extra_brings_jax_cuda_plugin_at_jax_version():
@@ -314,8 +375,10 @@ def test_the_gpu_build_installs_the_cuda_extra():
 def test_compose_gives_each_gpu_worker_its_own_gpu():
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     per_gpu = {name: s for name, s in services.items() if name.startswith("tune-gpu")}
-    ids = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
-           for s in per_gpu.values()]
+    ids = [
+        s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        for s in per_gpu.values()
+    ]
     assert len(per_gpu) >= 2 and sorted(ids) == [[str(i)] for i in range(len(per_gpu))]
     for name, service in services.items():
         gpu = "deploy" in service

@@ -17,31 +17,56 @@ HEAVY = ("keras", "tensorflow", "jax")
 CHECK = f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; assert not heavy, heavy"
 
 
-@pytest.mark.parametrize("name,code", [
-    ("--help", "from harness.cli import main; main(['--help'], standalone_mode=False)"),
-    ("data info", "from harness.cli import main; main(['data', 'info'], standalone_mode=False)"),
-    # predict imports harness.export.runtimes inside the command, on top of cli's own imports
-    ("predict", "import harness.cli, harness.export.runtimes"),
-    # prune-units imports harness.train.sparsity before it points Keras at the run's backend
-    ("library", "import harness.train.models, harness.train.fit, harness.train.sparsity, "
-                "harness.export.convert, "
-                "harness.export.bench, harness.search.tune"),
-])
+@pytest.mark.parametrize(
+    "name,code",
+    [
+        ("--help", "from harness.cli import main; main(['--help'], standalone_mode=False)"),
+        (
+            "data info",
+            "from harness.cli import main; main(['data', 'info'], standalone_mode=False)",
+        ),
+        # predict imports harness.export.runtimes inside the command, on top of cli's own imports
+        ("predict", "import harness.cli, harness.export.runtimes"),
+        # prune-units imports harness.train.sparsity before it points Keras at the run's backend
+        (
+            "library",
+            "import harness.train.models, harness.train.fit, harness.train.sparsity, "
+            "harness.export.convert, "
+            "harness.export.bench, harness.search.tune",
+        ),
+    ],
+)
 def test_commands_without_a_model_import_no_deep_learning_library(archive, name, code):
-    done = subprocess.run([sys.executable, "-c", f"import sys; {code}; {CHECK}"],
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "HARNESS_ARCHIVE": str(archive)})
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; {code}; {CHECK}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HARNESS_ARCHIVE": str(archive)},
+    )
     assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
 
 
 def _tiny_tta_model():
     from harness.train.models import build_model
 
-    cfg = resolve("mlp-frontier", overrides=dict(layers=1, units=16, pca=0, tta="flip",
-                                                 augment="flip-shift", zoom=0.1,
-                                                 label_smoothing=0.1, mixup=0.0, backend=None))
-    model = build_model(cfg, mean=np.array([125.0, 122.0, 113.0]),
-                        variance=np.array([3900.0, 3800.0, 4400.0]))
+    cfg = resolve(
+        "mlp-frontier",
+        overrides=dict(
+            layers=1,
+            units=16,
+            pca=0,
+            tta="flip",
+            augment="flip-shift",
+            zoom=0.1,
+            label_smoothing=0.1,
+            mixup=0.0,
+            backend=None,
+        ),
+    )
+    model = build_model(
+        cfg, mean=np.array([125.0, 122.0, 113.0]), variance=np.array([3900.0, 3800.0, 4400.0])
+    )
     return cfg, model
 
 
@@ -51,8 +76,9 @@ def _as_written_before(path, target):
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename == "config.json":
-                data = data.replace(b'"module": "harness.train.layers"',
-                                    b'"module": "harness.train.models"')
+                data = data.replace(
+                    b'"module": "harness.train.layers"', b'"module": "harness.train.models"'
+                )
                 assert b"harness.train.models" in data
             dst.writestr(item, data)
     return target
@@ -84,8 +110,10 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
     config = json.loads(zipfile.ZipFile(tmp_path / "model.keras").read("config.json"))
     assert config["config"]["layers"][1]["registered_name"] == "harness>FlipPair"
 
-    for path in (tmp_path / "model.keras",
-                 _as_written_before(tmp_path / "model.keras", tmp_path / "old.keras")):
+    for path in (
+        tmp_path / "model.keras",
+        _as_written_before(tmp_path / "model.keras", tmp_path / "old.keras"),
+    ):
         loaded = load_keras_model(path)
         assert isinstance(loaded.layers[0], FlipPair) and isinstance(loaded.layers[-1], PairMean)
         assert isinstance(loaded.get_layer("augment"), RandomFlipShift)
@@ -93,8 +121,7 @@ def test_a_saved_model_loads_back_into_harness_classes(tmp_path):
         assert isinstance(loaded.loss, SmoothedSparseCrossentropy)
         dense = [layer for layer in loaded.layers if isinstance(layer, keras.layers.Dense)]
         assert [type(layer) for layer in dense] == [RowMajorDense, keras.layers.Dense]
-        np.testing.assert_allclose(np.asarray(loaded(pixels, training=False)), expected,
-                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(loaded(pixels, training=False)), expected, atol=1e-6)
         # export recognises the loaded flips by class: they stay in front of the folded Dense
         lean = fold_input_affine(loaded)
         assert lean is not loaded and isinstance(lean.layers[1], FlipPair)
@@ -132,8 +159,13 @@ def test_row_major_dense_has_dense_values_and_gradients_on_jax():
     """RowMajorDense rewrites its backward products for XLA's CPU kernels: the loss and the
     gradients (kernel, bias, input) must be Dense's, with and without an activation."""
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    done = subprocess.run([sys.executable, "-c", ROW_MAJOR_CHECK], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", ROW_MAJOR_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 4

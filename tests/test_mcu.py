@@ -27,8 +27,10 @@ from harness.deploy.mcu import (
 )
 from harness.train.fit import train
 
-needs_tflm = pytest.mark.skipif(importlib.util.find_spec("tflite_micro") is None,
-                                reason="tflite-micro is not installed (pip install 'harness[mcu]')")
+needs_tflm = pytest.mark.skipif(
+    importlib.util.find_spec("tflite_micro") is None,
+    reason="tflite-micro is not installed (pip install 'harness[mcu]')",
+)
 HAND_MACS_2X32 = 3072 * 32 + 32 * 32 + 32 * 10  # the three Dense layers of the fixture's MLP
 
 
@@ -44,8 +46,7 @@ def bundled(tmp_path_factory, archive):
     ds = data.load(archive, home=results / "home")
     run = tiny_run(results, ds, "bn-elu", layers=2, units=32, epochs=2, name="m")
     # allow_flagged: on 100 synthetic test images one image is a whole point
-    made = deploy_run(run, ds, results / "deploy", target="mcu", name="m-mcu",
-                      allow_flagged=True)
+    made = deploy_run(run, ds, results / "deploy", target="mcu", name="m-mcu", allow_flagged=True)
     return run, ds, made["folder"], made["manifest"]
 
 
@@ -53,7 +54,11 @@ def bundled(tmp_path_factory, archive):
 def test_bundle_files_and_manifest(bundled):
     run, ds, folder, manifest = bundled
     assert sorted(p.name for p in folder.iterdir()) == [
-        "manifest.json", "model_data.cc", "model_data.h", "model_int8.tflite"]
+        "manifest.json",
+        "model_data.cc",
+        "model_data.h",
+        "model_int8.tflite",
+    ]
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     assert set(manifest["files"]) == {"model_data.cc", "model_data.h", "model_int8.tflite"}
     for name, entry in manifest["files"].items():
@@ -66,8 +71,10 @@ def test_bundle_files_and_manifest(bundled):
     assert not list(folder.parent.glob(".mcu-export.*"))  # which is gone
     assert manifest["input"]["dtype"] == "int8" and manifest["input"]["shape"] == [1, 32, 32, 3]
     assert manifest["input"]["quantization"] == {
-        "scale": 1.0, "zero_point": -128,
-        "rule": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)"}
+        "scale": 1.0,
+        "zero_point": -128,
+        "rule": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)",
+    }
     assert manifest["output"]["shape"] == [1, 10]
     assert manifest["classes"] == list(ds.label_names)
     assert manifest["source"]["run"] == "m" and manifest["source"]["config"]["units"] == 32
@@ -137,11 +144,25 @@ def test_c_array_compiles_to_the_model(bundled, tmp_path):
         '#include <cstdint>\n#include <cstdio>\n#include "model_data.h"\n'
         "int main() {\n"
         "  if (reinterpret_cast<std::uintptr_t>(g_model_data) % 16) return 3;\n"
-        "  std::fwrite(g_model_data, 1, g_model_data_len, stdout);\n  return 0;\n}\n")
+        "  std::fwrite(g_model_data, 1, g_model_data_len, stdout);\n  return 0;\n}\n"
+    )
     exe = tmp_path / "dump"
-    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-I", str(folder),
-                    str(tmp_path / "main.cc"), str(folder / "model_data.cc"), "-o", str(exe)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-I",
+            str(folder),
+            str(tmp_path / "main.cc"),
+            str(folder / "model_data.cc"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        capture_output=True,
+    )
     done = subprocess.run([str(exe)], capture_output=True)
     assert done.returncode == 0
     assert done.stdout == (folder / "model_int8.tflite").read_bytes()
@@ -149,8 +170,13 @@ def test_c_array_compiles_to_the_model(bundled, tmp_path):
 
 
 @needs_tflm
-@pytest.mark.parametrize("budget,words", [({"flash_kb": 8}, ["model needs", "--flash-kb 8"]),
-                                          ({"ram_kb": 1}, ["tensor arena needs", "--ram-kb 1"])])
+@pytest.mark.parametrize(
+    "budget,words",
+    [
+        ({"flash_kb": 8}, ["model needs", "--flash-kb 8"]),
+        ({"ram_kb": 1}, ["tensor arena needs", "--ram-kb 1"]),
+    ],
+)
 def test_budgets_refuse_with_one_line(bundled, tmp_path, budget, words):
     run, ds, _, manifest = bundled
     with pytest.raises(DeployError) as e:
@@ -180,8 +206,11 @@ def test_refusals_before_any_work(tmp_path):
 
 def test_unsupported_op_refusal_names_the_op():
     refuse_unsupported({})
-    with pytest.raises(DeployError, match=r"^TensorFlow Lite Micro cannot run op GELU: TFLM "
-                                          r"has no kernel for GELU$"):
+    with pytest.raises(
+        DeployError,
+        match=r"^TensorFlow Lite Micro cannot run op GELU: TFLM "
+        r"has no kernel for GELU$",
+    ):
         refuse_unsupported({"GELU": "TFLM has no kernel for GELU"})
 
 
@@ -189,13 +218,18 @@ def test_tflm_messages_name_the_op():
     """TFLM's own stderr lines (from this wheel) are read into the op and the reason."""
     from harness.export.footprint import _diagnose
 
-    missing = _diagnose("Didn't find op for builtin opcode 'GELU'\n"
-                        "Failed to get registration from op code GELU\n \n")
+    missing = _diagnose(
+        "Didn't find op for builtin opcode 'GELU'\n"
+        "Failed to get registration from op code GELU\n \n"
+    )
     assert (missing.op, missing.reason) == ("GELU", "TFLM has no kernel for GELU")
-    refused = _diagnose("tensorflow/lite/micro/kernels/exp.cc:41 input->type != kTfLiteFloat32 "
-                        "(INT8 != FLOAT32)\nNode EXP (number 5) failed to prepare with status 1\n")
-    assert refused.op == "EXP" and "node 5" in refused.reason and "INT8 != FLOAT32" in \
-        refused.reason
+    refused = _diagnose(
+        "tensorflow/lite/micro/kernels/exp.cc:41 input->type != kTfLiteFloat32 "
+        "(INT8 != FLOAT32)\nNode EXP (number 5) failed to prepare with status 1\n"
+    )
+    assert (
+        refused.op == "EXP" and "node 5" in refused.reason and "INT8 != FLOAT32" in refused.reason
+    )
     arena = _diagnose("Failed to resize buffer. Requested: 6144, available 4400, missing: 1744\n")
     assert arena.op is None and "Failed to resize buffer" in str(arena)
 
@@ -218,9 +252,14 @@ def test_gelu_is_an_op_tflm_lacks(tmp_path):
     from harness.export.convert import export_saved_model, exportable, tflite_bytes
     from harness.export.footprint import unsupported_ops
 
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(8, activation="gelu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="gelu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     saved = export_saved_model(exportable(model), tmp_path / "saved_model")
     pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
     problems = unsupported_ops(tflite_bytes(saved, "int8", pixels))
@@ -241,11 +280,19 @@ def _small_net(tta: bool):
 
     from harness.train.layers import FlipPair, PairMean
 
-    layers = [keras.Input((32, 32, 3))] + ([FlipPair()] if tta else []) + [
-        keras.layers.Conv2D(4, 3, strides=2, padding="same"),  # 16 x 16 x 4
-        keras.layers.DepthwiseConv2D(3, padding="same"),       # 16 x 16 x 4
-        keras.layers.BatchNormalization(), keras.layers.ReLU(),
-        keras.layers.Flatten(), keras.layers.Dense(10)] + ([PairMean()] if tta else [])
+    layers = (
+        [keras.Input((32, 32, 3))]
+        + ([FlipPair()] if tta else [])
+        + [
+            keras.layers.Conv2D(4, 3, strides=2, padding="same"),  # 16 x 16 x 4
+            keras.layers.DepthwiseConv2D(3, padding="same"),  # 16 x 16 x 4
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+        + ([PairMean()] if tta else [])
+    )
     return keras.Sequential(layers)
 
 
@@ -259,8 +306,9 @@ def test_macs_per_image_by_hand():
     dense = 16 * 16 * 4 * 10
     assert macs_per_image(_small_net(tta=False)) == conv + depthwise + dense == 47104
     assert macs_per_image(_small_net(tta=True)) == 2 * 47104  # each image and its mirror
-    separable = keras.Sequential([keras.Input((8, 8, 3)),
-                                  keras.layers.SeparableConv2D(5, 3, padding="same")])
+    separable = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.SeparableConv2D(5, 3, padding="same")]
+    )
     assert macs_per_image(separable) == 8 * 8 * (3 * 3 * 3) + 8 * 8 * (3 * 5)  # depth, point
 
 
@@ -271,18 +319,25 @@ def test_macs_of_resnet8_match_mlperf_tiny():
     from harness.export.footprint import macs_per_image
     from harness.train.models import build_model
 
-    hand = (32 * 32 * 3 * 3 * 3 * 16 + 2 * 32 * 32 * 3 * 3 * 16 * 16      # stem, stage 1
-            + 16 * 16 * (3 * 3 * 16 * 32 + 3 * 3 * 32 * 32 + 16 * 32)     # stage 2 + 1x1
-            + 8 * 8 * (3 * 3 * 32 * 64 + 3 * 3 * 64 * 64 + 32 * 64)       # stage 3 + 1x1
-            + 64 * 10)
+    hand = (
+        32 * 32 * 3 * 3 * 3 * 16
+        + 2 * 32 * 32 * 3 * 3 * 16 * 16  # stem, stage 1
+        + 16 * 16 * (3 * 3 * 16 * 32 + 3 * 3 * 32 * 32 + 16 * 32)  # stage 2 + 1x1
+        + 8 * 8 * (3 * 3 * 32 * 64 + 3 * 3 * 64 * 64 + 32 * 64)  # stage 3 + 1x1
+        + 64 * 10
+    )
     assert hand == 12_501_632
     for tta, factor in (("none", 1), ("flip", 2)):
-        cnn = build_model(resolve("resnet8", overrides=dict(backend=None, tta=tta)),
-                          mean=np.zeros(3), variance=np.ones(3))
+        cnn = build_model(
+            resolve("resnet8", overrides=dict(backend=None, tta=tta)),
+            mean=np.zeros(3),
+            variance=np.ones(3),
+        )
         assert macs_per_image(cnn) == factor * hand
     with pytest.raises(ValueError, match="no MAC rule"):
-        macs_per_image(keras.Sequential([keras.Input((8, 8, 3)),
-                                         keras.layers.Conv2DTranspose(2, 3)]))
+        macs_per_image(
+            keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2DTranspose(2, 3)])
+        )
 
 
 @needs_tflm
@@ -293,15 +348,45 @@ def test_deploy_command_writes_the_mcu_bundle(bundled, archive, tmp_path):
     from harness.cli import main
 
     run, _, _, manifest = bundled
-    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
-                                       "deploy", str(run.path), "--target", "mcu", "--name",
-                                       "x", "--allow-flagged", "--ram-kb", "64"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "deploy",
+            str(run.path),
+            "--target",
+            "mcu",
+            "--name",
+            "x",
+            "--allow-flagged",
+            "--ram-kb",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "deploy" / "x" / "manifest.json").read_text())
     assert written["footprint"]["arena_bytes"] == manifest["footprint"]["arena_bytes"]
     assert written["bundle"] == "x" and written["footprint"]["budget_kib"]["ram"] == 64
-    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
-                                       "deploy", str(run.path), "--target", "mcu", "--name",
-                                       "y", "--allow-flagged", "--ram-kb", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "deploy",
+            str(run.path),
+            "--target",
+            "mcu",
+            "--name",
+            "y",
+            "--allow-flagged",
+            "--ram-kb",
+            "1",
+        ],
+    )
     assert result.exit_code == 1 and "--ram-kb 1" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output

@@ -30,12 +30,17 @@ def test_bn_elu_is_the_studys_network():
     model = build_model(resolve("bn-elu"), MEAN, VAR)
     kinds = [type(l).__name__ for l in model.layers]
     assert kinds[:3] == ["BatchNormalization", "Flatten", "BatchNormalization"]
-    assert kinds[3:-1] == (["RowMajorDense", "BatchNormalization", "Activation"]
-                           + ["Dense", "BatchNormalization", "Activation"] * 4)
+    assert kinds[3:-1] == (
+        ["RowMajorDense", "BatchNormalization", "Activation"]
+        + ["Dense", "BatchNormalization", "Activation"] * 4
+    )
     hidden = dense_layers(model)[:-1]
     assert all(l.kernel_initializer.name == "he_normal" for l in hidden)
-    assert all(isinstance(l.kernel_constraint, keras.constraints.MaxNorm)
-               and l.kernel_constraint.max_value == 1.0 for l in hidden)
+    assert all(
+        isinstance(l.kernel_constraint, keras.constraints.MaxNorm)
+        and l.kernel_constraint.max_value == 1.0
+        for l in hidden
+    )
     assert all(l.activation.__name__ == "linear" for l in hidden)
     acts = [l for l in model.layers if isinstance(l, keras.layers.Activation)]
     assert all(a.activation.__name__ == "elu" for a in acts)
@@ -43,15 +48,16 @@ def test_bn_elu_is_the_studys_network():
     assert count_params(model)["trainable"] == 6144 + 348_710 + 5 * 200
 
 
-@pytest.mark.parametrize("activation,init", [("relu", "he_normal"), ("gelu", "he_normal"),
-                                             ("elu", "he_normal"), ("selu", "lecun_normal")])
+@pytest.mark.parametrize(
+    "activation,init",
+    [("relu", "he_normal"), ("gelu", "he_normal"), ("elu", "he_normal"), ("selu", "lecun_normal")],
+)
 def test_each_activation_gets_its_initializer(activation, init):
     model = build_model(resolve("selu", overrides={"activation": activation}), MEAN, VAR)
     assert all(l.kernel_initializer.name == init for l in dense_layers(model)[:-1])
 
 
-@pytest.mark.parametrize("name", ["he_normal", "lecun_normal", "glorot_uniform",
-                                  "glorot_normal"])
+@pytest.mark.parametrize("name", ["he_normal", "lecun_normal", "glorot_uniform", "glorot_normal"])
 def test_host_initializer_draws_what_keras_draws(name):
     """The same distribution as Keras' initializer of that name (spread, bound, shape),
     reproducible from the seed keras.utils.set_random_seed sets."""
@@ -73,8 +79,10 @@ def test_host_initializer_draws_what_keras_draws(name):
 
 
 def test_leaky_relu_depth_width_dropout_and_penalties():
-    cfg = resolve("selu", overrides=dict(activation="leaky-relu", layers=3, units=64,
-                                         dropout=0.2, l1=1e-5, l2=1e-4))
+    cfg = resolve(
+        "selu",
+        overrides=dict(activation="leaky-relu", layers=3, units=64, dropout=0.2, l1=1e-5, l2=1e-4),
+    )
     model = build_model(cfg, MEAN, VAR)
     hidden = dense_layers(model)[:-1]
     assert len(hidden) == 3 and all(l.units == 64 for l in hidden)

@@ -27,15 +27,13 @@ def _verify_losing(monkeypatch, quantization: str, lost: int) -> dict:
     probs = np.eye(10, dtype=np.float32)[y]
     probs[:lost] = np.roll(probs[:lost], 1, axis=1)
     monkeypatch.setattr(runtimes, "load", lambda path: SimpleNamespace(name="fake"))
-    monkeypatch.setattr(runtimes, "predict_batched", lambda runtime, x: probs[:len(x)])
-    splits = SimpleNamespace(test=SimpleNamespace(x=np.zeros((IMAGES, 32, 32, 3), np.uint8),
-                                                  y=y))
+    monkeypatch.setattr(runtimes, "predict_batched", lambda runtime, x: probs[: len(x)])
+    splits = SimpleNamespace(test=SimpleNamespace(x=np.zeros((IMAGES, 32, 32, 3), np.uint8), y=y))
     return verify(None, quantization, probs[:256], {"accuracy": 1.0, "loss": 0.0}, splits)
 
 
 @pytest.mark.parametrize("quantization", sorted(LIMITS))
-def test_a_file_losing_just_more_than_its_documented_limit_is_flagged(monkeypatch,
-                                                                       quantization):
+def test_a_file_losing_just_more_than_its_documented_limit_is_flagged(monkeypatch, quantization):
     limit, lost = LIMITS[quantization]
     result = _verify_losing(monkeypatch, quantization, lost)
     assert result["accuracy_drop_points"] == pytest.approx(100 * lost / IMAGES)

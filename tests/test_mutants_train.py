@@ -42,8 +42,9 @@ class _RuinLastEpoch(keras.callbacks.Callback):
 
 def test_the_saved_model_is_the_best_epoch_not_the_last(tmp_path, archive):
     ds = data.load(archive)
-    cfg = resolve("selu", overrides=dict(layers=2, units=32, batch_size=64, epochs=EPOCHS,
-                                         name="ruined"))
+    cfg = resolve(
+        "selu", overrides=dict(layers=2, units=32, batch_size=64, epochs=EPOCHS, name="ruined")
+    )
     ruin = _RuinLastEpoch()
     metrics = train(cfg, ds, tmp_path, verbose=0, extra_callbacks=[ruin])
     run = RunDir.named(tmp_path, "ruined")
@@ -54,6 +55,5 @@ def test_the_saved_model_is_the_best_epoch_not_the_last(tmp_path, archive):
     saved = keras.saving.load_model(run.model).get_weights()
     best = ruin.at_end[metrics["best_epoch"] - 1]
     assert all(np.allclose(s, b, atol=1e-7) for s, b in zip(saved, best))
-    assert metrics["val"]["loss"] == pytest.approx(val_loss[metrics["best_epoch"] - 1],
-                                                   rel=1e-4)
+    assert metrics["val"]["loss"] == pytest.approx(val_loss[metrics["best_epoch"] - 1], rel=1e-4)
     assert metrics["test"]["accuracy"] > 0.5  # the ruined model scores 0.10

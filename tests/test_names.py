@@ -47,8 +47,7 @@ def results(tmp_path):
 
 
 def _invoke(archive, results, args):
-    return CliRunner().invoke(main, ["--archive", str(archive), "--results", str(results),
-                                     *args])
+    return CliRunner().invoke(main, ["--archive", str(archive), "--results", str(results), *args])
 
 
 @pytest.mark.parametrize("name", ESCAPES)
@@ -59,8 +58,7 @@ def test_a_bad_name_exits_2_and_writes_nothing(archive, results, tmp_path, comma
     assert result.exit_code == 2, result.output
     assert "Usage:" in result.output and "Invalid value for '--name'" in result.output
     assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
-    assert len([line for line in result.output.splitlines()
-                if line.startswith("Error:")]) == 1
+    assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
     assert _tree(tmp_path) == before  # nothing in results, beside it, or in the cache
 
 
@@ -68,8 +66,9 @@ def test_a_bad_name_exits_2_and_writes_nothing(archive, results, tmp_path, comma
 def test_every_bad_name_is_refused(archive, results, tmp_path, name):
     result = _invoke(archive, results, ["train", "--preset", "selu", "--name", name])
     assert result.exit_code == 2 and "Invalid value for '--name'" in result.output
-    assert _tree(tmp_path) == [str(p.relative_to(tmp_path)) for p in
-                               (results.parents[1], results.parent, results)]
+    assert _tree(tmp_path) == [
+        str(p.relative_to(tmp_path)) for p in (results.parents[1], results.parent, results)
+    ]
     with pytest.raises(BadName):
         check_name(name)
     with pytest.raises(BadName):
@@ -112,13 +111,17 @@ def test_a_default_name_from_an_odd_folder_exits_2(archive, results, tmp_path, c
 # --------------------------------------------------------------------------- TensorFlow's log
 
 # absl's prefix (I0000 00:00:1796002891.906302    3972 port.cc:153]) and its banner.
-TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]|WARNING: All log "
-                         r"messages before absl)", re.M)
+TF_LOG_LINE = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]|WARNING: All log "
+    r"messages before absl)",
+    re.M,
+)
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "HARNESS_VERBOSE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "HARNESS_VERBOSE")
+    }
     return {**env, **extra}
 
 
@@ -127,10 +130,31 @@ def test_training_prints_no_tensorflow_start_up_lines(archive, tmp_path):
     """On a machine without a GPU TensorFlow 2.21 logs oneDNN notes, 'Could not find cuda
     drivers' and 'failed call to cuInit' while it loads; harness hides them by default."""
     done = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "--archive", str(archive), "--results",
-         str(tmp_path / "results"), "train", "--preset", "selu", "--layers", "1", "--units",
-         "8", "--epochs", "1", "--name", "quiet"],
-        env=_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path / "results"),
+            "train",
+            "--preset",
+            "selu",
+            "--layers",
+            "1",
+            "--units",
+            "8",
+            "--epochs",
+            "1",
+            "--name",
+            "quiet",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "completed" in done.stdout
     assert "cuInit" not in done.stderr and "cuda drivers" not in done.stderr, done.stderr
@@ -138,22 +162,31 @@ def test_training_prints_no_tensorflow_start_up_lines(archive, tmp_path):
 
 
 # Runs the CLI in a fresh process, then says what it left for TensorFlow to read.
-PROBE = ("import os, sys; from harness.cli import main; "
-         "main(sys.argv[1:], standalone_mode=False); "
-         "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), "
-         "any(type(f).__name__ == '_QuietTensorFlow' for f in sys.meta_path))")
+PROBE = (
+    "import os, sys; from harness.cli import main; "
+    "main(sys.argv[1:], standalone_mode=False); "
+    "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), "
+    "any(type(f).__name__ == '_QuietTensorFlow' for f in sys.meta_path))"
+)
 
 
-@pytest.mark.parametrize("flag,env,expected", [
-    ([], {}, "3 True"),
-    (["--verbose"], {}, "None False"),
-    ([], {"HARNESS_VERBOSE": "1"}, "None False"),
-    (["--verbose"], {"TF_CPP_MIN_LOG_LEVEL": "1"}, "1 False"),
-])
+@pytest.mark.parametrize(
+    "flag,env,expected",
+    [
+        ([], {}, "3 True"),
+        (["--verbose"], {}, "None False"),
+        ([], {"HARNESS_VERBOSE": "1"}, "None False"),
+        (["--verbose"], {"TF_CPP_MIN_LOG_LEVEL": "1"}, "1 False"),
+    ],
+)
 def test_verbose_leaves_tensorflow_logging_alone(archive, flag, env, expected):
-    done = subprocess.run([sys.executable, "-c", PROBE, *flag, "--archive", str(archive),
-                           "data", "info", "--json"],
-                          env=_env(**env), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *flag, "--archive", str(archive), "data", "info", "--json"],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == expected
     assert "tensorflow" not in done.stderr.lower()

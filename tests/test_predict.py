@@ -19,12 +19,16 @@ def model(tmp_path) -> Path:
 
     weights = np.random.default_rng(0).normal(0, 1e-3, (32 * 32 * 3, 10)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32, 32, 3])],
+        [
+            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32, 32, 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, 10])],
-        initializer=[numpy_helper.from_array(weights, "w")])
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8  # readable by older onnxruntime releases too
     path = tmp_path / "model.onnx"
@@ -51,14 +55,22 @@ def test_predict_takes_every_image_of_a_folder(model, tmp_path):
     single = _image(tmp_path / "single.png", 4)
 
     # In a fresh process where TensorFlow and Keras cannot be imported: predict needs neither.
-    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "from harness.cli import main; main()")
-    done = subprocess.run([sys.executable, "-c", code, "predict", "--top", "2", str(model),
-                           str(folder), str(single)], capture_output=True, text=True)
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from harness.cli import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "predict", "--top", "2", str(model), str(folder), str(single)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [
-        str(folder / "a.JPG"), str(folder / "b.png"), str(single)]
+        str(folder / "a.JPG"),
+        str(folder / "b.png"),
+        str(single),
+    ]
     assert all(line.count(",") == 1 for line in lines)  # two classes with probabilities
 
 

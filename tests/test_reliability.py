@@ -28,22 +28,36 @@ REPO = Path(__file__).resolve().parents[1]
 MLPERF_INT8 = REPO / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
 PREDICT = REPO / "harness" / "edge" / "predict.py"
 GOOD = ("good-1.png", "good-2.png", "good-3.png", "grey16.png", "cmyk.jpg", "animated.png")
-BAD = {"truncated.png": "damaged or truncated", "notes.png": "not an image",
-       "empty.png": "not an image", "bomb.png": "over the limit of"}
+BAD = {
+    "truncated.png": "damaged or truncated",
+    "notes.png": "not an image",
+    "empty.png": "not an image",
+    "bomb.png": "over the limit of",
+}
 
 
 # --------------------------------------------------------------------------- images
 
+
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A valid PNG signature and IHDR declaring ``width`` x ``height`` 8-bit grey, with a
     few bytes of image data: 388 KB-style bombs are refused from the header alone."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -63,7 +77,7 @@ def images(tmp_path) -> Path:
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
     (folder / "animated.gif").rename(folder / "animated.png")  # a GIF named .png
     whole = (folder / "good-1.png").read_bytes()
-    (folder / "truncated.png").write_bytes(whole[:len(whole) // 2])
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
     (folder / "notes.png").write_text("not an image at all")
     (folder / "empty.png").write_bytes(b"")
     _png_header_only(folder / "bomb.png", 20_000, 20_000)
@@ -108,8 +122,12 @@ def _check_batch(stdout: str, stderr: str, returncode: int, images: Path) -> Non
 
 
 def test_harness_predict_classifies_the_good_and_names_the_bad(images):
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "predict", str(MLPERF_INT8),
-                             str(images)], capture_output=True, text=True, cwd=images.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "predict", str(MLPERF_INT8), str(images)],
+        capture_output=True,
+        text=True,
+        cwd=images.parent,
+    )
     _check_batch(result.stdout, result.stderr, result.returncode, images)
     assert "6 are classified" in result.stderr
 
@@ -133,41 +151,70 @@ def bundle(tmp_path) -> Path:
     folder.mkdir()
     shutil.copyfile(MLPERF_INT8, folder / MLPERF_INT8.name)
     shutil.copyfile(PREDICT, folder / "predict.py")
-    (folder / "manifest.json").write_text(json.dumps({
-        "model": {"file": MLPERF_INT8.name}, "classes": list(LABEL_NAMES), "input": {},
-        "runtime": {"name": "litert", "package": "ai-edge-litert", "version": "any"}}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "model": {"file": MLPERF_INT8.name},
+                "classes": list(LABEL_NAMES),
+                "input": {},
+                "runtime": {"name": "litert", "package": "ai-edge-litert", "version": "any"},
+            }
+        )
+    )
     return folder
 
 
 def test_the_bundles_predict_classifies_the_good_and_names_the_bad(bundle, images):
-    done = subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), str(images)],
-                          capture_output=True, text=True)
-    stderr = "\n".join(line for line in done.stderr.splitlines()
-                       if not line.startswith("note: ai-edge-litert"))
+    done = subprocess.run(
+        [sys.executable, "-I", str(bundle / "predict.py"), str(images)],
+        capture_output=True,
+        text=True,
+    )
+    stderr = "\n".join(
+        line for line in done.stderr.splitlines() if not line.startswith("note: ai-edge-litert")
+    )
     _check_batch(done.stdout, stderr, done.returncode, images)
-    with_json = subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), str(images),
-                                "--json"], capture_output=True, text=True)
+    with_json = subprocess.run(
+        [sys.executable, "-I", str(bundle / "predict.py"), str(images), "--json"],
+        capture_output=True,
+        text=True,
+    )
     errors = [json.loads(line) for line in with_json.stdout.splitlines() if '"error"' in line]
     assert {Path(e["image"]).name for e in errors} == set(BAD)
     dumped = bundle.parent / "p.npy"
-    subprocess.run([sys.executable, "-I", str(bundle / "predict.py"), str(images),
-                    "--dump-probs", str(dumped)], capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(bundle / "predict.py"),
+            str(images),
+            "--dump-probs",
+            str(dumped),
+        ],
+        capture_output=True,
+        text=True,
+    )
     probs = np.load(dumped)
     assert probs.shape == (len(GOOD) + len(BAD), 10)
     assert np.isnan(probs).all(axis=1).sum() == len(BAD)  # the bad ones' rows, in order
 
 
 def test_a_model_file_that_is_not_one_gets_one_line(tmp_path, images):
-    for name, data in (("png.tflite", (images / "good-1.png").read_bytes()),
-                       ("empty.onnx", b""), ("garbage.onnx", b"garbage")):
+    for name, data in (
+        ("png.tflite", (images / "good-1.png").read_bytes()),
+        ("empty.onnx", b""),
+        ("garbage.onnx", b"garbage"),
+    ):
         (tmp_path / name).write_bytes(data)
-        result = CliRunner().invoke(main, ["predict", str(tmp_path / name),
-                                           str(images / "good-1.png")])
+        result = CliRunner().invoke(
+            main, ["predict", str(tmp_path / name), str(images / "good-1.png")]
+        )
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 # --------------------------------------------------------------------------- run folders
+
 
 def _config() -> dict:
     from harness.core.config import resolve
@@ -175,15 +222,18 @@ def _config() -> dict:
     return resolve("selu", None, {}).to_dict()
 
 
-@pytest.mark.parametrize("case,message", [
-    ("no folder", "no run here"),
-    ("model only", "model.keras but no config.json"),
-    ("config only", "no model.keras"),
-    ("malformed config", "config.json is not valid JSON"),
-    ("newer config", "written by a newer harness"),
-    ("bad metrics", "metrics.json breaks the run record's format"),
-    ("import without its file", "the imported file source/m.tflite is missing"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("no folder", "no run here"),
+        ("model only", "model.keras but no config.json"),
+        ("config only", "no model.keras"),
+        ("malformed config", "config.json is not valid JSON"),
+        ("newer config", "written by a newer harness"),
+        ("bad metrics", "metrics.json breaks the run record's format"),
+        ("import without its file", "the imported file source/m.tflite is missing"),
+    ],
+)
 @pytest.mark.parametrize("command", ["evaluate", "export", "deploy", "bench"])
 def test_a_run_folder_missing_a_piece_is_named_in_one_line(tmp_path, case, message, command):
     run = tmp_path / "runs" / "r"
@@ -225,13 +275,30 @@ def test_two_trainings_of_one_run_one_proceeds_the_other_is_refused(tmp_path, ar
     is refused in one line and touches nothing; once the holder dies, training proceeds and
     history.csv has its header once."""
     results = tmp_path / "results"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(results)], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(results)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = ["--archive", str(archive), "--results", str(results), "train", "--preset",
-                "bn-elu", "--layers", "1", "--units", "8", "--epochs", "2", "--batch-size",
-                "64", "--name", "same"]
+        args = [
+            "--archive",
+            str(archive),
+            "--results",
+            str(results),
+            "train",
+            "--preset",
+            "bn-elu",
+            "--layers",
+            "1",
+            "--units",
+            "8",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--name",
+            "same",
+        ]
         refused = CliRunner().invoke(main, args)
         assert refused.exit_code == 2, refused.output
         assert f"pid {holder.pid}" in refused.output and "another process" in refused.output
@@ -248,6 +315,7 @@ def test_two_trainings_of_one_run_one_proceeds_the_other_is_refused(tmp_path, ar
 
 # --------------------------------------------------------------------------- the table
 
+
 def test_every_row_of_the_reliability_table_names_a_test():
     page = (REPO / "docs" / "reliability.md").read_text()
     table = page.split("<!-- reliability-table -->")[1]
@@ -263,8 +331,13 @@ def test_the_tflite_converter_prints_nothing(tmp_path, capfd):
 
     from harness.export.convert import export_saved_model, tflite_bytes
 
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     saved = export_saved_model(model, tmp_path / "saved_model")
     capfd.readouterr()
     pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)

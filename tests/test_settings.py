@@ -18,9 +18,11 @@ REFERENCE = REPO / "results" / "reference"
 STATS_AS_CONSTANTS = {"runs/selu", "runs/bn-elu", "tuning/study-bn-elu/best"}
 # Trained runs' configs; an imported model's config.json records an import, not a recipe
 # (tests/test_imports.py checks those).
-COMMITTED = sorted(p for p in [*REFERENCE.glob("runs/*/config.json"),
-                               *REFERENCE.glob("tuning/*/best/config.json")]
-                   if json.loads(p.read_text()).get("kind") != "imported")
+COMMITTED = sorted(
+    p
+    for p in [*REFERENCE.glob("runs/*/config.json"), *REFERENCE.glob("tuning/*/best/config.json")]
+    if json.loads(p.read_text()).get("kind") != "imported"
+)
 
 
 @pytest.mark.parametrize("command", ["train", "tune", "sweep-lr"])
@@ -36,8 +38,10 @@ def test_every_setting_is_an_option_of(command):
         assert parsed[name] is None  # a flag not given keeps the preset's value
 
 
-@pytest.mark.parametrize("name", [n for n, f in SETTINGS.items()
-                                  if f.metadata["low"] is not None or f.metadata["choices"]])
+@pytest.mark.parametrize(
+    "name",
+    [n for n, f in SETTINGS.items() if f.metadata["low"] is not None or f.metadata["choices"]],
+)
 def test_declared_range_is_enforced_by_validation(name):
     meta = SETTINGS[name].metadata
     bad = "no-such-choice" if meta["choices"] else meta["low"] - 1
@@ -46,35 +50,42 @@ def test_declared_range_is_enforced_by_validation(name):
 
 
 def test_cli_refuses_a_value_outside_the_declared_range(tmp_path):
-    result = CliRunner().invoke(main, ["--results", str(tmp_path), "train", "--preset", "selu",
-                                       "--shift", "16"])
+    result = CliRunner().invoke(
+        main, ["--results", str(tmp_path), "train", "--preset", "selu", "--shift", "16"]
+    )
     assert result.exit_code == 2 and "--shift" in result.output
 
 
 def test_set_and_config_files_use_the_declaration(tmp_path):
     from harness.core.config import settings_from
 
-    assert settings_from({"max-norm": "none", "units": "64", "lr": "3e-4"}, "--set") == \
-        {"max_norm": None, "units": 64, "lr": 3e-4}
+    assert settings_from({"max-norm": "none", "units": "64", "lr": "3e-4"}, "--set") == {
+        "max_norm": None,
+        "units": 64,
+        "lr": 3e-4,
+    }
     with pytest.raises(ConfigError, match="units='many'"):
         settings_from({"units": "many"}, "--set")
 
 
 def test_docs_settings_table_is_up_to_date():
     text = (REPO / "docs" / "settings.md").read_text()
-    found = re.search(r"<!-- settings-table:begin -->\n(.*?)\n<!-- settings-table:end -->",
-                      text, re.S)
+    found = re.search(
+        r"<!-- settings-table:begin -->\n(.*?)\n<!-- settings-table:end -->", text, re.S
+    )
     assert found, "docs/settings.md lacks the settings-table markers"
     assert found.group(1) == settings_table(), (
         "docs/settings.md's settings table is out of date: run "
-        "`python -m harness.core.config docs/settings.md`")
+        "`python -m harness.core.config docs/settings.md`"
+    )
 
 
 def test_saved_config_is_read_whole_whatever_todays_preset(tmp_path):
     """A run's config.json names a preset as a label: a setting the preset gained later
     (here tta and pca) must not leak into the re-made run."""
-    saved = {k: v for k, v in resolve("mlp-frontier").to_dict().items()
-             if k not in ("tta", "pca", "ema")}
+    saved = {
+        k: v for k, v in resolve("mlp-frontier").to_dict().items() if k not in ("tta", "pca", "ema")
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(saved))
     cfg = resolve(file=path)

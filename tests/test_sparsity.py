@@ -13,12 +13,23 @@ from harness.train.sparsity import prune_units, sparsify
 def parents(tmp_path_factory, archive):
     results = tmp_path_factory.mktemp("results")
     ds = data.load(archive, home=results / "home")
-    for preset, name, extra in (("selu", "p-selu", {}), ("bn-elu", "p-bn", {}),
-                                ("bn-elu", "p-bneck", dict(bottleneck=8, input_bn="stats", pca=16,
-                                                           augment="flip-shift", zoom=0.2,
-                                                           tta="flip"))):
-        cfg = resolve(preset, overrides=dict(layers=2, units=32, epochs=2, batch_size=64,
-                                             l1=1e-5, name=name, **extra))
+    for preset, name, extra in (
+        ("selu", "p-selu", {}),
+        ("bn-elu", "p-bn", {}),
+        (
+            "bn-elu",
+            "p-bneck",
+            dict(
+                bottleneck=8, input_bn="stats", pca=16, augment="flip-shift", zoom=0.2, tta="flip"
+            ),
+        ),
+    ):
+        cfg = resolve(
+            preset,
+            overrides=dict(
+                layers=2, units=32, epochs=2, batch_size=64, l1=1e-5, name=name, **extra
+            ),
+        )
         train(cfg, ds, results, verbose=0)
     return results, ds
 
@@ -46,8 +57,16 @@ def test_sparsify_reaches_the_target(parents):
 @pytest.mark.parametrize("parent", ["p-selu", "p-bn"])
 def test_structured_pruning_shrinks_layers_and_keeps_outputs_sane(parents, parent):
     results, ds = parents
-    m = prune_units(RunDir.named(results, parent), ds, results, f"{parent}-half", keep=0.5,
-                    epochs=2, teacher=parent, verbose=0)
+    m = prune_units(
+        RunDir.named(results, parent),
+        ds,
+        results,
+        f"{parent}-half",
+        keep=0.5,
+        epochs=2,
+        teacher=parent,
+        verbose=0,
+    )
     assert m["status"] == "completed" and m["kept_units"] == 16 and m["parent"] == parent
     assert m["teacher"]["run"] == parent  # fine-tuned distilling from the parent
     model = keras.saving.load_model(RunDir.named(results, f"{parent}-half").model)
@@ -77,18 +96,26 @@ def test_keeping_every_unit_reproduces_the_parent_exactly(parents, parent):
 
 def test_structured_pruning_keeps_the_pca_projection_and_linear_bottleneck_whole(parents):
     results, ds = parents
-    m = prune_units(RunDir.named(results, "p-bneck"), ds, results, "p-bneck-half", keep=0.25,
-                    epochs=1, verbose=0)
+    m = prune_units(
+        RunDir.named(results, "p-bneck"),
+        ds,
+        results,
+        "p-bneck-half",
+        keep=0.25,
+        epochs=1,
+        verbose=0,
+    )
     assert m["status"] == "completed" and m["kept_units"] == 8
     model = keras.saving.load_model(RunDir.named(results, "p-bneck-half").model)
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
-    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 16), (16, 8), (8, 8), (8, 8),
-                                                       (8, 10)]
+    assert [tuple(l.kernel.shape) for l in dense] == [(3072, 16), (16, 8), (8, 8), (8, 8), (8, 10)]
     assert dense[1].name == "bottleneck" and dense[1].activation is keras.activations.linear
     parent = keras.saving.load_model(RunDir.named(results, "p-bneck").model)
     assert dense[0].name == "pca" and not dense[0].trainable
-    np.testing.assert_array_equal(np.asarray(dense[0].kernel),  # frozen through fine-tuning
-                                  np.asarray(parent.get_layer("pca").kernel))
+    np.testing.assert_array_equal(
+        np.asarray(dense[0].kernel),  # frozen through fine-tuning
+        np.asarray(parent.get_layer("pca").kernel),
+    )
 
 
 @pytest.mark.parametrize("parent", ["p-selu", "p-bn", "p-bneck"])
@@ -110,8 +137,9 @@ def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
     pruned = keras.saving.load_model(RunDir.named(results, f"{parent}-p80").model)
     if parent == "p-bneck":  # the frozen PCA projection is neither pruned nor counted
         assert "pca" not in [l["layer"] for l in m["sparsity_per_layer"]]
-        np.testing.assert_array_equal(np.asarray(pruned.get_layer("pca").kernel),
-                                      np.asarray(model.get_layer("pca").kernel))
+        np.testing.assert_array_equal(
+            np.asarray(pruned.get_layer("pca").kernel), np.asarray(model.get_layer("pca").kernel)
+        )
     probs = pruned.predict(x, verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-4)
     assert m["parent"] == parent and m["variant"] == "magnitude-pruned"
@@ -120,9 +148,15 @@ def test_tfmot_bridge_mirrors_exactly_and_prunes_to_the_target(parents, parent):
 def test_saliency_follows_batchnorm_scale_and_outgoing_weights():
     from harness.train.sparsity import unit_saliency
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(2),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(2),
+            keras.layers.Dense(2),
+        ]
+    )
     model.layers[0].set_weights([np.full((4, 3), 100.0)])  # incoming norm ignored after BN
     bn = model.layers[1]
     bn.set_weights([np.array([1.0, 0.01, 2.0]), *bn.get_weights()[1:]])

@@ -47,17 +47,22 @@ def _own_nodes(function: ast.FunctionDef):
     while stack:
         node = stack.pop()
         yield node
-        stack.extend(child for child in ast.iter_child_nodes(node)
-                     if not isinstance(child, nested))
+        stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, nested))
 
 
 def _nested_functions(function: ast.FunctionDef) -> dict[str, ast.FunctionDef]:
-    return {node.name: node for node in ast.walk(function) if node is not function
-            and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return {
+        node.name: node
+        for node in ast.walk(function)
+        if node is not function and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
 
 
-def has_check(function: ast.FunctionDef, helpers: dict[str, ast.FunctionDef],
-              seen: frozenset[str] = frozenset()) -> bool:
+def has_check(
+    function: ast.FunctionDef,
+    helpers: dict[str, ast.FunctionDef],
+    seen: frozenset[str] = frozenset(),
+) -> bool:
     """Whether ``function`` checks something (see the module docstring); ``helpers``: the
     functions of its file, by name."""
     local = {**helpers, **_nested_functions(function)}
@@ -82,33 +87,40 @@ def has_check(function: ast.FunctionDef, helpers: dict[str, ast.FunctionDef],
 def find_tests(tree: ast.Module):
     """The test functions of a module: ``test_*`` at module level and in ``Test*`` classes."""
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                node.name.startswith("test_"):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith(
+            "test_"
+        ):
             yield node
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            yield from (item for item in node.body
-                        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
-                        and item.name.startswith("test_"))
+            yield from (
+                item
+                for item in node.body
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and item.name.startswith("test_")
+            )
 
 
 def unchecked_tests(source: str) -> list[str]:
     """``name (line N)`` of every test function in ``source`` that checks nothing."""
     tree = ast.parse(source)
-    helpers = {node.name: node for node in tree.body
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    return [f"{f.name} (line {f.lineno})" for f in find_tests(tree)
-            if not has_check(f, helpers)]
+    helpers = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    return [f"{f.name} (line {f.lineno})" for f in find_tests(tree) if not has_check(f, helpers)]
 
 
 @pytest.mark.parametrize("path", sorted(TESTS.glob("test_*.py")), ids=lambda p: p.name)
 def test_every_test_checks_something(path):
     assert unchecked_tests(path.read_text(encoding="utf-8")) == [], (
         f"{path.name}: tests without an assert, pytest.raises/warns/fail, or an "
-        f"assert*/check_* call")
+        f"assert*/check_* call"
+    )
 
 
 def test_the_rule_tells_checks_from_mere_calls():
-    source = '''
+    source = """
 import pytest
 import numpy as np
 
@@ -151,20 +163,25 @@ def test_called_closure_that_asserts():
 def test_lambda_is_not_a_check():
     f = lambda: pytest.fail("never called")
     _run(1)
-'''
+"""
     found = [entry.split(" (line ")[0] for entry in unchecked_tests(source)]
-    assert found == ["test_method_runs_only", "test_runs_only",
-                     "test_assert_only_in_an_uncalled_closure", "test_lambda_is_not_a_check"]
+    assert found == [
+        "test_method_runs_only",
+        "test_runs_only",
+        "test_assert_only_in_an_uncalled_closure",
+        "test_lambda_is_not_a_check",
+    ]
 
 
 def test_the_code_keeps_its_style():
-    """ruff, as configured in pyproject.toml ([tool.ruff]), finds nothing in the tree."""
+    """ruff, as configured in pyproject.toml ([tool.ruff]), finds nothing in the tree and
+    would reformat nothing."""
     import shutil
     import subprocess
     import sys
 
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is not installed: pip install -e '.[test]'"
-    done = subprocess.run([ruff, "check", "--no-cache", "."], cwd=TESTS.parent, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stdout[-3000:]
+    for check in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        done = subprocess.run([ruff, *check], cwd=TESTS.parent, capture_output=True, text=True)
+        assert done.returncode == 0, f"ruff {check[0]}: " + (done.stdout + done.stderr)[-3000:]

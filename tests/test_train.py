@@ -42,8 +42,14 @@ def test_two_epoch_run_writes_a_complete_run_directory(tmp_path, archive):
     with open(run.history) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert {"loss", "val_loss", "accuracy", "val_accuracy", "epoch_seconds",
-            "learning_rate"} <= set(rows[0])
+    assert {
+        "loss",
+        "val_loss",
+        "accuracy",
+        "val_accuracy",
+        "epoch_seconds",
+        "learning_rate",
+    } <= set(rows[0])
     assert any(run.logs.rglob("*.tfevents.*"))
     assert not run.backup.exists()  # cleaned up once the run finished
     # The saved model is the best one and takes raw pixels.
@@ -70,10 +76,30 @@ def test_nan_stops_a_jax_run_whose_per_batch_callbacks_run_async(tmp_path, archi
     """On JAX, TerminateOnNaN and TensorBoard are async_safe (they get their logs on a
     worker thread): a NaN loss must still stop the run early and be recorded."""
     results = tmp_path / "results"
-    cmd = [sys.executable, "-c", "from harness.cli import main; main()", "--archive",
-           str(archive), "--results", str(results), "train", "--preset", "selu-fast",
-           "--layers", "1", "--units", "8", "--batch-size", "64", "--epochs", "4",
-           "--l2", "1e38", "--name", "nan"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from harness.cli import main; main()",
+        "--archive",
+        str(archive),
+        "--results",
+        str(results),
+        "train",
+        "--preset",
+        "selu-fast",
+        "--layers",
+        "1",
+        "--units",
+        "8",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "4",
+        "--l2",
+        "1e38",
+        "--name",
+        "nan",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -97,17 +123,32 @@ def test_nan_loss_is_recorded_as_failed(tmp_path, archive):
 def test_run_killed_midway_resumes(tmp_path, archive):
     """kill -9 during training, then the same command finishes the run where it stopped."""
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("preset: selu\nlayers: 2\nunits: 32\nbatch-size: 4\nepochs: 12\n"
-                        "patience: 50\nname: killed\n")
-    cmd = [sys.executable, "-m", "harness.cli", "--archive", str(archive),
-           "--results", str(tmp_path / "results"), "train", "--config", str(cfg_file)]
+    cfg_file.write_text(
+        "preset: selu\nlayers: 2\nunits: 32\nbatch-size: 4\nepochs: 12\n"
+        "patience: 50\nname: killed\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "--archive",
+        str(archive),
+        "--results",
+        str(tmp_path / "results"),
+        "train",
+        "--config",
+        str(cfg_file),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = RunDir.named(tmp_path / "results", "killed")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if (run.backup / "training_metadata.json").exists() and run.history.exists() \
-                and len(run.history.read_text().splitlines()) >= 4:
+        if (
+            (run.backup / "training_metadata.json").exists()
+            and run.history.exists()
+            and len(run.history.read_text().splitlines()) >= 4
+        ):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -128,8 +169,17 @@ def test_run_killed_midway_resumes(tmp_path, archive):
 
 def test_cosine_schedule_warms_up_then_decays(tmp_path, archive):
     ds = data.load(archive)
-    cfg = resolve("selu", overrides={**SMALL, "epochs": 4, "schedule": "cosine",
-                                     "warmup_epochs": 1, "lr": 1e-3, "name": "cos"})
+    cfg = resolve(
+        "selu",
+        overrides={
+            **SMALL,
+            "epochs": 4,
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            "lr": 1e-3,
+            "name": "cos",
+        },
+    )
     train(cfg, ds, tmp_path, verbose=0)
     with open(RunDir.named(tmp_path, "cos").history) as f:
         lrs = [float(r["learning_rate"]) for r in csv.DictReader(f)]
@@ -159,8 +209,13 @@ def test_the_logged_learning_rate_is_the_optimizers_own(backend):
     """EpochLog reads a schedule through a compiled function on JAX: it must give what the
     optimizer itself reports, step by step (during warm-up, at the peak, decaying)."""
     env = {**os.environ, "KERAS_BACKEND": backend}
-    done = subprocess.run([sys.executable, "-c", LR_READER_CHECK], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LR_READER_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
     assert len(rows) == 10 and all(row[0] == backend for row in rows)

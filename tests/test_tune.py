@@ -19,8 +19,17 @@ from harness.data import cifar as data
 from harness.search.tune import SearchSpace, sweep_lr, tune
 
 SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
-SEARCH_ARGS = ["tune", "--preset", "bn-elu", "--layers-range", "1,2", "--units-range", "8,16",
-               "--batch-size", "64"]
+SEARCH_ARGS = [
+    "tune",
+    "--preset",
+    "bn-elu",
+    "--layers-range",
+    "1,2",
+    "--units-range",
+    "8,16",
+    "--batch-size",
+    "64",
+]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -58,9 +67,26 @@ def test_sweep_trains_a_fresh_model_per_rate(tmp_path, archive, monkeypatch):
 
 
 def test_sweep_cli_prints_table(tmp_path, archive):
-    result = CliRunner().invoke(main, ["--archive", str(archive), "--results", str(tmp_path),
-                                       "sweep-lr", "--preset", "selu", "--layers", "1",
-                                       "--units", "8", "--epochs", "1", "--rates", "1e-3,1e-2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--archive",
+            str(archive),
+            "--results",
+            str(tmp_path),
+            "sweep-lr",
+            "--preset",
+            "selu",
+            "--layers",
+            "1",
+            "--units",
+            "8",
+            "--epochs",
+            "1",
+            "--rates",
+            "1e-3,1e-2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best learning rate:" in result.output and "diverged" in result.output
     assert (tmp_path / "sweeps/selu-lr/runs/lr-0.01/metrics.json").exists()
@@ -93,24 +119,40 @@ def test_search_writes_every_output(tmp_path, archive, kind, trials):
     assert len(run.history.read_text().splitlines()) == metrics["epochs_run"] + 1
 
 
-@pytest.mark.parametrize("space", [SearchSpace(layers=(3, 1)), SearchSpace(units=(0, 10)),
-                                   SearchSpace(lr=(0.0, 1e-3)), SearchSpace(lr=(1e-3, 1e-3)),
-                                   SearchSpace(dropout=(0.2, 1.0)),
-                                   SearchSpace(activations=("tanh",))])
+@pytest.mark.parametrize(
+    "space",
+    [
+        SearchSpace(layers=(3, 1)),
+        SearchSpace(units=(0, 10)),
+        SearchSpace(lr=(0.0, 1e-3)),
+        SearchSpace(lr=(1e-3, 1e-3)),
+        SearchSpace(dropout=(0.2, 1.0)),
+        SearchSpace(activations=("tanh",)),
+    ],
+)
 def test_bad_search_spaces_are_refused(space):
     with pytest.raises(ConfigError):
         space.validate()
 
 
 def _cli(tmp_path, archive, *args):
-    return [sys.executable, "-m", "harness.cli", "--archive", str(archive),
-            "--results", str(tmp_path), *args]
+    return [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "--archive",
+        str(archive),
+        "--results",
+        str(tmp_path),
+        *args,
+    ]
 
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_redoing_trials(tmp_path, archive):
-    cmd = _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "3", "--epochs", "20",
-               "--name", "r")
+    cmd = _cli(
+        tmp_path, archive, *SEARCH_ARGS, "--max-trials", "3", "--epochs", "20", "--name", "r"
+    )
     meta0 = tmp_path / "tuning" / "r" / "trial_meta" / "0.json"
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -137,18 +179,37 @@ def _free_port() -> int:
 
 def _distributed(tmp_path, archive, kill_worker: bool):
     port = str(_free_port())
-    args = _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4", "--epochs", "12",
-                "--name", "d", "--oracle-ip", "127.0.0.1", "--oracle-port", port)
+    args = _cli(
+        tmp_path,
+        archive,
+        *SEARCH_ARGS,
+        "--max-trials",
+        "4",
+        "--epochs",
+        "12",
+        "--name",
+        "d",
+        "--oracle-ip",
+        "127.0.0.1",
+        "--oracle-port",
+        port,
+    )
     logs = {who: open(tmp_path / f"{who}.log", "w") for who in ("chief", "tuner0", "tuner1")}
     # A live worker is silent while it compiles (seconds on a loaded machine): a short
     # timeout only where a worker is killed, so the chief notices that in the test's time.
     timeout = "15" if kill_worker else "120"
-    procs = {"chief": subprocess.Popen([*args, "--tuner-id", "chief", "--worker-timeout",
-                                        timeout],
-                                       env=ENV, stdout=logs["chief"], stderr=subprocess.STDOUT)}
+    procs = {
+        "chief": subprocess.Popen(
+            [*args, "--tuner-id", "chief", "--worker-timeout", timeout],
+            env=ENV,
+            stdout=logs["chief"],
+            stderr=subprocess.STDOUT,
+        )
+    }
     for who in ("tuner0", "tuner1"):
-        procs[who] = subprocess.Popen([*args, "--tuner-id", who], env=ENV, stdout=logs[who],
-                                      stderr=subprocess.STDOUT)
+        procs[who] = subprocess.Popen(
+            [*args, "--tuner-id", who], env=ENV, stdout=logs[who], stderr=subprocess.STDOUT
+        )
     try:
         if kill_worker:  # once tuner1 is inside a trial
             deadline = time.monotonic() + 120
@@ -181,9 +242,13 @@ def test_distributed_search_spreads_trials_over_workers(tmp_path, archive):
     summary = tmp_path / "tuning" / "d" / "summary.json"
     took = json.loads(summary.read_text())["search_seconds"]
     assert took > 0
-    again = subprocess.run(_cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4",
-                                "--epochs", "12", "--name", "d"),
-                           env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4", "--epochs", "12", "--name", "d"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Epoch 1/" not in again.stdout + again.stderr
     assert [m.read_text() for m in metas] == before
@@ -197,8 +262,9 @@ def test_distributed_search_survives_a_killed_worker(tmp_path, archive):
 
 
 def test_tune_cli_errors(tmp_path, archive):
-    run = lambda *a: CliRunner().invoke(main, ["--archive", str(archive), "--results",
-                                              str(tmp_path), *a])
+    run = lambda *a: CliRunner().invoke(
+        main, ["--archive", str(archive), "--results", str(tmp_path), *a]
+    )
     assert run("tune", "--preset", "bn-elu", "--tuner", "grid").exit_code == 2
     result = run("tune", "--preset", "bn-elu", "--layers-range", "5,1")
     assert result.exit_code == 2 and "empty or inverted" in result.output
@@ -206,8 +272,19 @@ def test_tune_cli_errors(tmp_path, archive):
     assert result.exit_code == 2 and "together" in result.output
     port = _free_port()  # nothing listens there
     t0 = time.monotonic()
-    result = run("tune", "--preset", "bn-elu", "--tuner-id", "tuner0", "--oracle-ip",
-                 "127.0.0.1", "--oracle-port", str(port), "--connect-timeout", "1")
+    result = run(
+        "tune",
+        "--preset",
+        "bn-elu",
+        "--tuner-id",
+        "tuner0",
+        "--oracle-ip",
+        "127.0.0.1",
+        "--oracle-port",
+        str(port),
+        "--connect-timeout",
+        "1",
+    )
     assert result.exit_code == 1
     assert f"cannot reach the chief at 127.0.0.1:{port}" in result.output
     assert time.monotonic() - t0 < 30
@@ -219,7 +296,8 @@ def _blocks_async_dispatch(callback) -> bool:
     from keras.src import utils
 
     return not getattr(callback, "async_safe", False) and not (
-        utils.is_default(callback.on_batch_end) and utils.is_default(callback.on_train_batch_end))
+        utils.is_default(callback.on_batch_end) and utils.is_default(callback.on_train_batch_end)
+    )
 
 
 def test_search_callbacks_keep_async_dispatch(tmp_path):
@@ -231,8 +309,13 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
     from harness.search.kerastuner import EpochTunerCallback
     from harness.train.fit import epoch_log, recipe_callbacks
 
-    tuner = kt.RandomSearch(lambda hp: None, objective="val_accuracy", max_trials=1,
-                            directory=str(tmp_path), project_name="t")
+    tuner = kt.RandomSearch(
+        lambda hp: None,
+        objective="val_accuracy",
+        max_trials=1,
+        directory=str(tmp_path),
+        project_name="t",
+    )
     original = TunerCallback(tuner, trial="trial")
     assert _blocks_async_dispatch(original)
     replaced = EpochTunerCallback.replacing(original)
@@ -247,8 +330,13 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
         def on_batch_end(self, trial, model, batch, logs=None):
             seen.append(batch)
 
-    batchy = Batchy(lambda hp: None, objective="val_accuracy", max_trials=1,
-                    directory=str(tmp_path), project_name="b")
+    batchy = Batchy(
+        lambda hp: None,
+        objective="val_accuracy",
+        max_trials=1,
+        directory=str(tmp_path),
+        project_name="b",
+    )
     kept = TunerCallback(batchy, trial="trial")
     assert EpochTunerCallback.replacing(kept) is kept
     assert EpochTunerCallback.replacing("other") == "other"
@@ -257,11 +345,28 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
 @pytest.mark.slow
 def test_a_jax_search_completes_its_trials(tmp_path, archive):
     """The fast preset's search on JAX, with async dispatch in its trials, runs to the end."""
-    cmd = _cli(tmp_path, archive, "tune", "--preset", "bn-elu-fast", "--layers-range", "1,2",
-               "--units-range", "8,16", "--batch-size", "64", "--max-trials", "2",
-               "--epochs", "2", "--name", "j")
-    done = subprocess.run(cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True,
-                          text=True, timeout=300)
+    cmd = _cli(
+        tmp_path,
+        archive,
+        "tune",
+        "--preset",
+        "bn-elu-fast",
+        "--layers-range",
+        "1,2",
+        "--units-range",
+        "8,16",
+        "--batch-size",
+        "64",
+        "--max-trials",
+        "2",
+        "--epochs",
+        "2",
+        "--name",
+        "j",
+    )
+    done = subprocess.run(
+        cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Buffer has been deleted" not in done.stderr
     rows = json.loads((tmp_path / "tuning" / "j" / "trials.json").read_text())
@@ -281,8 +386,7 @@ def test_the_best_epoch_is_written_once_with_its_weights(tmp_path, monkeypatch):
 
     from harness.search.kerastuner import BestEpochOnce
 
-    original = SaveBestEpoch(kt.Objective("val_accuracy", "max"),
-                             str(tmp_path / "best.weights.h5"))
+    original = SaveBestEpoch(kt.Objective("val_accuracy", "max"), str(tmp_path / "best.weights.h5"))
     callback = BestEpochOnce.replacing(original)
     assert isinstance(callback, BestEpochOnce) and BestEpochOnce.replacing("x") == "x"
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -343,8 +447,9 @@ def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(t
     now = [0.0]
     hp = kt.HyperParameters()
     hp.Int("units", 1, 100)
-    oracle = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=3,
-                                           hyperparameters=hp, seed=1)
+    oracle = kt.oracles.RandomSearchOracle(
+        objective="val_accuracy", max_trials=3, hyperparameters=hp, seed=1
+    )
     oracle._set_project_dir(str(tmp_path), "p")
     watch_workers(oracle, timeout=5, interval=0.01, clock=lambda: now[0])
     trial = oracle.create_trial("w1")

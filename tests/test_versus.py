@@ -28,11 +28,15 @@ def test_kind_of_architectures():
 
 
 def test_best_of_each_kind_within_each_front_limit():
-    points = [point("mlp-small", DENSE, 0.55, 5), point("mlp-big", DENSE, 0.75, 50),
-              point("mlp-slow", DENSE, 0.70, 500),       # dominated: not a limit
-              point("cnn", CONV, 0.80, 100), point("cnn-cheap", CONV, 0.60, 200),
-              # another machine with only one kind: no matchup there
-              point("mlp-other", DENSE, 0.9, 1, scope="m2")]
+    points = [
+        point("mlp-small", DENSE, 0.55, 5),
+        point("mlp-big", DENSE, 0.75, 50),
+        point("mlp-slow", DENSE, 0.70, 500),  # dominated: not a limit
+        point("cnn", CONV, 0.80, 100),
+        point("cnn-cheap", CONV, 0.60, 200),
+        # another machine with only one kind: no matchup there
+        point("mlp-other", DENSE, 0.9, 1, scope="m2"),
+    ]
     found = matchups("batch-1 latency", points)
     assert [(m.scope, m.limit) for m in found] == [("m1", 5), ("m1", 50), ("m1", 100)]
     by_limit = {m.limit: m for m in found}
@@ -49,8 +53,11 @@ def test_frontier_records_are_collected_and_set_against_each_other(tmp_path):
     another machine: the report has the matchup of the first two only."""
     source = json.loads((COMMITTED / "frontier" / "frontier-resnet8-30min.json").read_text())
     made = {}
-    for name, arch, acc, cpu in (("cnn", "resnet8", 0.70, "A"), ("mlp", "batchnorm", 0.74, "A"),
-                                 ("lonely", "batchnorm", 0.9, "B")):
+    for name, arch, acc, cpu in (
+        ("cnn", "resnet8", 0.70, "A"),
+        ("mlp", "batchnorm", 0.74, "A"),
+        ("lonely", "batchnorm", 0.9, "B"),
+    ):
         record = copy.deepcopy(source)
         record.update(run=name, config={**record["config"], "arch": arch})
         record["accuracy"]["test"] = acc
@@ -74,16 +81,28 @@ def test_committed_records_answer_all_three_questions(tmp_path):
         assert both, axis
         assert max(both, key=lambda m: m.limit).gap_points < 0, axis
     text = (tmp_path / "report" / "report.md").read_text()
-    for heading in ("### At equal training time", "### At equal batch-1 latency",
-                    "### At equal flash"):
+    for heading in (
+        "### At equal training time",
+        "### At equal batch-1 latency",
+        "### At equal flash",
+    ):
         assert heading in text
     assert text.index("## Fully connected against convolutional") < text.index("## All results")
 
 
 def test_compare_prints_the_summary_on_stderr(tmp_path):
-    result = CliRunner().invoke(main, ["compare", str(COMMITTED / "frontier"),
-                                       str(COMMITTED / "runs" / "resnet8-30min"),
-                                       "--out", str(tmp_path / "r"), "--format", "csv"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(COMMITTED / "frontier"),
+            str(COMMITTED / "runs" / "resnet8-30min"),
+            "--out",
+            str(tmp_path / "r"),
+            "--format",
+            "csv",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "equal training time (<= 30 min" in result.stderr
     assert "equal training time" not in result.stdout  # csv output stays machine-readable

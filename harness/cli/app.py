@@ -45,14 +45,18 @@ class _Warnings(logging.Handler):
 # stderr (fd 2) fed through a filter that drops absl's I, W and E lines and passes the rest.
 # The filter is a process, not a thread, so a crash during the import still shows its last
 # words. GPUs are left alone: JAX and TensorFlow see the same devices as without it.
-_ABSL_LINE = (rb"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "  # absl: I0000 00:00:...
-              rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "  # TF's older own
-              rb"|WARNING: All log messages before absl::InitializeLog\(\) is called")
-_SIEVE = (f"import re, sys\nnoise = re.compile({_ABSL_LINE!r})\n"
-          "for line in sys.stdin.buffer:\n"
-          "    if not noise.match(line):\n"
-          "        sys.stderr.buffer.write(line)\n"
-          "        sys.stderr.buffer.flush()\n")
+_ABSL_LINE = (
+    rb"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "  # absl: I0000 00:00:...
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "  # TF's older own
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+)
+_SIEVE = (
+    f"import re, sys\nnoise = re.compile({_ABSL_LINE!r})\n"
+    "for line in sys.stdin.buffer:\n"
+    "    if not noise.match(line):\n"
+    "        sys.stderr.buffer.write(line)\n"
+    "        sys.stderr.buffer.flush()\n"
+)
 
 
 @contextlib.contextmanager
@@ -98,25 +102,42 @@ def _quiet_tensorflow() -> None:
     """TensorFlow's C++ log: fatal errors only, and no start-up lines (see _ABSL_LINE)."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if "tensorflow" not in sys.modules and not any(
-            isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+        isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path
+    ):
         sys.meta_path.insert(0, _QuietTensorFlow())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--archive", type=click.Path(path_type=Path), envvar="HARNESS_ARCHIVE",
-              help="Local cifar-10-python.tar.gz (or extracted folder) to use instead of "
-                   "downloading; for machines without internet. Env: HARNESS_ARCHIVE.")
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_HOME",
-              help="Cache folder for the dataset. Env: HARNESS_HOME. "
-                   "Default: ~/.cache/harness.")
-@click.option("--results", type=click.Path(file_okay=False, path_type=Path),
-              envvar="HARNESS_RESULTS", default=Path("results"), show_default=True,
-              help="Folder for run directories (runs/<name>/). Env: HARNESS_RESULTS.")
-@click.option("--verbose", is_flag=True, envvar="HARNESS_VERBOSE",
-              help="Show TensorFlow's C++ log as TF_CPP_MIN_LOG_LEVEL sets it (TensorFlow's "
-                   "default: everything). Without it harness hides that log's start-up "
-                   "lines (oneDNN, CUDA probing) and all but fatal errors. "
-                   "Env: HARNESS_VERBOSE=1.")
+@click.option(
+    "--archive",
+    type=click.Path(path_type=Path),
+    envvar="HARNESS_ARCHIVE",
+    help="Local cifar-10-python.tar.gz (or extracted folder) to use instead of "
+    "downloading; for machines without internet. Env: HARNESS_ARCHIVE.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="HARNESS_HOME",
+    help="Cache folder for the dataset. Env: HARNESS_HOME. Default: ~/.cache/harness.",
+)
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="HARNESS_RESULTS",
+    default=Path("results"),
+    show_default=True,
+    help="Folder for run directories (runs/<name>/). Env: HARNESS_RESULTS.",
+)
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="HARNESS_VERBOSE",
+    help="Show TensorFlow's C++ log as TF_CPP_MIN_LOG_LEVEL sets it (TensorFlow's "
+    "default: everything). Without it harness hides that log's start-up "
+    "lines (oneDNN, CUDA probing) and all but fatal errors. "
+    "Env: HARNESS_VERBOSE=1.",
+)
 @click.pass_context
 def main(ctx, archive, home, results, verbose):
     """How far can a network with no convolutions go on CIFAR-10, and how fast can it answer?"""
@@ -131,14 +152,17 @@ def main(ctx, archive, home, results, verbose):
 
 # --------------------------------------------------------------------------- names
 
+
 def _name_option(what: str):
     """A --name callback: the one rule for names that become folders (harness.core.records.NAME);
     a bad name stops the command with exit 2 before it reads or writes anything."""
+
     def check(ctx, param, value: str | None) -> str | None:
         try:
             return None if value is None else check_name(value, what)
         except BadName as e:
             raise click.BadParameter(str(e)) from None
+
     return check
 
 
@@ -170,8 +194,9 @@ def _run_dir(obj: Context, run: Path, imported_ok: bool = True) -> RunDir:
     if problem:
         raise Refused(f"{run}: {problem}")
     if info is not None and not imported_ok:
-        raise Refused(f"{run}: an imported model ({info['file']}); this command works on "
-                      "runs harness trained")
+        raise Refused(
+            f"{run}: an imported model ({info['file']}); this command works on runs harness trained"
+        )
     return run_dir
 
 
@@ -188,8 +213,10 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
         return f"no run here (no folder {run.path})", None
     if not run.config.exists():
         what = "model.keras but no" if run.model.exists() else "no"
-        return (f"not a finished run: {what} config.json (the run's recipe); harness writes "
-                "both, so this folder is damaged or not harness'"), None
+        return (
+            f"not a finished run: {what} config.json (the run's recipe); harness writes "
+            "both, so this folder is damaged or not harness'"
+        ), None
     try:
         config = read_record(run.config)
     except RecordError as e:
@@ -199,8 +226,10 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
         try:
             from_dict(config)
         except (ConfigError, TypeError) as e:
-            return (f"config.json is not a recipe this harness reads ({e}): written by a "
-                    f"newer harness, or edited"), None
+            return (
+                f"config.json is not a recipe this harness reads ({e}): written by a "
+                f"newer harness, or edited"
+            ), None
     if run.metrics.exists():
         try:
             check_run(read_record(run.metrics))
@@ -208,8 +237,9 @@ def check_run_dir(run: RunDir) -> tuple[str | None, dict | None]:
             return f"metrics.json breaks the run record's format: {e}", None
     if info is not None:
         source = run.path / "source" / str(info.get("file"))
-        return (None if source.exists() else
-                f"the imported file source/{info.get('file')} is missing"), info
+        return (
+            None if source.exists() else f"the imported file source/{info.get('file')} is missing"
+        ), info
     if not run.model.exists():
         return "no finished run here (no model.keras)", None
     return None, None
@@ -222,17 +252,20 @@ def _select_backend(backend: str | None) -> None:
     import importlib.util
 
     if importlib.util.find_spec(backend) is None:
-        raise click.ClickException(f"backend {backend!r} is not installed "
-                                   f"(pip install {backend})")
+        raise click.ClickException(f"backend {backend!r} is not installed (pip install {backend})")
     os.environ["KERAS_BACKEND"] = backend
 
 
 def _summary(results: Path, name: str, m: dict) -> str:
-    lines = [f"run {RunDir.named(results, name).path}: {m['status']}, "
-             f"{m['epochs_run']} epochs (best {m['best_epoch']}), {m['wall_time_s']:.1f} s, "
-             f"{m['seconds_per_epoch']} s/epoch"]
+    lines = [
+        f"run {RunDir.named(results, name).path}: {m['status']}, "
+        f"{m['epochs_run']} epochs (best {m['best_epoch']}), {m['wall_time_s']:.1f} s, "
+        f"{m['seconds_per_epoch']} s/epoch"
+    ]
     for split_name in ("train", "val", "test"):
         if split_name in m:
-            lines.append(f"  {split_name:<5} accuracy {m[split_name]['accuracy']:.4f}  "
-                         f"loss {m[split_name]['loss']:.4f}")
+            lines.append(
+                f"  {split_name:<5} accuracy {m[split_name]['accuracy']:.4f}  "
+                f"loss {m[split_name]['loss']:.4f}"
+            )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from harness.data import cifar as data_mod
 
 # --------------------------------------------------------------------------- data
 
+
 @main.group()
 def data():
     """Download, import and inspect CIFAR-10."""
@@ -26,8 +27,9 @@ def data_download(obj: Context):
         ds = data_mod.import_data(path, obj.home)
     except data_mod.DataError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"cached {len(ds.x_train)} + {len(ds.x_test)} images from {path} "
-               f"(sha256 {ds.sha256})")
+    click.echo(
+        f"cached {len(ds.x_train)} + {len(ds.x_test)} images from {path} (sha256 {ds.sha256})"
+    )
 
 
 @data.command("import")
@@ -39,9 +41,11 @@ def data_import(obj: Context, path: Path):
         ds = data_mod.import_data(path, obj.home)
     except data_mod.DataError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"imported {len(ds.x_train)} + {len(ds.x_test)} images from {path} "
-               f"(sha256 {ds.sha256}, verified by {ds.verified}) into "
-               f"{data_mod.cache_path(obj.home)}")
+    click.echo(
+        f"imported {len(ds.x_train)} + {len(ds.x_test)} images from {path} "
+        f"(sha256 {ds.sha256}, verified by {ds.verified}) into "
+        f"{data_mod.cache_path(obj.home)}"
+    )
 
 
 @data.command("info")
@@ -55,8 +59,10 @@ def data_info(obj: Context, as_json: bool):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"cache     {info['cache']}\nsource    {ds.source}\n"
-               f"sha256    {ds.sha256} (verified by {ds.verified})")
+    click.echo(
+        f"cache     {info['cache']}\nsource    {ds.source}\n"
+        f"sha256    {ds.sha256} (verified by {ds.verified})"
+    )
     click.echo(f"{'class':<12}" + "".join(f"{s:>8}" for s in counts))
     for c in ds.label_names:
         click.echo(f"{c:<12}" + "".join(f"{counts[s][c]:>8}" for s in counts))

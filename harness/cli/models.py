@@ -17,26 +17,56 @@ from harness.edge.predict import MAX_PIXELS
 
 @main.command("import")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option("--name", required=True, callback=_name_option("run name"),
-              help="The run's name: results/runs/<name>/.")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
-              help="How the model lays out an image [default: what its input shape says, "
-                   "else nhwc].")
-@click.option("--channels", type=click.Choice(["rgb", "bgr"]), help="Channel order the "
-              "model was trained on [default: rgb].")
-@click.option("--input", "input_scale", type=click.Choice(["raw", "unit"]),
-              help="raw: float 0-255; unit: pixels / 255 [default: raw; an integer-input "
-                   ".tflite: what its quantization says].")
+@click.option(
+    "--name",
+    required=True,
+    callback=_name_option("run name"),
+    help="The run's name: results/runs/<name>/.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["nhwc", "nchw"]),
+    help="How the model lays out an image [default: what its input shape says, else nhwc].",
+)
+@click.option(
+    "--channels",
+    type=click.Choice(["rgb", "bgr"]),
+    help="Channel order the model was trained on [default: rgb].",
+)
+@click.option(
+    "--input",
+    "input_scale",
+    type=click.Choice(["raw", "unit"]),
+    help="raw: float 0-255; unit: pixels / 255 [default: raw; an integer-input "
+    ".tflite: what its quantization says].",
+)
 @click.option("--mean", metavar="R,G,B", help="Subtract per channel, after --input scaling.")
 @click.option("--std", metavar="R,G,B", help="Divide per channel, after --mean.")
-@click.option("--output", type=click.Choice(["probs", "logits"]), help="What the model "
-              "answers [default: read off its outputs on a few images].")
-@click.option("--source", metavar="TEXT", help="Where the file comes from (a URL, a paper, "
-              "its licence): recorded with it.")
+@click.option(
+    "--output",
+    type=click.Choice(["probs", "logits"]),
+    help="What the model answers [default: read off its outputs on a few images].",
+)
+@click.option(
+    "--source",
+    metavar="TEXT",
+    help="Where the file comes from (a URL, a paper, its licence): recorded with it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a run of this name.")
 @click.pass_obj
-def import_model(obj: Context, model: Path, name, layout, channels, input_scale, mean, std,
-                 output, source, overwrite):
+def import_model(
+    obj: Context,
+    model: Path,
+    name,
+    layout,
+    channels,
+    input_scale,
+    mean,
+    std,
+    output,
+    source,
+    overwrite,
+):
     """Import a CIFAR-10 model harness did not train (.tflite, .onnx, .keras, .h5 or a
     SavedModel folder) as the run results/runs/<name>/.
 
@@ -52,31 +82,60 @@ def import_model(obj: Context, model: Path, name, layout, channels, input_scale,
 
     try:
         mean, std = parse_three(mean, "mean"), parse_three(std, "std")
-        m = run_import(model, obj.dataset(), obj.results, name, layout, channels, input_scale,
-                       mean, std, output, source, overwrite)
+        m = run_import(
+            model,
+            obj.dataset(),
+            obj.results,
+            name,
+            layout,
+            channels,
+            input_scale,
+            mean,
+            std,
+            output,
+            source,
+            overwrite,
+        )
     except (ContractError, ForeignFileError, ImportRefused) as e:
         raise Refused(str(e)) from None
     info, path = m["import"], RunDir.named(obj.results, name).path
-    click.echo(f"imported {name}: {info['file']} ({info['format']} {m['precision']}, "
-               f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)")
+    click.echo(
+        f"imported {name}: {info['file']} ({info['format']} {m['precision']}, "
+        f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)"
+    )
     config = json.loads((path / "config.json").read_text())
     click.echo(f"  contract  {config['contract_words']} ({config['contract_from']})")
     if "layout_note" in config:
         click.echo(f"  layout    {config['layout_note']}")
     for split_name in ("val", "test"):
-        click.echo(f"  {split_name:<5}     accuracy {m[split_name]['accuracy']:.4f}  "
-                   f"loss {m[split_name]['loss']:.4f}  (through {info['runtime']})")
+        click.echo(
+            f"  {split_name:<5}     accuracy {m[split_name]['accuracy']:.4f}  "
+            f"loss {m[split_name]['loss']:.4f}  (through {info['runtime']})"
+        )
     macs = f", {m['macs']:,} MACs" if m.get("macs") else ""
     click.echo(f"  {m['params']['total']:,} parameters{macs}, {m['op_count']} ops -> {path}")
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--format", "formats", type=click.Choice(["onnx", "tflite", "saved_model", "all"]),
-              multiple=True, default=["all"], show_default=True, help="Export format(s).")
-@click.option("--quantize", "quantizations", multiple=True, default=["all"], show_default=True,
-              type=click.Choice([*PRECISION_NAMES, "all"]),
-              help="TFLite precision(s).")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["onnx", "tflite", "saved_model", "all"]),
+    multiple=True,
+    default=["all"],
+    show_default=True,
+    help="Export format(s).",
+)
+@click.option(
+    "--quantize",
+    "quantizations",
+    multiple=True,
+    default=["all"],
+    show_default=True,
+    type=click.Choice([*PRECISION_NAMES, "all"]),
+    help="TFLite precision(s).",
+)
 @click.pass_obj
 def export(obj: Context, run: Path, formats, quantizations):
     """Export a run's model and verify each file through its own runtime."""
@@ -85,52 +144,98 @@ def export(obj: Context, run: Path, formats, quantizations):
     run_dir = _run_dir(obj, run)
     info = run_dir.read_import()
     if info is not None and not run_dir.model.exists():
-        raise Refused(f"{run}: an imported {info['format']}; harness exports Keras and .h5 "
-                      "imports (a .tflite or .onnx is an export already: bench, predict and "
-                      "deploy use it as it is)")
+        raise Refused(
+            f"{run}: an imported {info['format']}; harness exports Keras and .h5 "
+            "imports (a .tflite or .onnx is an export already: bench, predict and "
+            "deploy use it as it is)"
+        )
     formats = export_mod.FORMATS if "all" in formats else formats
     quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
     try:
         records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
     except export_mod.ExportError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{'file':<24}{'runtime':<13}{'KiB':>8}{'max diff':>11}{'test acc':>10}"
-               f"{'drop':>8}")
+    click.echo(f"{'file':<24}{'runtime':<13}{'KiB':>8}{'max diff':>11}{'test acc':>10}{'drop':>8}")
     for r in records:
-        click.echo(f"{r['file']:<24}{r['runtime']:<13}{r['size_bytes'] / 1024:>8.1f}"
-                   f"{r['max_abs_diff']:>11.2e}{r['test']['accuracy']:>10.4f}"
-                   f"{r['accuracy_drop_points']:>7.2f}{'  FLAGGED' if r['flagged'] else ''}")
+        click.echo(
+            f"{r['file']:<24}{r['runtime']:<13}{r['size_bytes'] / 1024:>8.1f}"
+            f"{r['max_abs_diff']:>11.2e}{r['test']['accuracy']:>10.4f}"
+            f"{r['accuracy_drop_points']:>7.2f}{'  FLAGGED' if r['flagged'] else ''}"
+        )
     if any(r["flagged"] for r in records):
         raise click.ClickException("an export lost more accuracy than allowed (see FLAGGED)")
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(["linux", "mcu"]), required=True,
-              help="linux: the model, a manifest and a standalone predict.py for any Linux "
-                   "(x86-64, arm64); mcu: a TensorFlow Lite Micro bundle (int8).")
-@click.option("--runtime", type=click.Choice(["litert", "onnx"]), default="litert",
-              show_default=True, help="Runtime on the device: LiteRT (.tflite) or "
-              "onnxruntime (.onnx, float32 only).")
-@click.option("--quantize", "quantization",
-              type=click.Choice(PRECISION_NAMES),
-              help="Precision of the model file [default: float32 for linux, int8 for mcu].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the bundle and its .tar.gz [default: <results>/deploy].")
-@click.option("--name", callback=_name_option("bundle name"), help="Bundle name: letters, "
-              "digits, - _ . (first a letter, digit or _) "
-              "[default: <run>-<target>-<runtime>-<precision>].")
+@click.option(
+    "--target",
+    type=click.Choice(["linux", "mcu"]),
+    required=True,
+    help="linux: the model, a manifest and a standalone predict.py for any Linux "
+    "(x86-64, arm64); mcu: a TensorFlow Lite Micro bundle (int8).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["litert", "onnx"]),
+    default="litert",
+    show_default=True,
+    help="Runtime on the device: LiteRT (.tflite) or onnxruntime (.onnx, float32 only).",
+)
+@click.option(
+    "--quantize",
+    "quantization",
+    type=click.Choice(PRECISION_NAMES),
+    help="Precision of the model file [default: float32 for linux, int8 for mcu].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the bundle and its .tar.gz [default: <results>/deploy].",
+)
+@click.option(
+    "--name",
+    callback=_name_option("bundle name"),
+    help="Bundle name: letters, "
+    "digits, - _ . (first a letter, digit or _) "
+    "[default: <run>-<target>-<runtime>-<precision>].",
+)
 @click.option("--flash-kb", type=click.IntRange(min=1), help="mcu: flash budget in KiB.")
 @click.option("--ram-kb", type=click.IntRange(min=1), help="mcu: RAM budget in KiB.")
-@click.option("--calls", type=click.IntRange(min=10), default=2000, show_default=True,
-              help="linux: timed batch-1 calls for the manifest's latency (after warm-up).")
-@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
-              help="linux: untimed calls first.")
-@click.option("--allow-flagged", is_flag=True, help="Bundle an export that lost more test "
-              "accuracy than export allows (refused otherwise).")
+@click.option(
+    "--calls",
+    type=click.IntRange(min=10),
+    default=2000,
+    show_default=True,
+    help="linux: timed batch-1 calls for the manifest's latency (after warm-up).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="linux: untimed calls first.",
+)
+@click.option(
+    "--allow-flagged",
+    is_flag=True,
+    help="Bundle an export that lost more test accuracy than export allows (refused otherwise).",
+)
 @click.pass_obj
-def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, flash_kb, ram_kb,
-           calls, warmup, allow_flagged):
+def deploy(
+    obj: Context,
+    run: Path,
+    target,
+    runtime,
+    quantization,
+    out,
+    name,
+    flash_kb,
+    ram_kb,
+    calls,
+    warmup,
+    allow_flagged,
+):
     """Export a run and write a bundle for a device: a folder, its .tar.gz and sha256.
 
     The linux bundle needs only numpy, pillow and the runtime, and checks itself on the
@@ -146,9 +251,20 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
         raise click.UsageError(str(e)) from None
     run_dir = _run_dir(obj, run)
     try:
-        result = deploy_mod.deploy_run(run_dir, obj.dataset(), out or obj.results / "deploy",
-                                       target, runtime, quantization, name, flash_kb, ram_kb,
-                                       calls, warmup, allow_flagged)
+        result = deploy_mod.deploy_run(
+            run_dir,
+            obj.dataset(),
+            out or obj.results / "deploy",
+            target,
+            runtime,
+            quantization,
+            name,
+            flash_kb,
+            ram_kb,
+            calls,
+            warmup,
+            allow_flagged,
+        )
     except DeployRefused as e:
         raise Refused(str(e)) from None
     except (DeployError, ExportError) as e:
@@ -158,18 +274,44 @@ def deploy(obj: Context, run: Path, target, runtime, quantization, out, name, fl
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--export", "export_kind", type=click.Choice(["onnx", "tflite", "all"]),
-              default="onnx", show_default=True, help="Which exports to make and time.")
-@click.option("--calls", type=click.IntRange(min=10), default=2000, show_default=True,
-              help="Timed batch-1 calls per runtime (after warm-up).")
-@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Untimed calls first.")
-@click.option("--mode", "modes", type=click.Choice(["accuracy", "performance"]), multiple=True,
-              help="Also MLPerf Tiny's modes: accuracy (its 200-image list, by file name, one "
-                   "image a call, no warm-up), performance (median throughput of 5 windows, "
-                   "latency = 1 / median). Repeatable.")
-@click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="--mode performance: least seconds per window.")
+@click.option(
+    "--export",
+    "export_kind",
+    type=click.Choice(["onnx", "tflite", "all"]),
+    default="onnx",
+    show_default=True,
+    help="Which exports to make and time.",
+)
+@click.option(
+    "--calls",
+    type=click.IntRange(min=10),
+    default=2000,
+    show_default=True,
+    help="Timed batch-1 calls per runtime (after warm-up).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Untimed calls first.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(["accuracy", "performance"]),
+    multiple=True,
+    help="Also MLPerf Tiny's modes: accuracy (its 200-image list, by file name, one "
+    "image a call, no warm-up), performance (median throughput of 5 windows, "
+    "latency = 1 / median). Repeatable.",
+)
+@click.option(
+    "--window-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="--mode performance: least seconds per window.",
+)
 @click.pass_obj
 def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
     """Accuracy against batch-1 latency for each run, as Keras and as its exports; an
@@ -187,8 +329,12 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
     ds = obj.dataset()
     for run_dir in run_dirs:
         try:
-            how = {"calls": calls, "warmup": warmup, "modes": tuple(dict.fromkeys(modes)),
-                   "window_s": window_s}
+            how = {
+                "calls": calls,
+                "warmup": warmup,
+                "modes": tuple(dict.fromkeys(modes)),
+                "window_s": window_s,
+            }
             if run_dir.read_import() is not None and not run_dir.model.exists():
                 record = bench_import(run_dir, ds, **how)  # a .tflite or .onnx, as it is
             else:
@@ -212,8 +358,9 @@ def _image_files(ctx, param, paths: tuple[Path, ...]) -> list[Path]:
         if not path.is_dir():
             files.append(path)
             continue
-        inside = sorted(p for p in path.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        inside = sorted(
+            p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if not inside:
             raise click.BadParameter(f"{path}: a folder without PNG or JPEG images")
         files += inside
@@ -222,15 +369,33 @@ def _image_files(ctx, param, paths: tuple[Path, ...]) -> list[Path]:
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.argument("images", nargs=-1, required=True, callback=_image_files,
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True,
-              help="Classes to print per image.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per image: its top "
-              "classes, or the error that kept it from being read.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS,
-              show_default=True, help="Refuse an image of more pixels, read off its header "
-              "before it is decoded.")
+@click.argument(
+    "images",
+    nargs=-1,
+    required=True,
+    callback=_image_files,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1, 10),
+    default=1,
+    show_default=True,
+    help="Classes to print per image.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON line per image: its top classes, or the error that kept it from being read.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=MAX_PIXELS,
+    show_default=True,
+    help="Refuse an image of more pixels, read off its header before it is decoded.",
+)
 def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
     """Classify images with an exported .onnx or .tflite model, or an imported run's file
     under its input contract (no TensorFlow needed).
@@ -247,12 +412,13 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
         if model.is_dir():
             runtime = _imported_predictor(model)
         else:
-            runtime = ContractModel(runtimes.load(model), Contract(),
-                                    float_pixels=model.suffix == ".onnx")
+            runtime = ContractModel(
+                runtimes.load(model), Contract(), float_pixels=model.suffix == ".onnx"
+            )
     except runtimes.ModelFileError as e:
         raise Refused(str(e)) from None
     pixels, names, errors = read_images(images, max_pixels)
-    probs = dict(zip(names, (runtime.predict(pixels[i:i + 1])[0] for i in range(len(pixels)))))
+    probs = dict(zip(names, (runtime.predict(pixels[i : i + 1])[0] for i in range(len(pixels)))))
     for path in map(str, images):
         if path in errors:
             if as_json:
@@ -260,34 +426,47 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
             continue
         best = [int(c) for c in np.argsort(probs[path])[::-1][:top]]
         if as_json:
-            click.echo(json.dumps({"image": path, "top": [
-                {"class": data_mod.LABEL_NAMES[c], "index": c,
-                 "probability": round(float(probs[path][c]), 6)} for c in best]}))
+            click.echo(
+                json.dumps(
+                    {
+                        "image": path,
+                        "top": [
+                            {
+                                "class": data_mod.LABEL_NAMES[c],
+                                "index": c,
+                                "probability": round(float(probs[path][c]), 6),
+                            }
+                            for c in best
+                        ],
+                    }
+                )
+            )
         else:
-            click.echo(f"{path}: " + ", ".join(f"{data_mod.LABEL_NAMES[c]} "
-                                               f"{probs[path][c]:.3f}" for c in best))
+            click.echo(
+                f"{path}: "
+                + ", ".join(f"{data_mod.LABEL_NAMES[c]} {probs[path][c]:.3f}" for c in best)
+            )
     if errors:
-        raise click.ClickException(f"{len(errors)} of {len(images)} images could not be read "
-                                   f"(named above); the other {len(names)} are classified")
+        raise click.ClickException(
+            f"{len(errors)} of {len(images)} images could not be read "
+            f"(named above); the other {len(names)} are classified"
+        )
 
 
 def _imported_predictor(folder: Path):
     """An imported run's .tflite or .onnx behind its contract, for predict."""
     from harness.imports.foreign import FILE_RUNTIMES
-    from harness.imports.imported import (
-        ImportRefused,
-        check_source,
-        open_run,
-        read_import,
-    )
+    from harness.imports.imported import ImportRefused, check_source, open_run, read_import
 
     run = RunDir(folder)
     info = read_import(run)
     if info is None:
         raise Refused(f"{folder}: give a .tflite or .onnx file, or an imported run's folder")
     if info["format"] not in FILE_RUNTIMES:
-        raise Refused(f"{folder}: an imported {info['format']} model; predict runs .tflite and "
-                      f".onnx files (harness export {folder} makes them)")
+        raise Refused(
+            f"{folder}: an imported {info['format']} model; predict runs .tflite and "
+            f".onnx files (harness export {folder} makes them)"
+        )
     try:
         check_source(run, info)
     except ImportRefused as e:

@@ -19,21 +19,36 @@ def _column_keys(ctx, param, value: str | None) -> tuple[str, ...]:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for report.md, results.csv and the pictures "
-                   "[default: <results>/report].")
-@click.option("--columns", metavar="KEY,...", callback=_column_keys,
-              help="Columns to print, in this order (the keys --sort takes) [default for "
-                   "table: model, runtime, precision, accuracy, p50, size, then as many "
-                   "more as the terminal's width allows; other formats: all].")
-@click.option("--format", "fmt", type=click.Choice(compare_mod.FORMATS), default="table",
-              show_default=True, help="How to print the table.")
-@click.option("--sort", "sort_key", type=click.Choice(compare_mod.SORT_KEYS), default="accuracy",
-              show_default=True,
-              help="Column to sort by (accuracy and throughput high to low, others low to "
-                   "high).")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.md, results.csv and the pictures [default: <results>/report].",
+)
+@click.option(
+    "--columns",
+    metavar="KEY,...",
+    callback=_column_keys,
+    help="Columns to print, in this order (the keys --sort takes) [default for "
+    "table: model, runtime, precision, accuracy, p50, size, then as many "
+    "more as the terminal's width allows; other formats: all].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(compare_mod.FORMATS),
+    default="table",
+    show_default=True,
+    help="How to print the table.",
+)
+@click.option(
+    "--sort",
+    "sort_key",
+    type=click.Choice(compare_mod.SORT_KEYS),
+    default="accuracy",
+    show_default=True,
+    help="Column to sort by (accuracy and throughput high to low, others low to high).",
+)
 @click.pass_obj
 def compare(obj: Context, paths, out, columns, fmt, sort_key):
     """Every run, tuning and bench record under PATHS in one table, with pictures.
@@ -51,12 +66,16 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key):
         report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
     except compare_mod.NoRecords as e:
         raise click.ClickException(str(e)) from None
-    text, left_out = compare_mod.printed_table(report.rows, fmt, columns,
-                                               shutil.get_terminal_size().columns)
+    text, left_out = compare_mod.printed_table(
+        report.rows, fmt, columns, shutil.get_terminal_size().columns
+    )
     click.echo(text)
     for line in compare_mod.versus_summary(report.versus):
         click.echo(line, err=True)
     if left_out:
-        click.echo(f"left out to fit the terminal: {', '.join(left_out)} (--columns chooses; "
-                   "results.csv has every column)", err=True)
+        click.echo(
+            f"left out to fit the terminal: {', '.join(left_out)} (--columns chooses; "
+            "results.csv has every column)",
+            err=True,
+        )
     click.echo("wrote " + ", ".join(str(p) for p in report.files), err=True)

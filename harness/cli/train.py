@@ -26,12 +26,14 @@ from harness.core.records import BadName, RunBusy, RunDir
 
 # --------------------------------------------------------------------------- train
 
+
 def _setting_option(name: str, f) -> click.Option:
     """The Click option of one TrainConfig setting, from its declaration (harness.core.config).
     Its default is None: an option not given keeps the preset's or the file's value."""
     meta = f.metadata
-    bounds = dict(min=meta["low"], max=meta["high"], min_open=meta["low_open"],
-                  max_open=meta["high_open"])
+    bounds = dict(
+        min=meta["low"], max=meta["high"], min_open=meta["low_open"], max_open=meta["high_open"]
+    )
     ranged = meta["low"] is not None or meta["high"] is not None
     if meta["choices"]:
         kind = click.Choice(meta["choices"])
@@ -43,21 +45,28 @@ def _setting_option(name: str, f) -> click.Option:
         kind = str
     names = {"name": "name", "teacher": "run name"}  # a folder made, a run read
     callback = _name_option(names[name]) if name in names else None
-    return click.option(f"--{name.replace('_', '-')}", name, type=kind, help=meta["help"],
-                        callback=callback)
+    return click.option(
+        f"--{name.replace('_', '-')}", name, type=kind, help=meta["help"], callback=callback
+    )
 
 
 def _train_options(f):
     """--preset, --config and one option per training setting (harness.core.config.SETTINGS)."""
     options = [
-        click.option("--preset", type=click.Choice(sorted(PRESETS)),
-                     help="Start from a recipe: the study's selu or bn-elu, their -fast "
-                          "versions, mlp-frontier(-gpu), or the resnet8 CNN reference."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
-                     path_type=Path), help="YAML or JSON file of settings; flags override it. "
-                     "A run's config.json re-makes that run (its preset is only a label)."),
-        *(_setting_option(name, field) for name, field in SETTINGS.items()
-          if name != "preset"),
+        click.option(
+            "--preset",
+            type=click.Choice(sorted(PRESETS)),
+            help="Start from a recipe: the study's selu or bn-elu, their -fast "
+            "versions, mlp-frontier(-gpu), or the resnet8 CNN reference.",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="YAML or JSON file of settings; flags override it. "
+            "A run's config.json re-makes that run (its preset is only a label).",
+        ),
+        *(_setting_option(name, field) for name, field in SETTINGS.items() if name != "preset"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -125,10 +134,13 @@ def _range(kind=float):
 @main.command("sweep-lr")
 @_train_options
 @device_option
-@click.option("--rates", default=",".join(f"{r:g}" for r in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3,
-                                                                 3e-3, 1e-2)),
-              show_default=True, callback=lambda c, p, v: _floats(v, None),
-              help="Comma-separated learning rates; each trains a fresh model.")
+@click.option(
+    "--rates",
+    default=",".join(f"{r:g}" for r in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
+    show_default=True,
+    callback=lambda c, p, v: _floats(v, None),
+    help="Comma-separated learning rates; each trains a fresh model.",
+)
 @click.pass_obj
 def sweep_lr(obj: Context, preset, config_file, rates, **flags):
     """Train a fresh model per learning rate (default 10 epochs each); name the best.
@@ -149,54 +161,140 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
 @main.command()
 @_train_options
 @device_option
-@click.option("--tuner", "kind", type=click.Choice(["bayesian", "hyperband", "random"]),
-              default="bayesian", show_default=True, help="KerasTuner search algorithm.")
-@click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Trials to run (bayesian, random).")
-@click.option("--layers-range", default="1,10", show_default=True, callback=_range(int),
-              help="n_hidden low,high.")
-@click.option("--units-range", default="64,256", show_default=True, callback=_range(int),
-              help="n_neurons low,high.")
-@click.option("--lr-range", default="1e-5,1e-3", show_default=True, callback=_range(),
-              help="learning rate low,high (log scale).")
+@click.option(
+    "--tuner",
+    "kind",
+    type=click.Choice(["bayesian", "hyperband", "random"]),
+    default="bayesian",
+    show_default=True,
+    help="KerasTuner search algorithm.",
+)
+@click.option(
+    "--max-trials",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Trials to run (bayesian, random).",
+)
+@click.option(
+    "--layers-range",
+    default="1,10",
+    show_default=True,
+    callback=_range(int),
+    help="n_hidden low,high.",
+)
+@click.option(
+    "--units-range",
+    default="64,256",
+    show_default=True,
+    callback=_range(int),
+    help="n_neurons low,high.",
+)
+@click.option(
+    "--lr-range",
+    default="1e-5,1e-3",
+    show_default=True,
+    callback=_range(),
+    help="learning rate low,high (log scale).",
+)
 @click.option("--activations", help="Also search these activations (comma-separated).")
 @click.option("--dropout-range", callback=_range(), help="Also search dropout low,high.")
 @click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log).")
 @click.option("--batch-sizes", help="Also search these batch sizes (comma-separated).")
 @click.option("--pca-choices", help="Also search these PCA widths (comma-separated; 0 = none).")
-@click.option("--teacher-weight-range", callback=_range(),
-              help="Also search the teacher's weight low,high (with --teacher).")
-@click.option("--max-latency-us", type=click.FloatRange(min=0, min_open=True),
-              help="Budget: batch-1 p50 latency of the --budget-export file, one thread.")
-@click.option("--max-flash-kb", type=click.FloatRange(min=0, min_open=True),
-              help="Budget: size of the --budget-export file, KiB.")
-@click.option("--max-macs", type=click.IntRange(min=1),
-              help="Budget: multiply-accumulates per image.")
-@click.option("--budget-export", default=BUDGET_EXPORTS[0], show_default=True,
-              type=click.Choice(BUDGET_EXPORTS),
-              help="The export a budget is judged on (LiteRT or onnxruntime).")
-@click.option("--bench-top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Budget: export, benchmark and judge this many of the best trials.")
-@click.option("--calibrate-only", is_flag=True,
-              help="Budget: measure the probes (budget_calibration.json) and stop, for a "
-                   "search that will train where TensorFlow is not installed.")
-@click.option("--tuner-id", envvar="KERASTUNER_TUNER_ID",
-              help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a "
-                   "fresh worker id.")
+@click.option(
+    "--teacher-weight-range",
+    callback=_range(),
+    help="Also search the teacher's weight low,high (with --teacher).",
+)
+@click.option(
+    "--max-latency-us",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Budget: batch-1 p50 latency of the --budget-export file, one thread.",
+)
+@click.option(
+    "--max-flash-kb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Budget: size of the --budget-export file, KiB.",
+)
+@click.option(
+    "--max-macs", type=click.IntRange(min=1), help="Budget: multiply-accumulates per image."
+)
+@click.option(
+    "--budget-export",
+    default=BUDGET_EXPORTS[0],
+    show_default=True,
+    type=click.Choice(BUDGET_EXPORTS),
+    help="The export a budget is judged on (LiteRT or onnxruntime).",
+)
+@click.option(
+    "--bench-top",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Budget: export, benchmark and judge this many of the best trials.",
+)
+@click.option(
+    "--calibrate-only",
+    is_flag=True,
+    help="Budget: measure the probes (budget_calibration.json) and stop, for a "
+    "search that will train where TensorFlow is not installed.",
+)
+@click.option(
+    "--tuner-id",
+    envvar="KERASTUNER_TUNER_ID",
+    help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a fresh worker id.",
+)
 @click.option("--oracle-ip", envvar="KERASTUNER_ORACLE_IP", help="Distributed: chief address.")
-@click.option("--oracle-port", type=click.IntRange(1, 65535), envvar="KERASTUNER_ORACLE_PORT",
-              help="Distributed: chief port.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
-              help="Worker: seconds to wait for the chief before giving up.")
-@click.option("--worker-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
-              help="Chief: seconds without word from a worker before its trial is re-run "
-                   "elsewhere.")
+@click.option(
+    "--oracle-port",
+    type=click.IntRange(1, 65535),
+    envvar="KERASTUNER_ORACLE_PORT",
+    help="Distributed: chief port.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="Worker: seconds to wait for the chief before giving up.",
+)
+@click.option(
+    "--worker-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Chief: seconds without word from a worker before its trial is re-run elsewhere.",
+)
 @click.pass_obj
-def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, units_range,
-         lr_range, activations, dropout_range, l1_range, batch_sizes, pca_choices,
-         teacher_weight_range, max_latency_us, max_flash_kb, max_macs, budget_export,
-         bench_top, calibrate_only, tuner_id, oracle_ip, oracle_port, connect_timeout,
-         worker_timeout, **flags):
+def tune(
+    obj: Context,
+    preset,
+    config_file,
+    kind,
+    max_trials,
+    layers_range,
+    units_range,
+    lr_range,
+    activations,
+    dropout_range,
+    l1_range,
+    batch_sizes,
+    pca_choices,
+    teacher_weight_range,
+    max_latency_us,
+    max_flash_kb,
+    max_macs,
+    budget_export,
+    bench_top,
+    calibrate_only,
+    tuner_id,
+    oracle_ip,
+    oracle_port,
+    connect_timeout,
+    worker_timeout,
+    **flags,
+):
     """Search hyperparameters with KerasTuner (the study's Bayesian search by default).
 
     Re-running the same command resumes the search. Writes results/tuning/<name>/ and the
@@ -210,16 +308,22 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
     distributed = [tuner_id, oracle_ip, oracle_port]
     if any(v is not None for v in distributed) and None in distributed:
-        raise click.UsageError("distributed tuning needs --tuner-id, --oracle-ip and "
-                               "--oracle-port (or their KERASTUNER_* variables) together")
+        raise click.UsageError(
+            "distributed tuning needs --tuner-id, --oracle-ip and "
+            "--oracle-port (or their KERASTUNER_* variables) together"
+        )
     try:
         space = SearchSpace(
-            layers=layers_range, units=units_range, lr=lr_range,
+            layers=layers_range,
+            units=units_range,
+            lr=lr_range,
             activations=tuple(a.strip() for a in activations.split(",")) if activations else (),
-            dropout=dropout_range, l1=l1_range,
+            dropout=dropout_range,
+            l1=l1_range,
             batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else (),
             pca=_floats(pca_choices, None, int) if pca_choices else (),
-            teacher_weight=teacher_weight_range).validate()
+            teacher_weight=teacher_weight_range,
+        ).validate()
         budget = Budget(max_latency_us, max_flash_kb, max_macs, budget_export).validate()
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
@@ -232,17 +336,22 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
         lat, where = line["latency_us"], tune_mod.search_dir(obj.results, name)
-        click.echo(f"probes measured: {where / 'budget_calibration.json'}; latency "
-                   f"{lat['intercept']:.2f} us {_signed(lat['per_mac'] * 1e3, 3)} us per "
-                   f"thousand MACs {_signed(lat['per_layer'], 2)} us per Dense layer")
+        click.echo(
+            f"probes measured: {where / 'budget_calibration.json'}; latency "
+            f"{lat['intercept']:.2f} us {_signed(lat['per_mac'] * 1e3, 3)} us per "
+            f"thousand MACs {_signed(lat['per_layer'], 2)} us per Dense layer"
+        )
         return
     if tuner_id == "auto":  # scaled workers share one command line: each needs its own id
         import uuid
 
         tuner_id = f"worker-{uuid.uuid4().hex[:8]}"
     if tuner_id is not None:
-        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=oracle_ip,
-                          KERASTUNER_ORACLE_PORT=str(oracle_port))
+        os.environ.update(
+            KERASTUNER_TUNER_ID=tuner_id,
+            KERASTUNER_ORACLE_IP=oracle_ip,
+            KERASTUNER_ORACLE_PORT=str(oracle_port),
+        )
     from harness.search import tune as tune_mod
 
     if tuner_id not in (None, "chief"):
@@ -251,8 +360,7 @@ def tune(obj: Context, preset, config_file, kind, max_trials, layers_range, unit
         except ConnectionError as e:
             raise click.ClickException(str(e)) from None
     try:
-        _tune_and_report(obj, cfg, name, space, kind, max_trials, worker_timeout, budget,
-                         bench_top)
+        _tune_and_report(obj, cfg, name, space, kind, max_trials, worker_timeout, budget, bench_top)
     except click.ClickException as e:
         if tuner_id != "chief":
             raise
@@ -273,27 +381,43 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_timeout, budget,
-                     bench_top) -> None:
+def _tune_and_report(
+    obj: Context, cfg, name, space, kind, max_trials, worker_timeout, budget, bench_top
+) -> None:
     from harness.search import tune as tune_mod
     from harness.search.budget import format_budget
 
     ds = obj.dataset()
     try:
-        summary = tune_mod.tune(cfg, ds, obj.results, name, space, kind, max_trials,
-                                worker_timeout=worker_timeout,
-                                verbose=1 if sys.stdout.isatty() else 2, budget=budget,
-                                bench_top=bench_top, archive=obj.archive, home=obj.home)
+        summary = tune_mod.tune(
+            cfg,
+            ds,
+            obj.results,
+            name,
+            space,
+            kind,
+            max_trials,
+            worker_timeout=worker_timeout,
+            verbose=1 if sys.stdout.isatty() else 2,
+            budget=budget,
+            bench_top=bench_top,
+            archive=obj.archive,
+            home=obj.home,
+        )
     except ConfigError as e:  # a teacher that is not there, a budget nothing meets
         raise click.ClickException(str(e)) from None
     if summary is not None:
         root = tune_mod.search_dir(obj.results, name)
         click.echo(tune_mod.format_trials(json.loads((root / "trials.json").read_text())))
-        click.echo(f"best trial {summary['best_trial']}: val accuracy "
-                   f"{summary['best_val_accuracy']:.4f}, test accuracy "
-                   f"{summary['best_test_accuracy']:.4f}; {summary['best_hyperparameters']}")
-        click.echo(f"search took {summary['search_seconds']:.0f} s; best model: "
-                   f"{root / summary['best_run']}")
+        click.echo(
+            f"best trial {summary['best_trial']}: val accuracy "
+            f"{summary['best_val_accuracy']:.4f}, test accuracy "
+            f"{summary['best_test_accuracy']:.4f}; {summary['best_hyperparameters']}"
+        )
+        click.echo(
+            f"search took {summary['search_seconds']:.0f} s; best model: "
+            f"{root / summary['best_run']}"
+        )
         if "budget" in summary:
             click.echo(format_budget(summary["budget"]))
 
@@ -301,10 +425,14 @@ def _tune_and_report(obj: Context, cfg, name, space, kind, max_trials, worker_ti
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--threshold", type=click.FloatRange(min=0), help="Zero |w| <= this.")
-@click.option("--target-sparsity", type=click.FloatRange(0, 1, max_open=True),
-              help="Zero the smallest weights up to this fraction (all Dense kernels).")
-@click.option("--name", callback=_name_option("run name"),
-              help="New run name (default <run>-sparse).")
+@click.option(
+    "--target-sparsity",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Zero the smallest weights up to this fraction (all Dense kernels).",
+)
+@click.option(
+    "--name", callback=_name_option("run name"), help="New run name (default <run>-sparse)."
+)
 @click.pass_obj
 def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
     """Zero the small weights of a run (best after training with --l1); a new run."""
@@ -317,18 +445,33 @@ def sparsify(obj: Context, run: Path, threshold, target_sparsity, name):
     m = run_sparsify(parent, obj.dataset(), obj.results, name, threshold, target_sparsity)
     for layer in m["sparsity_per_layer"]:
         click.echo(f"{layer['layer']:<20}{str(layer['shape']):<14}{layer['sparsity']:>8.1%}")
-    click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
-               f"-> {RunDir.named(obj.results, m['run']).path}")
+    click.echo(
+        f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
+        f"-> {RunDir.named(obj.results, m['run']).path}"
+    )
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.8, show_default=True, help="Target fraction of zero Dense weights.")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Fine-tuning epochs (the polynomial schedule reaches the target at 80%).")
-@click.option("--name", callback=_name_option("run name"),
-              help="New run name (default <run>-pruned<percent>).")
+@click.option(
+    "--sparsity",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.8,
+    show_default=True,
+    help="Target fraction of zero Dense weights.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Fine-tuning epochs (the polynomial schedule reaches the target at 80%).",
+)
+@click.option(
+    "--name",
+    callback=_name_option("run name"),
+    help="New run name (default <run>-pruned<percent>).",
+)
 @click.pass_obj
 def prune(obj: Context, run: Path, sparsity, epochs, name):
     """Magnitude pruning with tensorflow-model-optimization, fine-tuned; a new run."""
@@ -336,24 +479,48 @@ def prune(obj: Context, run: Path, sparsity, epochs, name):
 
     parent = _run_dir(obj, run, imported_ok=False)
     name = name or _derived_name(f"{parent.name}-pruned{round(sparsity * 100)}")
-    m = prune_magnitude(parent, obj.dataset(), obj.results, name, sparsity, epochs,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    click.echo(f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
-               f"-> {RunDir.named(obj.results, m['run']).path}")
+    m = prune_magnitude(
+        parent,
+        obj.dataset(),
+        obj.results,
+        name,
+        sparsity,
+        epochs,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    click.echo(
+        f"sparsity {m['sparsity']:.1%}, test accuracy {m['test']['accuracy']:.4f} "
+        f"-> {RunDir.named(obj.results, m['run']).path}"
+    )
 
 
 @main.command("prune-units")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5,
-              show_default=True, help="Fraction of hidden units kept in every layer.")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Fine-tuning epochs.")
-@click.option("--lr-scale", type=click.FloatRange(0, min_open=True), default=1.0,
-              show_default=True, help="Fine-tuning rate as a multiple of the parent's.")
-@click.option("--teacher", callback=_name_option("run name"), help="Distill from this "
-              "finished run while fine-tuning (the parent run is a good choice).")
-@click.option("--name", callback=_name_option("run name"),
-              help="New run name (default <run>-units<N>).")
+@click.option(
+    "--keep",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Fraction of hidden units kept in every layer.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Fine-tuning epochs."
+)
+@click.option(
+    "--lr-scale",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Fine-tuning rate as a multiple of the parent's.",
+)
+@click.option(
+    "--teacher",
+    callback=_name_option("run name"),
+    help="Distill from this finished run while fine-tuning (the parent run is a good choice).",
+)
+@click.option(
+    "--name", callback=_name_option("run name"), help="New run name (default <run>-units<N>)."
+)
 @click.pass_obj
 def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     """Structured pruning: drop the weakest hidden units, rebuild narrower layers, fine-tune."""
@@ -364,8 +531,16 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     cfg = from_dict(parent.read_config())
     _select_backend(cfg.backend)
     try:
-        m = run_prune(parent, obj.dataset(), obj.results, name, keep, epochs, lr_scale=lr_scale,
-                      teacher=teacher)
+        m = run_prune(
+            parent,
+            obj.dataset(),
+            obj.results,
+            name,
+            keep,
+            epochs,
+            lr_scale=lr_scale,
+            teacher=teacher,
+        )
     except (BadName, ConfigError) as e:  # the default name <run>-units<N>, or the teacher's
         raise click.UsageError(str(e)) from None
     click.echo(_summary(obj.results, m["run"], m))
@@ -379,11 +554,7 @@ def evaluate(obj: Context, run: Path):
     run_dir = _run_dir(obj, run)
     info = run_dir.read_import()
     if info is not None:
-        from harness.imports.imported import (
-            ImportRefused,
-            check_source,
-            evaluate_import,
-        )
+        from harness.imports.imported import ImportRefused, check_source, evaluate_import
 
         try:
             check_source(run_dir, info)
@@ -395,8 +566,12 @@ def evaluate(obj: Context, run: Path):
 
         result = evaluate_run(run_dir, obj.dataset())
     for split_name in ("val", "test"):
-        click.echo(f"{split_name:<5} accuracy {result[split_name]['accuracy']:.4f}  "
-                   f"loss {result[split_name]['loss']:.4f}")
+        click.echo(
+            f"{split_name:<5} accuracy {result[split_name]['accuracy']:.4f}  "
+            f"loss {result[split_name]['loss']:.4f}"
+        )
     for split_name, part in result.get("without_tta", {}).items():
-        click.echo(f"{split_name:<5} accuracy {part['accuracy']:.4f}  "
-                   f"loss {part['loss']:.4f}  (without test-time augmentation)")
+        click.echo(
+            f"{split_name:<5} accuracy {part['accuracy']:.4f}  "
+            f"loss {part['loss']:.4f}  (without test-time augmentation)"
+        )

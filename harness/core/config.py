@@ -23,10 +23,20 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key."""
 
 
-def setting(default: Any, help: str, *, kind: type, choices: tuple[str, ...] = (),
-            low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False, optional: bool = False, applies: tuple[str, ...] = (),
-            check: tuple | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    kind: type,
+    choices: tuple[str, ...] = (),
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    applies: tuple[str, ...] = (),
+    check: tuple | None = None,
+) -> Any:
     """One training setting, declared once: a TrainConfig field whose metadata says its
     type, its choices or range, whether None is allowed (``optional``), the architectures
     it applies to (empty: all) and its help text. Validation, the Click options of train,
@@ -35,8 +45,18 @@ def setting(default: Any, help: str, *, kind: type, choices: tuple[str, ...] = (
     ``check`` is (predicate(value, config), reason) for what a range cannot say. A new
     setting's default must be the behaviour from before it existed, so that saved run
     configurations that lack it still mean what they meant."""
-    meta = dict(kind=kind, help=help, choices=choices, low=low, high=high, low_open=low_open,
-                high_open=high_open, optional=optional, applies=applies, check=check)
+    meta = dict(
+        kind=kind,
+        help=help,
+        choices=choices,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        optional=optional,
+        applies=applies,
+        check=check,
+    )
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -48,124 +68,247 @@ def _plain_name(value: str, cfg) -> bool:
 class TrainConfig:
     # --- architecture
     arch: str = setting(
-        "plain", "plain: a Dense stack; batchnorm: BatchNorm around each Dense; resnet8: the "
-        "CNN reference (MLPerf Tiny's ResNet-8).", kind=str, choices=ARCHITECTURES)
+        "plain",
+        "plain: a Dense stack; batchnorm: BatchNorm around each Dense; resnet8: the "
+        "CNN reference (MLPerf Tiny's ResNet-8).",
+        kind=str,
+        choices=ARCHITECTURES,
+    )
     activation: str = setting(
-        "selu", "Hidden activation; the initializer follows from it.", kind=str,
-        choices=ACTIVATIONS, applies=DENSE)
+        "selu",
+        "Hidden activation; the initializer follows from it.",
+        kind=str,
+        choices=ACTIVATIONS,
+        applies=DENSE,
+    )
     input_bn: str = setting(
-        "affine", "The BatchNorm on the flattened pixels: learned scale and offset (affine, "
+        "affine",
+        "The BatchNorm on the flattened pixels: learned scale and offset (affine, "
         "the study's) or batch statistics only (stats: the next Dense already weights each "
-        "input, and training skips that layer's input gradient).", kind=str,
-        choices=("affine", "stats"), applies=("batchnorm",))
+        "input, and training skips that layer's input gradient).",
+        kind=str,
+        choices=("affine", "stats"),
+        applies=("batchnorm",),
+    )
     bottleneck: int = setting(
-        0, "First a linear Dense of this many units, a learned low-rank projection of the "
-        "pixels (0 = none).", kind=int, low=0, applies=DENSE)
+        0,
+        "First a linear Dense of this many units, a learned low-rank projection of the "
+        "pixels (0 = none).",
+        kind=int,
+        low=0,
+        applies=DENSE,
+    )
     pool: int = setting(
-        1, "First average each N x N block of pixels (2: the 32 x 32 image becomes 16 x 16, "
+        1,
+        "First average each N x N block of pixels (2: the 32 x 32 image becomes 16 x 16, "
         "768 inputs): a fixed low-pass downsampling that makes the first Dense N x N times "
-        "cheaper (1 = none).", kind=int, low=1, high=32, applies=DENSE,
-        check=(lambda v, cfg: 32 % v == 0, "must divide 32"))
+        "cheaper (1 = none).",
+        kind=int,
+        low=1,
+        high=32,
+        applies=DENSE,
+        check=(lambda v, cfg: 32 % v == 0, "must divide 32"),
+    )
     pca: int = setting(
-        0, "First project the flattened pixels onto the training images' top N principal "
-        "components, a fixed layer (0 = none).", kind=int, low=0, high=3072, applies=DENSE,
-        check=(lambda v, cfg: not (isinstance(cfg.pool, int) and cfg.pool >= 1)
-               or v <= 3072 // cfg.pool ** 2, "must not exceed the inputs "
-               "(3072 / pool ** 2)"))
+        0,
+        "First project the flattened pixels onto the training images' top N principal "
+        "components, a fixed layer (0 = none).",
+        kind=int,
+        low=0,
+        high=3072,
+        applies=DENSE,
+        check=(
+            lambda v, cfg: (
+                not (isinstance(cfg.pool, int) and cfg.pool >= 1) or v <= 3072 // cfg.pool**2
+            ),
+            "must not exceed the inputs (3072 / pool ** 2)",
+        ),
+    )
     layers: int = setting(5, "Hidden Dense layers.", kind=int, low=1, applies=DENSE)
     units: int = setting(100, "Units per hidden layer.", kind=int, low=1, applies=DENSE)
     dropout: float = setting(
-        0.0, "Dropout rate after each hidden layer (AlphaDropout with selu; 0 = none).",
-        kind=float, low=0, high=1, high_open=True, applies=DENSE)
-    l1: float = setting(0.0, "L1 kernel penalty per hidden layer.", kind=float, low=0,
-                        applies=DENSE)
-    l2: float = setting(0.0, "L2 kernel penalty per hidden (or conv) layer.", kind=float,
-                        low=0)
+        0.0,
+        "Dropout rate after each hidden layer (AlphaDropout with selu; 0 = none).",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+        applies=DENSE,
+    )
+    l1: float = setting(
+        0.0, "L1 kernel penalty per hidden layer.", kind=float, low=0, applies=DENSE
+    )
+    l2: float = setting(0.0, "L2 kernel penalty per hidden (or conv) layer.", kind=float, low=0)
     max_norm: float | None = setting(
-        None, "Max-norm constraint on hidden kernels (none = off).", kind=float, low=0,
-        low_open=True, optional=True, applies=DENSE)
+        None,
+        "Max-norm constraint on hidden kernels (none = off).",
+        kind=float,
+        low=0,
+        low_open=True,
+        optional=True,
+        applies=DENSE,
+    )
     augment: str = setting(
-        "none", "Training-time augmentation: random horizontal flips (flip), also "
-        "translations by up to --shift pixels (flip-shift).", kind=str,
-        choices=("none", "flip", "flip-shift"))
-    shift: int = setting(4, "Pixels of the random translations of flip-shift.", kind=int,
-                         low=0, high=16, high_open=True)
+        "none",
+        "Training-time augmentation: random horizontal flips (flip), also "
+        "translations by up to --shift pixels (flip-shift).",
+        kind=str,
+        choices=("none", "flip", "flip-shift"),
+    )
+    shift: int = setting(
+        4,
+        "Pixels of the random translations of flip-shift.",
+        kind=int,
+        low=0,
+        high=16,
+        high_open=True,
+    )
     zoom: float = setting(
-        0.0, "With flip-shift: also scale by a random factor in [1-Z, 1+Z] (0 = off).",
-        kind=float, low=0, high=1, high_open=True)
+        0.0,
+        "With flip-shift: also scale by a random factor in [1-Z, 1+Z] (0 = off).",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+    )
     tta: str = setting(
-        "none", "Test-time augmentation inside the model: flip averages the image's and "
-        "its mirror image's probabilities (inference only; exports include it).", kind=str,
-        choices=("none", "flip"))
+        "none",
+        "Test-time augmentation inside the model: flip averages the image's and "
+        "its mirror image's probabilities (inference only; exports include it).",
+        kind=str,
+        choices=("none", "flip"),
+    )
     mixup: float = setting(
-        0.0, "Mixup alpha: blend pairs of images and their labels (0 = off).", kind=float,
-        low=0, high=10)
+        0.0,
+        "Mixup alpha: blend pairs of images and their labels (0 = off).",
+        kind=float,
+        low=0,
+        high=10,
+    )
     teacher: str | None = setting(
-        None, "Distill from this finished run (same results folder): its probabilities on "
-        "the training images become targets.", kind=str, optional=True,
-        check=(_plain_name, "must be a run name"))
+        None,
+        "Distill from this finished run (same results folder): its probabilities on "
+        "the training images become targets.",
+        kind=str,
+        optional=True,
+        check=(_plain_name, "must be a run name"),
+    )
     teacher_weight: float = setting(
-        0.7, "Weight of the teacher's probabilities in the targets (the rest: the labels).",
-        kind=float, low=0, high=1)
+        0.7,
+        "Weight of the teacher's probabilities in the targets (the rest: the labels).",
+        kind=float,
+        low=0,
+        high=1,
+    )
     teacher_views: int = setting(
-        0, "Consistent distillation: the teacher labels this many augmented views of each "
+        0,
+        "Consistent distillation: the teacher labels this many augmented views of each "
         "training image once, before the first epoch; each epoch the student sees one of "
         "them per image with the teacher's probabilities for that very view (0 = the "
-        "teacher labels the clean images, the model augments on its own).", kind=int,
-        low=0, high=64, check=(lambda v, cfg: not v or (cfg.teacher and cfg.augment != "none"),
-                               "needs a teacher and an augmentation"))
+        "teacher labels the clean images, the model augments on its own).",
+        kind=int,
+        low=0,
+        high=64,
+        check=(
+            lambda v, cfg: not v or (cfg.teacher and cfg.augment != "none"),
+            "needs a teacher and an augmentation",
+        ),
+    )
     teacher_temperature: float = setting(
-        1.0, "Soften the teacher's probabilities before they become targets: the softmax of "
+        1.0,
+        "Soften the teacher's probabilities before they become targets: the softmax of "
         "its logits / T, so a small student also learns how the teacher ranks the wrong "
-        "classes (Hinton et al. 2015; 1 = as they are).", kind=float, low=1, high=20)
+        "classes (Hinton et al. 2015; 1 = as they are).",
+        kind=float,
+        low=1,
+        high=20,
+    )
     # --- optimisation
-    optimizer: str = setting("nadam", "Optimizer.", kind=str,
-                             choices=("nadam", "adamw", "lion"))
+    optimizer: str = setting("nadam", "Optimizer.", kind=str, choices=("nadam", "adamw", "lion"))
     weight_decay: float = setting(
-        0.0, "Decoupled weight decay (not on biases or normalization).", kind=float, low=0,
-        high=1, high_open=True)
+        0.0,
+        "Decoupled weight decay (not on biases or normalization).",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+    )
     ema: float = setting(
-        0.0, "Validate, checkpoint and save an exponential moving average of the weights "
-        "with this momentum (0 = off).", kind=float, low=0, high=1, high_open=True)
+        0.0,
+        "Validate, checkpoint and save an exponential moving average of the weights "
+        "with this momentum (0 = off).",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+    )
     label_smoothing: float = setting(
-        0.0, "Cross-entropy against (1 - s) one-hot + s / 10.", kind=float, low=0, high=1,
-        high_open=True)
+        0.0,
+        "Cross-entropy against (1 - s) one-hot + s / 10.",
+        kind=float,
+        low=0,
+        high=1,
+        high_open=True,
+    )
     clip_norm: float | None = setting(
-        None, "Scale each step's gradients down to this global norm at most (none = off).",
-        kind=float, low=0, low_open=True, optional=True)
+        None,
+        "Scale each step's gradients down to this global norm at most (none = off).",
+        kind=float,
+        low=0,
+        low_open=True,
+        optional=True,
+    )
     lr: float = setting(1e-4, "Initial learning rate.", kind=float, low=0, low_open=True)
     batch_size: int = setting(32, "Images per step.", kind=int, low=1)
-    epochs: int = setting(100, "Most epochs to run (early stopping may end sooner).",
-                          kind=int, low=1)
+    epochs: int = setting(
+        100, "Most epochs to run (early stopping may end sooner).", kind=int, low=1
+    )
     monitor: str = setting(
-        "val_loss", "What picks the best epoch (checkpoint, early stopping, plateau).",
-        kind=str, choices=("val_loss", "val_accuracy"))
-    patience: int = setting(6, "EarlyStopping: epochs without improvement.", kind=int,
-                            low=1)
-    lr_factor: float = setting(0.5, "ReduceLROnPlateau factor.", kind=float, low=0, high=1,
-                               low_open=True, high_open=True)
+        "val_loss",
+        "What picks the best epoch (checkpoint, early stopping, plateau).",
+        kind=str,
+        choices=("val_loss", "val_accuracy"),
+    )
+    patience: int = setting(6, "EarlyStopping: epochs without improvement.", kind=int, low=1)
+    lr_factor: float = setting(
+        0.5, "ReduceLROnPlateau factor.", kind=float, low=0, high=1, low_open=True, high_open=True
+    )
     lr_patience: int = setting(3, "ReduceLROnPlateau patience, epochs.", kind=int, low=1)
     schedule: str = setting(
-        "plateau", "plateau: ReduceLROnPlateau (the study's); cosine: linear warm-up to "
-        "--lr, then cosine decay to 0 over all epochs.", kind=str,
-        choices=("plateau", "cosine"))
+        "plateau",
+        "plateau: ReduceLROnPlateau (the study's); cosine: linear warm-up to "
+        "--lr, then cosine decay to 0 over all epochs.",
+        kind=str,
+        choices=("plateau", "cosine"),
+    )
     warmup_epochs: float = setting(
-        0.0, "Cosine only: epochs of linear warm-up from lr/10.", kind=float, low=0,
-        check=(lambda v, cfg: v < cfg.epochs, "must be below epochs"))
+        0.0,
+        "Cosine only: epochs of linear warm-up from lr/10.",
+        kind=float,
+        low=0,
+        check=(lambda v, cfg: v < cfg.epochs, "must be below epochs"),
+    )
     seed: int = setting(42, "Random seed.", kind=int)
     # --- execution (speed only; the arithmetic is the same)
     backend: str | None = setting(
-        None, "Keras backend (none: $KERAS_BACKEND, default tensorflow).", kind=str,
-        choices=("tensorflow", "jax"), optional=True)
-    steps_per_execution: int = setting(1, "Training steps per compiled call.", kind=int,
-                                       low=1)
+        None,
+        "Keras backend (none: $KERAS_BACKEND, default tensorflow).",
+        kind=str,
+        choices=("tensorflow", "jax"),
+        optional=True,
+    )
+    steps_per_execution: int = setting(1, "Training steps per compiled call.", kind=int, low=1)
     # --- bookkeeping
-    preset: str | None = setting(None, "The recipe this configuration started from.",
-                                 kind=str, optional=True)
+    preset: str | None = setting(
+        None, "The recipe this configuration started from.", kind=str, optional=True
+    )
     name: str | None = setting(
-        None, "Run name: results/runs/<name>/ (default: the preset).", kind=str,
-        optional=True, check=(_plain_name, "must be a plain name (letters, digits, '.', '_', "
-                                           "'-')"))
+        None,
+        "Run name: results/runs/<name>/ (default: the preset).",
+        kind=str,
+        optional=True,
+        check=(_plain_name, "must be a plain name (letters, digits, '.', '_', '-')"),
+    )
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
@@ -192,8 +335,10 @@ def describe_range(meta: dict) -> str:
     noun = "an integer" if meta["kind"] is int else "a number" if meta["kind"] is float else ""
     low, high = meta["low"], meta["high"]
     if low is not None and high is not None:
-        return (f"{noun} in {'(' if meta['low_open'] else '['}{low:g}, {high:g}"
-                f"{')' if meta['high_open'] else ']'}")
+        return (
+            f"{noun} in {'(' if meta['low_open'] else '['}{low:g}, {high:g}"
+            f"{')' if meta['high_open'] else ']'}"
+        )
     if low is not None:
         return f"{noun} {'>' if meta['low_open'] else '>='} {low:g}"
     return noun or "text"
@@ -226,16 +371,25 @@ def problem(f: dataclasses.Field, value: Any, cfg: TrainConfig | None = None) ->
 
 def settings_table() -> str:
     """The Markdown table of every training setting, for docs/settings.md."""
-    lines = ["| flag (config key) | default | allowed | applies to | what it does |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| flag (config key) | default | allowed | applies to | what it does |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, f in SETTINGS.items():
         meta = f.metadata
         allowed = describe_range(meta) + (", or none" if meta["optional"] else "")
-        default = "none" if f.default is None else f"{f.default:g}" if isinstance(
-            f.default, float) else str(f.default)
-        lines.append(f"| `--{name.replace('_', '-')}` (`{name}`) | {default} | {allowed} | "
-                     f"{', '.join(meta['applies']) or 'all'} | "
-                     f"{meta['help'].replace('|', '/')} |")
+        default = (
+            "none"
+            if f.default is None
+            else f"{f.default:g}"
+            if isinstance(f.default, float)
+            else str(f.default)
+        )
+        lines.append(
+            f"| `--{name.replace('_', '-')}` (`{name}`) | {default} | {allowed} | "
+            f"{', '.join(meta['applies']) or 'all'} | "
+            f"{meta['help'].replace('|', '/')} |"
+        )
     return "\n".join(lines)
 
 
@@ -249,13 +403,30 @@ def _safe_name(name: str) -> bool:
 # GELU, flips, translations and zoom, mixup, label smoothing, AdamW, warm-up + cosine, and
 # test-time flips. Sized for about 30 minutes on a 2-core CPU; the benchmark sets the
 # epochs to fit a time budget. What each part is worth: docs/frontier.md, with the records.
-MLP_FRONTIER = dict(arch="batchnorm", pca=512, input_bn="stats", activation="gelu", layers=3,
-                    units=1024, augment="flip-shift", zoom=0.2, tta="flip", mixup=0.8,
-                    label_smoothing=0.1,
-                    optimizer="adamw", weight_decay=0.05, lr=1e-3, batch_size=256,
-                    epochs=120, schedule="cosine", warmup_epochs=3,
-                    monitor="val_accuracy", patience=1000, backend="jax",
-                    steps_per_execution=4)
+MLP_FRONTIER = dict(
+    arch="batchnorm",
+    pca=512,
+    input_bn="stats",
+    activation="gelu",
+    layers=3,
+    units=1024,
+    augment="flip-shift",
+    zoom=0.2,
+    tta="flip",
+    mixup=0.8,
+    label_smoothing=0.1,
+    optimizer="adamw",
+    weight_decay=0.05,
+    lr=1e-3,
+    batch_size=256,
+    epochs=120,
+    schedule="cosine",
+    warmup_epochs=3,
+    monitor="val_accuracy",
+    patience=1000,
+    backend="jax",
+    steps_per_execution=4,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The study's self-normalizing net: 5 x 100 Dense + SELU, LeCun-normal, Nadam 1e-4.
@@ -264,19 +435,39 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bn-elu": dict(arch="batchnorm", activation="elu", max_norm=1.0, lr=1e-3),
     # The same networks trained at the machine's limit (benchmarks/train_speed.py): large
     # batches with warm-up + cosine decay, compiled multi-step execution on the JAX backend.
-    "selu-fast": dict(arch="plain", activation="selu", lr=5e-3, batch_size=1024, epochs=12,
-                      schedule="cosine", warmup_epochs=1, monitor="val_accuracy",
-                      patience=12, backend="jax",
-                      steps_per_execution=4),
+    "selu-fast": dict(
+        arch="plain",
+        activation="selu",
+        lr=5e-3,
+        batch_size=1024,
+        epochs=12,
+        schedule="cosine",
+        warmup_epochs=1,
+        monitor="val_accuracy",
+        patience=12,
+        backend="jax",
+        steps_per_execution=4,
+    ),
     # bn-elu-fast is also the searches' recipe, where every trial is a new network: batches
     # of 1000 split the 45,000 training and 5,000 validation images whole, so each trial
     # compiles its steps once (a smaller last batch compiles them again), and the input
     # BatchNorm standardizes with batch statistics only (the first Dense already weights
     # each input, and training skips that layer's input gradient).
-    "bn-elu-fast": dict(arch="batchnorm", activation="elu", max_norm=1.0, lr=1e-2,
-                        input_bn="stats", batch_size=1000, epochs=15, schedule="cosine",
-                        warmup_epochs=1, monitor="val_accuracy", patience=15, backend="jax",
-                        steps_per_execution=4),
+    "bn-elu-fast": dict(
+        arch="batchnorm",
+        activation="elu",
+        max_norm=1.0,
+        lr=1e-2,
+        input_bn="stats",
+        batch_size=1000,
+        epochs=15,
+        schedule="cosine",
+        warmup_epochs=1,
+        monitor="val_accuracy",
+        patience=15,
+        backend="jax",
+        steps_per_execution=4,
+    ),
     "mlp-frontier": MLP_FRONTIER,
     # The same recipe for a GPU, where an epoch takes a fraction of a second: 600 epochs
     # (about what an hour gives the 2-core CPU) and twice the width, which a GPU runs at
@@ -284,11 +475,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mlp-frontier-gpu": {**MLP_FRONTIER, "units": 2048, "epochs": 600},
     # The CNN reference row: MLPerf Tiny's ResNet-8 for CIFAR-10 (78k parameters), with the
     # same test-time flips as the fully connected nets, so the comparison stays even.
-    "resnet8": dict(arch="resnet8", activation="relu", augment="flip-shift", tta="flip",
-                    label_smoothing=0.1, optimizer="adamw", weight_decay=5e-4, lr=3e-3,
-                    batch_size=256, epochs=40, schedule="cosine", warmup_epochs=2,
-                    monitor="val_accuracy", patience=1000, backend="jax",
-                    steps_per_execution=4),
+    "resnet8": dict(
+        arch="resnet8",
+        activation="relu",
+        augment="flip-shift",
+        tta="flip",
+        label_smoothing=0.1,
+        optimizer="adamw",
+        weight_decay=5e-4,
+        lr=3e-3,
+        batch_size=256,
+        epochs=40,
+        schedule="cosine",
+        warmup_epochs=2,
+        monitor="val_accuracy",
+        patience=1000,
+        backend="jax",
+        steps_per_execution=4,
+    ),
 }
 
 
@@ -339,8 +543,9 @@ def settings_from(raw: dict, where: str) -> dict[str, Any]:
     return out
 
 
-def resolve(preset: str | None = None, file: Path | None = None,
-            overrides: dict[str, Any] | None = None) -> TrainConfig:
+def resolve(
+    preset: str | None = None, file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Preset, then config file, then flags (``None`` values in overrides are ignored)."""
     values: dict[str, Any] = {}
     from_file = read_config_file(file) if file else {}
@@ -362,10 +567,28 @@ def resolve(preset: str | None = None, file: Path | None = None,
 # all is a saved run configuration: `--config` re-makes that run whatever today's presets
 # are. Settings added since take their defaults, which keep the behaviour from before
 # they existed.
-SAVED_CONFIG_KEYS = frozenset({
-    "arch", "activation", "layers", "units", "dropout", "l1", "l2", "max_norm", "optimizer",
-    "lr", "batch_size", "epochs", "patience", "lr_factor", "lr_patience", "seed", "preset",
-    "name"})
+SAVED_CONFIG_KEYS = frozenset(
+    {
+        "arch",
+        "activation",
+        "layers",
+        "units",
+        "dropout",
+        "l1",
+        "l2",
+        "max_norm",
+        "optimizer",
+        "lr",
+        "batch_size",
+        "epochs",
+        "patience",
+        "lr_factor",
+        "lr_patience",
+        "seed",
+        "preset",
+        "name",
+    }
+)
 
 
 def is_saved_config(settings: dict[str, Any]) -> bool:
@@ -381,7 +604,6 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**d)
 
 
-
 def update_docs(path: Path) -> None:
     """Rewrite the settings table between its markers in ``path`` (docs/settings.md)."""
     text = Path(path).read_text(encoding="utf-8")
@@ -389,8 +611,9 @@ def update_docs(path: Path) -> None:
     if begin not in text or end not in text:
         raise ConfigError(f"{path}: no {begin} ... {end} markers")
     head, rest = text.split(begin, 1)
-    Path(path).write_text(f"{head}{begin}\n{settings_table()}\n{end}{rest.split(end, 1)[1]}",
-                          encoding="utf-8")
+    Path(path).write_text(
+        f"{head}{begin}\n{settings_table()}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":  # python -m harness.core.config docs/settings.md

@@ -18,7 +18,7 @@ from harness.edge.predict import PLAIN, SCALES, apply_contract, output_probs, ta
 
 LAYOUTS = ("nhwc", "nchw")
 CHANNELS = ("rgb", "bgr")
-INPUTS = tuple(SCALES)          # raw: 0-255 floats; unit: pixels / 255
+INPUTS = tuple(SCALES)  # raw: 0-255 floats; unit: pixels / 255
 OUTPUTS = ("probs", "logits")
 # CIFAR-10's training-set channel statistics on the 0-1 scale, as torchvision examples and
 # most PyTorch CIFAR code standardize with them: one of the common contracts tried when an
@@ -46,10 +46,12 @@ class Contract:
     output: str = "probs"
 
     def __post_init__(self):
-        for value, allowed, what in ((self.layout, LAYOUTS, "layout"),
-                                     (self.channels, CHANNELS, "channels"),
-                                     (self.input, INPUTS, "input"),
-                                     (self.output, OUTPUTS, "output")):
+        for value, allowed, what in (
+            (self.layout, LAYOUTS, "layout"),
+            (self.channels, CHANNELS, "channels"),
+            (self.input, INPUTS, "input"),
+            (self.output, OUTPUTS, "output"),
+        ):
             if value not in allowed:
                 raise ContractError(f"{what} {value!r}: expected one of {', '.join(allowed)}")
         for name in ("mean", "std"):
@@ -65,9 +67,14 @@ class Contract:
     @classmethod
     def from_dict(cls, d: dict | None) -> Contract:
         d = {**PLAIN, **(d or {})}
-        return cls(d["layout"], d["channels"], d["input"],
-                   tuple(d["mean"]) if d["mean"] is not None else None,
-                   tuple(d["std"]) if d["std"] is not None else None, d["output"])
+        return cls(
+            d["layout"],
+            d["channels"],
+            d["input"],
+            tuple(d["mean"]) if d["mean"] is not None else None,
+            tuple(d["std"]) if d["std"] is not None else None,
+            d["output"],
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,15 +93,22 @@ class Contract:
             if self.mean is not None or self.std is not None:
                 mean = self.mean or (0.0, 0.0, 0.0)
                 std = self.std or (1.0, 1.0, 1.0)
-                steps.append(f"minus mean {_three(mean)}, divided by std {_three(std)} "
-                             f"(per channel, R G B)")
+                steps.append(
+                    f"minus mean {_three(mean)}, divided by std {_three(std)} (per channel, R G B)"
+                )
             if self.channels == "bgr":
                 steps.append("channels reordered B G R")
-            steps.append("laid out NCHW (batch, channels, height, width)"
-                         if self.layout == "nchw" else "laid out NHWC")
+            steps.append(
+                "laid out NCHW (batch, channels, height, width)"
+                if self.layout == "nchw"
+                else "laid out NHWC"
+            )
             pixels = ", ".join(steps)
-        out = "logits (a softmax gives the probabilities)" if self.output == "logits" \
+        out = (
+            "logits (a softmax gives the probabilities)"
+            if self.output == "logits"
             else "class probabilities"
+        )
         return f"{pixels}; answers {out}"
 
     def short(self) -> str:
@@ -136,8 +150,9 @@ class ContractModel:
     Pixels a model takes as they are go to the runtime as they are (uint8; LiteRT's fast
     path), as they do for harness' own exports."""
 
-    def __init__(self, runtime, contract: Contract, name: str | None = None,
-                 float_pixels: bool = False):
+    def __init__(
+        self, runtime, contract: Contract, name: str | None = None, float_pixels: bool = False
+    ):
         self.runtime, self.contract = runtime, contract
         self.name = name or getattr(runtime, "name", "model")
         self._predict = getattr(runtime, "predict", runtime)

@@ -45,10 +45,10 @@ class DeviceError(Exception):
 class Device:
     """What a run trained on, as metrics.json and tuning trial records store it."""
 
-    backend: str   # "jax", "tensorflow"
-    kind: str      # "gpu" or "cpu"
-    name: str      # the GPU's model ("NVIDIA H200"), or the CPU's
-    count: int     # devices of that kind the backend sees (1 for the CPU)
+    backend: str  # "jax", "tensorflow"
+    kind: str  # "gpu" or "cpu"
+    name: str  # the GPU's model ("NVIDIA H200"), or the CPU's
+    count: int  # devices of that kind the backend sees (1 for the CPU)
 
     @property
     def record(self) -> dict:
@@ -70,6 +70,7 @@ def label_of(record: dict | None) -> str | None:
 
 # --------------------------------------------------------------------------- before the backend
 
+
 def visible_gpu_ids(environ: MutableMapping[str, str] | None = None) -> list[str]:
     """The GPUs this process may use, found without starting a backend: the entries of
     CUDA_VISIBLE_DEVICES when set, else those ``nvidia-smi -L`` lists (in a container: the
@@ -79,8 +80,9 @@ def visible_gpu_ids(environ: MutableMapping[str, str] | None = None) -> list[str
         return [v.strip() for v in environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                                 timeout=20).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
+            ).stdout
             listed = [line for line in out.splitlines() if line.startswith("GPU ")]
             return [str(i) for i in range(len(listed))]
         except (OSError, subprocess.SubprocessError):
@@ -96,10 +98,13 @@ def worker_index(tuner_id: str | None) -> int | None:
     return int(match.group(1)) if match and tuner_id != "chief" else None
 
 
-def prepare(device: str = "auto", gpu: int | None = None, tuner_id: str | None = None,
-            environ: MutableMapping[str, str] | None = None,
-            gpu_ids: Callable[[MutableMapping[str, str]], list[str]] = visible_gpu_ids
-            ) -> str | None:
+def prepare(
+    device: str = "auto",
+    gpu: int | None = None,
+    tuner_id: str | None = None,
+    environ: MutableMapping[str, str] | None = None,
+    gpu_ids: Callable[[MutableMapping[str, str]], list[str]] = visible_gpu_ids,
+) -> str | None:
     """Set the environment for ``device`` before JAX or TensorFlow starts; returns a note
     for the user (the GPU a process was pinned to, or why it was not), or None.
 
@@ -123,8 +128,10 @@ def prepare(device: str = "auto", gpu: int | None = None, tuner_id: str | None =
     index = gpu if gpu is not None else worker_index(tuner_id)
     if index is None:
         if tuner_id not in (None, "chief") and len(gpu_ids(environ)) > 1:
-            return (f"worker {tuner_id} has no index: it sees every GPU (give --gpu N, or a "
-                    "tuner id such as tuner1, for one GPU per worker)")
+            return (
+                f"worker {tuner_id} has no index: it sees every GPU (give --gpu N, or a "
+                "tuner id such as tuner1, for one GPU per worker)"
+            )
         return None
     if "CUDA_VISIBLE_DEVICES" not in environ:  # numbered as nvidia-smi numbers them
         environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
@@ -132,8 +139,7 @@ def prepare(device: str = "auto", gpu: int | None = None, tuner_id: str | None =
     if gpu is not None:
         environ[DEVICE_ENV] = "gpu"  # a pinned process must get its GPU, never the CPU
         if ids and gpu >= len(ids):
-            raise DeviceError(f"--gpu {gpu}: only {len(ids)} GPU(s) visible "
-                              f"(0-{len(ids) - 1})")
+            raise DeviceError(f"--gpu {gpu}: only {len(ids)} GPU(s) visible (0-{len(ids) - 1})")
         chosen = ids[gpu] if ids else str(gpu)
         environ["CUDA_VISIBLE_DEVICES"] = chosen
         return f"pinned to GPU {chosen} (--gpu {gpu})"
@@ -145,6 +151,7 @@ def prepare(device: str = "auto", gpu: int | None = None, tuner_id: str | None =
 
 
 # --------------------------------------------------------------------------- once the backend runs
+
 
 def list_gpus(backend: str) -> list[str]:
     """Names of the GPUs ``backend`` sees (JAX: jax.devices; TensorFlow: its physical
@@ -165,8 +172,9 @@ def list_gpus(backend: str) -> list[str]:
                 tf.config.experimental.set_memory_growth(g, True)
             except RuntimeError:  # already initialized; TF_FORCE_GPU_ALLOW_GROWTH applies
                 pass
-        return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                for g in gpus]
+        return [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+        ]
     if backend == "torch":
         import torch
 
@@ -205,8 +213,12 @@ def _hide_gpus_from_tensorflow() -> None:
 _SELECTED: dict[str, Device] = {}  # per backend: a process lists its devices once
 
 
-def select(backend: str, requested: str | None = None,
-           gpus: Callable[[str], list[str]] | None = None, out=None) -> Device:
+def select(
+    backend: str,
+    requested: str | None = None,
+    gpus: Callable[[str], list[str]] | None = None,
+    out=None,
+) -> Device:
     """The device ``backend`` trains on in this process; DeviceError when ``requested``
     (default: HARNESS_DEVICE, else auto) cannot be met. ``auto`` prints the choice, once.
 
@@ -219,8 +231,11 @@ def select(backend: str, requested: str | None = None,
     device = _SELECTED.get(backend) if gpus is None else None
     if device is None:
         names = (gpus or list_gpus)(backend)
-        device = (Device(backend, "gpu", names[0], len(names)) if names
-                  else Device(backend, "cpu", cpu_name(), 1))
+        device = (
+            Device(backend, "gpu", names[0], len(names))
+            if names
+            else Device(backend, "cpu", cpu_name(), 1)
+        )
         if gpus is None:
             _SELECTED[backend] = device
             if device.kind == "gpu" and backend == "jax":
@@ -230,12 +245,15 @@ def select(backend: str, requested: str | None = None,
     if requested == "gpu" and device.kind != "gpu":
         raise DeviceError(f"--device gpu: {backend} sees no GPU ({_no_gpu_hint(backend)})")
     if requested == "cpu" and device.kind != "cpu":
-        raise DeviceError(f"--device cpu: {backend} started before the GPUs could be hidden "
-                          f"and sees {device.count}; set CUDA_VISIBLE_DEVICES='' instead")
+        raise DeviceError(
+            f"--device cpu: {backend} started before the GPUs could be hidden "
+            f"and sees {device.count}; set CUDA_VISIBLE_DEVICES='' instead"
+        )
     return device
 
 
 # --------------------------------------------------------------------------- the CLI option
+
 
 def device_option(command):
     """``--device`` and ``--gpu`` for a Click command: the environment is prepared before
@@ -243,14 +261,24 @@ def device_option(command):
     when training starts, ends the command with its one line (exit 1)."""
     import click
 
-    @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                  envvar=DEVICE_ENV, help="auto: a GPU if the backend sees one (printed at "
-                  "start); cpu: hide the GPUs; gpu: stop at once if there is none. "
-                  f"Env: {DEVICE_ENV}.")
-    @click.option("--gpu", type=click.IntRange(min=0), envvar=GPU_ENV,
-                  help="Use only this GPU (its index among the visible ones). Default for "
-                  "a tuning worker with an index (tuner3): that index modulo the GPUs. "
-                  f"Env: {GPU_ENV}.")
+    @click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default="auto",
+        show_default=True,
+        envvar=DEVICE_ENV,
+        help="auto: a GPU if the backend sees one (printed at "
+        "start); cpu: hide the GPUs; gpu: stop at once if there is none. "
+        f"Env: {DEVICE_ENV}.",
+    )
+    @click.option(
+        "--gpu",
+        type=click.IntRange(min=0),
+        envvar=GPU_ENV,
+        help="Use only this GPU (its index among the visible ones). Default for "
+        "a tuning worker with an index (tuner3): that index modulo the GPUs. "
+        f"Env: {GPU_ENV}.",
+    )
     @functools.wraps(command)
     def with_device(*args, device, gpu, **kwargs):
         try:

@@ -13,25 +13,44 @@ from typing import NamedTuple
 
 class Precision(NamedTuple):
     name: str
-    bytes_per_weight: int      # a Dense kernel's weight in the file (biases stay 4 bytes)
-    max_drop_points: float     # test accuracy an export may lose against Keras, in points
+    bytes_per_weight: int  # a Dense kernel's weight in the file (biases stay 4 bytes)
+    max_drop_points: float  # test accuracy an export may lose against Keras, in points
     selftest_tolerance: float  # largest |p - recorded| a bundle's selftest allows
-    why: str                   # the tolerance's reason
+    why: str  # the tolerance's reason
 
 
-PRECISIONS = {p.name: p for p in (
-    Precision("float32", 4, 0.1, 1e-4,
-              "float32 throughout; another CPU sums in another order (SIMD width, FMA); 1e-4 "
-              "still catches any wrong input handling"),
-    Precision("float16", 2, 0.1, 2e-3,
-              "float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK), unit "
-              "roundoff 4.9e-4, accumulated over the layers"),
-    Precision("dynamic", 1, 1.0, 5e-2,
-              "activations quantized in each call by the CPU's own kernels, which differ "
-              "between x86 and arm64 with dot-product instructions"),
-    Precision("int8", 1, 1.0, 3e-2,
-              "one output quantization step is 1/256; CPUs may differ by a few"),
-)}
+PRECISIONS = {
+    p.name: p
+    for p in (
+        Precision(
+            "float32",
+            4,
+            0.1,
+            1e-4,
+            "float32 throughout; another CPU sums in another order (SIMD width, FMA); 1e-4 "
+            "still catches any wrong input handling",
+        ),
+        Precision(
+            "float16",
+            2,
+            0.1,
+            2e-3,
+            "float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK), unit "
+            "roundoff 4.9e-4, accumulated over the layers",
+        ),
+        Precision(
+            "dynamic",
+            1,
+            1.0,
+            5e-2,
+            "activations quantized in each call by the CPU's own kernels, which differ "
+            "between x86 and arm64 with dot-product instructions",
+        ),
+        Precision(
+            "int8", 1, 1.0, 3e-2, "one output quantization step is 1/256; CPUs may differ by a few"
+        ),
+    )
+}
 NAMES = tuple(PRECISIONS)  # in the order exports are made: float32, float16, dynamic, int8
 # What a budget search may judge a network on, as <format>-<precision> (int8 first: the
 # default); ONNX exports are float32 only.

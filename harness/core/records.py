@@ -123,8 +123,19 @@ def read_json(path: Path) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a result, read without importing them."""
-    names = ["numpy", "keras", "tensorflow", "jax", "tf-keras", "keras-tuner",
-             "tensorflow-model-optimization", "onnx", "tf2onnx", "onnxruntime", "ai-edge-litert"]
+    names = [
+        "numpy",
+        "keras",
+        "tensorflow",
+        "jax",
+        "tf-keras",
+        "keras-tuner",
+        "tensorflow-model-optimization",
+        "onnx",
+        "tf2onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+    ]
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -147,8 +158,12 @@ def cpu_name() -> str:
 
 def machine_facts() -> dict:
     """CPU model, cores, platform and library versions, for benchmark records."""
-    facts = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-             "versions": library_versions()}
+    facts = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": library_versions(),
+    }
     if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) != os.cpu_count():
         facts["cores_allowed"] = len(os.sched_getaffinity(0))  # pinned, e.g. by taskset
     return facts
@@ -240,8 +255,10 @@ def run_lock(run: RunDir):
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise RunBusy(f"run {run.path} is being written by another process (pid {holder}); "
-                      "wait for it to end, or choose another --name") from None
+        raise RunBusy(
+            f"run {run.path} is being written by another process (pid {holder}); "
+            "wait for it to end, or choose another --name"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

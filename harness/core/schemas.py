@@ -34,7 +34,7 @@ class RecordError(ValueError):
 
 class Field(NamedTuple):
     types: tuple
-    what: str                                   # for the error message: "expected ..."
+    what: str  # for the error message: "expected ..."
     test: Callable[[Any], bool] | None = None
 
 
@@ -61,59 +61,140 @@ def exactly(value: str) -> Field:
 RUN = {"schema": INT, "run": STR, "status": STR}
 # What the run trained on (harness.core.hardware.Device; since issue 21, so older records lack it):
 # the Keras backend, the device's kind ("gpu" or "cpu") and model, and how many the backend saw.
-RUN_DEVICE = {"backend": STR, "device.backend": STR, "device.kind": STR, "device.name": STR,
-              "device.count": COUNT}
+RUN_DEVICE = {
+    "backend": STR,
+    "device.backend": STR,
+    "device.kind": STR,
+    "device.name": STR,
+    "device.count": COUNT,
+}
 # A completed run also (a running or failed one has partial numbers and need not):
-RUN_COMPLETED = {"config.arch": STR, "config.activation": STR, "config.layers": INT,
-                 "config.units": INT, "params.total": COUNT, "test.accuracy": FRACTION,
-                 "test.loss": NUMBER}
+RUN_COMPLETED = {
+    "config.arch": STR,
+    "config.activation": STR,
+    "config.layers": INT,
+    "config.units": INT,
+    "params.total": COUNT,
+    "test.accuracy": FRACTION,
+    "test.loss": NUMBER,
+}
 # A completed imported run (harness import: a model harness did not train, kind "imported")
 # in place of RUN_COMPLETED: the file, its sha256 and input contract, and its scores.
-RUN_IMPORTED = {"kind": exactly("imported"), "import.format": STR, "import.file": STR,
-                "import.sha256": STR, "import.contract": OBJECT, "params.total": COUNT,
-                "val.accuracy": FRACTION, "test.accuracy": FRACTION, "test.loss": NUMBER}
-RUN_OPTIONAL = {"variant": STR, "parent": STR, "sparsity": FRACTION, "tuning.name": STR,
-                "tuning.trial_id": STR, "config.dropout": NUMBER, "config.l1": NUMBER,
-                "config.l2": NUMBER, **RUN_DEVICE}
+RUN_IMPORTED = {
+    "kind": exactly("imported"),
+    "import.format": STR,
+    "import.file": STR,
+    "import.sha256": STR,
+    "import.contract": OBJECT,
+    "params.total": COUNT,
+    "val.accuracy": FRACTION,
+    "test.accuracy": FRACTION,
+    "test.loss": NUMBER,
+}
+RUN_OPTIONAL = {
+    "variant": STR,
+    "parent": STR,
+    "sparsity": FRACTION,
+    "tuning.name": STR,
+    "tuning.trial_id": STR,
+    "config.dropout": NUMBER,
+    "config.l1": NUMBER,
+    "config.l2": NUMBER,
+    **RUN_DEVICE,
+}
 
 # tuning/<name>/summary.json; best_run is relative to the summary's folder.
-TUNING = {"name": STR, "best_trial": STR, "best_run": STR, "trials": COUNT,
-          "completed": COUNT, "search_seconds": SECONDS, "best_val_accuracy": FRACTION,
-          "best_test_accuracy": FRACTION, "best_hyperparameters": OBJECT}
+TUNING = {
+    "name": STR,
+    "best_trial": STR,
+    "best_run": STR,
+    "trials": COUNT,
+    "completed": COUNT,
+    "search_seconds": SECONDS,
+    "best_val_accuracy": FRACTION,
+    "best_test_accuracy": FRACTION,
+    "best_hyperparameters": OBJECT,
+}
 # A search under a device budget (tune --max-latency-us/--max-flash-kb/--max-macs) also has
 # its best trials as measured: harness.search.budget.judge_benched.
-TUNING_OPTIONAL = {"budget.limits": OBJECT, "budget.candidates": LIST,
-                   "budget.described": STR}
+TUNING_OPTIONAL = {"budget.limits": OBJECT, "budget.candidates": LIST, "budget.described": STR}
 
 # bench/<run>.json: one row per runtime and precision, in a non-empty list ``rows``.
-BENCH = {"benchmark": exactly("bench"), "run": STR, "created": STR, "machine": OBJECT,
-         "data": OBJECT, "threads": OBJECT, "calls": COUNT, "warmup": COUNT, "rows": LIST}
-BENCH_ROW = {"run": STR, "runtime": STR, "format": STR, "precision": STR, "file": STR,
-             "params": COUNT, "size_bytes": COUNT, "sparsity": FRACTION,
-             "p50_us": POSITIVE, "p90_us": POSITIVE, "p99_us": POSITIVE,
-             "throughput_ips": POSITIVE, "test.accuracy": FRACTION, "test.loss": NUMBER}
+BENCH = {
+    "benchmark": exactly("bench"),
+    "run": STR,
+    "created": STR,
+    "machine": OBJECT,
+    "data": OBJECT,
+    "threads": OBJECT,
+    "calls": COUNT,
+    "warmup": COUNT,
+    "rows": LIST,
+}
+BENCH_ROW = {
+    "run": STR,
+    "runtime": STR,
+    "format": STR,
+    "precision": STR,
+    "file": STR,
+    "params": COUNT,
+    "size_bytes": COUNT,
+    "sparsity": FRACTION,
+    "p50_us": POSITIVE,
+    "p90_us": POSITIVE,
+    "p99_us": POSITIVE,
+    "throughput_ips": POSITIVE,
+    "test.accuracy": FRACTION,
+    "test.loss": NUMBER,
+}
 # The footprint (since issue 19; older records lack it): MACs per image of the Keras model,
 # flash (the model file's bytes) and TensorFlow Lite Micro's arena, measured on int8 TFLite
 # files only (null on other rows, or with arena_note saying why TFLM could not measure it).
-BENCH_ROW_OPTIONAL = {"flagged": BOOL, "macs": COUNT, "flash_bytes": COUNT,
-                      "arena_bytes": COUNT_OR_NULL, "arena_note": STR, "imported": BOOL,
-                      # MLPerf Tiny's modes (bench --mode; harness.export.mlperf), when asked for:
-                      "mlperf.accuracy.accuracy": FRACTION,
-                      "mlperf.performance.throughput_ips": POSITIVE,
-                      "mlperf.performance.latency_us": POSITIVE}
+BENCH_ROW_OPTIONAL = {
+    "flagged": BOOL,
+    "macs": COUNT,
+    "flash_bytes": COUNT,
+    "arena_bytes": COUNT_OR_NULL,
+    "arena_note": STR,
+    "imported": BOOL,
+    # MLPerf Tiny's modes (bench --mode; harness.export.mlperf), when asked for:
+    "mlperf.accuracy.accuracy": FRACTION,
+    "mlperf.performance.throughput_ips": POSITIVE,
+    "mlperf.performance.latency_us": POSITIVE,
+}
 
 # frontier-<run>.json: a preset trained within a wall-time budget.
-FRONTIER = {"benchmark": exactly("frontier"), "created": STR, "command": STR, "preset": STR,
-            "run": STR, "config": OBJECT, "budget_s": POSITIVE, "train_call_s": SECONDS,
-            "within_budget": BOOL, "epochs": COUNT, "seconds_per_epoch": SECONDS,
-            "best_epoch": COUNT, "params.total": COUNT, "backend": STR,
-            "calibration.epochs": COUNT, "calibration.seconds_per_epoch": SECONDS,
-            "calibration.first_epoch_extra_s": NUMBER, "calibration.after_fit_s": SECONDS,
-            "calibration.total_s": SECONDS, "accuracy.train": FRACTION,
-            "accuracy.val": FRACTION, "accuracy.test": FRACTION, "data": OBJECT,
-            "machine": OBJECT}
-FRONTIER_OPTIONAL = {"budget_used": SECONDS, "fit_seconds_per_epoch": SECONDS,
-                     "accuracy_without_tta.test": FRACTION}
+FRONTIER = {
+    "benchmark": exactly("frontier"),
+    "created": STR,
+    "command": STR,
+    "preset": STR,
+    "run": STR,
+    "config": OBJECT,
+    "budget_s": POSITIVE,
+    "train_call_s": SECONDS,
+    "within_budget": BOOL,
+    "epochs": COUNT,
+    "seconds_per_epoch": SECONDS,
+    "best_epoch": COUNT,
+    "params.total": COUNT,
+    "backend": STR,
+    "calibration.epochs": COUNT,
+    "calibration.seconds_per_epoch": SECONDS,
+    "calibration.first_epoch_extra_s": NUMBER,
+    "calibration.after_fit_s": SECONDS,
+    "calibration.total_s": SECONDS,
+    "accuracy.train": FRACTION,
+    "accuracy.val": FRACTION,
+    "accuracy.test": FRACTION,
+    "data": OBJECT,
+    "machine": OBJECT,
+}
+FRONTIER_OPTIONAL = {
+    "budget_used": SECONDS,
+    "fit_seconds_per_epoch": SECONDS,
+    "accuracy_without_tta.test": FRACTION,
+}
 
 
 # --------------------------------------------------------------------------- checking
@@ -130,8 +211,9 @@ def _lookup(record: dict, dotted: str):
     return value
 
 
-def check_fields(record: dict, fields: dict[str, Field], optional: bool = False,
-                 prefix: str = "") -> list[str]:
+def check_fields(
+    record: dict, fields: dict[str, Field], optional: bool = False, prefix: str = ""
+) -> list[str]:
     """Problems of ``record`` against ``fields`` (all of them, not just the first)."""
     problems = []
     for key, spec in fields.items():
@@ -142,7 +224,8 @@ def check_fields(record: dict, fields: dict[str, Field], optional: bool = False,
             continue
         # JSON true/false load as bool, a subclass of int: not a count, not a number.
         wrong_type = not isinstance(value, spec.types) or (
-            isinstance(value, bool) and bool not in spec.types)
+            isinstance(value, bool) and bool not in spec.types
+        )
         if wrong_type or (spec.test is not None and not spec.test(value)):
             shown = json.dumps(value, default=repr)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -159,23 +242,27 @@ def check_run(metrics: dict) -> dict:
     """A metrics.json record, or RecordError naming every missing or bad field."""
     _raise_if(check_fields(metrics, RUN))
     if metrics["schema"] > METRICS_SCHEMA_VERSION:
-        raise RecordError(f"schema {metrics['schema']} is newer than this harness reads "
-                          f"({METRICS_SCHEMA_VERSION})")
+        raise RecordError(
+            f"schema {metrics['schema']} is newer than this harness reads "
+            f"({METRICS_SCHEMA_VERSION})"
+        )
     if metrics["status"] not in (RUNNING, COMPLETED, FAILED):
-        raise RecordError(f"field 'status' is {metrics['status']!r}, expected "
-                          f"{RUNNING}, {COMPLETED} or {FAILED}")
+        raise RecordError(
+            f"field 'status' is {metrics['status']!r}, expected {RUNNING}, {COMPLETED} or {FAILED}"
+        )
     if metrics["status"] == COMPLETED and metrics.get("kind") == "imported":
         _raise_if(check_fields(metrics, RUN_IMPORTED))
     elif metrics["status"] == COMPLETED:
-        _raise_if(check_fields(metrics, RUN_COMPLETED) +
-                  check_fields(metrics, RUN_OPTIONAL, optional=True))
+        _raise_if(
+            check_fields(metrics, RUN_COMPLETED)
+            + check_fields(metrics, RUN_OPTIONAL, optional=True)
+        )
     return metrics
 
 
 def check_tuning(summary: dict) -> dict:
     """A tuning summary.json, or RecordError naming every missing or bad field."""
-    _raise_if(check_fields(summary, TUNING) +
-              check_fields(summary, TUNING_OPTIONAL, optional=True))
+    _raise_if(check_fields(summary, TUNING) + check_fields(summary, TUNING_OPTIONAL, optional=True))
     return summary
 
 
@@ -192,21 +279,28 @@ def check_bench(record: dict) -> dict:
         problems += check_fields(row, BENCH_ROW, prefix=where)
         problems += check_fields(row, BENCH_ROW_OPTIONAL, optional=True, prefix=where)
         if isinstance(row.get("run"), str) and row["run"] != record.get("run"):
-            problems.append(f"field '{where}run' is {row['run']!r}, expected the record's run "
-                            f"{record.get('run')!r}")
+            problems.append(
+                f"field '{where}run' is {row['run']!r}, expected the record's run "
+                f"{record.get('run')!r}"
+            )
     _raise_if(problems)
     return record
 
 
 def check_frontier(record: dict) -> dict:
     """A frontier record, or RecordError naming every missing or bad field."""
-    _raise_if(check_fields(record, FRONTIER) +
-              check_fields(record, FRONTIER_OPTIONAL, optional=True))
+    _raise_if(
+        check_fields(record, FRONTIER) + check_fields(record, FRONTIER_OPTIONAL, optional=True)
+    )
     return record
 
 
 CHECKS: dict[str, Callable[[dict], dict]] = {
-    "run": check_run, "tuning": check_tuning, "bench": check_bench, "frontier": check_frontier}
+    "run": check_run,
+    "tuning": check_tuning,
+    "bench": check_bench,
+    "frontier": check_frontier,
+}
 
 
 def check_record(kind: str, record: dict) -> dict:

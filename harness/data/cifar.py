@@ -49,8 +49,18 @@ LOCK_NAME = ".cifar10.lock"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
-LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
-               "dog", "frog", "horse", "ship", "truck")
+LABEL_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 IMAGES_PER_BATCH = 10_000
 PIXELS = 32 * 32 * 3
 VALIDATION_FRACTION = 0.1  # 5,000 of the 50,000 training images, as in the study
@@ -65,6 +75,7 @@ class DataError(Exception):
 
 
 # --------------------------------------------------------------------------- safe unpickling
+
 
 def _numpy_reconstruct():
     try:
@@ -114,6 +125,7 @@ def safe_unpickle(data: bytes, where: str):
 
 # --------------------------------------------------------------------------- the dataset
 
+
 @dataclass
 class Dataset:
     """CIFAR-10 as arrays: images uint8 (N, 32, 32, 3), labels int64 (N,)."""
@@ -123,9 +135,9 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     label_names: tuple[str, ...]
-    sha256: str        # of the archive (or of the batch files, for an imported folder)
-    source: str        # where it was imported from
-    verified: str      # "checksum" (official sha256) or "content" (validated by content)
+    sha256: str  # of the archive (or of the batch files, for an imported folder)
+    source: str  # where it was imported from
+    verified: str  # "checksum" (official sha256) or "content" (validated by content)
     # The test images' file names as the archive carries them (MLPerf Tiny names its
     # 200-image accuracy list by them); () when the archive has none, None for a cache
     # written before they were kept (such a cache is imported again).
@@ -135,9 +147,13 @@ class Dataset:
     def record(self) -> dict:
         """What a run records about its data."""
         # the archive's file name only: an absolute path means nothing on another machine
-        return {"sha256": self.sha256, "source": Path(self.source).name,
-                "verified": self.verified,
-                "train_images": int(len(self.x_train)), "test_images": int(len(self.x_test))}
+        return {
+            "sha256": self.sha256,
+            "source": Path(self.source).name,
+            "verified": self.verified,
+            "train_images": int(len(self.x_train)),
+            "test_images": int(len(self.x_test)),
+        }
 
 
 @dataclass
@@ -174,7 +190,7 @@ class Splits:
         flattened images, standardized per channel as the models' first layer does and
         averaged over pool x pool blocks as their pooling layer does; largest first."""
         mean, variance = self.norm_stats()
-        x = ((self.train.x.reshape(len(self.train), -1, 3) - mean) / np.sqrt(variance))
+        x = (self.train.x.reshape(len(self.train), -1, 3) - mean) / np.sqrt(variance)
         x = x.astype(np.float32).reshape(len(self.train), 32, 32, 3)
         if pool > 1:
             side = 32 // pool
@@ -188,9 +204,11 @@ class Splits:
 def split(ds: Dataset, val_fraction: float = VALIDATION_FRACTION) -> Splits:
     """Validation = the first ``val_fraction`` of the training images, train = the rest."""
     n_val = int(round(len(ds.x_train) * val_fraction))
-    return Splits(train=Split(ds.x_train[n_val:], ds.y_train[n_val:]),
-                  val=Split(ds.x_train[:n_val], ds.y_train[:n_val]),
-                  test=Split(ds.x_test, ds.y_test))
+    return Splits(
+        train=Split(ds.x_train[n_val:], ds.y_train[n_val:]),
+        val=Split(ds.x_train[:n_val], ds.y_train[:n_val]),
+        test=Split(ds.x_test, ds.y_test),
+    )
 
 
 def batch_names(obj, count: int) -> tuple[str, ...] | None:
@@ -234,8 +252,12 @@ def _assemble(blobs: dict[str, bytes], origin: str) -> tuple[np.ndarray, ...]:
     if len(sizes) != 1 or 0 in sizes:
         raise DataError(f"{origin}: batches differ in size or are empty ({sorted(sizes)})")
     if sizes != {IMAGES_PER_BATCH}:
-        log.warning("%s holds %d images per batch, not %d: this is not the full CIFAR-10",
-                    origin, sizes.pop(), IMAGES_PER_BATCH)
+        log.warning(
+            "%s holds %d images per batch, not %d: this is not the full CIFAR-10",
+            origin,
+            sizes.pop(),
+            IMAGES_PER_BATCH,
+        )
     x_train = np.concatenate([x for x, _ in parts[:5]])
     y_train = np.concatenate([y for _, y in parts[:5]])
     names = LABEL_NAMES
@@ -323,6 +345,7 @@ def sha256_of(path: Path) -> str:
 
 # --------------------------------------------------------------------------- cache
 
+
 def harness_home(home: Path | None = None) -> Path:
     return Path(home or os.environ.get("HARNESS_HOME") or Path.home() / ".cache" / "harness")
 
@@ -349,8 +372,7 @@ def cache_lock(home: Path | None = None):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                print(f"waiting for another process to fill the cache in {folder}",
-                      file=sys.stderr)
+                print(f"waiting for another process to fill the cache in {folder}", file=sys.stderr)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
@@ -377,10 +399,18 @@ def _remove_leftovers(folder: Path) -> None:
 
 def _write_cache(ds: Dataset, home: Path | None) -> Path:
     buf = io.BytesIO()
-    np.savez(buf, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
-             label_names=np.array(ds.label_names), sha256=np.array(ds.sha256),
-             source=np.array(ds.source), verified=np.array(ds.verified),
-             test_names=np.array(ds.test_names or (), dtype=str))
+    np.savez(
+        buf,
+        x_train=ds.x_train,
+        y_train=ds.y_train,
+        x_test=ds.x_test,
+        y_test=ds.y_test,
+        label_names=np.array(ds.label_names),
+        sha256=np.array(ds.sha256),
+        source=np.array(ds.source),
+        verified=np.array(ds.verified),
+        test_names=np.array(ds.test_names or (), dtype=str),
+    )
     target = cache_path(home)
     atomic_write_bytes(target, buf.getvalue())
     return target
@@ -392,14 +422,22 @@ def read_cache(home: Path | None = None) -> Dataset | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Dataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                           tuple(str(s) for s in z["label_names"]), str(z["sha256"]),
-                           str(z["source"]), str(z["verified"]),
-                           tuple(str(s) for s in z["test_names"])
-                           if "test_names" in z.files else None)
+            return Dataset(
+                z["x_train"],
+                z["y_train"],
+                z["x_test"],
+                z["y_test"],
+                tuple(str(s) for s in z["label_names"]),
+                str(z["sha256"]),
+                str(z["source"]),
+                str(z["verified"]),
+                tuple(str(s) for s in z["test_names"]) if "test_names" in z.files else None,
+            )
     except Exception as e:
-        raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e}); "
-                        "delete it and import the data again") from None
+        raise DataError(
+            f"{path}: unreadable cache ({type(e).__name__}: {e}); "
+            "delete it and import the data again"
+        ) from None
 
 
 def _cached_with(sha256: str, home: Path | None) -> Dataset | None:
@@ -432,17 +470,28 @@ def _import_locked(path: Path, home: Path | None, sha256: str) -> Dataset:
         verified = "checksum"
     else:
         verified = "content"
-        log.warning("%s: sha256 %s is not the official archive's; validated by content instead",
-                    path, sha256[:16])
+        log.warning(
+            "%s: sha256 %s is not the official archive's; validated by content instead",
+            path,
+            sha256[:16],
+        )
     x_train, y_train, x_test, y_test, names, test_names = arrays
-    ds = Dataset(x_train, y_train, x_test, y_test, names, sha256=sha256,
-                 source=str(path.resolve()), verified=verified, test_names=test_names)
+    ds = Dataset(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        names,
+        sha256=sha256,
+        source=str(path.resolve()),
+        verified=verified,
+        test_names=test_names,
+    )
     _write_cache(ds, home)
     return ds
 
 
-def download(home: Path | None = None, url: str | None = None,
-             sha256: str | None = None) -> Path:
+def download(home: Path | None = None, url: str | None = None, sha256: str | None = None) -> Path:
     """Download the archive into the cache folder, under the cache's lock: a temporary file
     of its own, verified, then renamed. ``url`` and ``sha256`` default to $HARNESS_CIFAR_URL
     and $HARNESS_CIFAR_SHA256, else the official ones. An archive already there and
@@ -465,9 +514,12 @@ def _download_locked(home: Path | None, url: str | None, sha256: str | None) -> 
         with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             chunks = iter(lambda: resp.read(1 << 20), b"")  # the bar counts 1 MiB chunks
-            with click.progressbar(chunks, length=-(-total // (1 << 20)) or None,
-                                   label="Downloading CIFAR-10 (MiB)",
-                                   file=sys.stderr) as bar:
+            with click.progressbar(
+                chunks,
+                length=-(-total // (1 << 20)) or None,
+                label="Downloading CIFAR-10 (MiB)",
+                file=sys.stderr,
+            ) as bar:
                 for chunk in bar:
                     out.write(chunk)
         got = sha256_of(part)
@@ -476,8 +528,10 @@ def _download_locked(home: Path | None, url: str | None, sha256: str | None) -> 
         os.chmod(part, 0o666 & ~_UMASK)  # mkstemp makes 0600: the usual permissions
         os.replace(part, target)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise DataError(f"{url}: download failed ({e}); on a machine without internet, "
-                        "use --archive PATH or `harness data import PATH`") from None
+        raise DataError(
+            f"{url}: download failed ({e}); on a machine without internet, "
+            "use --archive PATH or `harness data import PATH`"
+        ) from None
     finally:
         part.unlink(missing_ok=True)
     return target
@@ -511,5 +565,7 @@ def load(archive: Path | None = None, home: Path | None = None) -> Dataset:
 def class_counts(ds: Dataset) -> dict[str, dict[str, int]]:
     """Images per class per split, for ``harness data info``."""
     s = split(ds)
-    return {name: {ds.label_names[c]: int((part.y == c).sum()) for c in range(10)}
-            for name, part in (("train", s.train), ("val", s.val), ("test", s.test))}
+    return {
+        name: {ds.label_names[c]: int((part.y == c).sum()) for c in range(10)}
+        for name, part in (("train", s.train), ("val", s.val), ("test", s.test))
+    }

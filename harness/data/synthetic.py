@@ -22,16 +22,16 @@ from harness.data.cifar import LABEL_NAMES, META, TEST_BATCH, TRAIN_BATCHES
 
 def _str(b: bytes) -> bytes:
     if len(b) < 256:
-        return b"U" + bytes([len(b)]) + b          # SHORT_BINSTRING
-    return b"T" + struct.pack("<i", len(b)) + b     # BINSTRING
+        return b"U" + bytes([len(b)]) + b  # SHORT_BINSTRING
+    return b"T" + struct.pack("<i", len(b)) + b  # BINSTRING
 
 
 def _int(i: int) -> bytes:
     if 0 <= i < 256:
-        return b"K" + bytes([i])                   # BININT1
+        return b"K" + bytes([i])  # BININT1
     if 0 <= i < 65536:
-        return b"M" + struct.pack("<H", i)         # BININT2
-    return b"J" + struct.pack("<i", i)             # BININT
+        return b"M" + struct.pack("<H", i)  # BININT2
+    return b"J" + struct.pack("<i", i)  # BININT
 
 
 def _list(items: list[bytes]) -> bytes:
@@ -39,12 +39,35 @@ def _list(items: list[bytes]) -> bytes:
 
 
 def _uint8_array(a: np.ndarray) -> bytes:
-    dtype = (b"cnumpy\ndtype\n" + _str(b"u1") + b"\x89\x88\x87R"
-             + b"(" + _int(3) + _str(b"|") + b"NNN" + _int(-1) + _int(-1) + _int(0) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + _str(b"u1")
+        + b"\x89\x88\x87R"
+        + b"("
+        + _int(3)
+        + _str(b"|")
+        + b"NNN"
+        + _int(-1)
+        + _int(-1)
+        + _int(0)
+        + b"tb"
+    )
     shape = b"".join(_int(d) for d in a.shape) + {1: b"\x85", 2: b"\x86"}[a.ndim]
-    return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n"
-            + _int(0) + b"\x85" + _str(b"b") + b"\x87R"
-            + b"(" + _int(1) + shape + dtype + b"\x89" + _str(a.tobytes()) + b"tb")
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + _int(0)
+        + b"\x85"
+        + _str(b"b")
+        + b"\x87R"
+        + b"("
+        + _int(1)
+        + shape
+        + dtype
+        + b"\x89"
+        + _str(a.tobytes())
+        + b"tb"
+    )
 
 
 def py2_pickle(entries: list[tuple[bytes, bytes]]) -> bytes:
@@ -53,8 +76,9 @@ def py2_pickle(entries: list[tuple[bytes, bytes]]) -> bytes:
     return b"\x80\x02}(" + body + b"u."
 
 
-def batch_pickle(images: np.ndarray, labels: np.ndarray, label: str,
-                 names: list[str] | None = None) -> bytes:
+def batch_pickle(
+    images: np.ndarray, labels: np.ndarray, label: str, names: list[str] | None = None
+) -> bytes:
     """One batch: images uint8 (N, 32, 32, 3) stored as (N, 3072) channel-major rows."""
     rows = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
     return rows_pickle(rows, labels, label, names)
@@ -65,26 +89,36 @@ def rows_pickle(rows: np.ndarray, labels, label: str, names: list[str] | None = 
     images' file names ``names`` (default img_00000.png, ...)."""
     names = names or [f"img_{i:05d}.png" for i in range(len(rows))]
     names = [_str(n.encode()) for n in names]
-    return py2_pickle([(b"batch_label", _str(label.encode())),
-                       (b"labels", _list([_int(int(v)) for v in labels])),
-                       (b"data", _uint8_array(rows)),
-                       (b"filenames", _list(names))])
+    return py2_pickle(
+        [
+            (b"batch_label", _str(label.encode())),
+            (b"labels", _list([_int(int(v)) for v in labels])),
+            (b"data", _uint8_array(rows)),
+            (b"filenames", _list(names)),
+        ]
+    )
 
 
 def meta_pickle(per_batch: int) -> bytes:
-    return py2_pickle([(b"num_cases_per_batch", _int(per_batch)),
-                       (b"label_names", _list([_str(n.encode()) for n in LABEL_NAMES])),
-                       (b"num_vis", _int(3072))])
+    return py2_pickle(
+        [
+            (b"num_cases_per_batch", _int(per_batch)),
+            (b"label_names", _list([_str(n.encode()) for n in LABEL_NAMES])),
+            (b"num_vis", _int(3072)),
+        ]
+    )
 
 
 # The corners of the cube [40, 215]^3 and the centres of its top and bottom faces: ten
 # colours at least 124 apart; the closest two of ten random ones lie 30 to 55 apart.
-SPREAD_COLOURS = np.array([*itertools.product((40.0, 215.0), repeat=3),
-                           (127.5, 127.5, 40.0), (127.5, 127.5, 215.0)])
+SPREAD_COLOURS = np.array(
+    [*itertools.product((40.0, 215.0), repeat=3), (127.5, 127.5, 40.0), (127.5, 127.5, 215.0)]
+)
 
 
-def make_batches(per_batch: int = 100, seed: int = 0, *, noise: float = 40.0,
-                 spread: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def make_batches(
+    per_batch: int = 100, seed: int = 0, *, noise: float = 40.0, spread: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Random but learnable images: each class has its own mean colour, plus noise.
 
     ``noise`` is the standard deviation of the per-pixel noise (0-255 scale). By default the
@@ -110,13 +144,18 @@ def make_batches(per_batch: int = 100, seed: int = 0, *, noise: float = 40.0,
     return out
 
 
-def write_archive(path: Path, per_batch: int = 100, seed: int = 0,
-                  batches: dict | None = None) -> Path:
+def write_archive(
+    path: Path, per_batch: int = 100, seed: int = 0, batches: dict | None = None
+) -> Path:
     """Write cifar-10-python.tar.gz-style archive with ``per_batch`` images per batch;
     ``batches`` maps a batch's name to (images, labels) or (images, labels, file names)."""
     batches = batches or make_batches(per_batch, seed)
-    files = {name: batch_pickle(*value, name) if len(value) == 2 else
-             batch_pickle(value[0], value[1], name, value[2]) for name, value in batches.items()}
+    files = {
+        name: batch_pickle(*value, name)
+        if len(value) == 2
+        else batch_pickle(value[0], value[1], name, value[2])
+        for name, value in batches.items()
+    }
     files[META] = meta_pickle(per_batch)
     path = Path(path)
     with tarfile.open(path, "w:gz") as tar:

@@ -54,8 +54,9 @@ def staging(out: Path, name: str):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_imported(run: RunDir, info: dict, target: str, runtime: str,
-                   quantization: str | None) -> str:
+def check_imported(
+    run: RunDir, info: dict, target: str, runtime: str, quantization: str | None
+) -> str:
     """The precision of an imported file, once the bundle asked for ships it as it is;
     DeployError otherwise (harness cannot re-quantize a file it did not train)."""
     from harness.imports.imported import ImportRefused, check_source
@@ -67,18 +68,25 @@ def check_imported(run: RunDir, info: dict, target: str, runtime: str,
     precision = run.read_metrics()["precision"]
     wanted = {"tflite": "litert", "onnx": "onnx"}.get(info["format"])
     if wanted is None:
-        raise DeployRefused(f"{run.name} is an imported {info['format']}: harness deploys "
-                            ".tflite and .onnx files as they are, and Keras models through "
-                            "its exports; convert it to one of those and import that")
+        raise DeployRefused(
+            f"{run.name} is an imported {info['format']}: harness deploys "
+            ".tflite and .onnx files as they are, and Keras models through "
+            "its exports; convert it to one of those and import that"
+        )
     if runtime != wanted:
-        raise DeployRefused(f"{run.name} is an imported {info['format']} file, shipped as it is: "
-                          f"--runtime {wanted}")
+        raise DeployRefused(
+            f"{run.name} is an imported {info['format']} file, shipped as it is: --runtime {wanted}"
+        )
     if quantization not in (None, precision):
-        raise DeployRefused(f"{run.name} is an imported {precision} file, shipped as it is: "
-                          f"--quantize {precision} (or leave it out)")
+        raise DeployRefused(
+            f"{run.name} is an imported {precision} file, shipped as it is: "
+            f"--quantize {precision} (or leave it out)"
+        )
     if target == "mcu" and (info["format"] != "tflite" or precision != "int8"):
-        raise DeployRefused(f"--target mcu needs an int8 .tflite; {run.name} is an imported "
-                          f"{info['format']} {precision} file")
+        raise DeployRefused(
+            f"--target mcu needs an int8 .tflite; {run.name} is an imported "
+            f"{info['format']} {precision} file"
+        )
     return precision
 
 
@@ -88,14 +96,24 @@ def imported_export(run: RunDir, info: dict) -> tuple[dict, Path]:
     from harness.imports.imported import source_file
 
     metrics = run.read_metrics()
-    return ({"file": info["file"], "size_bytes": info["bytes"], "test": metrics["test"],
-             "keras_test": None, "accuracy_drop_points": None, "flagged": False,
-             "max_abs_diff": None, "imported": {k: info[k] for k in (
-                 "format", "sha256", "source")}}, source_file(run, info))
+    return (
+        {
+            "file": info["file"],
+            "size_bytes": info["bytes"],
+            "test": metrics["test"],
+            "keras_test": None,
+            "accuracy_drop_points": None,
+            "flagged": False,
+            "max_abs_diff": None,
+            "imported": {k: info[k] for k in ("format", "sha256", "source")},
+        },
+        source_file(run, info),
+    )
 
 
-def export_in_scratch(run: RunDir, ds, scratch: Path, fmt: str, quantization: str,
-                      allow_flagged: bool) -> tuple[dict, Path]:
+def export_in_scratch(
+    run: RunDir, ds, scratch: Path, fmt: str, quantization: str, allow_flagged: bool
+) -> tuple[dict, Path]:
     """The run's verified export (its record and file), made in a copy of the run under
     ``scratch`` (its model linked), so deploying leaves the run's own exports/ and their
     records as they were; DeployError for a flagged export unless ``allow_flagged``."""
@@ -106,9 +124,11 @@ def export_in_scratch(run: RunDir, ds, scratch: Path, fmt: str, quantization: st
     work.model.symlink_to(run.model.resolve())
     (rec,) = export_run(work, ds, (fmt,), (quantization,))
     if rec["flagged"] and not allow_flagged:
-        raise DeployError(f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of test "
-                          f"accuracy against the Keras model, more than export allows; "
-                          f"--allow-flagged bundles it anyway")
+        raise DeployError(
+            f"{rec['file']} lost {rec['accuracy_drop_points']:.2f} points of test "
+            f"accuracy against the Keras model, more than export allows; "
+            f"--allow-flagged bundles it anyway"
+        )
     return rec, work.path / "exports" / rec["file"]
 
 
@@ -124,8 +144,13 @@ def finish_bundle(folder: Path, manifest: dict) -> tuple[Path, str]:
     ``<folder>.tar.gz`` and ``<folder>.tar.gz.sha256``; returns the archive and its sha256."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest = {**manifest, "files": {str(p.relative_to(folder)): {
-        "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    manifest = {
+        **manifest,
+        "files": {
+            str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in files
+        },
+    }
     atomic_write_json(folder / "manifest.json", manifest)
     archive = folder.with_name(folder.name + ".tar.gz")
     tmp = archive.with_name(f".{archive.name}.tmp")
@@ -133,14 +158,16 @@ def finish_bundle(folder: Path, manifest: dict) -> tuple[Path, str]:
         tar.add(folder, arcname=folder.name, filter=_anonymous)
     tmp.replace(archive)
     digest = sha256_file(archive)
-    atomic_write_bytes(archive.with_name(archive.name + ".sha256"),
-                       f"{digest}  {archive.name}\n".encode())
+    atomic_write_bytes(
+        archive.with_name(archive.name + ".sha256"), f"{digest}  {archive.name}\n".encode()
+    )
     return archive, digest
 
 
 # How harness' own exports take their pixels, in a manifest's words.
-OWN_PIXELS = ("raw RGB values 0-255, neither scaled nor standardized (the model standardizes "
-              "them itself)")
+OWN_PIXELS = (
+    "raw RGB values 0-255, neither scaled nor standardized (the model standardizes them itself)"
+)
 
 
 def declared_contract(declared=None) -> dict:
@@ -150,5 +177,7 @@ def declared_contract(declared=None) -> dict:
     from harness.core.contract import Contract
 
     contract = declared or Contract()
-    return {"pixels": OWN_PIXELS if declared is None else contract.words(),
-            "contract": contract.to_dict()}
+    return {
+        "pixels": OWN_PIXELS if declared is None else contract.words(),
+        "contract": contract.to_dict(),
+    }

@@ -32,12 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.precisions import PRECISIONS
-from harness.core.records import (
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_text,
-    read_json,
-)
+from harness.core.records import RunDir, atomic_write_bytes, atomic_write_text, read_json
 from harness.deploy.bundle import (
     DeployError,
     check_imported,
@@ -52,23 +47,32 @@ from harness.export.runtimes import pixel_rule
 
 TARGETS = ("linux", "mcu")
 # --runtime: the file format it runs and the package that runs it on the device.
-RUNTIMES = {"litert": {"format": "tflite", "package": "ai-edge-litert"},
-            "onnx": {"format": "onnx", "package": "onnxruntime"}}
+RUNTIMES = {
+    "litert": {"format": "tflite", "package": "ai-edge-litert"},
+    "onnx": {"format": "onnx", "package": "onnxruntime"},
+}
 # The selftest's tolerance per precision (harness.core.precisions, with the reason of each):
 # the largest |p - recorded| allowed for any class probability of a shipped sample on another
 # machine (another CPU, OS or runtime build). The quantized ones hold the largest difference
 # found on the full test set between x86 and emulated Cortex-A72/A76 with room to spare
 # (docs/deploy.md, its arm64 records).
 TOLERANCES = {name: p.selftest_tolerance for name, p in PRECISIONS.items()}
-TOLERANCE_RULE = ("every class probability of every sample within the tolerance of the one "
-                  "recorded; the predicted class may differ from the recorded one only where "
-                  "the recorded probabilities of the two classes are within the tolerance")
+TOLERANCE_RULE = (
+    "every class probability of every sample within the tolerance of the one "
+    "recorded; the predicted class may differ from the recorded one only where "
+    "the recorded probabilities of the two classes are within the tolerance"
+)
 SAMPLES_PER_CLASS = 10  # test images shipped for the selftest: 100 for CIFAR-10, ~300 KB
 DEVICE_FILES = Path(__file__).parents[1] / "edge"
 
 
-def check_options(target: str, runtime: str, quantization: str | None,
-                  flash_kb: int | None = None, ram_kb: int | None = None) -> str:
+def check_options(
+    target: str,
+    runtime: str,
+    quantization: str | None,
+    flash_kb: int | None = None,
+    ram_kb: int | None = None,
+) -> str:
     """The precision to bundle (``quantization``, or the target's default); DeployError for
     a combination that cannot be made."""
     if target not in TARGETS or runtime not in RUNTIMES:
@@ -77,14 +81,17 @@ def check_options(target: str, runtime: str, quantization: str | None,
         raise DeployError(f"unknown precision {quantization!r}")
     if target == "mcu":
         if runtime != "litert" or quantization not in (None, "int8"):
-            raise DeployError("--target mcu runs TensorFlow Lite Micro: --runtime litert "
-                              "--quantize int8 only")
+            raise DeployError(
+                "--target mcu runs TensorFlow Lite Micro: --runtime litert --quantize int8 only"
+            )
         return "int8"
     if flash_kb is not None or ram_kb is not None:
         raise DeployError("--flash-kb and --ram-kb are budgets for --target mcu only")
     if runtime == "onnx" and quantization not in (None, "float32"):
-        raise DeployError("ONNX exports are float32 only: --quantize float32, or --runtime "
-                          "litert for the other precisions")
+        raise DeployError(
+            "ONNX exports are float32 only: --quantize float32, or --runtime "
+            "litert for the other precisions"
+        )
     return quantization or "float32"
 
 
@@ -92,10 +99,20 @@ def default_name(run: str, target: str, runtime: str, quantization: str) -> str:
     return f"{run}-{target}-{runtime}-{quantization}"
 
 
-def deploy_run(run: RunDir, ds, out: Path, target: str = "linux", runtime: str = "litert",
-               quantization: str | None = None, name: str | None = None,
-               flash_kb: int | None = None, ram_kb: int | None = None, calls: int = 2000,
-               warmup: int = 200, allow_flagged: bool = False) -> dict:
+def deploy_run(
+    run: RunDir,
+    ds,
+    out: Path,
+    target: str = "linux",
+    runtime: str = "litert",
+    quantization: str | None = None,
+    name: str | None = None,
+    flash_kb: int | None = None,
+    ram_kb: int | None = None,
+    calls: int = 2000,
+    warmup: int = 200,
+    allow_flagged: bool = False,
+) -> dict:
     """Write the bundle ``out/<name>/``, ``out/<name>.tar.gz`` and its ``.sha256``.
 
     Returns ``{"folder", "archive", "sha256", "manifest"}``. DeployError (or ExportError)
@@ -106,26 +123,46 @@ def deploy_run(run: RunDir, ds, out: Path, target: str = "linux", runtime: str =
         quantization = check_imported(run, info, target, runtime, quantization)
     quantization = check_options(target, runtime, quantization, flash_kb, ram_kb)
     name = check_name(name or default_name(run.name, target, runtime, quantization))
-    header = {"bundle": name, "target": target, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "harness_version": metadata.version("harness"),
-              "source": {"run": run.name, "config": run.read_config(), "data": ds.record}}
+    header = {
+        "bundle": name,
+        "target": target,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "harness_version": metadata.version("harness"),
+        "source": {"run": run.name, "config": run.read_config(), "data": ds.record},
+    }
     with staging(Path(out), name) as folder:
         if target == "mcu":
             manifest = {**header, **write_mcu(run, ds, folder, flash_kb, ram_kb, allow_flagged)}
         else:
-            manifest = {**header, **write_linux_bundle(run, ds, folder, runtime, quantization,
-                                                       calls, warmup, allow_flagged)}
+            manifest = {
+                **header,
+                **write_linux_bundle(
+                    run, ds, folder, runtime, quantization, calls, warmup, allow_flagged
+                ),
+            }
             atomic_write_text(folder / "README.md", render_readme(manifest))
         _, digest = finish_bundle(folder, manifest)
         if target == "linux":
             run_selftest(folder)  # as the device will: a bundle that fails it is not kept
     folder = Path(out) / name
-    return {"folder": folder, "archive": folder.with_name(f"{name}.tar.gz"), "sha256": digest,
-            "manifest": read_json(folder / "manifest.json")}
+    return {
+        "folder": folder,
+        "archive": folder.with_name(f"{name}.tar.gz"),
+        "sha256": digest,
+        "manifest": read_json(folder / "manifest.json"),
+    }
 
 
-def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization: str,
-                       calls: int, warmup: int, allow_flagged: bool) -> dict:
+def write_linux_bundle(
+    run: RunDir,
+    ds,
+    folder: Path,
+    runtime: str,
+    quantization: str,
+    calls: int,
+    warmup: int,
+    allow_flagged: bool,
+) -> dict:
     """The model, samples.npz, predict.py and requirements.txt in ``folder``; returns the
     manifest's body (deploy_run adds the README, finish_bundle the files' sha256). An
     imported file goes in as it is, with its declared contract."""
@@ -143,8 +180,9 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
         declared = Contract.from_dict(info["contract"])
     else:
         with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-            rec, exported = export_in_scratch(run, ds, Path(scratch), fmt, quantization,
-                                              allow_flagged)
+            rec, exported = export_in_scratch(
+                run, ds, Path(scratch), fmt, quantization, allow_flagged
+            )
             shutil.copyfile(exported, folder / rec["file"])
         declared = None  # harness' exports take the pixels as they are
     runtime_model = runtimes.load(folder / rec["file"], threads=1)
@@ -158,27 +196,46 @@ def write_linux_bundle(run: RunDir, ds, folder: Path, runtime: str, quantization
     pins = {p: metadata.version(p) for p in ("numpy", "pillow", package)}
     atomic_write_text(folder / "requirements.txt", "".join(f"{p}=={v}\n" for p, v in pins.items()))
     return {
-        "model": {"file": rec["file"], "format": fmt, "precision": quantization,
-                  "bytes": rec["size_bytes"]},
+        "model": {
+            "file": rec["file"],
+            "format": fmt,
+            "precision": quantization,
+            "bytes": rec["size_bytes"],
+        },
         "input": contract,
-        "output": {"shape": [-1, len(ds.label_names)], "dtype": "float32",
-                   "values": "class probabilities (softmax), in the order of classes"},
+        "output": {
+            "shape": [-1, len(ds.label_names)],
+            "dtype": "float32",
+            "values": "class probabilities (softmax), in the order of classes",
+        },
         "classes": list(ds.label_names),
         "runtime": {"name": model.name, "package": package, "version": pins[package]},
         "requirements": pins,
         "measured": {
             "machine": machine_facts(),
-            "test": {**rec["test"], "images": len(test),
-                     "through": f"{rec['file']} in {model.name} " + (
-                         "(measured when it was imported)" if "imported" in rec
-                         else "(the export's verification)")},
-            "keras_test": rec["keras_test"], "accuracy_drop_points": rec["accuracy_drop_points"],
-            "flagged": rec["flagged"], "max_abs_diff_vs_keras": rec["max_abs_diff"],
+            "test": {
+                **rec["test"],
+                "images": len(test),
+                "through": f"{rec['file']} in {model.name} "
+                + (
+                    "(measured when it was imported)"
+                    if "imported" in rec
+                    else "(the export's verification)"
+                ),
+            },
+            "keras_test": rec["keras_test"],
+            "accuracy_drop_points": rec["accuracy_drop_points"],
+            "flagged": rec["flagged"],
+            "max_abs_diff_vs_keras": rec["max_abs_diff"],
             **({"imported": rec["imported"]} if "imported" in rec else {}),
-            "latency_batch1": {**latency, "warmup": warmup, "threads": 1,
-                               "load_average_1_5_15_min": [round(v, 2) for v in load],
-                               "input": "uint8 pixels, converted to the model's input type "
-                                        "inside each timed call"}},
+            "latency_batch1": {
+                **latency,
+                "warmup": warmup,
+                "threads": 1,
+                "load_average_1_5_15_min": [round(v, 2) for v in load],
+                "input": "uint8 pixels, converted to the model's input type inside each timed call",
+            },
+        },
         "selftest": selftest,
     }
 
@@ -192,31 +249,45 @@ def input_contract(model, declared=None) -> dict:
         dtype = np.dtype(model.input["dtype"]).name
         shape = [int(d) for d in model.input["shape_signature"]]
         scale, zero = model.input["quantization"]
-        extra = {"quantization": {"scale": float(scale), "zero_point": int(zero),
-                                  "rule": pixel_rule(dtype, scale, zero)}} \
-            if dtype != "float32" else {}
+        extra = (
+            {
+                "quantization": {
+                    "scale": float(scale),
+                    "zero_point": int(zero),
+                    "rule": pixel_rule(dtype, scale, zero),
+                }
+            }
+            if dtype != "float32"
+            else {}
+        )
     else:
         spec = model.session.get_inputs()[0]
         dtype = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}[spec.type]
         shape = [d if isinstance(d, int) else -1 for d in spec.shape]
         extra = {}
-    return {"pixels": words["pixels"],
-            "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)"
-                      if words["contract"]["layout"] == "nhwc" else "CHW, batch first: "
-                      "(batch, channels, height 32, width 32)",
-            "contract": words["contract"],
-            "shape": shape, "dtype": dtype, **extra,
-            "batch": "the first dimension; -1 means any size (predict.py sends up to 256 "
-                     "images a call; the latency is for 1)",
-            "resize": "predict.py resizes images that are not 32 x 32 (bilinear), with a "
-                      "note on stderr"}
+    return {
+        "pixels": words["pixels"],
+        "layout": "HWC, batch first: (batch, height 32, width 32, channels R G B)"
+        if words["contract"]["layout"] == "nhwc"
+        else "CHW, batch first: (batch, channels, height 32, width 32)",
+        "contract": words["contract"],
+        "shape": shape,
+        "dtype": dtype,
+        **extra,
+        "batch": "the first dimension; -1 means any size (predict.py sends up to 256 "
+        "images a call; the latency is for 1)",
+        "resize": "predict.py resizes images that are not 32 x 32 (bilinear), with a "
+        "note on stderr",
+    }
 
 
 def pick_samples(y: np.ndarray, per_class: int = SAMPLES_PER_CLASS, seed: int = 0) -> np.ndarray:
     """Test-set indices, ``per_class`` of each class (fewer if there are fewer), sorted."""
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(where, size=min(per_class, len(where)), replace=False)
-             for where in (np.flatnonzero(y == c) for c in np.unique(y))]
+    picks = [
+        rng.choice(where, size=min(per_class, len(where)), replace=False)
+        for where in (np.flatnonzero(y == c) for c in np.unique(y))
+    ]
     return np.sort(np.concatenate(picks))
 
 
@@ -231,18 +302,30 @@ def write_samples(path: Path, model, test, quantization: str) -> dict:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=x, y=y.astype(np.int64), probs=probs, index=index)
     atomic_write_bytes(path, buffer.getvalue())
-    return {"file": path.name, "images": int(len(x)), "keys": {
-                "x": "uint8 (N, 32, 32, 3) test images", "y": "their classes",
-                "probs": "float32 (N, classes) recorded here", "index": "their test-set index"},
-            "accuracy": float(np.mean(probs.argmax(1) == y)),
-            "tolerance": TOLERANCES[quantization], "tolerances": TOLERANCES,
-            "rule": TOLERANCE_RULE, "command": "python predict.py --selftest"}
+    return {
+        "file": path.name,
+        "images": int(len(x)),
+        "keys": {
+            "x": "uint8 (N, 32, 32, 3) test images",
+            "y": "their classes",
+            "probs": "float32 (N, classes) recorded here",
+            "index": "their test-set index",
+        },
+        "accuracy": float(np.mean(probs.argmax(1) == y)),
+        "tolerance": TOLERANCES[quantization],
+        "tolerances": TOLERANCES,
+        "rule": TOLERANCE_RULE,
+        "command": "python predict.py --selftest",
+    }
 
 
 def run_selftest(folder: Path) -> None:
     """The bundle's own ``predict.py --selftest``, here, in a fresh isolated interpreter."""
-    done = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), "--selftest"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-I", str(folder / "predict.py"), "--selftest"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise DeployError(f"the new bundle fails its own selftest: {lines[-1]}")
@@ -314,23 +397,37 @@ def render_readme(manifest: dict) -> str:
     measured, selftest = manifest["measured"], manifest["selftest"]
     latency = measured["latency_batch1"]
     return README.format(
-        bundle=manifest["bundle"], run=manifest["source"]["run"], file=manifest["model"]["file"],
-        format=manifest["model"]["format"], precision=manifest["model"]["precision"],
-        package=manifest["runtime"]["package"], version=manifest["runtime"]["version"],
-        runtime=manifest["runtime"]["name"], cpu=measured["machine"]["cpu"],
-        created=manifest["created"][:10], accuracy=measured["test"]["accuracy"],
-        images=measured["test"]["images"], p50=latency["p50_us"], p90=latency["p90_us"],
-        p99=latency["p99_us"], python=measured["machine"]["versions"]["python"],
-        shape=manifest["input"]["shape"], dtype=manifest["input"]["dtype"],
+        bundle=manifest["bundle"],
+        run=manifest["source"]["run"],
+        file=manifest["model"]["file"],
+        format=manifest["model"]["format"],
+        precision=manifest["model"]["precision"],
+        package=manifest["runtime"]["package"],
+        version=manifest["runtime"]["version"],
+        runtime=manifest["runtime"]["name"],
+        cpu=measured["machine"]["cpu"],
+        created=manifest["created"][:10],
+        accuracy=measured["test"]["accuracy"],
+        images=measured["test"]["images"],
+        p50=latency["p50_us"],
+        p90=latency["p90_us"],
+        p99=latency["p99_us"],
+        python=measured["machine"]["versions"]["python"],
+        shape=manifest["input"]["shape"],
+        dtype=manifest["input"]["dtype"],
         pixels=manifest["input"]["pixels"][0].upper() + manifest["input"]["pixels"][1:],
         layout=manifest["input"]["layout"],
-        classes=len(manifest["classes"]), class_names=", ".join(manifest["classes"]),
-        samples=selftest["images"], sample_file=selftest["file"],
-        tolerance=selftest["tolerance"])
+        classes=len(manifest["classes"]),
+        class_names=", ".join(manifest["classes"]),
+        samples=selftest["images"],
+        sample_file=selftest["file"],
+        tolerance=selftest["tolerance"],
+    )
 
 
-def write_mcu(run: RunDir, ds, folder: Path, flash_kb: int | None, ram_kb: int | None,
-              allow_flagged: bool) -> dict:
+def write_mcu(
+    run: RunDir, ds, folder: Path, flash_kb: int | None, ram_kb: int | None, allow_flagged: bool
+) -> dict:
     """The TFLite Micro bundle, by :func:`harness.deploy.mcu.write_mcu_bundle`; its manifest (to
     which deploy_run adds the bundle's name and date, and finish_bundle the files again)."""
     try:
@@ -338,8 +435,9 @@ def write_mcu(run: RunDir, ds, folder: Path, flash_kb: int | None, ram_kb: int |
     except ModuleNotFoundError as e:
         if e.name != "harness.deploy.mcu":
             raise
-        raise DeployError("--target mcu needs harness.deploy.mcu, which this installation lacks") \
-            from None
+        raise DeployError(
+            "--target mcu needs harness.deploy.mcu, which this installation lacks"
+        ) from None
     budget = {k: v for k, v in (("flash_kb", flash_kb), ("ram_kb", ram_kb)) if v is not None}
     return write_mcu_bundle(run, ds, folder, allow_flagged=allow_flagged, **budget)
 
@@ -348,14 +446,18 @@ def format_summary(result: dict) -> str:
     """What ``harness deploy`` prints: where the bundle is and what was measured."""
     manifest = result["manifest"]
     size = sum(f["bytes"] for f in manifest["files"].values())
-    lines = [f"bundle   {result['folder']}/  ({len(manifest['files'])} files and the "
-             f"manifest, {size / 1024:.1f} KiB)",
-             f"archive  {result['archive']}  sha256 {result['sha256']}"]
+    lines = [
+        f"bundle   {result['folder']}/  ({len(manifest['files'])} files and the "
+        f"manifest, {size / 1024:.1f} KiB)",
+        f"archive  {result['archive']}  sha256 {result['sha256']}",
+    ]
     if "measured" in manifest:  # linux
         test, latency = manifest["measured"]["test"], manifest["measured"]["latency_batch1"]
-        lines += [f"measured test accuracy {test['accuracy']:.4f} ({manifest['runtime']['name']} "
-                  f"{manifest['model']['precision']}), batch-1 p50 {latency['p50_us']:.1f} us, "
-                  f"p90 {latency['p90_us']:.1f} us, p99 {latency['p99_us']:.1f} us",
-                  "selftest passed here; on the device: pip install -r requirements.txt && "
-                  "python predict.py --selftest"]
+        lines += [
+            f"measured test accuracy {test['accuracy']:.4f} ({manifest['runtime']['name']} "
+            f"{manifest['model']['precision']}), batch-1 p50 {latency['p50_us']:.1f} us, "
+            f"p90 {latency['p90_us']:.1f} us, p99 {latency['p99_us']:.1f} us",
+            "selftest passed here; on the device: pip install -r requirements.txt && "
+            "python predict.py --selftest",
+        ]
     return "\n".join(lines)

@@ -34,17 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.records import RunDir, atomic_write_text
-from harness.deploy.bundle import (
-    DeployError,
-    declared_contract,
-    export_in_scratch,
-    imported_export,
-)
+from harness.deploy.bundle import DeployError, declared_contract, export_in_scratch, imported_export
 from harness.export.runtimes import LiteRTRuntime, pixel_rule, without_info_lines
 
 MAX_TFLM_GAP_POINTS = 0.1  # TFLM vs LiteRT's reference kernels, test accuracy, same file:
-                           # they round alike (ResNet-8: the same class for 9,999 of 10,000
-                           # test images, 99.2% bitwise equal), so a wider gap means a bug
+# they round alike (ResNet-8: the same class for 9,999 of 10,000
+# test images, 99.2% bitwise equal), so a wider gap means a bug
 ALIGNMENT = 16  # bytes; TFLM reads the flatbuffer in place, its tensors need 16
 BYTES_PER_LINE = 12
 
@@ -61,16 +56,21 @@ def refuse_unsupported(problems: dict[str, str]) -> None:
 def check_budget(footprint: dict, flash_kb: int | None, ram_kb: int | None) -> None:
     """DeployError when the model (flash) or its tensor arena (RAM) is over budget (KiB)."""
 
-    for figure, key, limit, flag in (("model", "flash_bytes", flash_kb, "--flash-kb"),
-                                     ("tensor arena", "arena_bytes", ram_kb, "--ram-kb")):
+    for figure, key, limit, flag in (
+        ("model", "flash_bytes", flash_kb, "--flash-kb"),
+        ("tensor arena", "arena_bytes", ram_kb, "--ram-kb"),
+    ):
         need = footprint[key]
         if limit is not None and need > limit * 1024:
-            raise DeployError(f"the {figure} needs {need:,} bytes ({need / 1024:.1f} KiB), over "
-                              f"{flag} {limit} ({limit * 1024:,} bytes)")
+            raise DeployError(
+                f"the {figure} needs {need:,} bytes ({need / 1024:.1f} KiB), over "
+                f"{flag} {limit} ({limit * 1024:,} bytes)"
+            )
 
 
-def c_array_files(model_bytes: bytes, arena_bytes: int, ops: list[str], origin: str,
-                  symbol: str = "g_model_data") -> tuple[str, str]:
+def c_array_files(
+    model_bytes: bytes, arena_bytes: int, ops: list[str], origin: str, symbol: str = "g_model_data"
+) -> tuple[str, str]:
     """``(model_data.h, model_data.cc)``: the model as ``alignas(16) const unsigned char
     g_model_data[]`` with its length ``g_model_data_len``, the layout of TFLM's own
     ``generate_cc_arrays.py``. The header also gives the measured arena size and the ops to
@@ -87,15 +87,19 @@ def c_array_files(model_bytes: bytes, arena_bytes: int, ops: list[str], origin: 
         f"// upper bound for a 32-bit MCU. Declare it alignas({ALIGNMENT}).\n"
         f"constexpr unsigned int {symbol}_arena_bytes = {arena_bytes};\n\n"
         f"// Ops the MicroMutableOpResolver must register:\n{resolver}\n"
-        f"#endif  // HARNESS_MODEL_DATA_H_\n")
-    rows = [", ".join(f"0x{b:02x}" for b in model_bytes[i:i + BYTES_PER_LINE])
-            for i in range(0, len(model_bytes), BYTES_PER_LINE)]
+        f"#endif  // HARNESS_MODEL_DATA_H_\n"
+    )
+    rows = [
+        ", ".join(f"0x{b:02x}" for b in model_bytes[i : i + BYTES_PER_LINE])
+        for i in range(0, len(model_bytes), BYTES_PER_LINE)
+    ]
     body = "".join(f"    {row},\n" for row in rows)
     source = (
         f"// {origin}\n"
         f'#include "model_data.h"\n\n'  # the extern declarations give these external linkage
         f"alignas({ALIGNMENT}) const unsigned char {symbol}[] = {{\n{body}}};\n"
-        f"const unsigned int {symbol}_len = {len(model_bytes)};\n")
+        f"const unsigned int {symbol}_len = {len(model_bytes)};\n"
+    )
     return header, source
 
 
@@ -127,18 +131,24 @@ class LiteRTReference(LiteRTRuntime):
     def __init__(self, path: Path):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        for resolver in (OpResolverType.BUILTIN_REF,
-                         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES):
+        for resolver in (
+            OpResolverType.BUILTIN_REF,
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        ):
             try:
-                self.interpreter = Interpreter(model_path=str(path), num_threads=1,
-                                               experimental_op_resolver_type=resolver)
+                self.interpreter = Interpreter(
+                    model_path=str(path), num_threads=1, experimental_op_resolver_type=resolver
+                )
                 break
             except ValueError as e:  # "Didn't find op for builtin opcode 'ELU' ..."
                 missing, error = str(e).split(".")[0], e
         else:
             raise error
-        self.kernels = resolver.name if resolver is OpResolverType.BUILTIN_REF else \
-            f"{resolver.name} (BUILTIN_REF: {missing})"
+        self.kernels = (
+            resolver.name
+            if resolver is OpResolverType.BUILTIN_REF
+            else f"{resolver.name} (BUILTIN_REF: {missing})"
+        )
         with without_info_lines():
             self.interpreter.allocate_tensors()
         self._describe()
@@ -152,19 +162,24 @@ def compare_runtimes(tflm: dict, reference: dict) -> dict:
     ours, theirs = tflm["test"]["accuracy"], reference["test"]["accuracy"]
     gap = 100 * abs(ours - theirs)
     if gap > MAX_TFLM_GAP_POINTS:
-        raise DeployError(f"TFLM's test accuracy {ours:.4f} is {gap:.2f} points from LiteRT's "
-                          f"{theirs:.4f} ({reference.get('kernels', 'reference kernels')}) on "
-                          f"the same file (at most {MAX_TFLM_GAP_POINTS} allowed)")
+        raise DeployError(
+            f"TFLM's test accuracy {ours:.4f} is {gap:.2f} points from LiteRT's "
+            f"{theirs:.4f} ({reference.get('kernels', 'reference kernels')}) on "
+            f"the same file (at most {MAX_TFLM_GAP_POINTS} allowed)"
+        )
     same = tflm["probs"] == reference["probs"]
-    return {"gap_points": round(gap, 4), "limit_points": MAX_TFLM_GAP_POINTS,
-            "same_class": float(np.mean(tflm["probs"].argmax(1) ==
-                                        reference["probs"].argmax(1))),
-            "bitwise_equal": float(np.mean(same.all(axis=1))),
-            "max_abs_diff": float(np.abs(tflm["probs"] - reference["probs"]).max())}
+    return {
+        "gap_points": round(gap, 4),
+        "limit_points": MAX_TFLM_GAP_POINTS,
+        "same_class": float(np.mean(tflm["probs"].argmax(1) == reference["probs"].argmax(1))),
+        "bitwise_equal": float(np.mean(same.all(axis=1))),
+        "max_abs_diff": float(np.abs(tflm["probs"] - reference["probs"]).max()),
+    }
 
 
-def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict,
-                     contract=None) -> dict:
+def measure_accuracy(
+    model_file: Path, tflm_runtime, test, export_record: dict, contract=None
+) -> dict:
     """The manifest's ``accuracy``: the test set through TFLM (timed), through LiteRT's
     kernels closest to TFLM's (checked by :func:`compare_runtimes`), and LiteRT's default
     figure from the export's verification, beside it."""
@@ -179,27 +194,41 @@ def measure_accuracy(model_file: Path, tflm_runtime, test, export_record: dict,
     tflm = {"test": score(probs, test.y), "probs": probs}
     litert = LiteRTReference(model_file)
     reference_probs = predict_batched(ContractModel(litert, contract), test.x)
-    reference = {"test": score(reference_probs, test.y), "probs": reference_probs,
-                 "kernels": litert.kernels}
+    reference = {
+        "test": score(reference_probs, test.y),
+        "probs": reference_probs,
+        "kernels": litert.kernels,
+    }
     agreement = compare_runtimes(tflm, reference)
     version = {p: metadata.version(p) for p in ("tflite-micro", "ai-edge-litert")}
     name = model_file.name
     return {
         "images": len(test),
-        "tflm": {**tflm["test"], "seconds": round(seconds, 3),
-                 "through": f"{name} in tflite-micro {version['tflite-micro']}, one invoke per "
-                            f"image, arena of the measured size, on this host's CPU"},
-        "litert_reference": {**reference["test"], "through": f"{name} in ai-edge-litert "
-                             f"{version['ai-edge-litert']}, kernels {litert.kernels}"},
+        "tflm": {
+            **tflm["test"],
+            "seconds": round(seconds, 3),
+            "through": f"{name} in tflite-micro {version['tflite-micro']}, one invoke per "
+            f"image, arena of the measured size, on this host's CPU",
+        },
+        "litert_reference": {
+            **reference["test"],
+            "through": f"{name} in ai-edge-litert "
+            f"{version['ai-edge-litert']}, kernels {litert.kernels}",
+        },
         "tflm_vs_litert_reference": agreement,
-        "litert": {**export_record["test"], "through": f"{name} in ai-edge-litert "
-                   f"{version['ai-edge-litert']}, default kernels (XNNPACK; the export's "
-                   f"verification)"},
-        "tflm_minus_litert_points": round(100 * (tflm["test"]["accuracy"]
-                                                 - export_record["test"]["accuracy"]), 4),
+        "litert": {
+            **export_record["test"],
+            "through": f"{name} in ai-edge-litert "
+            f"{version['ai-edge-litert']}, default kernels (XNNPACK; the export's "
+            f"verification)",
+        },
+        "tflm_minus_litert_points": round(
+            100 * (tflm["test"]["accuracy"] - export_record["test"]["accuracy"]), 4
+        ),
         "keras_test": export_record["keras_test"],
         "export_drop_points": export_record["accuracy_drop_points"],
-        "export_flagged": export_record["flagged"]}
+        "export_flagged": export_record["flagged"],
+    }
 
 
 def export_int8(run: RunDir, ds, scratch: Path, allow_flagged: bool) -> tuple[dict, Path]:
@@ -227,15 +256,24 @@ def write_model_files(folder: Path, model_file: Path, footprint: dict, origin: s
     model_bytes = model_file.read_bytes()
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, folder / model_file.name)
-    header, source = c_array_files(model_bytes, footprint["arena_bytes"],
-                                   footprint["distinct_ops"], origin)
+    header, source = c_array_files(
+        model_bytes, footprint["arena_bytes"], footprint["distinct_ops"], origin
+    )
     atomic_write_text(folder / "model_data.h", header)
     atomic_write_text(folder / "model_data.cc", source)
-    return {"file": model_file.name, "format": "tflite", "precision": "int8",
-            "bytes": len(model_bytes),
-            "c_array": {"header": "model_data.h", "source": "model_data.cc",
-                        "symbol": "g_model_data", "length": "g_model_data_len",
-                        "alignment_bytes": ALIGNMENT}}
+    return {
+        "file": model_file.name,
+        "format": "tflite",
+        "precision": "int8",
+        "bytes": len(model_bytes),
+        "c_array": {
+            "header": "model_data.h",
+            "source": "model_data.cc",
+            "symbol": "g_model_data",
+            "length": "g_model_data_len",
+            "alignment_bytes": ALIGNMENT,
+        },
+    }
 
 
 def input_contract(details: dict, declared=None) -> dict:
@@ -243,16 +281,21 @@ def input_contract(details: dict, declared=None) -> dict:
     (harness.core.contract) from 0-255 RGB pixels to it: as they are for harness' exports."""
     quant = details["quantization_parameters"]
     words = declared_contract(declared)
-    contract = {**words,
-                "layout": "NHWC: (batch 1, height 32, width 32, channels R G B)"
-                          if words["contract"]["layout"] == "nhwc" else "NCHW: (batch 1, "
-                          "channels, height 32, width 32)",
-                "shape": [int(d) for d in details["shape"]],
-                "dtype": np.dtype(details["dtype"]).name}
+    contract = {
+        **words,
+        "layout": "NHWC: (batch 1, height 32, width 32, channels R G B)"
+        if words["contract"]["layout"] == "nhwc"
+        else "NCHW: (batch 1, channels, height 32, width 32)",
+        "shape": [int(d) for d in details["shape"]],
+        "dtype": np.dtype(details["dtype"]).name,
+    }
     if len(quant["scales"]):
         scale, zero = float(quant["scales"][0]), int(quant["zero_points"][0])
-        contract["quantization"] = {"scale": scale, "zero_point": zero,
-                                    "rule": pixel_rule(details["dtype"], scale, zero)}
+        contract["quantization"] = {
+            "scale": scale,
+            "zero_point": zero,
+            "rule": pixel_rule(details["dtype"], scale, zero),
+        }
     return contract
 
 
@@ -261,17 +304,24 @@ def describe_footprint(footprint: dict, macs: int, flash_kb, ram_kb) -> dict:
     return {
         **footprint,
         "arena_measured": "TFLM RecordingMicroAllocator total on x86-64 (8-byte pointers): "
-                          "the smallest arena that allocates there; an upper bound on a "
-                          "32-bit MCU, where the tail's structs are smaller",
+        "the smallest arena that allocates there; an upper bound on a "
+        "32-bit MCU, where the tail's structs are smaller",
         "budget_kib": {"flash": flash_kb, "ram": ram_kb},
         "macs_per_image": macs,
         "macs_rule": "Dense and convolution layers only, prod(kernel) x output positions; "
-                     "doubled after test-time flips (see harness.export.footprint.macs_per_image)"}
+        "doubled after test-time flips (see harness.export.footprint.macs_per_image)",
+    }
 
 
-def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None = None,
-                     ram_kb: int | None = None, quantization: str = "int8",
-                     allow_flagged: bool = False) -> dict:
+def write_mcu_bundle(
+    run: RunDir | Path,
+    ds,
+    folder: Path,
+    flash_kb: int | None = None,
+    ram_kb: int | None = None,
+    quantization: str = "int8",
+    allow_flagged: bool = False,
+) -> dict:
     """Export ``run`` as full-integer int8, check it on TFLM and write the bundle into
     ``folder`` (created; it must not hold anything else). Returns the bundle's manifest,
     without the files' sha256, which :func:`harness.deploy.linux.finish_bundle` adds as it writes
@@ -307,20 +357,26 @@ def write_mcu_bundle(run: RunDir | Path, ds, folder: Path, flash_kb: int | None 
         # An arena of exactly the measured size: the accuracy run proves the figure enough.
         tflm = fp.TflmRuntime(model_file.read_bytes(), footprint["arena_bytes"])
         accuracy = measure_accuracy(model_file, tflm, data_mod.split(ds).test, rec, contract)
-        model = write_model_files(folder, model_file, footprint,
-                                  f"{rec['file']} of run {run.name}, harness.deploy.mcu")
+        model = write_model_files(
+            folder, model_file, footprint, f"{rec['file']} of run {run.name}, harness.deploy.mcu"
+        )
     manifest = {
         "target": "mcu",
         "harness_version": metadata.version("harness"),
         "source": {"run": run.name, "config": run.read_config(), "data": ds.record},
         "model": model,
         "input": input_contract(tflm.input, contract),
-        "output": {"shape": [int(d) for d in tflm.output["shape"]],
-                   "dtype": np.dtype(tflm.output["dtype"]).name,
-                   "values": "class probabilities (softmax), in the order of classes"},
+        "output": {
+            "shape": [int(d) for d in tflm.output["shape"]],
+            "dtype": np.dtype(tflm.output["dtype"]).name,
+            "values": "class probabilities (softmax), in the order of classes",
+        },
         "classes": list(ds.label_names),
-        "runtime": {"name": "tflite-micro", "package": "tflite-micro",
-                    "version": metadata.version("tflite-micro")},
+        "runtime": {
+            "name": "tflite-micro",
+            "package": "tflite-micro",
+            "version": metadata.version("tflite-micro"),
+        },
         "footprint": describe_footprint(footprint, macs, flash_kb, ram_kb),
         "accuracy": accuracy,
     }

@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
-BATCH = 256      # images per runtime call
+BATCH = 256  # images per runtime call
 MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-pixels)
 
 
@@ -39,15 +39,22 @@ MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-p
 # declared once, here, for the bundle's predict.py and for harness (which imports these).
 # harness' own models take the pixels as they are (PLAIN); an imported model declares its
 # own (harness import --layout --channels --input --mean --std --output).
-PLAIN = {"layout": "nhwc", "channels": "rgb", "input": "raw", "mean": None, "std": None,
-         "output": "probs"}
+PLAIN = {
+    "layout": "nhwc",
+    "channels": "rgb",
+    "input": "raw",
+    "mean": None,
+    "std": None,
+    "output": "probs",
+}
 SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}  # input: raw 0-255 floats, or pixels / 255
 
 
 def takes_pixels(contract: dict | None) -> bool:
     """Whether the model takes the pixels as they are (raw, RGB, NHWC, not standardized)."""
-    return contract is None or all(contract.get(k) == PLAIN[k]
-                                   for k in ("layout", "channels", "input", "mean", "std"))
+    return contract is None or all(
+        contract.get(k) == PLAIN[k] for k in ("layout", "channels", "input", "mean", "std")
+    )
 
 
 def apply_contract(pixels: np.ndarray, contract: dict | None) -> np.ndarray:
@@ -86,6 +93,7 @@ class Failure(Exception):
 
 
 # --------------------------------------------------------------------------- the model
+
 
 class LiteRT:
     """ai_edge_litert's Interpreter; integer inputs and outputs are (de)quantized here."""
@@ -150,8 +158,7 @@ class Onnx:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
         self.dtype = np.dtype(np.float32)
 
@@ -168,8 +175,9 @@ def open_model(bundle: Path, manifest: dict, threads: int):
     try:
         model = kind(path, threads)
     except ImportError as e:
-        raise Failure(f"{kind.package} is not installed ({e}); "
-                      f"pip install -r {bundle / 'requirements.txt'}") from None
+        raise Failure(
+            f"{kind.package} is not installed ({e}); pip install -r {bundle / 'requirements.txt'}"
+        ) from None
     except Exception as e:  # the runtimes' own error types (onnxruntime's Fail, ...): one line
         raise Failure(f"{path.name}: the runtime cannot load it: {one_line(e)}") from None
     note_version(manifest)
@@ -180,14 +188,18 @@ def predict(model, pixels: np.ndarray, contract: dict | None = None) -> np.ndarr
     """Probabilities (N, classes) for uint8 pixels (N, 32, 32, 3), BATCH images a call,
     through the manifest's input contract (harness' own models: the pixels as they are)."""
     try:
-        return np.concatenate([
-            output_probs(model.run(apply_contract(pixels[i:i + BATCH], contract)), contract)
-            for i in range(0, len(pixels), BATCH)])
+        return np.concatenate(
+            [
+                output_probs(model.run(apply_contract(pixels[i : i + BATCH], contract)), contract)
+                for i in range(0, len(pixels), BATCH)
+            ]
+        )
     except Exception as e:
         raise Failure(f"the runtime failed: {one_line(e)}") from None
 
 
 # --------------------------------------------------------------------------- inputs
+
 
 class ImageError(ValueError):
     """One image that cannot be classified; the message says why (the caller names it)."""
@@ -205,8 +217,10 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with Image.open(path) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the "
-                                 f"limit of {max_pixels:,} (--max-pixels)")
+                raise ImageError(
+                    f"{width}x{height} is {width * height:,} pixels, over the "
+                    f"limit of {max_pixels:,} (--max-pixels)"
+                )
             rgb = to_rgb(img)
     except ImageError:
         raise
@@ -215,8 +229,11 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or damaged data
         raise ImageError(f"damaged or truncated ({one_line(e)})") from None
     if rgb.size != SIZE:
-        print(f"note: {path} is {rgb.size[0]}x{rgb.size[1]}; resized to 32x32 (bilinear): the "
-              f"model only sees 32x32 images, so expect lower accuracy", file=sys.stderr)
+        print(
+            f"note: {path} is {rgb.size[0]}x{rgb.size[1]}; resized to 32x32 (bilinear): the "
+            f"model only sees 32x32 images, so expect lower accuracy",
+            file=sys.stderr,
+        )
         rgb = rgb.resize(SIZE, Image.Resampling.BILINEAR)
     return np.asarray(rgb, np.uint8)
 
@@ -254,8 +271,9 @@ def image_files(paths: list[str]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir()
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
             if not inside:
                 raise UsageError(f"{path}: a folder without PNG or JPEG images")
             files += inside
@@ -284,6 +302,7 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 # --------------------------------------------------------------------------- selftest
 
+
 def check_files(bundle: Path, manifest: dict) -> None:
     """Every file the manifest lists is here with its recorded sha256."""
     for name, facts in manifest["files"].items():
@@ -294,8 +313,9 @@ def check_files(bundle: Path, manifest: dict) -> None:
             raise Failure(f"{name}: sha256 differs from manifest.json (damaged or changed)")
 
 
-def compare(probs: np.ndarray, recorded: np.ndarray, tolerance: float,
-            classes: list[str]) -> str | None:
+def compare(
+    probs: np.ndarray, recorded: np.ndarray, tolerance: float, classes: list[str]
+) -> str | None:
     """Why ``probs`` break the recorded ones, or None. A class may differ from the recorded
     one only where the recorded probabilities of the two classes are within ``tolerance``
     (a near tie); every probability must be within ``tolerance`` of the recorded one."""
@@ -303,13 +323,17 @@ def compare(probs: np.ndarray, recorded: np.ndarray, tolerance: float,
     for i in np.flatnonzero(got != want):
         margin = recorded[i, want[i]] - recorded[i, got[i]]
         if margin > tolerance:
-            return (f"sample {i}: class {classes[got[i]]}, recorded {classes[want[i]]} with a "
-                    f"margin of {margin:.2e} over it (> tolerance {tolerance:g})")
+            return (
+                f"sample {i}: class {classes[got[i]]}, recorded {classes[want[i]]} with a "
+                f"margin of {margin:.2e} over it (> tolerance {tolerance:g})"
+            )
     diff = np.abs(probs - recorded)
     i, c = np.unravel_index(diff.argmax(), diff.shape)
     if diff[i, c] > tolerance:
-        return (f"sample {i}: probability of {classes[c]} {probs[i, c]:.6f}, recorded "
-                f"{recorded[i, c]:.6f}: off by {diff[i, c]:.2e} (> tolerance {tolerance:g})")
+        return (
+            f"sample {i}: probability of {classes[c]} {probs[i, c]:.6f}, recorded "
+            f"{recorded[i, c]:.6f}: off by {diff[i, c]:.2e} (> tolerance {tolerance:g})"
+        )
     return None
 
 
@@ -318,8 +342,9 @@ def selftest(bundle: Path, manifest: dict, model) -> str:
     check_files(bundle, manifest)
     test, classes = manifest["selftest"], manifest["classes"]
     if model.dtype != np.dtype(manifest["input"]["dtype"]):
-        raise Failure(f"the model takes {model.dtype}, manifest.json says "
-                      f"{manifest['input']['dtype']}")
+        raise Failure(
+            f"the model takes {model.dtype}, manifest.json says {manifest['input']['dtype']}"
+        )
     with np.load(bundle / test["file"]) as data:
         x, y, recorded = data["x"], data["y"], data["probs"]
     probs = predict(model, x, manifest["input"].get("contract"))
@@ -329,18 +354,27 @@ def selftest(bundle: Path, manifest: dict, model) -> str:
     if problem:
         raise Failure(f"selftest failed: {problem}")
     flips = int((probs.argmax(1) != recorded.argmax(1)).sum())
-    return (f"selftest ok: {len(x)} samples, {manifest['model']['precision']} "
-            f"{manifest['runtime']['name']}: max |p - recorded| "
-            f"{np.abs(probs - recorded).max():.2e} <= {test['tolerance']:g}, "
-            f"{flips} class changes in near ties; accuracy {np.mean(probs.argmax(1) == y):.4f} "
-            f"(recorded {test['accuracy']:.4f})")
+    return (
+        f"selftest ok: {len(x)} samples, {manifest['model']['precision']} "
+        f"{manifest['runtime']['name']}: max |p - recorded| "
+        f"{np.abs(probs - recorded).max():.2e} <= {test['tolerance']:g}, "
+        f"{flips} class changes in near ties; accuracy {np.mean(probs.argmax(1) == y):.4f} "
+        f"(recorded {test['accuracy']:.4f})"
+    )
 
 
 # --------------------------------------------------------------------------- output
 
-def print_rows(names: list[str], probs: np.ndarray, classes: list[str], top: int,
-               as_json: bool, errors: dict[str, str] | None = None,
-               order: list[str] | None = None) -> None:
+
+def print_rows(
+    names: list[str],
+    probs: np.ndarray,
+    classes: list[str],
+    top: int,
+    as_json: bool,
+    errors: dict[str, str] | None = None,
+    order: list[str] | None = None,
+) -> None:
     """A table (or JSON lines) of the top classes of each image, in ``order`` (the input's,
     unreadable ones included: as JSON each gets ``{"image", "error"}``; the table leaves
     them to the lines already on stderr)."""
@@ -357,15 +391,28 @@ def print_rows(names: list[str], probs: np.ndarray, classes: list[str], top: int
             continue
         p, ranks = rows[name], best[name]
         if as_json:
-            print(json.dumps({"image": name, "top": [
-                {"class": classes[c], "index": int(c), "probability": round(float(p[c]), 6)}
-                for c in ranks]}))
+            print(
+                json.dumps(
+                    {
+                        "image": name,
+                        "top": [
+                            {
+                                "class": classes[c],
+                                "index": int(c),
+                                "probability": round(float(p[c]), 6),
+                            }
+                            for c in ranks
+                        ],
+                    }
+                )
+            )
         else:
             print(f"{name:<{width}}" + "".join(f"  {classes[c]:<11}{p[c]:>6.3f}" for c in ranks))
 
 
-def print_summary(probs: np.ndarray, y: np.ndarray | None, dumped: str | None,
-                  as_json: bool) -> None:
+def print_summary(
+    probs: np.ndarray, y: np.ndarray | None, dumped: str | None, as_json: bool
+) -> None:
     summary = {"images": len(probs)}
     if dumped:
         summary["probabilities"] = dumped
@@ -382,29 +429,49 @@ def print_summary(probs: np.ndarray, y: np.ndarray | None, dumped: str | None,
 
 # --------------------------------------------------------------------------- main
 
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         raise UsageError(f"{message} (see --help)")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = Parser(prog="predict.py", description="Classify images with this bundle's "
-                    "model (see README.md).")
-    parser.add_argument("images", nargs="*", help="PNG/JPEG files or folders (every PNG/JPEG "
-                        "in a folder, by name; not its subfolders).")
-    parser.add_argument("--npz", help="Images from a .npz instead: key x uint8 (N, 32, 32, 3); "
-                        "with key y (class indices) the accuracy is printed.")
-    parser.add_argument("--top", type=int, default=1, help="Classes to print per image "
-                        "(default 1).")
+    parser = Parser(
+        prog="predict.py", description="Classify images with this bundle's model (see README.md)."
+    )
+    parser.add_argument(
+        "images",
+        nargs="*",
+        help="PNG/JPEG files or folders (every PNG/JPEG in a folder, by name; not its subfolders).",
+    )
+    parser.add_argument(
+        "--npz",
+        help="Images from a .npz instead: key x uint8 (N, 32, 32, 3); "
+        "with key y (class indices) the accuracy is printed.",
+    )
+    parser.add_argument(
+        "--top", type=int, default=1, help="Classes to print per image (default 1)."
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table.")
-    parser.add_argument("--dump-probs", metavar="OUT.npy", help="Write every probability "
-                        "(N, classes) float32, in input order (NaN rows: unreadable images), "
-                        "and print a summary only.")
-    parser.add_argument("--selftest", action="store_true", help="Check the shipped samples "
-                        "against the probabilities recorded at export.")
+    parser.add_argument(
+        "--dump-probs",
+        metavar="OUT.npy",
+        help="Write every probability "
+        "(N, classes) float32, in input order (NaN rows: unreadable images), "
+        "and print a summary only.",
+    )
+    parser.add_argument(
+        "--selftest",
+        action="store_true",
+        help="Check the shipped samples against the probabilities recorded at export.",
+    )
     parser.add_argument("--threads", type=int, default=1, help="Runtime threads (default 1).")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="Refuse an image "
-                        f"of more pixels, from its header (default {MAX_PIXELS:,}).")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"Refuse an image of more pixels, from its header (default {MAX_PIXELS:,}).",
+    )
     args = parser.parse_args(argv)
     if args.selftest and (args.images or args.npz or args.dump_probs):
         raise UsageError("--selftest takes no images, --npz or --dump-probs")
@@ -434,8 +501,11 @@ def run(argv: list[str] | None = None) -> None:
         files = image_files(args.images)
         x, names, errors = read_images(files, args.max_pixels)
         y, order = None, [str(f) for f in files]
-    probs = predict(open_model(HERE, manifest, args.threads), x,
-                    manifest["input"].get("contract")) if len(x) else np.zeros((0, len(classes)))
+    probs = (
+        predict(open_model(HERE, manifest, args.threads), x, manifest["input"].get("contract"))
+        if len(x)
+        else np.zeros((0, len(classes)))
+    )
     if args.dump_probs:
         full = np.full((len(order), len(classes)), np.nan, np.float32)  # NaN: unreadable
         full[[order.index(n) for n in names]] = probs
@@ -445,8 +515,10 @@ def run(argv: list[str] | None = None) -> None:
     if args.dump_probs or y is not None:
         print_summary(probs, y, args.dump_probs, args.json)
     if errors:
-        raise Failure(f"{len(errors)} of {len(order)} images could not be read (named above); "
-                      f"the other {len(order) - len(errors)} are classified")
+        raise Failure(
+            f"{len(errors)} of {len(order)} images could not be read (named above); "
+            f"the other {len(order) - len(errors)} are classified"
+        )
 
 
 def read_manifest(bundle: Path) -> dict:
@@ -463,8 +535,11 @@ def note_version(manifest: dict) -> None:
     except metadata.PackageNotFoundError:
         return
     if here != recorded["version"]:
-        print(f"note: {recorded['package']} {here} here, {recorded['version']} when the bundle "
-              f"was made", file=sys.stderr)
+        print(
+            f"note: {recorded['package']} {here} here, {recorded['version']} when the bundle "
+            f"was made",
+            file=sys.stderr,
+        )
 
 
 def sha256(path: Path) -> str:

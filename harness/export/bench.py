@@ -74,36 +74,60 @@ def file_footprint(path: Path, fmt: str, precision: str) -> dict:
     return fields
 
 
-def bench_run(run: RunDir, ds: data_mod.Dataset, export: str = "onnx", calls: int = 2000,
-              warmup: int = 200, modes: tuple[str, ...] = (),
-              window_s: float = mlperf.WINDOW_S) -> dict:
+def bench_run(
+    run: RunDir,
+    ds: data_mod.Dataset,
+    export: str = "onnx",
+    calls: int = 2000,
+    warmup: int = 200,
+    modes: tuple[str, ...] = (),
+    window_s: float = mlperf.WINDOW_S,
+) -> dict:
     """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all).
     ``modes`` adds MLPerf Tiny's accuracy and/or performance figures to every row
     (:mod:`harness.export.mlperf`). An imported .tflite or .onnx is benchmarked as it is by
     :func:`harness.imports.imported.bench_import`."""
-    record = bench_record(run.name, ds, model_rows(run, ds, export, calls, warmup), calls,
-                          warmup, modes, window_s)
+    record = bench_record(
+        run.name, ds, model_rows(run, ds, export, calls, warmup), calls, warmup, modes, window_s
+    )
     info = run.read_import()  # a Keras import: harness' form of it and its exports
     if info is not None:
         note_import(record, info)
     return record
 
 
-def bench_record(name: str, ds: data_mod.Dataset, timed: list[tuple[dict, object, np.ndarray]],
-                 calls: int, warmup: int, modes: tuple[str, ...] = (),
-                 window_s: float = mlperf.WINDOW_S) -> dict:
+def bench_record(
+    name: str,
+    ds: data_mod.Dataset,
+    timed: list[tuple[dict, object, np.ndarray]],
+    calls: int,
+    warmup: int,
+    modes: tuple[str, ...] = (),
+    window_s: float = mlperf.WINDOW_S,
+) -> dict:
     """The bench record of run ``name`` from its timed rows (each row with the function and
     image it was timed with), MLPerf Tiny's figures added where ``modes`` asks."""
     add_modes(timed, ds, modes, window_s)
-    record = {"benchmark": "bench", "run": name,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine_facts(), "data": ds.record,
-              "inputs": {"keras": "float32 pixels", "exports": "uint8 pixels, converted to "
-                         "the model's input type inside each timed call"},
-              "threads": {"latency": 1, "throughput": os.cpu_count(),
-                          "keras": "TensorFlow/JAX defaults (all cores)"},
-              "footprint": FOOTPRINT_WORDS, "calls": calls, "warmup": warmup,
-              "rows": [row for row, _, _ in timed]}
+    record = {
+        "benchmark": "bench",
+        "run": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_facts(),
+        "data": ds.record,
+        "inputs": {
+            "keras": "float32 pixels",
+            "exports": "uint8 pixels, converted to the model's input type inside each timed call",
+        },
+        "threads": {
+            "latency": 1,
+            "throughput": os.cpu_count(),
+            "keras": "TensorFlow/JAX defaults (all cores)",
+        },
+        "footprint": FOOTPRINT_WORDS,
+        "calls": calls,
+        "warmup": warmup,
+        "rows": [row for row, _, _ in timed],
+    }
     if modes:
         record["modes"] = list(modes)
     return record
@@ -111,21 +135,25 @@ def bench_record(name: str, ds: data_mod.Dataset, timed: list[tuple[dict, object
 
 def note_import(record: dict, info: dict) -> None:
     """What a bench record of an imported model says of the file and its contract."""
-    record["imported"] = {k: info[k] for k in ("format", "file", "sha256", "source",
-                                                "contract")}
-    record["inputs"]["imported"] = ("uint8 pixels, put through the declared contract inside "
-                                    "each timed call: " + info["contract_words"])
+    record["imported"] = {k: info[k] for k in ("format", "file", "sha256", "source", "contract")}
+    record["inputs"]["imported"] = (
+        "uint8 pixels, put through the declared contract inside "
+        "each timed call: " + info["contract_words"]
+    )
 
 
-FOOTPRINT_WORDS = {"macs": "multiply-accumulates per image: the Dense and convolution layers "
-                   "of the Keras model (an imported file: of its own graph)",
-                   "flash": "the model file's bytes",
-                   "arena": "TensorFlow Lite Micro's tensor arena, measured on x86-64 (an "
-                   "upper bound for a 32-bit MCU), int8 TFLite files only"}
+FOOTPRINT_WORDS = {
+    "macs": "multiply-accumulates per image: the Dense and convolution layers "
+    "of the Keras model (an imported file: of its own graph)",
+    "flash": "the model file's bytes",
+    "arena": "TensorFlow Lite Micro's tensor arena, measured on x86-64 (an "
+    "upper bound for a 32-bit MCU), int8 TFLite files only",
+}
 
 
-def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
-               warmup: int) -> list[tuple[dict, object, np.ndarray]]:
+def model_rows(
+    run: RunDir, ds: data_mod.Dataset, export: str, calls: int, warmup: int
+) -> list[tuple[dict, object, np.ndarray]]:
     """Rows of a run's Keras model (predict and direct call) and of its exports, each with
     the function and the one image it was timed with."""
     from harness.export import convert as export_mod
@@ -141,41 +169,77 @@ def model_rows(run: RunDir, ds: data_mod.Dataset, export: str, calls: int,
     image, batch = pixels.astype(np.float32), pixel_batch.astype(np.float32)
     params = int(sum(np.prod(w.shape) for w in model.weights))
     sparsity, _ = kernel_sparsity(model)  # learned Dense kernels only (see there)
-    common = {"run": run.name, "params": params, "sparsity": sparsity,
-              "macs": macs_per_image(model)}
+    common = {
+        "run": run.name,
+        "params": params,
+        "sparsity": sparsity,
+        "macs": macs_per_image(model),
+    }
 
     def direct(x):
         return np.asarray(model(x, training=False))
 
     rows = []
     keras_size = run.model.stat().st_size
-    for runtime, predict, n in (("keras-predict", lambda x: model.predict(x, verbose=0),
-                                 max(calls // 10, 50)), ("keras-call", direct, calls)):
-        rows.append(({**common, "format": "keras", "precision": "float32", "runtime": runtime,
-                     "file": run.model.name, "size_bytes": keras_size,
-                     **latency_us(predict, image, n, min(warmup, n)),
-                     "throughput_ips": throughput(predict, batch),
-                     "test": score(runtimes.predict_batched(
-                         direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH),
-                         splits.test.y),
-                     **file_footprint(run.model, "keras", "float32")}, predict, image))
+    for runtime, predict, n in (
+        ("keras-predict", lambda x: model.predict(x, verbose=0), max(calls // 10, 50)),
+        ("keras-call", direct, calls),
+    ):
+        rows.append(
+            (
+                {
+                    **common,
+                    "format": "keras",
+                    "precision": "float32",
+                    "runtime": runtime,
+                    "file": run.model.name,
+                    "size_bytes": keras_size,
+                    **latency_us(predict, image, n, min(warmup, n)),
+                    "throughput_ips": throughput(predict, batch),
+                    "test": score(
+                        runtimes.predict_batched(
+                            direct, splits.test.x.astype(np.float32), THROUGHPUT_BATCH
+                        ),
+                        splits.test.y,
+                    ),
+                    **file_footprint(run.model, "keras", "float32"),
+                },
+                predict,
+                image,
+            )
+        )
     for rec in records:
         path = run.path / "exports" / rec["file"]
         single = runtimes.load(path, threads=1)
         multi = runtimes.load(path, threads=os.cpu_count() or 1)
-        rows.append(({**common, "format": rec["format"], "precision": rec["quantization"],
-                     "runtime": rec["runtime"], "file": rec["file"],
-                     "size_bytes": rec["size_bytes"],
-                     **latency_us(single.predict, pixels, calls, warmup),
-                     "throughput_ips": throughput(multi.predict, pixel_batch),
-                     "test": rec["test"], "flagged": rec["flagged"],
-                     **file_footprint(path, rec["format"], rec["quantization"])},
-                     single.predict, pixels))
+        rows.append(
+            (
+                {
+                    **common,
+                    "format": rec["format"],
+                    "precision": rec["quantization"],
+                    "runtime": rec["runtime"],
+                    "file": rec["file"],
+                    "size_bytes": rec["size_bytes"],
+                    **latency_us(single.predict, pixels, calls, warmup),
+                    "throughput_ips": throughput(multi.predict, pixel_batch),
+                    "test": rec["test"],
+                    "flagged": rec["flagged"],
+                    **file_footprint(path, rec["format"], rec["quantization"]),
+                },
+                single.predict,
+                pixels,
+            )
+        )
     return rows
 
 
-def add_modes(timed: list[tuple[dict, object, np.ndarray]], ds: data_mod.Dataset,
-              modes: tuple[str, ...], window_s: float) -> None:
+def add_modes(
+    timed: list[tuple[dict, object, np.ndarray]],
+    ds: data_mod.Dataset,
+    modes: tuple[str, ...],
+    window_s: float,
+) -> None:
     """MLPerf Tiny's figures (``mlperf.accuracy``, ``mlperf.performance``) on each row,
     through the same predict function and input the row was timed with."""
     images = mlperf.accuracy_images(ds) if "accuracy" in modes else None
@@ -201,17 +265,22 @@ def format_rows(rows: list[dict]) -> str:
     width = max(22, *(len(r["file"]) + 2 for r in rows))
     accuracy = any("accuracy" in r.get("mlperf", {}) for r in rows)
     performance = any("performance" in r.get("mlperf", {}) for r in rows)
-    lines = [f"{'runtime':<14}{'file':<{width}}{'KiB':>8}{'p50 us':>10}{'p90 us':>10}"
-             f"{'p99 us':>10}{'img/s @256':>12}{'test acc':>10}"
-             + (f"{'MLPerf acc':>12}" if accuracy else "")
-             + (f"{'MLPerf us':>11}" if performance else "")]
+    lines = [
+        f"{'runtime':<14}{'file':<{width}}{'KiB':>8}{'p50 us':>10}{'p90 us':>10}"
+        f"{'p99 us':>10}{'img/s @256':>12}{'test acc':>10}"
+        + (f"{'MLPerf acc':>12}" if accuracy else "")
+        + (f"{'MLPerf us':>11}" if performance else "")
+    ]
     for r in rows:
         figures = r.get("mlperf", {})
         extra = (f"{figures['accuracy']['accuracy']:>12.4f}" if accuracy else "") + (
-            f"{figures['performance']['latency_us']:>11.1f}" if performance else "")
-        lines.append(f"{r['runtime']:<14}{r['file']:<{width}}{r['size_bytes'] / 1024:>8.1f}"
-                     f"{r['p50_us']:>10.1f}{r['p90_us']:>10.1f}{r['p99_us']:>10.1f}"
-                     f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}{extra}")
+            f"{figures['performance']['latency_us']:>11.1f}" if performance else ""
+        )
+        lines.append(
+            f"{r['runtime']:<14}{r['file']:<{width}}{r['size_bytes'] / 1024:>8.1f}"
+            f"{r['p50_us']:>10.1f}{r['p90_us']:>10.1f}{r['p99_us']:>10.1f}"
+            f"{r['throughput_ips']:>12.0f}{r['test']['accuracy']:>10.4f}{extra}"
+        )
     return "\n".join(lines)
 
 

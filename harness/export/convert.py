@@ -54,8 +54,9 @@ def export_onnx(model, target: Path) -> Path:
     return target
 
 
-def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarray,
-                 int8_input: str = "int8") -> bytes:
+def tflite_bytes(
+    saved_model: Path, quantization: str, representative: np.ndarray, int8_input: str = "int8"
+) -> bytes:
     """The TFLite file of ``saved_model`` at ``quantization``. An int8 file takes
     ``int8_input`` pixels: int8 (the default, below) or uint8 (the raw bytes, as int8 files
     made before 2026-11-30 did; ``benchmarks/int8_input.py`` times both)."""
@@ -72,7 +73,8 @@ def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarra
         # delegate does not take a uint8-to-int8 QUANTIZE, so that op would run on its own
         # in LiteRT's reference kernel before the delegated graph, at every call.
         converter.representative_dataset = lambda: (
-            [representative[i:i + 1].astype(np.float32)] for i in range(len(representative)))
+            [representative[i : i + 1].astype(np.float32)] for i in range(len(representative))
+        )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_input]
         converter.inference_output_type = tf.float32
@@ -82,20 +84,30 @@ def tflite_bytes(saved_model: Path, quantization: str, representative: np.ndarra
         return converter.convert()
 
 
-def verify(path: Path, quantization: str, reference_probe: np.ndarray, keras_test: dict,
-           splits: data_mod.Splits) -> dict:
+def verify(
+    path: Path,
+    quantization: str,
+    reference_probe: np.ndarray,
+    keras_test: dict,
+    splits: data_mod.Splits,
+) -> dict:
     """Check an exported file against the Keras model's outputs and test accuracy."""
     from harness.export.runtimes import load, predict_batched
 
     runtime = load(path)
-    probe = splits.test.x[:len(reference_probe)]
+    probe = splits.test.x[: len(reference_probe)]
     diff = float(np.abs(predict_batched(runtime, probe) - reference_probe).max())
     test = score(predict_batched(runtime, splits.test.x), splits.test.y)
     # rounded before the comparison: 100 * (1.0 - 0.99) is 1.0000000000000009, not 1
     drop = round(100 * (keras_test["accuracy"] - test["accuracy"]), 4)
-    return {"runtime": runtime.name, "max_abs_diff": diff, "test": test,
-            "keras_test": keras_test, "accuracy_drop_points": drop,
-            "flagged": bool(drop > MAX_DROP_POINTS[quantization])}
+    return {
+        "runtime": runtime.name,
+        "max_abs_diff": diff,
+        "test": test,
+        "keras_test": keras_test,
+        "accuracy_drop_points": drop,
+        "flagged": bool(drop > MAX_DROP_POINTS[quantization]),
+    }
 
 
 def exportable(model):
@@ -132,8 +144,14 @@ def foldable_prefix() -> tuple[type, ...]:
 
     from harness.train.layers import RandomFlipShift
 
-    return (keras.layers.InputLayer, keras.layers.BatchNormalization, keras.layers.Flatten,
-            keras.layers.Dropout, RandomFlipShift, keras.layers.AveragePooling2D)
+    return (
+        keras.layers.InputLayer,
+        keras.layers.BatchNormalization,
+        keras.layers.Flatten,
+        keras.layers.Dropout,
+        RandomFlipShift,
+        keras.layers.AveragePooling2D,
+    )
 
 
 def fold_input_affine(model):
@@ -165,11 +183,15 @@ def fold_input_affine(model):
     # so they stay in front of the folded Dense (checked below).
     flip = layers[0] if layers and isinstance(layers[0], FlipPair) else None
     layers = layers[1:] if flip is not None else layers
-    first = next((i for i, layer in enumerate(layers)
-                  if isinstance(layer, keras.layers.Dense)), None)
+    first = next(
+        (i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Dense)), None
+    )
     prefix = foldable_prefix()
-    if (first is None or not isinstance(model, keras.Sequential)
-            or not all(isinstance(layer, prefix) for layer in layers[:first])):
+    if (
+        first is None
+        or not isinstance(model, keras.Sequential)
+        or not all(isinstance(layer, prefix) for layer in layers[:first])
+    ):
         return model
 
     def affine(stack, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -185,11 +207,11 @@ def fold_input_affine(model):
         b = at(0.0)
         return (at(255.0) - b) / 255.0, b
 
-    pools = [layer for layer in layers[:first]
-             if isinstance(layer, keras.layers.AveragePooling2D)]
+    pools = [layer for layer in layers[:first] if isinstance(layer, keras.layers.AveragePooling2D)]
     pool = pools[0] if pools else None
-    if len(pools) > 1 or (pool is not None and (pool.padding != "valid"
-                                                or pool.strides != pool.pool_size)):
+    if len(pools) > 1 or (
+        pool is not None and (pool.padding != "valid" or pool.strides != pool.pool_size)
+    ):
         return model
     a, b = affine(layers[:first], model.input_shape[1:])
     if flip is not None:
@@ -202,9 +224,12 @@ def fold_input_affine(model):
     bias = np.asarray(dense.bias, np.float64) if dense.use_bias else np.zeros(dense.units)
 
     kernel, bias = a[:, None] * kernel, bias + b @ kernel
-    rest = layers[first + 1:]
-    if (dense.activation is keras.activations.linear and rest
-            and isinstance(rest[0], keras.layers.BatchNormalization)):
+    rest = layers[first + 1 :]
+    if (
+        dense.activation is keras.activations.linear
+        and rest
+        and isinstance(rest[0], keras.layers.BatchNormalization)
+    ):
         # A linear first Dense (the PCA projection, the bottleneck, a BN net's first
         # layer) also absorbs the BatchNormalization after it: per output, y * s + t. Its
         # outputs then come out standardized, which is what int8 quantizes well.
@@ -217,11 +242,14 @@ def fold_input_affine(model):
         # The same block means as a fixed convolution: LiteRT's int8 AVERAGE_POOL_2D kernel
         # is far slower than its CONV_2D at batch 1 (docs/tuning.md), and TFLM has both.
         channels, size = model.input_shape[-1], tuple(pool.pool_size)
-        means = keras.layers.Conv2D(channels, size, strides=size, use_bias=False,
-                                    name=pool.name)
+        means = keras.layers.Conv2D(channels, size, strides=size, use_bias=False, name=pool.name)
         h = means(h)
-        means.set_weights([np.einsum("ij,cd->ijcd", np.ones(size), np.eye(channels))
-                           .astype(np.float32) / np.prod(size)])
+        means.set_weights(
+            [
+                np.einsum("ij,cd->ijcd", np.ones(size), np.eye(channels)).astype(np.float32)
+                / np.prod(size)
+            ]
+        )
     h = folded(FlatPixels(name="flatten")(h))
     folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     for layer in rest:
@@ -239,12 +267,14 @@ class ExportError(ValueError):
 def representative_images(splits) -> np.ndarray:
     """The int8 calibration images: a fixed draw of training images (uint8)."""
     pick = np.random.default_rng(0).choice(
-        len(splits.train), size=min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False)
+        len(splits.train), size=min(REPRESENTATIVE_IMAGES, len(splits.train)), replace=False
+    )
     return splits.train.x[pick]
 
 
-def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
-               quantizations=QUANTIZATIONS) -> list[dict]:
+def export_run(
+    run: RunDir, ds: data_mod.Dataset, formats=FORMATS, quantizations=QUANTIZATIONS
+) -> list[dict]:
     """Write and verify the requested exports of ``run``; return their records."""
     import keras
 
@@ -252,7 +282,8 @@ def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
         raise ExportError(
             f"exports are made with TensorFlow's converters (tf2onnx, TFLite), but Keras runs "
             f"on {keras.backend.backend()!r} here: run export/bench with "
-            f"KERAS_BACKEND=tensorflow (the default); models trained on any backend load there")
+            f"KERAS_BACKEND=tensorflow (the default); models trained on any backend load there"
+        )
     trained = load_keras_model(run.model)
     splits = data_mod.split(ds)
     reference = predict_keras(trained, splits.test.x[:PROBE_IMAGES])
@@ -262,9 +293,15 @@ def export_run(run: RunDir, ds: data_mod.Dataset, formats=FORMATS,
     records = []
 
     def record(path: Path, fmt: str, quantization: str) -> dict:
-        rec = {"run": run.name, "format": fmt, "quantization": quantization,
-               "file": path.name, "size_bytes": path.stat().st_size, "data": ds.record,
-               **verify(path, quantization, reference, keras_test, splits)}
+        rec = {
+            "run": run.name,
+            "format": fmt,
+            "quantization": quantization,
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "data": ds.record,
+            **verify(path, quantization, reference, keras_test, splits),
+        }
         atomic_write_json(path.with_suffix(path.suffix + ".json"), rec)
         records.append(rec)
         return rec

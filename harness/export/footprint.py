@@ -36,7 +36,7 @@ from contextlib import contextmanager
 import numpy as np
 
 CHECK_ARENA_BYTES = 16 << 20  # generous arena for the first allocation; the real need is
-                              # measured (tens of KB for these nets)
+# measured (tens of KB for these nets)
 MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
 MISSING_CUSTOM = re.compile(r"Failed to get registration from op code (\w+)")
 PREPARE_FAILED = re.compile(r"Node (\w+) \(number (\d+)\) failed to prepare")
@@ -60,8 +60,10 @@ def require_tflm():
     try:
         from tflite_micro import runtime
     except ImportError as e:
-        raise ImportError(f"TensorFlow Lite Micro is not installed ({e}); pip install "
-                          "'harness[mcu]' (wheels for x86-64 Linux only)") from None
+        raise ImportError(
+            f"TensorFlow Lite Micro is not installed ({e}); pip install "
+            "'harness[mcu]' (wheels for x86-64 Linux only)"
+        ) from None
     return runtime
 
 
@@ -159,10 +161,14 @@ def read_ops(model_bytes: bytes) -> list[dict]:
             name = names.get(builtin, str(builtin))
             if name == "CUSTOM":
                 name = f"CUSTOM:{(code.CustomCode() or b'').decode()}"
-            tensors = [*op.InputsAsNumpy(), *op.OutputsAsNumpy()] \
-                if not op.InputsIsNone() and not op.OutputsIsNone() else []
-            is_float = any(graph.Tensors(int(t)).Type() == schema.TensorType.FLOAT32
-                           for t in tensors if t >= 0)
+            tensors = (
+                [*op.InputsAsNumpy(), *op.OutputsAsNumpy()]
+                if not op.InputsIsNone() and not op.OutputsIsNone()
+                else []
+            )
+            is_float = any(
+                graph.Tensors(int(t)).Type() == schema.TensorType.FLOAT32 for t in tensors if t >= 0
+            )
             ops.append({"op": name, "float": bool(is_float and name not in CONVERSIONS)})
     return ops
 
@@ -175,10 +181,15 @@ def tflm_footprint(model_bytes: bytes) -> dict:
     ``MicroMutableOpResolver`` must register), the float-computing ones sorted."""
     arena = measure_arena(model_bytes)
     ops = read_ops(model_bytes)
-    return {"flash_bytes": len(model_bytes), "arena_bytes": arena["total"],
-            "arena_head_bytes": arena["head"], "arena_tail_bytes": arena["tail"],
-            "ops": [o["op"] for o in ops], "distinct_ops": sorted({o["op"] for o in ops}),
-            "float_ops": sorted({o["op"] for o in ops if o["float"]})}
+    return {
+        "flash_bytes": len(model_bytes),
+        "arena_bytes": arena["total"],
+        "arena_head_bytes": arena["head"],
+        "arena_tail_bytes": arena["tail"],
+        "ops": [o["op"] for o in ops],
+        "distinct_ops": sorted({o["op"] for o in ops}),
+        "float_ops": sorted({o["op"] for o in ops if o["float"]}),
+    }
 
 
 class TflmRuntime:
@@ -199,8 +210,11 @@ class TflmRuntime:
         self._in_quant = (float(scales[0]), int(zeros[0])) if len(scales) else None
         scales = self.output["quantization_parameters"]["scales"]
         zeros = self.output["quantization_parameters"]["zero_points"]
-        self._out_quant = (float(scales[0]), int(zeros[0])) \
-            if len(scales) and np.dtype(self.output["dtype"]).kind in "iu" else None
+        self._out_quant = (
+            (float(scales[0]), int(zeros[0]))
+            if len(scales) and np.dtype(self.output["dtype"]).kind in "iu"
+            else None
+        )
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Pixels as the model's input type: as they are for uint8 of scale 1, zero 0."""
@@ -244,8 +258,13 @@ def macs_per_image(model) -> int:
 
     from harness.train.layers import FlipPair, PairMean
 
-    convs = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-             keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+    convs = (
+        keras.layers.Conv1D,
+        keras.layers.Conv2D,
+        keras.layers.Conv3D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.SeparableConv2D,
+    )
 
     def walk(m, factor: int) -> tuple[int, int]:
         total = 0
@@ -262,8 +281,9 @@ def macs_per_image(model) -> int:
                 kernels = [w for w in layer.weights if w.name in KERNELS]
                 total += factor * positions * sum(int(np.prod(w.shape)) for w in kernels)
             elif any(w.name in KERNELS for w in layer.weights):
-                raise ValueError(f"{layer.name} ({type(layer).__name__}): no MAC rule for "
-                                 "this layer")
+                raise ValueError(
+                    f"{layer.name} ({type(layer).__name__}): no MAC rule for this layer"
+                )
         return total, factor
 
     return walk(model, 1)[0]

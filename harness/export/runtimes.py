@@ -23,8 +23,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -111,9 +110,11 @@ class LiteRTRuntime:
 
 # Integer inputs of scale 1 that take uint8 pixels as bytes, by (dtype, zero point).
 BYTE_FORMS = {(_UINT8, 0): "raw", (np.dtype(np.int8), -128): "shifted"}
-RULES = {"raw": "q = pixel: copy the 0-255 bytes as they are",
-         "shifted": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)",
-         None: "q = round(pixel / scale) + zero_point"}
+RULES = {
+    "raw": "q = pixel: copy the 0-255 bytes as they are",
+    "shifted": "q = pixel - 128: each byte with its top bit flipped (pixel ^ 0x80)",
+    None: "q = round(pixel / scale) + zero_point",
+}
 
 
 def byte_form(dtype, scale: float, zero: int) -> str | None:
@@ -153,4 +154,4 @@ def predict_batched(runtime, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Probabilities for all of ``x`` in batches of ``batch`` images; ``runtime`` is a
     runtime above or any function from images to probabilities."""
     predict = getattr(runtime, "predict", runtime)
-    return np.concatenate([np.asarray(predict(x[i:i + batch])) for i in range(0, len(x), batch)])
+    return np.concatenate([np.asarray(predict(x[i : i + batch])) for i in range(0, len(x), batch)])

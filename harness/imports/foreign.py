@@ -28,17 +28,32 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "h5",
-           ".hdf5": "h5"}
+FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 FILE_RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime"}  # formats run without TensorFlow
 PROBE_TIMEOUT_S = 120
 # TensorFlow ops a SavedModel must not hold: file access outside the loader's own restore,
 # Python callbacks, and datasets that read files.
-UNSAFE_TF_OPS = frozenset({
-    "ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "ImmutableConst", "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset",
-    "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "LoadAndRemapMatrix",
-    "WholeFileReader", "WholeFileReaderV2", "DebugIdentityV2", "PrintV2"})
+UNSAFE_TF_OPS = frozenset(
+    {
+        "ReadFile",
+        "WriteFile",
+        "MatchingFiles",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "ImmutableConst",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "TextLineDataset",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "LoadAndRemapMatrix",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+        "DebugIdentityV2",
+        "PrintV2",
+    }
+)
 # Layer classes that hold code rather than configuration.
 CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
@@ -63,8 +78,10 @@ def detect_format(path: Path) -> str:
         raise ForeignFileError(f"{path}: no such file")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ForeignFileError(f"{path.name}: not a model file harness imports (.tflite, "
-                               f".onnx, .keras, .h5 or a SavedModel folder)")
+        raise ForeignFileError(
+            f"{path.name}: not a model file harness imports (.tflite, "
+            f".onnx, .keras, .h5 or a SavedModel folder)"
+        )
     if path.stat().st_size == 0:
         raise ForeignFileError(f"{path.name}: an empty file (0 bytes)")
     return fmt
@@ -112,24 +129,35 @@ def probe(path: Path, fmt: str) -> dict:
     on a malformed file ends that process, not this one: ``{"input": {"shape", "dtype",
     ("quantization")}, "output": shape}``; ForeignFileError with the runtime's last words."""
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", PROBE, fmt, str(path)],
-                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", PROBE, fmt, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
-        raise ForeignFileError(f"{path.name}: the runtime did not answer within "
-                               f"{PROBE_TIMEOUT_S} s") from None
+        raise ForeignFileError(
+            f"{path.name}: the runtime did not answer within {PROBE_TIMEOUT_S} s"
+        ) from None
     runtime = FILE_RUNTIMES[fmt]
     if done.returncode < 0:
-        raise ForeignFileError(f"{path.name}: {runtime} crashed reading it (signal "
-                               f"{-done.returncode}): a truncated or malformed {fmt} file")
+        raise ForeignFileError(
+            f"{path.name}: {runtime} crashed reading it (signal "
+            f"{-done.returncode}): a truncated or malformed {fmt} file"
+        )
     if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines()
-                 if line.strip() and not line.startswith("INFO:")]
+        lines = [
+            line
+            for line in done.stderr.strip().splitlines()
+            if line.strip() and not line.startswith("INFO:")
+        ]
         why = one_line(lines[-1]) if lines else f"exit status {done.returncode}"
         raise ForeignFileError(f"{path.name}: {runtime} cannot run it: {why[:300]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- onnx
+
 
 def _onnx_tensors(graph):
     """Every tensor an ONNX graph stores (initializers, attribute tensors), subgraphs too."""
@@ -153,8 +181,9 @@ def check_onnx(path: Path) -> list[str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ForeignFileError(f"{path.name}: not a readable ONNX model ({one_line(e)[:200]})") \
-            from None
+        raise ForeignFileError(
+            f"{path.name}: not a readable ONNX model ({one_line(e)[:200]})"
+        ) from None
     folder = path.parent.resolve()
     files = []
     for tensor in _onnx_tensors(model.graph):
@@ -163,16 +192,21 @@ def check_onnx(path: Path) -> list[str]:
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
         target = (folder / location).resolve()
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ForeignFileError(f"{path.name}: refused: tensor {tensor.name!r} keeps its "
-                                   f"data at {location!r}, outside the model's folder")
+            raise ForeignFileError(
+                f"{path.name}: refused: tensor {tensor.name!r} keeps its "
+                f"data at {location!r}, outside the model's folder"
+            )
         if not target.is_file():
-            raise ForeignFileError(f"{path.name}: tensor {tensor.name!r} keeps its data in "
-                                   f"{location!r}, which is missing")
+            raise ForeignFileError(
+                f"{path.name}: tensor {tensor.name!r} keeps its data in "
+                f"{location!r}, which is missing"
+            )
         files.append(str(target.relative_to(folder)))
     return sorted(set(files))
 
 
 # --------------------------------------------------------------------------- keras
+
 
 def keras_config(path: Path, fmt: str) -> dict:
     """The model config of a .keras or .h5 file, read as JSON without building anything."""
@@ -185,14 +219,17 @@ def keras_config(path: Path, fmt: str) -> dict:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
             if raw is None:
-                raise ForeignFileError(f"{path.name}: an HDF5 file without a model config "
-                                       "(weights only?): save the whole model")
+                raise ForeignFileError(
+                    f"{path.name}: an HDF5 file without a model config "
+                    "(weights only?): save the whole model"
+                )
             return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ForeignFileError:
         raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ForeignFileError(f"{path.name}: not a readable {fmt} model "
-                               f"({one_line(e)[:200]})") from None
+        raise ForeignFileError(
+            f"{path.name}: not a readable {fmt} model ({one_line(e)[:200]})"
+        ) from None
 
 
 def _layers(config: dict):
@@ -212,21 +249,25 @@ def check_keras_config(config: dict, name: str) -> None:
     import keras
 
     if config.get("class_name") not in MODEL_CLASSES:
-        raise ForeignFileError(f"{name}: the file holds a {config.get('class_name')!r}, not "
-                               "a Keras Functional or Sequential model")
+        raise ForeignFileError(
+            f"{name}: the file holds a {config.get('class_name')!r}, not "
+            "a Keras Functional or Sequential model"
+        )
     for layer in _layers(config):
         cls, registered = str(layer.get("class_name")), layer.get("registered_name")
         where = f"{name}: refused: layer {layer.get('config', {}).get('name')!r}"
         if cls in CODE_LAYERS:
-            raise ForeignFileError(f"{where} is a {cls}, whose Python code would run on "
-                                   "loading")
+            raise ForeignFileError(f"{where} is a {cls}, whose Python code would run on loading")
         if cls in MODEL_CLASSES or (registered or "").startswith("harness>"):
             continue
-        custom = (registered and ">" in registered) or \
-            not str(layer.get("module") or "keras").startswith("keras")
+        custom = (registered and ">" in registered) or not str(
+            layer.get("module") or "keras"
+        ).startswith("keras")
         if custom or not hasattr(keras.layers, cls):
-            raise ForeignFileError(f"{where} is a custom class {registered or cls!r} that "
-                                   "harness cannot load without running its code")
+            raise ForeignFileError(
+                f"{where} is a custom class {registered or cls!r} that "
+                "harness cannot load without running its code"
+            )
 
 
 def load_keras(path: Path, fmt: str):
@@ -237,14 +278,16 @@ def load_keras(path: Path, fmt: str):
 
     check_keras_config(keras_config(path, fmt), path.name)
     try:
-        model = keras.saving.load_model(path, custom_objects=custom_objects(), compile=False,
-                                        safe_mode=True)
+        model = keras.saving.load_model(
+            path, custom_objects=custom_objects(), compile=False, safe_mode=True
+        )
     except Exception as e:  # Keras raises ValueError, TypeError, OSError alike
-        raise ForeignFileError(f"{path.name}: Keras cannot load it ({one_line(e)[:200]})") \
-            from None
+        raise ForeignFileError(f"{path.name}: Keras cannot load it ({one_line(e)[:200]})") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ForeignFileError(f"{path.name}: a model of {len(model.inputs)} inputs and "
-                               f"{len(model.outputs)} outputs; harness imports one of each")
+        raise ForeignFileError(
+            f"{path.name}: a model of {len(model.inputs)} inputs and "
+            f"{len(model.outputs)} outputs; harness imports one of each"
+        )
     if isinstance(model, keras.Sequential):
         return model
     # Keras 2 files name their inputs as a list; one tensor in, one out, called plainly.
@@ -252,6 +295,7 @@ def load_keras(path: Path, fmt: str):
 
 
 # --------------------------------------------------------------------------- saved_model
+
 
 def check_saved_model(folder: Path) -> None:
     """ForeignFileError when the SavedModel's graph holds an op of UNSAFE_TF_OPS, or a
@@ -265,16 +309,19 @@ def check_saved_model(folder: Path) -> None:
     try:
         proto.ParseFromString((folder / "saved_model.pb").read_bytes())
     except Exception as e:
-        raise ForeignFileError(f"{folder.name}: not a readable SavedModel "
-                               f"({one_line(e)[:200]})") from None
+        raise ForeignFileError(
+            f"{folder.name}: not a readable SavedModel ({one_line(e)[:200]})"
+        ) from None
     for graph in proto.meta_graphs:
         nodes = [*graph.graph_def.node]
         for fn in graph.graph_def.library.function:
             nodes += fn.node_def
         bad = sorted({n.op for n in nodes} & UNSAFE_TF_OPS)
         if bad:
-            raise ForeignFileError(f"{folder.name}: refused: its graph holds {', '.join(bad)}, "
-                                   "ops that read or write files or run Python")
+            raise ForeignFileError(
+                f"{folder.name}: refused: its graph holds {', '.join(bad)}, "
+                "ops that read or write files or run Python"
+            )
 
 
 def load_saved_model(folder: Path):
@@ -285,9 +332,10 @@ def load_saved_model(folder: Path):
     try:
         fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
     except Exception as e:
-        raise ForeignFileError(f"{folder.name}: TensorFlow cannot load it "
-                               f"({one_line(e)[:200]})") from None
-    (name, spec), = fn.structured_input_signature[1].items()
+        raise ForeignFileError(
+            f"{folder.name}: TensorFlow cannot load it ({one_line(e)[:200]})"
+        ) from None
+    ((name, spec),) = fn.structured_input_signature[1].items()
 
     def call(x):
         out = fn(**{name: tf.constant(x, spec.dtype)})
@@ -314,6 +362,7 @@ def check_file(path: Path) -> tuple[str, dict | None]:
 
 # --------------------------------------------------------------------------- facts
 
+
 def tflite_facts(model_bytes: bytes) -> dict:
     """Precision, parameters, kernel sparsity, MACs per image and ops of a .tflite file,
     read off its flatbuffer. MACs: FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D, the rule
@@ -324,8 +373,15 @@ def tflite_facts(model_bytes: bytes) -> dict:
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    dtypes = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT8": np.int8, "UINT8": np.uint8,
-              "INT32": np.int32, "INT16": np.int16, "INT64": np.int64}
+    dtypes = {
+        "FLOAT32": np.float32,
+        "FLOAT16": np.float16,
+        "INT8": np.int8,
+        "UINT8": np.uint8,
+        "INT32": np.int32,
+        "INT16": np.int16,
+        "INT64": np.int64,
+    }
     model = schema.Model.GetRootAs(bytes(model_bytes), 0)
     graph = model.Subgraphs(0)
     params, kernel_size, kernel_zeros, weight_types, macs = 0, 0, 0, set(), 0
@@ -370,9 +426,14 @@ def tflite_facts(model_bytes: bytes) -> dict:
     else:
         precision = "float32"
     ops = [o["op"] for o in read_ops(model_bytes)]
-    return {"precision": precision, "params": params, "macs": macs or None,
-            "sparsity": kernel_zeros / kernel_size if kernel_size else 0.0,
-            "ops": sorted(set(ops)), "op_count": len(ops)}
+    return {
+        "precision": precision,
+        "params": params,
+        "macs": macs or None,
+        "sparsity": kernel_zeros / kernel_size if kernel_size else 0.0,
+        "ops": sorted(set(ops)),
+        "op_count": len(ops),
+    }
 
 
 def onnx_facts(path: Path) -> dict:
@@ -391,11 +452,17 @@ def onnx_facts(path: Path) -> dict:
             kernel_size += values.size
             kernel_zeros += int((values == 0).sum())
     ops = [n.op_type for n in model.graph.node]
-    precision = "int8" if types & {"int8", "uint8"} else \
-        "float16" if "float16" in types else "float32"
-    return {"precision": precision, "params": params, "macs": None,
-            "sparsity": kernel_zeros / kernel_size if kernel_size else 0.0,
-            "ops": sorted(set(ops)), "op_count": len(ops)}
+    precision = (
+        "int8" if types & {"int8", "uint8"} else "float16" if "float16" in types else "float32"
+    )
+    return {
+        "precision": precision,
+        "params": params,
+        "macs": None,
+        "sparsity": kernel_zeros / kernel_size if kernel_size else 0.0,
+        "ops": sorted(set(ops)),
+        "op_count": len(ops),
+    }
 
 
 def keras_facts(model) -> dict:
@@ -417,6 +484,11 @@ def keras_facts(model) -> dict:
                 walk(layer)
 
     walk(model)
-    return {"precision": "float32", "params": int(sum(np.prod(w.shape) for w in model.weights)),
-            "macs": macs, "sparsity": sum(int((k == 0).sum()) for k in kernels) / size
-            if size else 0.0, "ops": sorted(set(classes)), "op_count": len(classes)}
+    return {
+        "precision": "float32",
+        "params": int(sum(np.prod(w.shape) for w in model.weights)),
+        "macs": macs,
+        "sparsity": sum(int((k == 0).sum()) for k in kernels) / size if size else 0.0,
+        "ops": sorted(set(classes)),
+        "op_count": len(classes),
+    }

@@ -36,9 +36,9 @@ from harness.edge.predict import sha256
 from harness.imports import foreign
 
 KIND = IMPORTED
-CHANCE_LIMIT = 0.2     # val accuracy below this (chance: 0.1) means a wrong contract
-PROBE_IMAGES = 300     # validation images each common contract is tried on
-OUTPUT_PROBE = 64      # images whose outputs tell probabilities from logits
+CHANCE_LIMIT = 0.2  # val accuracy below this (chance: 0.1) means a wrong contract
+PROBE_IMAGES = 300  # validation images each common contract is tried on
+OUTPUT_PROBE = 64  # images whose outputs tell probabilities from logits
 
 
 class ImportRefused(ValueError):
@@ -67,8 +67,10 @@ def sha256_of(path: Path) -> str:
 
 # --------------------------------------------------------------------------- opening
 
-def open_model(path: Path, fmt: str, contract: Contract, threads: int = 1,
-               loaded=None) -> ContractModel:
+
+def open_model(
+    path: Path, fmt: str, contract: Contract, threads: int = 1, loaded=None
+) -> ContractModel:
     """The file through its own runtime, behind its contract: uint8 pixels in,
     probabilities out. ``loaded``: the Keras model or SavedModel function already loaded
     from ``path`` (an import loads it once)."""
@@ -79,16 +81,21 @@ def open_model(path: Path, fmt: str, contract: Contract, threads: int = 1,
         return ContractModel(runtime, contract, float_pixels=fmt == "onnx")
     if fmt in ("keras", "h5"):
         model = loaded if loaded is not None else foreign.load_keras(path, fmt)
-        return ContractModel(lambda x: np.asarray(model(x, training=False)), contract,
-                             name="keras-call", float_pixels=True)
+        return ContractModel(
+            lambda x: np.asarray(model(x, training=False)),
+            contract,
+            name="keras-call",
+            float_pixels=True,
+        )
     call = loaded if loaded is not None else foreign.load_saved_model(path)
     return ContractModel(call, contract, name="tensorflow", float_pixels=True)
 
 
 def open_run(run: RunDir, info: dict | None = None, threads: int = 1) -> ContractModel:
     info = info or read_import(run)
-    return open_model(source_file(run, info), info["format"],
-                      Contract.from_dict(info["contract"]), threads)
+    return open_model(
+        source_file(run, info), info["format"], Contract.from_dict(info["contract"]), threads
+    )
 
 
 def input_shape(fmt: str, probed: dict | None, model) -> list[int]:
@@ -104,11 +111,14 @@ def settle_layout(shape: list[int], layout: str | None, name: str) -> tuple[str,
     dims = tuple(shape[1:])
     by_shape = {(32, 32, 3): "nhwc", (3, 32, 32): "nchw"}.get(dims)
     if by_shape is None and len(dims) == 3 and -1 not in dims:
-        raise ImportRefused(f"{name}: takes input of shape {shape}; harness imports CIFAR-10 "
-                            "classifiers of 32 x 32 x 3 images (NHWC or NCHW)")
+        raise ImportRefused(
+            f"{name}: takes input of shape {shape}; harness imports CIFAR-10 "
+            "classifiers of 32 x 32 x 3 images (NHWC or NCHW)"
+        )
     if by_shape and layout and layout != by_shape:
-        raise ImportRefused(f"{name}: --layout {layout}, but its input shape {shape} is "
-                            f"{by_shape.upper()}")
+        raise ImportRefused(
+            f"{name}: --layout {layout}, but its input shape {shape} is {by_shape.upper()}"
+        )
     if by_shape and not layout:
         return by_shape, f"the file's input shape {shape} decides the layout: {by_shape}"
     return layout or "nhwc", None
@@ -140,17 +150,24 @@ def detect_output(model: ContractModel, pixels: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- contracts
 
+
 def common_contracts(layout: str, output: str) -> dict[str, Contract]:
     """The contracts CIFAR-10 models are most often trained with, by the flags that give
     them (the layout stays what the file's shape decided)."""
     out = {}
     for channels in ("rgb", "bgr"):
-        for words, extra in (("--input raw", {}), ("--input unit", {"input": "unit"}),
-                             ("--input unit --mean/--std (CIFAR-10's)",
-                              {"input": "unit", "mean": CIFAR_MEAN, "std": CIFAR_STD})):
+        for words, extra in (
+            ("--input raw", {}),
+            ("--input unit", {"input": "unit"}),
+            (
+                "--input unit --mean/--std (CIFAR-10's)",
+                {"input": "unit", "mean": CIFAR_MEAN, "std": CIFAR_STD},
+            ),
+        ):
             flags = words + (" --channels bgr" if channels == "bgr" else "")
-            out[flags] = Contract(layout=layout, channels=channels, output=output,
-                                  **{"input": "raw", **extra})
+            out[flags] = Contract(
+                layout=layout, channels=channels, output=output, **{"input": "raw", **extra}
+            )
     return out
 
 
@@ -164,8 +181,7 @@ def accuracy(model: ContractModel, x: np.ndarray, y: np.ndarray) -> float:
 def suggest_contract(model: ContractModel, x: np.ndarray, y: np.ndarray) -> tuple[str, float]:
     """The common contract (its flags) under which ``model`` scores best on ``x``."""
     scores = {}
-    for flags, contract in common_contracts(model.contract.layout,
-                                            model.contract.output).items():
+    for flags, contract in common_contracts(model.contract.layout, model.contract.output).items():
         scores[flags] = accuracy(model.with_contract(contract), x, y)
     best = max(scores, key=scores.get)
     return best, scores[best]
@@ -173,10 +189,21 @@ def suggest_contract(model: ContractModel, x: np.ndarray, y: np.ndarray) -> tupl
 
 # --------------------------------------------------------------------------- import
 
-def import_model(path: Path, ds, results: Path, name: str, layout: str | None = None,
-                 channels: str | None = None, input_scale: str | None = None,
-                 mean=None, std=None, output: str | None = None, source: str | None = None,
-                 overwrite: bool = False) -> dict:
+
+def import_model(
+    path: Path,
+    ds,
+    results: Path,
+    name: str,
+    layout: str | None = None,
+    channels: str | None = None,
+    input_scale: str | None = None,
+    mean=None,
+    std=None,
+    output: str | None = None,
+    source: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Check, score and write ``path`` as the imported run ``<results>/runs/<name>/``;
     returns its metrics. ImportRefused (or foreign.ForeignFileError) with one line when the
     file or its contract is refused; nothing is written then."""
@@ -191,15 +218,19 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
     saved = foreign.load_saved_model(path) if fmt == "saved_model" else None
     shape = input_shape(fmt, probed, keras_model or saved)
     layout, layout_note = settle_layout(shape, layout, path.name)
-    declared = {k: v for k, v in (("channels", channels), ("input", input_scale),
-                                  ("mean", mean), ("std", std)) if v is not None}
+    declared = {
+        k: v
+        for k, v in (("channels", channels), ("input", input_scale), ("mean", mean), ("std", std))
+        if v is not None
+    }
     from_file = quantized_contract(probed)
     sources = [f"declared ({', '.join(sorted(declared))})"] if declared else []
     if from_file is not None and not {"input", "mean", "std"} & declared.keys():
         declared = {**declared, **from_file}
         sources.append("input from the file's input quantization")
-    contract = Contract(layout=layout, output=output or "probs",
-                        **{"channels": "rgb", "input": "raw", **declared})
+    contract = Contract(
+        layout=layout, output=output or "probs", **{"channels": "rgb", "input": "raw", **declared}
+    )
     model = open_model(path, fmt, contract, loaded=keras_model or saved)
     splits = data_mod.split(ds)
     if output is None:
@@ -209,8 +240,9 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
         sources.append(f"output read off its answers to {OUTPUT_PROBE} images")
     else:
         sources.append("output declared")
-    contract_from = "; ".join(sources if declared or from_file else
-                              ["the defaults (raw, RGB)", *sources])
+    contract_from = "; ".join(
+        sources if declared or from_file else ["the defaults (raw, RGB)", *sources]
+    )
     probe_x, probe_y = splits.val.x[:PROBE_IMAGES], splits.val.y[:PROBE_IMAGES]
     score_probe = accuracy(model, probe_x, probe_y)
     if score_probe < CHANCE_LIMIT:
@@ -218,14 +250,38 @@ def import_model(path: Path, ds, results: Path, name: str, layout: str | None = 
         raise ImportRefused(
             f"{path.name}: {score_probe:.1%} on {len(probe_y)} validation images under the "
             f"contract {contract.short()}, near chance: a wrong input contract? Of the common "
-            f"ones, {flags} scores best ({best:.1%})")
-    return write_import(path, fmt, probed, keras_model, model, contract, contract_from,
-                        layout_note, ds, run, source, overwrite)
+            f"ones, {flags} scores best ({best:.1%})"
+        )
+    return write_import(
+        path,
+        fmt,
+        probed,
+        keras_model,
+        model,
+        contract,
+        contract_from,
+        layout_note,
+        ds,
+        run,
+        source,
+        overwrite,
+    )
 
 
-def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel,
-                 contract: Contract, contract_from: str, layout_note: str | None, ds,
-                 run: RunDir, source: str | None, overwrite: bool) -> dict:
+def write_import(
+    path: Path,
+    fmt: str,
+    probed,
+    keras_model,
+    model: ContractModel,
+    contract: Contract,
+    contract_from: str,
+    layout_note: str | None,
+    ds,
+    run: RunDir,
+    source: str | None,
+    overwrite: bool,
+) -> dict:
     """The run folder, built in a hidden folder beside its place and renamed into it."""
     from harness.data import cifar as data_mod
     from harness.export.runtimes import predict_batched
@@ -256,24 +312,47 @@ def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel
         facts = _facts(target, fmt, keras_model)
         if keras_model is not None:
             write_keras_form(keras_model, contract, work.model, model, splits.val.x[:64])
-        info = {"kind": KIND, "name": run.name, "format": fmt, "file": file_name,
-                "sha256": digest, "bytes": _size(target), "source": source or path.name,
-                "contract": contract.to_dict(), "contract_from": contract_from,
-                "contract_words": contract.words(), "runtime": model.name,
-                "input": probed["input"] if probed else {"shape": input_shape(
-                    fmt, None, keras_model), "dtype": "float32"}}
+        info = {
+            "kind": KIND,
+            "name": run.name,
+            "format": fmt,
+            "file": file_name,
+            "sha256": digest,
+            "bytes": _size(target),
+            "source": source or path.name,
+            "contract": contract.to_dict(),
+            "contract_from": contract_from,
+            "contract_words": contract.words(),
+            "runtime": model.name,
+            "input": probed["input"]
+            if probed
+            else {"shape": input_shape(fmt, None, keras_model), "dtype": "float32"},
+        }
         if layout_note:
             info["layout_note"] = layout_note
         work.write_config(info)
-        metrics = {"run": run.name, "status": COMPLETED, "kind": KIND, "variant": KIND,
-                   "import": {k: info[k] for k in ("format", "file", "sha256", "bytes",
-                                                   "source", "contract", "runtime")},
-                   "params": {"total": facts["params"]}, "sparsity": facts["sparsity"],
-                   "macs": facts["macs"], "precision": facts["precision"],
-                   "ops": facts["ops"], "op_count": facts["op_count"], "val": val,
-                   "test": test, "eval_seconds": round(seconds, 3), "data": ds.record,
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "harness_version": metadata.version("harness")}
+        metrics = {
+            "run": run.name,
+            "status": COMPLETED,
+            "kind": KIND,
+            "variant": KIND,
+            "import": {
+                k: info[k]
+                for k in ("format", "file", "sha256", "bytes", "source", "contract", "runtime")
+            },
+            "params": {"total": facts["params"]},
+            "sparsity": facts["sparsity"],
+            "macs": facts["macs"],
+            "precision": facts["precision"],
+            "ops": facts["ops"],
+            "op_count": facts["op_count"],
+            "val": val,
+            "test": test,
+            "eval_seconds": round(seconds, 3),
+            "data": ds.record,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "harness_version": metadata.version("harness"),
+        }
         work.write_metrics(metrics)
         if run.path.exists() and overwrite:
             run.path.replace(stage / "previous")
@@ -284,8 +363,11 @@ def write_import(path: Path, fmt: str, probed, keras_model, model: ContractModel
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(
-        p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 def _facts(target: Path, fmt: str, keras_model) -> dict:
@@ -295,12 +377,19 @@ def _facts(target: Path, fmt: str, keras_model) -> dict:
         return foreign.onnx_facts(target)
     if keras_model is not None:
         return foreign.keras_facts(keras_model)
-    return {"precision": "float32", "params": 0, "macs": None, "sparsity": 0.0, "ops": [],
-            "op_count": 0}
+    return {
+        "precision": "float32",
+        "params": 0,
+        "macs": None,
+        "sparsity": 0.0,
+        "ops": [],
+        "op_count": 0,
+    }
 
 
-def write_keras_form(model, contract: Contract, path: Path, reference: ContractModel,
-                     probe: np.ndarray) -> None:
+def write_keras_form(
+    model, contract: Contract, path: Path, reference: ContractModel, probe: np.ndarray
+) -> None:
     """harness' Keras form of an imported Keras model (the contract as a ContractLayer in
     front, a softmax behind logits) as ``path``, once it answers ``probe`` as the imported
     model does under the contract."""
@@ -321,28 +410,44 @@ def write_keras_form(model, contract: Contract, path: Path, reference: ContractM
     got = np.asarray(wrapped(probe.astype(np.float32), training=False))
     want = reference.predict(probe)
     if np.abs(got - want).max() > 1e-4:
-        raise ImportRefused(f"harness' Keras form of the model differs from it by "
-                            f"{np.abs(got - want).max():.2e}")
+        raise ImportRefused(
+            f"harness' Keras form of the model differs from it by {np.abs(got - want).max():.2e}"
+        )
     save_model(wrapped, path)
 
 
 # --------------------------------------------------------------------------- bench
 
-def bench_import(run: RunDir, ds, calls: int = 2000, warmup: int = 200,
-                 modes: tuple[str, ...] = (), window_s: float | None = None) -> dict:
+
+def bench_import(
+    run: RunDir,
+    ds,
+    calls: int = 2000,
+    warmup: int = 200,
+    modes: tuple[str, ...] = (),
+    window_s: float | None = None,
+) -> dict:
     """The bench record of an imported .tflite or .onnx file, timed as it is (Keras
     imports go through :func:`harness.export.bench.bench_run`, harness' form and exports)."""
     from harness.export import bench
 
     info = read_import(run)
-    record = bench.bench_record(run.name, ds, [imported_row(run, info, ds, calls, warmup)],
-                                calls, warmup, modes, window_s or bench.mlperf.WINDOW_S)
+    record = bench.bench_record(
+        run.name,
+        ds,
+        [imported_row(run, info, ds, calls, warmup)],
+        calls,
+        warmup,
+        modes,
+        window_s or bench.mlperf.WINDOW_S,
+    )
     bench.note_import(record, info)
     return record
 
 
-def imported_row(run: RunDir, info: dict, ds, calls: int,
-                 warmup: int) -> tuple[dict, object, np.ndarray]:
+def imported_row(
+    run: RunDir, info: dict, ds, calls: int, warmup: int
+) -> tuple[dict, object, np.ndarray]:
     """The row of an imported .tflite or .onnx file, timed as it is: uint8 pixels through
     its contract inside each call, its test accuracy measured again through its runtime;
     with the function and image it was timed with."""
@@ -358,20 +463,34 @@ def imported_row(run: RunDir, info: dict, ds, calls: int,
     single = open_run(run, info, threads=1)
     multi = open_run(run, info, threads=os.cpu_count() or 1)
     macs = {"macs": metrics["macs"]} if metrics.get("macs") is not None else {}
-    return ({"run": run.name, "params": metrics["params"]["total"],
-            "sparsity": metrics.get("sparsity", 0.0), **macs,
-            "format": info["format"], "precision": metrics["precision"],
-            "runtime": single.name, "file": info["file"], "size_bytes": info["bytes"],
-            "imported": True, **latency_us(single.predict, pixels, calls, warmup),
+    return (
+        {
+            "run": run.name,
+            "params": metrics["params"]["total"],
+            "sparsity": metrics.get("sparsity", 0.0),
+            **macs,
+            "format": info["format"],
+            "precision": metrics["precision"],
+            "runtime": single.name,
+            "file": info["file"],
+            "size_bytes": info["bytes"],
+            "imported": True,
+            **latency_us(single.predict, pixels, calls, warmup),
             "throughput_ips": throughput(multi.predict, pixel_batch),
             "test": score(predict_batched(single, splits.test.x), splits.test.y),
-            **(file_footprint(path, info["format"], metrics["precision"]) if path.is_file()
-               else {"flash_bytes": info["bytes"], "arena_bytes": None})},  # a SavedModel
-            single.predict, pixels)
-
+            **(
+                file_footprint(path, info["format"], metrics["precision"])
+                if path.is_file()
+                else {"flash_bytes": info["bytes"], "arena_bytes": None}
+            ),
+        },  # a SavedModel
+        single.predict,
+        pixels,
+    )
 
 
 # --------------------------------------------------------------------------- evaluate
+
 
 def evaluate_import(run: RunDir, ds, info: dict | None = None) -> dict:
     """Val and test accuracy of an imported run through the file's own runtime, under its
@@ -383,10 +502,14 @@ def evaluate_import(run: RunDir, ds, info: dict | None = None) -> dict:
     info = info or read_import(run)
     model = open_run(run, info)
     splits = data_mod.split(ds)
-    result = {"run": run.name, "data": ds.record, "evaluated_at": time.strftime(
-                  "%Y-%m-%dT%H:%M:%S%z"), "through": f"{info['file']} in {model.name}",
-              "val": score(predict_batched(model, splits.val.x), splits.val.y),
-              "test": score(predict_batched(model, splits.test.x), splits.test.y)}
+    result = {
+        "run": run.name,
+        "data": ds.record,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "through": f"{info['file']} in {model.name}",
+        "val": score(predict_batched(model, splits.val.x), splits.val.y),
+        "test": score(predict_batched(model, splits.test.x), splits.test.y),
+    }
     atomic_write_json(run.evaluation, result)
     return result
 

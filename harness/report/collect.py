@@ -26,7 +26,7 @@ SKIP_DIRS = {"keras_tuner", "logs", "backup", "exports", "saved_model", "trial_m
 
 @dataclass
 class RunRecord:
-    path: Path                        # its metrics.json
+    path: Path  # its metrics.json
     metrics: dict
     history: list[tuple[int, float]]  # (epoch, val_accuracy)
 
@@ -43,13 +43,13 @@ class BenchRecord:
 
 @dataclass
 class TuningRecord:
-    path: Path                        # its summary.json
+    path: Path  # its summary.json
     summary: dict
 
 
 @dataclass
 class FrontierRecord:
-    path: Path                        # frontier/frontier-<run>.json (benchmarks/frontier.py)
+    path: Path  # frontier/frontier-<run>.json (benchmarks/frontier.py)
     record: dict
 
 
@@ -58,9 +58,9 @@ class Records:
     runs: list[RunRecord] = field(default_factory=list)
     benches: list[BenchRecord] = field(default_factory=list)
     tunings: list[TuningRecord] = field(default_factory=list)
-    frontiers: list[FrontierRecord] = field(default_factory=list)   # budgeted training runs
-    skipped: list[tuple[Path, str]] = field(default_factory=list)   # malformed: path, reason
-    notes: list[str] = field(default_factory=list)                  # left out on purpose
+    frontiers: list[FrontierRecord] = field(default_factory=list)  # budgeted training runs
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # malformed: path, reason
+    notes: list[str] = field(default_factory=list)  # left out on purpose
 
     def __len__(self) -> int:
         return len(self.runs) + len(self.benches) + len(self.tunings)
@@ -99,8 +99,10 @@ def read_history(path: Path) -> list[tuple[int, float]]:
                 try:
                     points.append((int(float(row["epoch"])) + 1, float(row["val_accuracy"])))
                 except (TypeError, ValueError):
-                    raise RecordError(f"line {line}: epoch {row['epoch']!r} or val_accuracy "
-                                      f"{row['val_accuracy']!r} is not a number") from None
+                    raise RecordError(
+                        f"line {line}: epoch {row['epoch']!r} or val_accuracy "
+                        f"{row['val_accuracy']!r} is not a number"
+                    ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecordError(f"unreadable ({getattr(e, 'strerror', None) or e})") from None
     return points
@@ -142,8 +144,9 @@ def collect_records(paths: Sequence[Path]) -> Records:
         kind = record_kind(path)
         try:
             if kind is None:
-                raise RecordError("not a run (metrics.json), tuning (summary.json) or "
-                                  "bench (bench/*.json) record")
+                raise RecordError(
+                    "not a run (metrics.json), tuning (summary.json) or bench (bench/*.json) record"
+                )
             record = read_record(path)
             if kind == "run":
                 _add_run(records, path, check_run(record))
@@ -154,8 +157,10 @@ def collect_records(paths: Sequence[Path]) -> Records:
             elif isinstance(record.get("benchmark"), str) and record["benchmark"] != "bench":
                 if record["benchmark"] == "frontier":
                     check_frontier(record)
-                records.notes.append(f"{display_path(path)}: a {record['benchmark']!r} "
-                                     "benchmark, not a bench record; left out")
+                records.notes.append(
+                    f"{display_path(path)}: a {record['benchmark']!r} "
+                    "benchmark, not a bench record; left out"
+                )
             else:
                 records.benches.append(BenchRecord(path, check_bench(record)))
         except RecordError as e:
@@ -165,8 +170,9 @@ def collect_records(paths: Sequence[Path]) -> Records:
 
 def _add_run(records: Records, path: Path, metrics: dict) -> None:
     if metrics["status"] != COMPLETED:
-        records.notes.append(f"{display_path(path)}: run {metrics['run']!r} is "
-                             f"{metrics['status']}, not compared")
+        records.notes.append(
+            f"{display_path(path)}: run {metrics['run']!r} is {metrics['status']}, not compared"
+        )
         return
     history = []
     if (path.parent / "history.csv").exists():

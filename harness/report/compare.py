@@ -56,8 +56,19 @@ from harness.report.versus import render as versus_section
 from harness.report.versus import summary as versus_summary
 
 # What harness.cli's compare command uses, from this one module.
-__all__ = ["FORMATS", "SORT_KEYS", "NoRecords", "Report", "collect_records", "compare",
-           "format_rows", "parse_columns", "printed_table", "report", "versus_summary"]
+__all__ = [
+    "FORMATS",
+    "SORT_KEYS",
+    "NoRecords",
+    "Report",
+    "collect_records",
+    "compare",
+    "format_rows",
+    "parse_columns",
+    "printed_table",
+    "report",
+    "versus_summary",
+]
 
 
 class NoRecords(ValueError):
@@ -69,7 +80,7 @@ class Report:
     records: Records
     rows: list[dict]
     files: list[Path]
-    versus: dict[str, list[Matchup]]   # fully connected against CNN, per axis (report.versus)
+    versus: dict[str, list[Matchup]]  # fully connected against CNN, per axis (report.versus)
 
 
 def compare(paths: Sequence[Path], out: Path, sort: str = "accuracy") -> Report:
@@ -78,27 +89,36 @@ def compare(paths: Sequence[Path], out: Path, sort: str = "accuracy") -> Report:
     return report(collect_records(paths), out, sort, paths)
 
 
-def report(records: Records, out: Path, sort: str = "accuracy",
-           sources: Sequence[Path] = ()) -> Report:
+def report(
+    records: Records, out: Path, sort: str = "accuracy", sources: Sequence[Path] = ()
+) -> Report:
     """The rows of ``records``, sorted and Pareto-marked, and the report files in ``out``."""
     if not len(records):
-        raise NoRecords(f"no valid run, tuning or bench record under "
-                        f"{', '.join(str(p) for p in sources) or 'the paths'} "
-                        f"({len(records.skipped)} file(s) skipped)")
+        raise NoRecords(
+            f"no valid run, tuning or bench record under "
+            f"{', '.join(str(p) for p in sources) or 'the paths'} "
+            f"({len(records.skipped)} file(s) skipped)"
+        )
     rows = sort_rows(mark_pareto(build_rows(records)), sort)
     versus = all_matchups(records, rows)
     return Report(records, rows, write_report(records, rows, versus, Path(out), sources), versus)
 
 
-def write_report(records: Records, rows: list[dict], versus: dict[str, list[Matchup]], out: Path,
-                 sources: Sequence[Path]) -> list[Path]:
+def write_report(
+    records: Records,
+    rows: list[dict],
+    versus: dict[str, list[Matchup]],
+    out: Path,
+    sources: Sequence[Path],
+) -> list[Path]:
     """report.md, results.csv, the three PNGs and the chart's HTML page (hover for each
     point's details) in ``out``, each written atomically."""
-    files = {"accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
-             "accuracy_vs_latency.html": accuracy_latency_html(rows, "; ".join(machines(rows)))
-             .encode(),
-             "accuracy_vs_flash.png": plot_accuracy_flash(rows),
-             "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs))}
+    files = {
+        "accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
+        "accuracy_vs_latency.html": accuracy_latency_html(rows, "; ".join(machines(rows))).encode(),
+        "accuracy_vs_flash.png": plot_accuracy_flash(rows),
+        "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs)),
+    }
     for name, png in files.items():
         atomic_write_bytes(out / name, png)
     atomic_write_csv(out / "results.csv", csv_rows(rows))
@@ -114,87 +134,132 @@ def _front_words(records: Records, several: list[str]) -> tuple[str, str]:
     """What the first paragraph adds and how the picture's note names the front(s): one
     front, or ``several`` machines, each with its own."""
     if not several:
-        return "", ("The dashed step line is the Pareto front: the outlined points, for which "
-                    "no other point is both at least as accurate and at least as fast. Anything "
-                    "below and to the right of the line is beaten on both counts by a point on it.")
+        return "", (
+            "The dashed step line is the Pareto front: the outlined points, for which "
+            "no other point is both at least as accurate and at least as fast. Anything "
+            "below and to the right of the line is beaten on both counts by a point on it."
+        )
     counts = Counter(machine_label(b) for b in records.benches)
-    listed = "; ".join(f"{m} ({counts[m]} bench record{'' if counts[m] == 1 else 's'})"
-                       for m in several)
-    return ((f" The bench records come from {len(several)} machines, whose latencies are not "
-             f"comparable, so each machine has its own Pareto front: {listed}."),
-            ("Each machine has its own step line, its Pareto front (the legend tells which): "
-             "the outlined points, for which no other point timed on the same machine is both "
-             "at least as accurate and at least as fast. Anything below and to the right of a "
-             "line is beaten on both counts by a point on it, on that machine."))
+    listed = "; ".join(
+        f"{m} ({counts[m]} bench record{'' if counts[m] == 1 else 's'})" for m in several
+    )
+    return (
+        (
+            f" The bench records come from {len(several)} machines, whose latencies are not "
+            f"comparable, so each machine has its own Pareto front: {listed}."
+        ),
+        (
+            "Each machine has its own step line, its Pareto front (the legend tells which): "
+            "the outlined points, for which no other point timed on the same machine is both "
+            "at least as accurate and at least as fast. Anything below and to the right of a "
+            "line is beaten on both counts by a point on it, on that machine."
+        ),
+    )
 
 
 def _flash_words(rows: list[dict]) -> str:
     """The note under the flash picture: what a point and each line is."""
     reference = reference_row(rows)
-    line = ("no ResNet-8 run is among the records, so there is no vertical line"
-            if reference is None else
-            f"the vertical dashed line is the int8 file of MLPerf Tiny's model, ResNet-8, as we "
-            f"trained it ({reference['model']}, {flash_of(reference):,} bytes)")
-    return ("Each point is one full-integer int8 TFLite file, what TensorFlow Lite Micro runs "
-            "on a microcontroller: up is more accurate, left needs less flash (the file's "
-            "bytes, log scale). Outlined and labelled: the files no other is both at least as "
-            "accurate as and at least as small as. The horizontal dashed line is MLPerf Tiny's "
-            f"quality target for image classification, {MLPERF_TINY_TARGET:.0%} top-1 on "
-            f"CIFAR-10; {line}. A point above the target and left of the line would beat the "
-            "reference on both counts. Rows of older bench records, without a flash figure, "
-            "are placed by their file size, the same figure.")
+    line = (
+        "no ResNet-8 run is among the records, so there is no vertical line"
+        if reference is None
+        else f"the vertical dashed line is the int8 file of MLPerf Tiny's model, ResNet-8, as we "
+        f"trained it ({reference['model']}, {flash_of(reference):,} bytes)"
+    )
+    return (
+        "Each point is one full-integer int8 TFLite file, what TensorFlow Lite Micro runs "
+        "on a microcontroller: up is more accurate, left needs less flash (the file's "
+        "bytes, log scale). Outlined and labelled: the files no other is both at least as "
+        "accurate as and at least as small as. The horizontal dashed line is MLPerf Tiny's "
+        f"quality target for image classification, {MLPERF_TINY_TARGET:.0%} top-1 on "
+        f"CIFAR-10; {line}. A point above the target and left of the line would beat the "
+        "reference on both counts. Rows of older bench records, without a flash figure, "
+        "are placed by their file size, the same figure."
+    )
 
 
-def render_markdown(records: Records, rows: list[dict], versus: dict[str, list[Matchup]],
-                    sources: Sequence[Path]) -> str:
+def render_markdown(
+    records: Records, rows: list[dict], versus: dict[str, list[Matchup]], sources: Sequence[Path]
+) -> str:
     calls = sorted({(b.record["calls"], b.record["warmup"]) for b in records.benches})
     timing = ", ".join(f"{c} timed calls after {w} warm-up calls" for c, w in calls)
     on = machines(rows)
     several = on if len(on) > 1 else []
     machine_words, front = _front_words(records, several)
     lines = [
-        "# Results report", "",
+        "# Results report",
+        "",
         f"Made by `harness compare {' '.join(str(s) for s in sources)}` from "
         f"{_count(records.runs, 'run')}, {_count(records.tunings, 'tuning search', 'es')} and "
         f"{_count(records.benches, 'bench record')}. Latency: batch 1, one thread"
-        + (f", {timing}" if timing else "") + (f", on {on[0]}" if len(on) == 1 else "")
-        + "; throughput: batch 256, all cores." + machine_words, "",
-        "## Accuracy against batch-1 latency", "",
-        "![accuracy vs latency](accuracy_vs_latency.png)", "",
-        ("Each point is one model through one runtime at one precision: up is more accurate, "
-        "left answers a single image faster (log scale: each grid line is ten times slower "
-        "than the one to its left). Colour names the model's family (fully connected, CNN, "
-        "imported), the marker its precision; points off their machine's front are faded. "
-        "`accuracy_vs_latency.html` is the same chart with each point's model, runtime and "
-        f"record on hover. {front} Runs "
-        "without a bench record have no latency and appear only in the table."), "",
-        "## Accuracy against flash", "",
-        "![accuracy vs flash](accuracy_vs_flash.png)", "",
-        _flash_words(rows), "",
-        "## Training curves", "",
-        "![training curves](training_curves.png)", "",
-        ("Validation accuracy after each epoch, from each run's `history.csv` (runs made by "
-        "sparsify or prune have none; prune-units runs show their fine-tuning epochs)."), "",
+        + (f", {timing}" if timing else "")
+        + (f", on {on[0]}" if len(on) == 1 else "")
+        + "; throughput: batch 256, all cores."
+        + machine_words,
+        "",
+        "## Accuracy against batch-1 latency",
+        "",
+        "![accuracy vs latency](accuracy_vs_latency.png)",
+        "",
+        (
+            "Each point is one model through one runtime at one precision: up is more accurate, "
+            "left answers a single image faster (log scale: each grid line is ten times slower "
+            "than the one to its left). Colour names the model's family (fully connected, CNN, "
+            "imported), the marker its precision; points off their machine's front are faded. "
+            "`accuracy_vs_latency.html` is the same chart with each point's model, runtime and "
+            f"record on hover. {front} Runs "
+            "without a bench record have no latency and appear only in the table."
+        ),
+        "",
+        "## Accuracy against flash",
+        "",
+        "![accuracy vs flash](accuracy_vs_flash.png)",
+        "",
+        _flash_words(rows),
+        "",
+        "## Training curves",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        (
+            "Validation accuracy after each epoch, from each run's `history.csv` (runs made by "
+            "sparsify or prune have none; prune-units runs show their fine-tuning epochs)."
+        ),
+        "",
         *versus_section(versus),
-        "## All results", "",
-        ("`*`: Pareto-optimal (test accuracy against batch-1 p50"
-         + (", among the rows of the same machine" if several else "") + "). `!`: flagged by "
-         "export, the file lost more accuracy than allowed. `keras-evaluate` rows are "
-        "the accuracy recorded at the end of training, with no latency measured. "
-        "Footprint: flash is the model file's bytes, arena the tensor arena TensorFlow Lite "
-        "Micro measured for an int8 TFLite file (the only files it runs here), MACs the "
-        "multiply-accumulates per image; `-` where the bench record predates them or has no "
-        "such figure. Raw numbers: `results.csv`."), "",
+        "## All results",
+        "",
+        (
+            "`*`: Pareto-optimal (test accuracy against batch-1 p50"
+            + (", among the rows of the same machine" if several else "")
+            + "). `!`: flagged by "
+            "export, the file lost more accuracy than allowed. `keras-evaluate` rows are "
+            "the accuracy recorded at the end of training, with no latency measured. "
+            "Footprint: flash is the model file's bytes, arena the tensor arena TensorFlow Lite "
+            "Micro measured for an int8 TFLite file (the only files it runs here), MACs the "
+            "multiply-accumulates per image; `-` where the bench record predates them or has no "
+            "such figure. Raw numbers: `results.csv`."
+        ),
+        "",
         # With several machines the rows say which one timed them, to check the marks by.
-        format_rows(rows, "markdown", (*DEFAULT_KEYS, "machine") if several else ()), "",
+        format_rows(rows, "markdown", (*DEFAULT_KEYS, "machine") if several else ()),
+        "",
     ]
     unmeasured = sorted({(r["model"], r["arena_note"]) for r in rows if r["arena_note"]})
     if unmeasured:
-        lines += ["## Arena not measured", "",
-                  *(f"- {model}: {note}" for model, note in unmeasured), ""]
+        lines += [
+            "## Arena not measured",
+            "",
+            *(f"- {model}: {note}" for model, note in unmeasured),
+            "",
+        ]
     if records.skipped:
-        lines += ["## Skipped records", "",
-                  *(f"- `{display_path(p)}`: {reason}" for p, reason in records.skipped), ""]
+        lines += [
+            "## Skipped records",
+            "",
+            *(f"- `{display_path(p)}`: {reason}" for p, reason in records.skipped),
+            "",
+        ]
     if records.notes:
         lines += ["## Left out", "", *(f"- {note}" for note in records.notes), ""]
     return "\n".join(lines)

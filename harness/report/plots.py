@@ -80,16 +80,30 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
         _nothing_to_plot(ax, "no bench records: no latency to plot")
         return fig
     for r in sorted(timed, key=lambda r: r["pareto"]):  # the front drawn last, on top
-        ax.scatter(r["p50_us"], r["accuracy"] * 100, s=46 if r["pareto"] else 30, zorder=3,
-                   alpha=0.95 if r["pareto"] else 0.3, color=FAMILY_COLOURS[family_of(r)],
-                   marker=PRECISION_MARKERS.get(r["precision"], "X"),
-                   edgecolors="black" if r["pareto"] else "none", linewidths=1.2)
+        ax.scatter(
+            r["p50_us"],
+            r["accuracy"] * 100,
+            s=46 if r["pareto"] else 30,
+            zorder=3,
+            alpha=0.95 if r["pareto"] else 0.3,
+            color=FAMILY_COLOURS[family_of(r)],
+            marker=PRECISION_MARKERS.get(r["precision"], "X"),
+            edgecolors="black" if r["pareto"] else "none",
+            linewidths=1.2,
+        )
     front = sorted((r for r in timed if r["pareto"]), key=lambda r: (r["p50_us"], r["accuracy"]))
     for (colour, style), on in zip(FRONTS * len(machines), machines):
         line = [r for r in front if r["machine"] == on]
-        ax.plot([r["p50_us"] for r in line], [r["accuracy"] * 100 for r in line],
-                drawstyle="steps-post", color=colour, linestyle=style, linewidth=1, zorder=2,
-                gid=f"front {on}")
+        ax.plot(
+            [r["p50_us"] for r in line],
+            [r["accuracy"] * 100 for r in line],
+            drawstyle="steps-post",
+            color=colour,
+            linestyle=style,
+            linewidth=1,
+            zorder=2,
+            gid=f"front {on}",
+        )
     ax.set_xscale("log")
     p50s, accs = [r["p50_us"] for r in timed], [r["accuracy"] * 100 for r in timed]
     ax.set_xlim(min(p50s) / 6, max(p50s) * 1.6)
@@ -100,8 +114,12 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", axis="x", alpha=0.15)
-    _legends(ax, sorted({family_of(r) for r in timed}, key=list(FAMILY_COLOURS).index),
-             sorted({r["precision"] for r in timed}, key=_precision_order), machines)
+    _legends(
+        ax,
+        sorted({family_of(r) for r in timed}, key=list(FAMILY_COLOURS).index),
+        sorted({r["precision"] for r in timed}, key=_precision_order),
+        machines,
+    )
     if len(machines) > 1:
         _label_fronts(fig, ax, front)
     else:
@@ -111,8 +129,12 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
 
 
 # The chart's colours: a model's family (harness.report.versus.kind_of, imports apart).
-FAMILY_COLOURS = {"fully connected": "tab:blue", "CNN": "tab:orange", "imported": "tab:green",
-                  "unknown": "0.5"}
+FAMILY_COLOURS = {
+    "fully connected": "tab:blue",
+    "CNN": "tab:orange",
+    "imported": "tab:green",
+    "unknown": "0.5",
+}
 PRECISION_MARKERS = {"float32": "o", "float16": "D", "dynamic": "P", "int8": "s"}
 
 
@@ -132,10 +154,16 @@ def _label_imported(ax, rows: list[dict]) -> None:
     labels (up and to the left) do not go."""
     for r in rows:
         if family_of(r) == "imported":
-            ax.annotate(f"{_model_label(r)}\n{_kind_label(r)}",
-                        (r["p50_us"], r["accuracy"] * 100), xytext=(7, -6),
-                        textcoords="offset points", fontsize=8, ha="left", va="top",
-                        bbox=_LABEL_BOX)
+            ax.annotate(
+                f"{_model_label(r)}\n{_kind_label(r)}",
+                (r["p50_us"], r["accuracy"] * 100),
+                xytext=(7, -6),
+                textcoords="offset points",
+                fontsize=8,
+                ha="left",
+                va="top",
+                bbox=_LABEL_BOX,
+            )
 
 
 def _precision_order(name: str) -> int:
@@ -157,13 +185,23 @@ def _label_front(ax, front: list[dict], x: str = "p50_us", text=None) -> None:
     text = text or (lambda r: f"{_model_label(r)}\n{_kind_label(r)}")
     stack, previous = 0, None
     for r in front:
-        close = (previous is not None and r[x] < 3 * previous[x]
-                 and abs(r["accuracy"] - previous["accuracy"]) < 0.04)
+        close = (
+            previous is not None
+            and r[x] < 3 * previous[x]
+            and abs(r["accuracy"] - previous["accuracy"]) < 0.04
+        )
         stack = stack + 1 if close else 0
-        ax.annotate(text(r), (r[x], r["accuracy"] * 100),
-                    xytext=(-7, 5 + 26 * stack), textcoords="offset points", fontsize=8,
-                    ha="right", va="bottom", bbox=_LABEL_BOX,
-                    arrowprops=_LEADER if stack else None)
+        ax.annotate(
+            text(r),
+            (r[x], r["accuracy"] * 100),
+            xytext=(-7, 5 + 26 * stack),
+            textcoords="offset points",
+            fontsize=8,
+            ha="right",
+            va="bottom",
+            bbox=_LABEL_BOX,
+            arrowprops=_LEADER if stack else None,
+        )
         previous = r
 
 
@@ -201,9 +239,17 @@ def _label_fronts(fig, ax, front: list[dict]) -> None:
             return outside, covered, tries.index(offset)
 
         best = min(tries, key=clash)
-        ax.annotate(text, at, xytext=best, textcoords="offset points", fontsize=8,
-                    ha="right" if best[0] < 0 else "left", va="bottom", bbox=_LABEL_BOX,
-                    arrowprops=_LEADER if best != tries[0] else None)
+        ax.annotate(
+            text,
+            at,
+            xytext=best,
+            textcoords="offset points",
+            fontsize=8,
+            ha="right" if best[0] < 0 else "left",
+            va="bottom",
+            bbox=_LABEL_BOX,
+            arrowprops=_LEADER if best != tries[0] else None,
+        )
         placed.append(box(best))
 
 
@@ -214,8 +260,10 @@ def _stretches(front: list[dict]):
         line = [r for r in front if r["machine"] == on]
         for _, group in groupby(line, key=lambda r: r["model"]):
             group = list(group)
-            names = [r["precision"] if r["runtime"] == before["runtime"] else _kind_label(r)
-                     for before, r in zip([{"runtime": None}, *group], group)]
+            names = [
+                r["precision"] if r["runtime"] == before["runtime"] else _kind_label(r)
+                for before, r in zip([{"runtime": None}, *group], group)
+            ]
             yield group[0], ", ".join(names)
 
 
@@ -240,30 +288,68 @@ def _model_legend(ax, models: list[str], cmap: list) -> None:
     """The legend of colours, one per model, right of the axes at the top."""
     from matplotlib.lines import Line2D
 
-    by_model = [Line2D([], [], marker="o", linestyle="", color=c, label=m)
-                for m, c in zip(models, cmap)]
-    ax.add_artist(ax.legend(handles=by_model, title="model", loc="upper left",
-                            bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9))
+    by_model = [
+        Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in zip(models, cmap)
+    ]
+    ax.add_artist(
+        ax.legend(
+            handles=by_model,
+            title="model",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            fontsize=8,
+            title_fontsize=9,
+        )
+    )
 
 
 def _legends(ax, families: list[str], precisions: list[str], machines: list[str]) -> None:
     """Colour by family (top right), marker by precision and each machine's front (below)."""
     from matplotlib.lines import Line2D
 
-    by_family = [Line2D([], [], marker="o", linestyle="", color=FAMILY_COLOURS[f], label=f)
-                 for f in families]
-    by_family.append(Line2D([], [], marker="o", linestyle="", color="0.5", alpha=0.3,
-                            label="off the front (faded)"))
-    ax.add_artist(ax.legend(handles=by_family, title="family", loc="upper left",
-                            bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=9))
-    by_kind = [Line2D([], [], marker=PRECISION_MARKERS.get(p, "X"), linestyle="", color="0.4",
-                      label=p) for p in precisions]
-    by_kind += [Line2D([], [], color=colour, linestyle=style, marker="o", markerfacecolor="w",
-                       markeredgecolor="black",
-                       label="Pareto front" + (f", {on}" if len(machines) > 1 else ""))
-                for (colour, style), on in zip(FRONTS * len(machines), machines)]
-    ax.legend(handles=by_kind, title="precision", loc="lower left",
-              bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
+    by_family = [
+        Line2D([], [], marker="o", linestyle="", color=FAMILY_COLOURS[f], label=f) for f in families
+    ]
+    by_family.append(
+        Line2D(
+            [], [], marker="o", linestyle="", color="0.5", alpha=0.3, label="off the front (faded)"
+        )
+    )
+    ax.add_artist(
+        ax.legend(
+            handles=by_family,
+            title="family",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            fontsize=8,
+            title_fontsize=9,
+        )
+    )
+    by_kind = [
+        Line2D([], [], marker=PRECISION_MARKERS.get(p, "X"), linestyle="", color="0.4", label=p)
+        for p in precisions
+    ]
+    by_kind += [
+        Line2D(
+            [],
+            [],
+            color=colour,
+            linestyle=style,
+            marker="o",
+            markerfacecolor="w",
+            markeredgecolor="black",
+            label="Pareto front" + (f", {on}" if len(machines) > 1 else ""),
+        )
+        for (colour, style), on in zip(FRONTS * len(machines), machines)
+    ]
+    ax.legend(
+        handles=by_kind,
+        title="precision",
+        loc="lower left",
+        bbox_to_anchor=(1.01, 0),
+        fontsize=8,
+        title_fontsize=9,
+    )
 
 
 def plot_accuracy_flash(rows: list[dict]) -> bytes:
@@ -282,33 +368,62 @@ def accuracy_flash_figure(rows: list[dict]):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    points = list({(r["model"], r["runtime"], flash_of(r), r["accuracy"]):
-                   {**r, "flash": flash_of(r)} for r in int8_rows(rows)}.values())
+    points = list(
+        {
+            (r["model"], r["runtime"], flash_of(r), r["accuracy"]): {**r, "flash": flash_of(r)}
+            for r in int8_rows(rows)
+        }.values()
+    )
     models = list(dict.fromkeys(p["model"] for p in points))
     # As in the latency picture: 6.5 inches hold 28 legend rows (here 3 are the reference's).
     fig = _figure(11, 6.5 + 0.18 * max(0, len(models) + 3 - 28))
     ax = fig.add_subplot()
-    ax.set_title("Test accuracy against flash: the int8 TFLite file a microcontroller stores",
-                 fontsize=11)
+    ax.set_title(
+        "Test accuracy against flash: the int8 TFLite file a microcontroller stores", fontsize=11
+    )
     if not points:
         _nothing_to_plot(ax, "no int8 TFLite rows: no flash to plot")
         return fig
     cmap = _colours(len(models))
     on_front = pareto_front([(p["accuracy"], p["flash"]) for p in points])
     for p, on in zip(points, on_front):
-        ax.scatter(p["flash"], p["accuracy"] * 100, s=46, alpha=0.85, zorder=3,
-                   color=cmap[models.index(p["model"])], edgecolors="black" if on else "none",
-                   linewidths=1.2)
+        ax.scatter(
+            p["flash"],
+            p["accuracy"] * 100,
+            s=46,
+            alpha=0.85,
+            zorder=3,
+            color=cmap[models.index(p["model"])],
+            edgecolors="black" if on else "none",
+            linewidths=1.2,
+        )
     reference = reference_row(rows)
-    lines = [ax.axhline(MLPERF_TINY_TARGET * 100, color="0.3", linestyle="--", linewidth=1,
-                        zorder=2, gid="quality target",
-                        label=f"MLPerf Tiny quality target: {MLPERF_TINY_TARGET:.0%} top-1")]
+    lines = [
+        ax.axhline(
+            MLPERF_TINY_TARGET * 100,
+            color="0.3",
+            linestyle="--",
+            linewidth=1,
+            zorder=2,
+            gid="quality target",
+            label=f"MLPerf Tiny quality target: {MLPERF_TINY_TARGET:.0%} top-1",
+        )
+    ]
     if reference is not None:
         flash = flash_of(reference)
-        lines.insert(0, ax.axvline(flash, color="crimson", linestyle="--", linewidth=1, zorder=2,
-                                   gid="reference flash",
-                                   label=f"MLPerf Tiny's ResNet-8, int8: {flash / 1024:.1f} KiB"
-                                         f"\n(our run {reference['model']})"))
+        lines.insert(
+            0,
+            ax.axvline(
+                flash,
+                color="crimson",
+                linestyle="--",
+                linewidth=1,
+                zorder=2,
+                gid="reference flash",
+                label=f"MLPerf Tiny's ResNet-8, int8: {flash / 1024:.1f} KiB"
+                f"\n(our run {reference['model']})",
+            ),
+        )
     ax.set_xscale("log")
     xs = [p["flash"] for p in points] + ([flash_of(reference)] if reference else [])
     accs = [p["accuracy"] * 100 for p in points] + [MLPERF_TINY_TARGET * 100]
@@ -321,14 +436,31 @@ def accuracy_flash_figure(rows: list[dict]):
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="major", alpha=0.4)
     _model_legend(ax, models, cmap)
-    front = Line2D([], [], marker="o", linestyle="", markerfacecolor="w",
-                   markeredgecolor="black",
-                   label="outlined: no other file is at least\nas accurate and as small")
-    ax.legend(handles=[*lines, front], title="reference", loc="lower left",
-              bbox_to_anchor=(1.01, 0), fontsize=8, title_fontsize=9)
-    _label_front(ax, sorted((p for p, on in zip(points, on_front) if on),
-                            key=lambda p: (p["flash"], p["accuracy"])),
-                 x="flash", text=lambda p: p["model"])
+    front = Line2D(
+        [],
+        [],
+        marker="o",
+        linestyle="",
+        markerfacecolor="w",
+        markeredgecolor="black",
+        label="outlined: no other file is at least\nas accurate and as small",
+    )
+    ax.legend(
+        handles=[*lines, front],
+        title="reference",
+        loc="lower left",
+        bbox_to_anchor=(1.01, 0),
+        fontsize=8,
+        title_fontsize=9,
+    )
+    _label_front(
+        ax,
+        sorted(
+            (p for p, on in zip(points, on_front) if on), key=lambda p: (p["flash"], p["accuracy"])
+        ),
+        x="flash",
+        text=lambda p: p["model"],
+    )
     return fig
 
 
@@ -351,12 +483,25 @@ def plot_training_curves(runs: list[RunRecord], labels: dict[Path, str]) -> byte
     styles = ("-", "--", ":", "-.")
     for i, (run, colour) in enumerate(zip(with_history, colours)):
         epochs, acc = zip(*run.history)
-        ax.plot(epochs, [a * 100 for a in acc], marker="o" if len(epochs) <= 40 else None,
-                markersize=3, linewidth=1.4, color=colour, label=labels[run.path],
-                linestyle=styles[(i // 20) % len(styles)] if columns > 1 else "-")
+        ax.plot(
+            epochs,
+            [a * 100 for a in acc],
+            marker="o" if len(epochs) <= 40 else None,
+            markersize=3,
+            linewidth=1.4,
+            color=colour,
+            label=labels[run.path],
+            linestyle=styles[(i // 20) % len(styles)] if columns > 1 else "-",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(True, alpha=0.4)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="run",
-              title_fontsize=9, ncols=columns)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        fontsize=8,
+        title="run",
+        title_fontsize=9,
+        ncols=columns,
+    )
     return _png(fig)

@@ -44,9 +44,9 @@ COLUMNS = (
     ("p99_us", "p99 b=1"),
     ("throughput_ips", "img/s b=256"),
     ("size_bytes", "file size"),
-    ("flash_bytes", "flash"),           # the model file's bytes, as stored on a device
-    ("arena_bytes", "arena"),           # TFLM's tensor arena, int8 TFLite rows only
-    ("macs", "MACs"),                   # multiply-accumulates per image
+    ("flash_bytes", "flash"),  # the model file's bytes, as stored on a device
+    ("arena_bytes", "arena"),  # TFLM's tensor arena, int8 TFLite rows only
+    ("macs", "MACs"),  # multiply-accumulates per image
 )
 DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
 # The machine a row was timed on is a column only when chosen (--columns) or, in report.md,
@@ -64,19 +64,46 @@ EXTRA_KEYS = ("pareto", "flagged", "record", "machine", "arena_note")
 # The printed table: what a reader decides by first (never left out to fit the terminal),
 # then the rest; descriptive columns last, so that they are the first to go. Flash is the
 # file size again, so it is printed only when chosen (--columns).
-PRINTED = ("model", "runtime", "precision", "accuracy", "p50_us", "size_bytes",
-           "p99_us", "throughput_ips", "arena_bytes", "macs", "params", "sparsity", "format",
-           "architecture", "variant")
+PRINTED = (
+    "model",
+    "runtime",
+    "precision",
+    "accuracy",
+    "p50_us",
+    "size_bytes",
+    "p99_us",
+    "throughput_ips",
+    "arena_bytes",
+    "macs",
+    "params",
+    "sparsity",
+    "format",
+    "architecture",
+    "variant",
+)
 ALWAYS_PRINTED = 6
 
 DENSE_ARCHS = ("plain", "batchnorm")  # others (a CNN reference) ignore layers and units
 REFERENCE_ARCH = "resnet8"  # MLPerf Tiny's image-classification model (harness.train.models)
 # What a row without a bench row has not measured.
-UNMEASURED = dict.fromkeys(("p50_us", "p99_us", "throughput_ips", "size_bytes", "flash_bytes",
-                            "arena_bytes", "macs", "flagged", "machine", "arena_note"))
+UNMEASURED = dict.fromkeys(
+    (
+        "p50_us",
+        "p99_us",
+        "throughput_ips",
+        "size_bytes",
+        "flash_bytes",
+        "arena_bytes",
+        "macs",
+        "flagged",
+        "machine",
+        "arena_note",
+    )
+)
 
 
 # --------------------------------------------------------------------------- rows
+
 
 def build_rows(records: Records) -> list[dict]:
     """One row per bench row, per unbenchmarked run, and per tuning without its best run."""
@@ -96,20 +123,33 @@ def build_rows(records: Records) -> list[dict]:
         common = _run_fields(run, labels[run.path], summaries.get(run.dir.resolve()))
         benches = benched.get(run.dir.resolve())
         if benches:
-            rows += [_bench_row(common, bench, r) for bench in benches
-                     for r in bench.record["rows"]]
+            rows += [
+                _bench_row(common, bench, r) for bench in benches for r in bench.record["rows"]
+            ]
         else:
             own = {"format": "keras", "runtime": "keras-evaluate", "precision": "float32"}
             if run.metrics.get("kind") == "imported":  # scored through the file's runtime
-                own = {"format": run.metrics["import"]["format"],
-                       "runtime": run.metrics["import"].get("runtime", "?"),
-                       "precision": run.metrics.get("precision", "?")}
-            rows.append({**common, **UNMEASURED, **own,
-                         "accuracy": run.metrics["test"]["accuracy"],
-                         "record": display_path(run.path)})
+                own = {
+                    "format": run.metrics["import"]["format"],
+                    "runtime": run.metrics["import"].get("runtime", "?"),
+                    "precision": run.metrics.get("precision", "?"),
+                }
+            rows.append(
+                {
+                    **common,
+                    **UNMEASURED,
+                    **own,
+                    "accuracy": run.metrics["test"]["accuracy"],
+                    "record": display_path(run.path),
+                }
+            )
     for bench in orphans:
-        common = {"model": bench.record["run"], "architecture": None, "variant": None,
-                  "device": None}
+        common = {
+            "model": bench.record["run"],
+            "architecture": None,
+            "variant": None,
+            "device": None,
+        }
         rows += [_bench_row(common, bench, r) for r in bench.record["rows"]]
     ran = {run.dir.resolve() for run in records.runs}
     for tuning in records.tunings:
@@ -121,8 +161,10 @@ def build_rows(records: Records) -> list[dict]:
 def run_labels(runs: list[RunRecord]) -> dict[Path, str]:
     """The run name; its path where two runs share a name (say, two results folders)."""
     names = [r.metrics["run"] for r in runs]
-    return {r.path: r.metrics["run"] if names.count(r.metrics["run"]) == 1 else display_path(r.dir)
-            for r in runs}
+    return {
+        r.path: r.metrics["run"] if names.count(r.metrics["run"]) == 1 else display_path(r.dir)
+        for r in runs
+    }
 
 
 def _match_run(bench: BenchRecord, runs: list[RunRecord]) -> RunRecord | None:
@@ -143,9 +185,14 @@ def _imported_fields(m: dict, label: str) -> dict:
     ops = m.get("ops") or []
     family = "CNN" if any("conv" in op.lower() for op in ops) else "dense"
     count = f" ({m['op_count']} ops)" if m.get("op_count") else ""
-    return {"model": label, "architecture": f"imported {info['format']} {family}{count}",
-            "variant": f"imported ({info.get('source', '?')})",
-            "params": m["params"]["total"], "sparsity": m.get("sparsity"), "device": None}
+    return {
+        "model": label,
+        "architecture": f"imported {info['format']} {family}{count}",
+        "variant": f"imported ({info.get('source', '?')})",
+        "params": m["params"]["total"],
+        "sparsity": m.get("sparsity"),
+        "device": None,
+    }
 
 
 def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
@@ -160,34 +207,53 @@ def _run_fields(run: RunRecord, label: str, summary: dict | None) -> dict:
         variant = m["variant"] + (f" ({m['parent']})" if "parent" in m else "")
     else:
         # The regularizers the preset name does not tell, when set.
-        extra = "".join(f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup", "ema")
-                        if cfg.get(k))
+        extra = "".join(
+            f", {k} {cfg[k]:g}" for k in ("dropout", "l1", "l2", "mixup", "ema") if cfg.get(k)
+        )
         if cfg.get("teacher"):
             extra += f", teacher {cfg['teacher']}"
         variant = f"trained ({cfg.get('preset') or 'no preset'}{extra})"
     architecture = cfg["arch"]
     if architecture in DENSE_ARCHS:
-        first = "".join(f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", ""))
-                        if cfg.get(k))
+        first = "".join(
+            f"{prefix}{cfg[k]}+" for k, prefix in (("pca", "pca"), ("bottleneck", "")) if cfg.get(k)
+        )
         if cfg.get("pool", 1) > 1:
             first = f"pool{cfg['pool']}+{first}"
         architecture += f" {first}{cfg['layers']}x{cfg['units']} {cfg['activation']}"
     if cfg.get("tta", "none") != "none":  # part of the model at inference
         architecture += f" + {cfg['tta']} TTA"
-    return {"model": label, "architecture": architecture, "variant": variant,
-            "params": m["params"]["total"], "sparsity": m.get("sparsity"),
-            "device": label_of(m.get("device"))}
+    return {
+        "model": label,
+        "architecture": architecture,
+        "variant": variant,
+        "params": m["params"]["total"],
+        "sparsity": m.get("sparsity"),
+        "device": label_of(m.get("device")),
+    }
 
 
 def _bench_row(common: dict, bench: BenchRecord, r: dict) -> dict:
-    return {**common, "params": r["params"], "sparsity": r["sparsity"], "format": r["format"],
-            "runtime": r["runtime"], "precision": r["precision"],
-            "accuracy": r["test"]["accuracy"], "p50_us": r["p50_us"], "p99_us": r["p99_us"],
-            "throughput_ips": r["throughput_ips"], "size_bytes": r["size_bytes"],
-            "flash_bytes": r.get("flash_bytes"), "arena_bytes": r.get("arena_bytes"),
-            "macs": r.get("macs"), "arena_note": r.get("arena_note"),
-            "flagged": r.get("flagged"), "record": display_path(bench.path),
-            "machine": machine_label(bench)}
+    return {
+        **common,
+        "params": r["params"],
+        "sparsity": r["sparsity"],
+        "format": r["format"],
+        "runtime": r["runtime"],
+        "precision": r["precision"],
+        "accuracy": r["test"]["accuracy"],
+        "p50_us": r["p50_us"],
+        "p99_us": r["p99_us"],
+        "throughput_ips": r["throughput_ips"],
+        "size_bytes": r["size_bytes"],
+        "flash_bytes": r.get("flash_bytes"),
+        "arena_bytes": r.get("arena_bytes"),
+        "macs": r.get("macs"),
+        "arena_note": r.get("arena_note"),
+        "flagged": r.get("flagged"),
+        "record": display_path(bench.path),
+        "machine": machine_label(bench),
+    }
 
 
 def machine_label(bench: BenchRecord) -> str:
@@ -214,17 +280,27 @@ def _tuning_row(tuning: TuningRecord) -> dict:
     hp = s["best_hyperparameters"]
     known = {"n_hidden", "n_neurons"} <= hp.keys()
     shape = f"{hp['n_hidden']}x{hp['n_neurons']}" if known else None
-    return {"model": f"{s['name']}/best", "architecture": shape,
-            "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
-            "params": None, "sparsity": None, "device": None, **UNMEASURED, "format": "keras",
-            "runtime": "keras-evaluate", "precision": "float32",
-            "accuracy": s["best_test_accuracy"], "record": display_path(tuning.path)}
+    return {
+        "model": f"{s['name']}/best",
+        "architecture": shape,
+        "variant": f"tuned ({s['name']} trial {s['best_trial']} of {s['trials']})",
+        "params": None,
+        "sparsity": None,
+        "device": None,
+        **UNMEASURED,
+        "format": "keras",
+        "runtime": "keras-evaluate",
+        "precision": "float32",
+        "accuracy": s["best_test_accuracy"],
+        "record": display_path(tuning.path),
+    }
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
     """For (accuracy, latency) points: True where no other point is at least as accurate
     and at least as fast, and strictly better in one. A point missing either is never on
     the front; equal points are all on it."""
+
     def known(p):
         return p[0] is not None and p[1] is not None
 
@@ -257,8 +333,11 @@ def flash_of(row: dict) -> int | None:
 def int8_rows(rows: list[dict]) -> list[dict]:
     """The rows of full-integer int8 TFLite files, what TensorFlow Lite Micro runs, that
     have a flash figure (every bench row has one)."""
-    return [r for r in rows
-            if (r["format"], r["precision"]) == ("tflite", "int8") and flash_of(r) is not None]
+    return [
+        r
+        for r in rows
+        if (r["format"], r["precision"]) == ("tflite", "int8") and flash_of(r) is not None
+    ]
 
 
 def reference_row(rows: list[dict]) -> dict | None:
@@ -282,11 +361,13 @@ def sort_rows(rows: list[dict], key: str = "accuracy") -> list[dict]:
             return (1, 0)
         return (0, -v if k in DESCENDING and not isinstance(v, str) else v)
 
-    return sorted(rows, key=lambda r: (order(key, r), order("accuracy", r), order("p50_us", r),
-                                       r["model"]))
+    return sorted(
+        rows, key=lambda r: (order(key, r), order("accuracy", r), order("p50_us", r), r["model"])
+    )
 
 
 # --------------------------------------------------------------------------- rendering
+
 
 def _cell(key: str, v) -> str:
     if v is None:
@@ -310,8 +391,18 @@ def _cell(key: str, v) -> str:
     return str(v)
 
 
-_NUMERIC = {"params", "sparsity", "accuracy", "p50_us", "p99_us", "throughput_ips", "size_bytes",
-            "flash_bytes", "arena_bytes", "macs"}
+_NUMERIC = {
+    "params",
+    "sparsity",
+    "accuracy",
+    "p50_us",
+    "p99_us",
+    "throughput_ips",
+    "size_bytes",
+    "flash_bytes",
+    "arena_bytes",
+    "macs",
+}
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -330,8 +421,9 @@ def format_rows(rows: list[dict], fmt: str = "table", columns: Sequence[str] = (
     with the Pareto mark, CSV and JSON end with those EXTRA_KEYS not among the columns."""
     keys = tuple(columns) or DEFAULT_KEYS
     if fmt == "json":
-        return json.dumps([{k: r[k] for k in _with_extra(keys)} for r in rows],
-                          indent=2, allow_nan=False)
+        return json.dumps(
+            [{k: r[k] for k in _with_extra(keys)} for r in rows], indent=2, allow_nan=False
+        )
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(csv_rows(rows, keys))
@@ -340,19 +432,22 @@ def format_rows(rows: list[dict], fmt: str = "table", columns: Sequence[str] = (
     if fmt == "markdown":
         align = ["---", *("---:" if k in _NUMERIC else "---" for k in keys)]
         lines = [headers, align, *cells]
-        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
-                         for line in lines)
+        return "\n".join(
+            "| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines
+        )
     if fmt != "table":
         raise ValueError(f"format {fmt!r}: must be one of {', '.join(FORMATS)}")
     widths = _widths(headers, cells)
     right = [False, *(k in _NUMERIC for k in keys)]
-    return "\n".join("  ".join(c.rjust(w) if r else c.ljust(w)
-                               for c, w, r in zip(line, widths, right)).rstrip()
-                     for line in [headers, *cells])
+    return "\n".join(
+        "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(line, widths, right)).rstrip()
+        for line in [headers, *cells]
+    )
 
 
-def printed_table(rows: list[dict], fmt: str = "table", columns: Sequence[str] = (),
-                  width: int = 80) -> tuple[str, list[str]]:
+def printed_table(
+    rows: list[dict], fmt: str = "table", columns: Sequence[str] = (), width: int = 80
+) -> tuple[str, list[str]]:
     """What ``harness compare`` prints, and the keys of the columns left out to fit.
 
     Chosen ``columns``, or a format other than ``table``, are printed whole. Otherwise the
@@ -367,7 +462,7 @@ def printed_table(rows: list[dict], fmt: str = "table", columns: Sequence[str] =
     widths = _widths(headers, cells)
     keep = len(printed)
     # widths[0] is the Pareto mark; each column after it takes two spaces more.
-    while keep > always and widths[0] + sum(w + 2 for w in widths[1:keep + 1]) > width:
+    while keep > always and widths[0] + sum(w + 2 for w in widths[1 : keep + 1]) > width:
         keep -= 1
     return format_rows(rows, fmt, printed[:keep]), list(printed[keep:])
 
@@ -389,9 +484,13 @@ def telling_apart(rows: list[dict]) -> tuple[str, ...]:
 
 def _text_cells(rows: list[dict], keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     headers = ["", *(HEADERS[k] for k in keys)]
-    cells = [["*" if r["pareto"] else "",
-              *(_cell(k, r[k]) + (" !" if k == "accuracy" and r["flagged"] else "")
-                for k in keys)] for r in rows]
+    cells = [
+        [
+            "*" if r["pareto"] else "",
+            *(_cell(k, r[k]) + (" !" if k == "accuracy" and r["flagged"] else "") for k in keys),
+        ]
+        for r in rows
+    ]
     return headers, cells
 
 

@@ -23,12 +23,13 @@ AXES = ("training time", "batch-1 latency", "flash")
 @dataclass(frozen=True)
 class Point:
     """One model at one cost: its name, kind, test accuracy and where the figure comes from."""
+
     model: str
     kind: str
     accuracy: float
     cost: float
-    scope: str     # the machine the cost was measured on ("" where it does not matter)
-    detail: str    # the runtime and precision, or the run's budget
+    scope: str  # the machine the cost was measured on ("" where it does not matter)
+    detail: str  # the runtime and precision, or the run's budget
     record: str
 
 
@@ -64,9 +65,17 @@ def time_points(records: Records) -> list[Point]:
     for f in records.frontiers:
         r = f.record
         kind = kind_of(r["config"]["arch"])
-        points.append(Point(r["run"], kind, r["accuracy"]["test"], r["budget_s"],
-                            trained_on(r["machine"]), f"{r['budget_s'] / 60:g} min budget",
-                            display_path(f.path)))
+        points.append(
+            Point(
+                r["run"],
+                kind,
+                r["accuracy"]["test"],
+                r["budget_s"],
+                trained_on(r["machine"]),
+                f"{r['budget_s'] / 60:g} min budget",
+                display_path(f.path),
+            )
+        )
     return points
 
 
@@ -80,15 +89,35 @@ def trained_on(machine: dict) -> str:
 
 
 def latency_points(rows: list[dict]) -> list[Point]:
-    return [Point(r["model"], kind_of(r["architecture"]), r["accuracy"], r["p50_us"],
-                  r["machine"], f"{r['runtime']} {r['precision']}", r["record"])
-            for r in rows if r["p50_us"] is not None and kind_of(r["architecture"])]
+    return [
+        Point(
+            r["model"],
+            kind_of(r["architecture"]),
+            r["accuracy"],
+            r["p50_us"],
+            r["machine"],
+            f"{r['runtime']} {r['precision']}",
+            r["record"],
+        )
+        for r in rows
+        if r["p50_us"] is not None and kind_of(r["architecture"])
+    ]
 
 
 def flash_points(rows: list[dict]) -> list[Point]:
-    return [Point(r["model"], kind_of(r["architecture"]), r["accuracy"], flash_of(r), "",
-                  "tflite int8", r["record"])
-            for r in int8_rows(rows) if kind_of(r["architecture"])]
+    return [
+        Point(
+            r["model"],
+            kind_of(r["architecture"]),
+            r["accuracy"],
+            flash_of(r),
+            "",
+            "tflite int8",
+            r["record"],
+        )
+        for r in int8_rows(rows)
+        if kind_of(r["architecture"])
+    ]
 
 
 def matchups(axis: str, points: list[Point]) -> list[Matchup]:
@@ -101,17 +130,29 @@ def matchups(axis: str, points: list[Point]) -> list[Matchup]:
             continue
         front = pareto_front([(p.accuracy, p.cost) for p in group])
         for limit in sorted({p.cost for p, on in zip(group, front) if on}):
-            best = {kind: max((p for p in group if p.kind == kind and p.cost <= limit),
-                              key=lambda p: (p.accuracy, -p.cost), default=None)
-                    for kind in (DENSE, CONV)}
+            best = {
+                kind: max(
+                    (p for p in group if p.kind == kind and p.cost <= limit),
+                    key=lambda p: (p.accuracy, -p.cost),
+                    default=None,
+                )
+                for kind in (DENSE, CONV)
+            }
             out.append(Matchup(axis, scope, limit, best[DENSE], best[CONV]))
     return out
 
 
 def all_matchups(records: Records, rows: list[dict]) -> dict[str, list[Matchup]]:
-    return dict(zip(AXES, (matchups(AXES[0], time_points(records)),
-                           matchups(AXES[1], latency_points(rows)),
-                           matchups(AXES[2], flash_points(rows)))))
+    return dict(
+        zip(
+            AXES,
+            (
+                matchups(AXES[0], time_points(records)),
+                matchups(AXES[1], latency_points(rows)),
+                matchups(AXES[2], flash_points(rows)),
+            ),
+        )
+    )
 
 
 def _cost(axis: str, value: float) -> str:
@@ -130,23 +171,33 @@ def _who(p: Point | None) -> str:
 
 def render(found: dict[str, list[Matchup]]) -> list[str]:
     """The report's section: one table per axis, or a line saying what is missing."""
-    lines = ["## Fully connected against convolutional", "",
-             ("The most accurate net of each kind that costs no more than the limit: each "
-              "limit is the cost of a point on that axis' Pareto front. Training time is the "
-              "budget of `benchmarks/frontier.py` records (given as many minutes on the same "
-              "machine); latency is compared within one bench machine; flash is the int8 "
-              "TFLite file a microcontroller holds. A negative gap: the CNN is ahead."), ""]
+    lines = [
+        "## Fully connected against convolutional",
+        "",
+        (
+            "The most accurate net of each kind that costs no more than the limit: each "
+            "limit is the cost of a point on that axis' Pareto front. Training time is the "
+            "budget of `benchmarks/frontier.py` records (given as many minutes on the same "
+            "machine); latency is compared within one bench machine; flash is the int8 "
+            "TFLite file a microcontroller holds. A negative gap: the CNN is ahead."
+        ),
+        "",
+    ]
     for axis, found_axis in found.items():
         lines += [f"### At equal {axis}", ""]
         if not found_axis:
             lines += [f"No records of both kinds with a {axis} figure on one machine.", ""]
             continue
-        lines += ["| at most | measured on | fully connected | convolutional | gap (points) |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "| at most | measured on | fully connected | convolutional | gap (points) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for m in found_axis:
             gap = "-" if m.gap_points is None else f"{m.gap_points:+.2f}"
-            lines.append(f"| {_cost(axis, m.limit)} | {m.scope or 'any machine'} | "
-                         f"{_who(m.dense)} | {_who(m.conv)} | {gap} |")
+            lines.append(
+                f"| {_cost(axis, m.limit)} | {m.scope or 'any machine'} | "
+                f"{_who(m.dense)} | {_who(m.conv)} | {gap} |"
+            )
         lines.append("")
     return lines
 
@@ -161,7 +212,9 @@ def summary(found: dict[str, list[Matchup]]) -> list[str]:
             if not both:
                 continue
             m = max(both, key=lambda m: m.limit)
-            out.append(f"equal {axis} (<= {_cost(axis, m.limit)}{', ' + scope if scope else ''}):"
-                       f" fully connected {m.dense.accuracy:.2%} ({m.dense.model}) vs CNN "
-                       f"{m.conv.accuracy:.2%} ({m.conv.model}), {m.gap_points:+.2f} points")
+            out.append(
+                f"equal {axis} (<= {_cost(axis, m.limit)}{', ' + scope if scope else ''}):"
+                f" fully connected {m.dense.accuracy:.2%} ({m.dense.model}) vs CNN "
+                f"{m.conv.accuracy:.2%} ({m.conv.model}), {m.gap_points:+.2f} points"
+            )
     return out

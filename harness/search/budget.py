@@ -53,13 +53,12 @@ class Budget:
     """Upper bounds on one export of a network; None = unbounded."""
 
     max_latency_us: float | None = None
-    max_flash_kb: float | None = None       # KiB: 1024 bytes
+    max_flash_kb: float | None = None  # KiB: 1024 bytes
     max_macs: int | None = None
-    export: str = "tflite-int8"             # <format>-<precision>, one of EXPORTS
+    export: str = "tflite-int8"  # <format>-<precision>, one of EXPORTS
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.max_latency_us, self.max_flash_kb,
-                                           self.max_macs))
+        return any(v is not None for v in (self.max_latency_us, self.max_flash_kb, self.max_macs))
 
     @property
     def format(self) -> str:
@@ -75,41 +74,52 @@ class Budget:
 
     def validate(self) -> "Budget":
         if self.export not in EXPORTS:
-            raise ConfigError(f"budget export {self.export!r}: must be one of "
-                              f"{', '.join(EXPORTS)}")
+            raise ConfigError(f"budget export {self.export!r}: must be one of {', '.join(EXPORTS)}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "export" and value is not None and not value > 0:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be > 0")
         return self
 
-    def misses(self, macs: float | None, flash_bytes: float | None,
-               latency_us: float | None) -> list[str]:
+    def misses(
+        self, macs: float | None, flash_bytes: float | None, latency_us: float | None
+    ) -> list[str]:
         """What a network with these costs breaks of the budget (empty: it fits)."""
         out = []
         if self.max_macs is not None and macs is not None and macs > self.max_macs:
             out.append(f"{macs:,.0f} MACs > {self.max_macs:,}")
-        if (self.max_flash_kb is not None and flash_bytes is not None
-                and flash_bytes > self.max_flash_kb * KIB):
+        if (
+            self.max_flash_kb is not None
+            and flash_bytes is not None
+            and flash_bytes > self.max_flash_kb * KIB
+        ):
             out.append(f"{flash_bytes / KIB:.1f} KiB > {self.max_flash_kb:g} KiB")
-        if (self.max_latency_us is not None and latency_us is not None
-                and latency_us > self.max_latency_us):
+        if (
+            self.max_latency_us is not None
+            and latency_us is not None
+            and latency_us > self.max_latency_us
+        ):
             out.append(f"{latency_us:.2f} us > {self.max_latency_us:g} us")
         return out
 
     def describe(self) -> str:
-        parts = [f"<= {self.max_latency_us:g} us" if self.max_latency_us else "",
-                 f"<= {self.max_flash_kb:g} KiB" if self.max_flash_kb else "",
-                 f"<= {self.max_macs:,} MACs" if self.max_macs else ""]
+        parts = [
+            f"<= {self.max_latency_us:g} us" if self.max_latency_us else "",
+            f"<= {self.max_flash_kb:g} KiB" if self.max_flash_kb else "",
+            f"<= {self.max_macs:,} MACs" if self.max_macs else "",
+        ]
         runtime = "LiteRT" if self.format == "tflite" else "onnxruntime"
-        return (", ".join(p for p in parts if p) +
-                f" as {runtime} {self.precision} (batch 1, one thread)")
+        return (
+            ", ".join(p for p in parts if p)
+            + f" as {runtime} {self.precision} (batch 1, one thread)"
+        )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # --------------------------------------------------------------------------- costs
+
 
 def _kernel_layers() -> tuple[type, ...]:
     """The layer classes that become one kernel call in an exported graph."""
@@ -152,25 +162,26 @@ def _leaf_layers(model):
 
 def _stand_in_stats():
     """Standardization statistics for networks that are only measured, never trained."""
-    return np.full(3, 127.5, np.float32), np.full(3, 64.0 ** 2, np.float32)
+    return np.full(3, 127.5, np.float32), np.full(3, 64.0**2, np.float32)
 
 
 def architecture(cfg: TrainConfig) -> dict:
     """The fields that decide a network's shape (and so its costs), for caching."""
-    keys = ("arch", "layers", "units", "pool", "pca", "bottleneck", "tta", "activation",
-            "input_bn")
+    keys = ("arch", "layers", "units", "pool", "pca", "bottleneck", "tta", "activation", "input_bn")
     return {k: getattr(cfg, k) for k in keys}
 
 
 # --------------------------------------------------------------------------- probes
+
 
 def probe_configs(base: TrainConfig, space) -> list[TrainConfig]:
     """Untrained networks at the corners of the space: fewest/most layers, narrowest/widest
     units, smallest/largest PCA width (when searched); duplicates dropped."""
     pcas = sorted({min(space.pca), max(space.pca)}) if space.pca else [base.pca]
     out, seen = [], set()
-    for layers, units, pca in itertools.product(sorted(set(space.layers)),
-                                                sorted(set(space.units)), pcas):
+    for layers, units, pca in itertools.product(
+        sorted(set(space.layers)), sorted(set(space.units)), pcas
+    ):
         cfg = replace(base, layers=layers, units=units, pca=pca, teacher=None)
         key = json.dumps(architecture(cfg), sort_keys=True)
         if key not in seen:
@@ -179,8 +190,9 @@ def probe_configs(base: TrainConfig, space) -> list[TrainConfig]:
     return out
 
 
-def measure(cfg: TrainConfig, export: str, calls: int = PROBE_CALLS,
-            warmup: int = PROBE_WARMUP) -> dict:
+def measure(
+    cfg: TrainConfig, export: str, calls: int = PROBE_CALLS, warmup: int = PROBE_WARMUP
+) -> dict:
     """Export an untrained ``cfg`` network as ``export`` and time it at batch 1, one thread.
 
     Runs where Keras runs on TensorFlow (see :func:`measure_in_subprocess`). The weights
@@ -206,9 +218,15 @@ def measure(cfg: TrainConfig, export: str, calls: int = PROBE_CALLS,
             path.write_bytes(export_mod.tflite_bytes(saved, precision, representative))
         timed = latency_us(runtimes.load(path, threads=1).predict, pixels, calls, warmup)
         flash = path.stat().st_size
-    return {"architecture": architecture(cfg), "macs": macs_per_image(model),
-            "layers": dense_layers(model), "weight_bytes": weight_bytes(model, precision),
-            "flash_bytes": flash, "p50_us": round(timed["p50_us"], 3), "calls": calls}
+    return {
+        "architecture": architecture(cfg),
+        "macs": macs_per_image(model),
+        "layers": dense_layers(model),
+        "weight_bytes": weight_bytes(model, precision),
+        "flash_bytes": flash,
+        "p50_us": round(timed["p50_us"], 3),
+        "calls": calls,
+    }
 
 
 def _on_tensorflow(args: list[str], doing: str, stdin: str | None = None) -> str:
@@ -216,13 +234,20 @@ def _on_tensorflow(args: list[str], doing: str, stdin: str | None = None) -> str
     need it) on the CPU (timing is on the CPU, as on the device); its stdout, or
     BudgetError naming what it was ``doing`` and its last word."""
     if importlib.util.find_spec("tensorflow") is None:
-        raise BudgetError(f"{doing} needs TensorFlow, which this Python lacks (a training host "
-                          "may run JAX alone): trained trials are kept, so run the same "
-                          "command where TensorFlow is installed to finish the search")
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "CUDA_VISIBLE_DEVICES": "-1"}
-    done = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True,
-                          text=True, env=env)
+        raise BudgetError(
+            f"{doing} needs TensorFlow, which this Python lacks (a training host "
+            "may run JAX alone): trained trials are kept, so run the same "
+            "command where TensorFlow is installed to finish the search"
+        )
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", *args], input=stdin, capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise BudgetError(f"{doing} failed: {last}")
@@ -244,10 +269,15 @@ def fit(probes: list[dict]) -> dict:
     coef = np.linalg.lstsq(x, y, rcond=None)[0]
     predicted = x @ coef
     overhead = max(p["flash_bytes"] - p["weight_bytes"] for p in probes)
-    return {"latency_us": {"intercept": float(coef[0]), "per_mac": float(coef[1]),
-                           "per_layer": float(coef[2]),
-                           "max_abs_error_us": float(np.abs(predicted - y).max())},
-            "flash_overhead_bytes": int(overhead)}
+    return {
+        "latency_us": {
+            "intercept": float(coef[0]),
+            "per_mac": float(coef[1]),
+            "per_layer": float(coef[2]),
+            "max_abs_error_us": float(np.abs(predicted - y).max()),
+        },
+        "flash_overhead_bytes": int(overhead),
+    }
 
 
 def calibrate(budget: Budget, base: TrainConfig, space, path: Path) -> dict:
@@ -260,12 +290,17 @@ def calibrate(budget: Budget, base: TrainConfig, space, path: Path) -> dict:
         if {k: saved.get(k) for k in wanted} == wanted:
             return saved
     probes = measure_in_subprocess(configs, budget.export)
-    record = {**wanted, "method": (
-        f"{len(probes)} untrained networks from the corners of the search space, exported "
-        f"as {budget.export} and timed at batch 1 on one thread ({PROBE_CALLS} calls after "
-        f"{PROBE_WARMUP}) at the start of the search; latency: least squares on MACs and "
-        "Dense layers; flash: weight bytes + the largest probe overhead"),
-        "probes": probes, "model": fit(probes)}
+    record = {
+        **wanted,
+        "method": (
+            f"{len(probes)} untrained networks from the corners of the search space, exported "
+            f"as {budget.export} and timed at batch 1 on one thread ({PROBE_CALLS} calls after "
+            f"{PROBE_WARMUP}) at the start of the search; latency: least squares on MACs and "
+            "Dense layers; flash: weight bytes + the largest probe overhead"
+        ),
+        "probes": probes,
+        "model": fit(probes),
+    }
     atomic_write_json(path, record)
     return record
 
@@ -288,10 +323,15 @@ class Judge:
             if self.calibration is not None:
                 m = self.calibration["model"]
                 lat = m["latency_us"]
-                costs["flash_bytes_est"] = (weight_bytes(model, self.budget.precision)
-                                            + m["flash_overhead_bytes"])
-                costs["latency_us_est"] = round(lat["intercept"] + lat["per_mac"] * costs["macs"]
-                                                + lat["per_layer"] * dense_layers(model), 3)
+                costs["flash_bytes_est"] = (
+                    weight_bytes(model, self.budget.precision) + m["flash_overhead_bytes"]
+                )
+                costs["latency_us_est"] = round(
+                    lat["intercept"]
+                    + lat["per_mac"] * costs["macs"]
+                    + lat["per_layer"] * dense_layers(model),
+                    3,
+                )
             self._cache[key] = costs
         return self._cache[key]
 
@@ -302,20 +342,26 @@ class Judge:
 
 # --------------------------------------------------------------------------- after the search
 
-def bench_in_subprocess(runs: list[Path], budget: Budget, archive: Path | None,
-                        home: Path | None, results: Path) -> None:
+
+def bench_in_subprocess(
+    runs: list[Path], budget: Budget, archive: Path | None, home: Path | None, results: Path
+) -> None:
     """What ``harness bench RUNS --export <format>`` does, in a fresh process on TensorFlow
     (the exporters need it: ``python -m harness.export.bench``); its records are read back
     by :func:`judge_benched`."""
-    request = {"runs": [str(r) for r in runs], "export": budget.format,
-               "results": str(results), "archive": str(archive) if archive else None,
-               "home": str(home) if home else None}
-    _on_tensorflow(["harness.export.bench"], "benchmarking the search's best networks",
-                   json.dumps(request))
+    request = {
+        "runs": [str(r) for r in runs],
+        "export": budget.format,
+        "results": str(results),
+        "archive": str(archive) if archive else None,
+        "home": str(home) if home else None,
+    }
+    _on_tensorflow(
+        ["harness.export.bench"], "benchmarking the search's best networks", json.dumps(request)
+    )
 
 
-def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench, val=None
-                   ) -> dict:
+def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench, val=None) -> dict:
     """:func:`judge_benched` after ``bench(runs)`` has benchmarked the candidates' runs; a
     candidate that misses the latency limit alone, by at most :data:`RETIME_MARGIN`, is
     benchmarked once more and judged on that measurement (its first p50 is kept as
@@ -335,8 +381,11 @@ def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench,
 def _judged_row(budget: Budget, results: Path, run: str) -> dict:
     """The row of ``run``'s bench record for the budget's export."""
     record = read_json(Path(results) / "bench" / f"{run}.json")
-    return next(r for r in record["rows"]
-                if (r["format"], r["precision"]) == (budget.format, budget.precision))
+    return next(
+        r
+        for r in record["rows"]
+        if (r["format"], r["precision"]) == (budget.format, budget.precision)
+    )
 
 
 RETIME_MARGIN = 1.25  # a first p50 up to 25% over the limit is measured again
@@ -347,12 +396,18 @@ def _near_miss(budget: Budget, m: dict) -> bool:
     limit."""
     if budget.max_latency_us is None or m["p50_us"] <= budget.max_latency_us:
         return False
-    return (m["p50_us"] <= budget.max_latency_us * RETIME_MARGIN
-            and not budget.misses(m["macs"], m["flash_bytes"], None))
+    return m["p50_us"] <= budget.max_latency_us * RETIME_MARGIN and not budget.misses(
+        m["macs"], m["flash_bytes"], None
+    )
 
 
-def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=None,
-                  first_p50: dict[str, float] | None = None) -> dict:
+def judge_benched(
+    budget: Budget,
+    candidates: list[dict],
+    results: Path,
+    val=None,
+    first_p50: dict[str, float] | None = None,
+) -> dict:
     """The budget part of a search summary, from the bench records of ``candidates``
     (dicts with run, trial_id, val_accuracy and the predicted costs), in their order;
     ``first_p50`` holds the first p50 of the runs that were timed twice.
@@ -368,45 +423,65 @@ def judge_benched(budget: Budget, candidates: list[dict], results: Path, val=Non
     for cand in candidates:
         row = _judged_row(budget, results, cand["run"])
         misses = budget.misses(row["macs"], row["flash_bytes"], row["p50_us"])
-        measured = {"test_accuracy": row["test"]["accuracy"], "p50_us": round(row["p50_us"], 3),
-                    "flash_bytes": row["flash_bytes"], "macs": row["macs"],
-                    "arena_bytes": row.get("arena_bytes"), "file": row["file"],
-                    "bench": f"bench/{cand['run']}.json"}
+        measured = {
+            "test_accuracy": row["test"]["accuracy"],
+            "p50_us": round(row["p50_us"], 3),
+            "flash_bytes": row["flash_bytes"],
+            "macs": row["macs"],
+            "arena_bytes": row.get("arena_bytes"),
+            "file": row["file"],
+            "bench": f"bench/{cand['run']}.json",
+        }
         if val is not None:
             path = RunDir.named(results, cand["run"]).path / "exports" / row["file"]
-            measured["val_accuracy"] = score(predict_batched(load(path), val.x),
-                                             val.y)["accuracy"]
+            measured["val_accuracy"] = score(predict_batched(load(path), val.x), val.y)["accuracy"]
         if cand["run"] in first_p50:
             measured["first_p50_us"] = first_p50[cand["run"]]
         rows.append({**cand, "measured": measured, "fits": not misses, "misses": misses})
     fitting = [r for r in rows if r["fits"]]
     if val is not None:
         fitting.sort(key=lambda r: -r["measured"]["val_accuracy"])  # stable: ties keep order
-    return {"limits": budget.to_dict(), "described": budget.describe(), "candidates": rows,
-            "ranked_by": ("the judged file's validation accuracy" if val is not None
-                          else "the trained model's validation accuracy"),
-            "best": fitting[0]["run"] if fitting else None}
+    return {
+        "limits": budget.to_dict(),
+        "described": budget.describe(),
+        "candidates": rows,
+        "ranked_by": (
+            "the judged file's validation accuracy"
+            if val is not None
+            else "the trained model's validation accuracy"
+        ),
+        "best": fitting[0]["run"] if fitting else None,
+    }
 
 
 def format_budget(part: dict) -> str:
-    lines = [f"budget: {part['described']}",
-             f"{'run':<28}{'val acc':>8}{'file val':>9}{'test acc':>9}{'p50 us':>8}{'KiB':>8}"
-             f"{'MACs':>11}{'est. us':>8}  fits"]
+    lines = [
+        f"budget: {part['described']}",
+        f"{'run':<28}{'val acc':>8}{'file val':>9}{'test acc':>9}{'p50 us':>8}{'KiB':>8}"
+        f"{'MACs':>11}{'est. us':>8}  fits",
+    ]
     for r in part["candidates"]:
         m = r["measured"]
         est = r.get("predicted", {}).get("latency_us_est")
         file_val = "-" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
-        again = ("" if m.get("first_p50_us") is None else
-                 f" (timed again: the first p50 was {m['first_p50_us']:.2f} us)")
-        lines.append(f"{r['run']:<28}{r['val_accuracy']:>8.4f}{file_val:>9}"
-                     f"{m['test_accuracy']:>9.4f}"
-                     f"{m['p50_us']:>8.2f}{m['flash_bytes'] / KIB:>8.1f}{m['macs']:>11,}"
-                     f"{'-' if est is None else f'{est:.2f}':>8}  "
-                     f"{'yes' if r['fits'] else 'no: ' + '; '.join(r['misses'])}{again}")
+        again = (
+            ""
+            if m.get("first_p50_us") is None
+            else f" (timed again: the first p50 was {m['first_p50_us']:.2f} us)"
+        )
+        lines.append(
+            f"{r['run']:<28}{r['val_accuracy']:>8.4f}{file_val:>9}"
+            f"{m['test_accuracy']:>9.4f}"
+            f"{m['p50_us']:>8.2f}{m['flash_bytes'] / KIB:>8.1f}{m['macs']:>11,}"
+            f"{'-' if est is None else f'{est:.2f}':>8}  "
+            f"{'yes' if r['fits'] else 'no: ' + '; '.join(r['misses'])}{again}"
+        )
     best = part["best"]
-    lines.append(f"best within the budget, by {part.get('ranked_by', 'validation accuracy')}: "
-                 f"{best}" if best else
-                 "no benchmarked network met the budget as measured")
+    lines.append(
+        f"best within the budget, by {part.get('ranked_by', 'validation accuracy')}: {best}"
+        if best
+        else "no benchmarked network met the budget as measured"
+    )
     return "\n".join(lines)
 
 

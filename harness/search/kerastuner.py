@@ -72,8 +72,10 @@ class EpochTunerCallback(keras.callbacks.Callback):
         if not isinstance(callback, TunerCallback):
             return callback
         tuner = type(callback.tuner)
-        if (tuner.on_batch_begin is not kt.Tuner.on_batch_begin
-                or tuner.on_batch_end is not kt.Tuner.on_batch_end):
+        if (
+            tuner.on_batch_begin is not kt.Tuner.on_batch_begin
+            or tuner.on_batch_end is not kt.Tuner.on_batch_end
+        ):
             return callback  # a tuner that uses the batch hooks keeps them
         return cls(callback)
 
@@ -131,8 +133,9 @@ def forget_finished_retries(oracle) -> None:
     ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: a resumed
     search would otherwise train its last finished trial again (and overwrite it)."""
     finished = {"COMPLETED", "FAILED"}
-    oracle._retry_queue = [t for t in oracle._retry_queue
-                           if str(oracle.trials[t].status) not in finished]
+    oracle._retry_queue = [
+        t for t in oracle._retry_queue if str(oracle.trials[t].status) not in finished
+    ]
 
 
 MAX_DRAWS = 200  # draws per trial before a budgeted search gives up on finding a network
@@ -161,9 +164,11 @@ def constrain(oracle, misses) -> dict[str, int]:
             if not last:
                 return values
             rejected["now"] += 1
-        raise BudgetError(f"none of {MAX_DRAWS} networks drawn from the search space fits "
-                          f"the budget (the last: {'; '.join(last)}); allow smaller networks "
-                          "or a larger budget")
+        raise BudgetError(
+            f"none of {MAX_DRAWS} networks drawn from the search space fits "
+            f"the budget (the last: {'; '.join(last)}); allow smaller networks "
+            "or a larger budget"
+        )
 
     def populate_space(trial_id):
         rejected["now"] = 0
@@ -171,8 +176,11 @@ def constrain(oracle, misses) -> dict[str, int]:
         if result.get("status") == TrialStatus.RUNNING and misses(result["values"]):
             rejected["now"] += 1
             values = random_values()
-            result = ({"status": TrialStatus.STOPPED, "values": None} if values is None
-                      else {"status": TrialStatus.RUNNING, "values": values})
+            result = (
+                {"status": TrialStatus.STOPPED, "values": None}
+                if values is None
+                else {"status": TrialStatus.RUNNING, "values": values}
+            )
         per_trial[trial_id] = rejected["now"]
         return result
 
@@ -181,8 +189,9 @@ def constrain(oracle, misses) -> dict[str, int]:
     return per_trial
 
 
-def watch_workers(oracle, timeout: float, interval: float = 2.0,
-                  clock=time.monotonic) -> threading.Thread:
+def watch_workers(
+    oracle, timeout: float, interval: float = 2.0, clock=time.monotonic
+) -> threading.Thread:
     """Chief side: a worker silent for ``timeout`` s has its trial handed to another.
 
     KerasTuner's chief waits for every running trial to end, so one dead worker would hang
@@ -233,8 +242,11 @@ def watch_workers(oracle, timeout: float, interval: float = 2.0,
                 oracle.tuner_ids.discard(tuner_id)
                 oracle._retry_queue.append(trial.trial_id)
                 heard.pop(tuner_id, None)
-                print(f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
-                      "goes to another worker", flush=True)
+                print(
+                    f"worker {tuner_id} silent for {timeout:g} s: trial {trial.trial_id} "
+                    "goes to another worker",
+                    flush=True,
+                )
 
     def loop():
         while True:

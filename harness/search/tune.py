@@ -55,16 +55,29 @@ CHANCE = 0.2  # a sweep rate whose best val accuracy never beats this (chance: 0
 
 # --------------------------------------------------------------------------- sweep
 
-def sweep_lr(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
-             rates=DEFAULT_RATES, epochs: int = 10, verbose: int | None = None) -> dict:
+
+def sweep_lr(
+    base: TrainConfig,
+    ds: data_mod.Dataset,
+    results: Path,
+    name: str,
+    rates=DEFAULT_RATES,
+    epochs: int = 10,
+    verbose: int | None = None,
+) -> dict:
     """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
     from harness.train.fit import RunComplete, TrainingFailed, read_history, train
 
     root = Path(results) / "sweeps" / check_name(name, "sweep name")
     rows = []
     for rate in rates:
-        cfg = replace(base, lr=float(rate), epochs=epochs, name=f"lr-{rate:g}",
-                      warmup_epochs=min(base.warmup_epochs, epochs - 1)).validate()
+        cfg = replace(
+            base,
+            lr=float(rate),
+            epochs=epochs,
+            name=f"lr-{rate:g}",
+            warmup_epochs=min(base.warmup_epochs, epochs - 1),
+        ).validate()
         run = RunDir.named(root, cfg.name)
         try:
             train(cfg, ds, root, verbose=verbose)
@@ -73,9 +86,15 @@ def sweep_lr(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
         rows.append(_sweep_row(rate, run.read_metrics() or {}, read_history(run)))
     usable = [r for r in rows if not r["diverged"]]
     best = max(usable, key=lambda r: r["best_val_accuracy"]) if usable else None
-    record = {"name": name, "base_config": base.to_dict(), "epochs": epochs,
-              "data": ds.record, "rates": rows, "best_lr": best["lr"] if best else None,
-              "tensorboard": str(root / "runs")}
+    record = {
+        "name": name,
+        "base_config": base.to_dict(),
+        "epochs": epochs,
+        "data": ds.record,
+        "rates": rows,
+        "best_lr": best["lr"] if best else None,
+        "tensorboard": str(root / "runs"),
+    }
     atomic_write_json(root / "sweep.json", record)
     return record
 
@@ -84,45 +103,57 @@ def _sweep_row(rate: float, metrics: dict, history: list[dict]) -> dict:
     val_acc = [h["val_accuracy"] for h in history if math.isfinite(h.get("val_accuracy", math.nan))]
     val_loss = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]
     best_acc = max(val_acc) if val_acc else 0.0
-    return {"lr": float(rate), "status": metrics.get("status"),
-            "best_val_accuracy": best_acc,
-            "best_val_loss": min(val_loss) if val_loss else None,
-            "epoch_of_best": (val_acc.index(best_acc) + 1) if val_acc else None,
-            "epochs_run": len(history),
-            "diverged": metrics.get("status") != COMPLETED or best_acc <= CHANCE}
+    return {
+        "lr": float(rate),
+        "status": metrics.get("status"),
+        "best_val_accuracy": best_acc,
+        "best_val_loss": min(val_loss) if val_loss else None,
+        "epoch_of_best": (val_acc.index(best_acc) + 1) if val_acc else None,
+        "epochs_run": len(history),
+        "diverged": metrics.get("status") != COMPLETED or best_acc <= CHANCE,
+    }
 
 
 def format_sweep(record: dict) -> str:
     lines = [f"{'lr':>8}  {'best val acc':>12}  {'best val loss':>13}  {'epoch':>5}  diverged"]
     for r in record["rates"]:
         loss = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
-        lines.append(f"{r['lr']:>8g}  {r['best_val_accuracy']:>12.4f}  {loss:>13}  "
-                     f"{r['epoch_of_best'] or '-':>5}  {'yes' if r['diverged'] else 'no'}")
+        lines.append(
+            f"{r['lr']:>8g}  {r['best_val_accuracy']:>12.4f}  {loss:>13}  "
+            f"{r['epoch_of_best'] or '-':>5}  {'yes' if r['diverged'] else 'no'}"
+        )
     lines.append(f"best learning rate: {record['best_lr']}")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- search space
 
+
 @dataclass
 class SearchSpace:
     """What a search may vary. Defaults are the study's space (with lr on a log scale)."""
 
-    layers: tuple[int, int] = (1, 10)          # n_hidden, inclusive
-    units: tuple[int, int] = (64, 256)         # n_neurons, inclusive
-    lr: tuple[float, float] = (1e-5, 1e-3)     # sampled log-uniformly
-    activations: tuple[str, ...] = ()          # empty = keep the base config's
+    layers: tuple[int, int] = (1, 10)  # n_hidden, inclusive
+    units: tuple[int, int] = (64, 256)  # n_neurons, inclusive
+    lr: tuple[float, float] = (1e-5, 1e-3)  # sampled log-uniformly
+    activations: tuple[str, ...] = ()  # empty = keep the base config's
     dropout: tuple[float, float] | None = None
-    l1: tuple[float, float] | None = None      # sampled log-uniformly
-    batch_sizes: tuple[int, ...] = ()          # empty = keep the base config's
-    pca: tuple[int, ...] = ()                  # PCA widths to choose from (0 = none)
+    l1: tuple[float, float] | None = None  # sampled log-uniformly
+    batch_sizes: tuple[int, ...] = ()  # empty = keep the base config's
+    pca: tuple[int, ...] = ()  # PCA widths to choose from (0 = none)
     teacher_weight: tuple[float, float] | None = None  # needs a base config with a teacher
 
     def validate(self) -> "SearchSpace":
         """Each end of each range, each activation and batch size must be a value its
         training setting allows (harness.core.config.SETTINGS); log-scaled ranges start above 0."""
-        ranges = {"layers": self.layers, "units": self.units, "lr": self.lr,
-                  "dropout": self.dropout, "l1": self.l1, "teacher_weight": self.teacher_weight}
+        ranges = {
+            "layers": self.layers,
+            "units": self.units,
+            "lr": self.lr,
+            "dropout": self.dropout,
+            "l1": self.l1,
+            "teacher_weight": self.teacher_weight,
+        }
         for key, rng in ranges.items():
             if rng is None:
                 continue
@@ -135,8 +166,11 @@ class SearchSpace:
                 raise ConfigError(f"{key} range {rng}: lower end must be > 0 (log scale)")
             if (hi < lo) if SETTINGS[key].metadata["kind"] is int else (hi <= lo):
                 raise ConfigError(f"{key} range {rng}: empty or inverted")
-        for key, values in (("activation", self.activations), ("batch_size", self.batch_sizes),
-                            ("pca", self.pca)):
+        for key, values in (
+            ("activation", self.activations),
+            ("batch_size", self.batch_sizes),
+            ("pca", self.pca),
+        ):
             for value in values:
                 why = problem(SETTINGS[key], value)
                 if why:
@@ -145,13 +179,15 @@ class SearchSpace:
 
     def config_for(self, hp, base: TrainConfig) -> TrainConfig:
         """Register the hyperparameters on ``hp`` and return the config they describe."""
+
         def clamp(v, rng):
             return min(max(v, rng[0]), rng[1])
 
         values = dict(
             layers=hp.Int("n_hidden", *self.layers, default=clamp(base.layers, self.layers)),
             units=hp.Int("n_neurons", *self.units, default=clamp(base.units, self.units)),
-            lr=hp.Float("learning_rate", *self.lr, sampling="log"))
+            lr=hp.Float("learning_rate", *self.lr, sampling="log"),
+        )
         if self.activations:
             values["activation"] = hp.Choice("activation", list(self.activations))
         if self.dropout is not None:
@@ -172,8 +208,10 @@ class SearchSpace:
 
 # --------------------------------------------------------------------------- search
 
-def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Splits,
-                    results: Path | None = None):
+
+def make_hypermodel(
+    base: TrainConfig, space: SearchSpace, splits: data_mod.Splits, results: Path | None = None
+):
     import keras_tuner as kt
 
     from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
@@ -192,8 +230,11 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
     # The top principal directions come largest first, so a narrower PCA is a slice.
     components = splits.principal_components(widest, base.pool) if widest else None
     # The teacher answers once; each trial mixes its answers with the labels by its weight.
-    answers = (teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
-               if base.teacher else None)
+    answers = (
+        teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
+        if base.teacher
+        else None
+    )
     labels = one_hot(splits.train.y)
 
     class StudyHyperModel(kt.HyperModel):
@@ -201,8 +242,7 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
 
         def build(self, hp):
             cfg = space.config_for(hp, base)
-            model = build_model(cfg, mean, variance,
-                                components[:, :cfg.pca] if cfg.pca else None)
+            model = build_model(cfg, mean, variance, components[:, : cfg.pca] if cfg.pca else None)
             compile_model(model, cfg, len(splits.train))
             return model
 
@@ -211,24 +251,33 @@ def make_hypermodel(base: TrainConfig, space: SearchSpace, splits: data_mod.Spli
             # Ours first, so epoch_seconds is in the logs KerasTuner records.
             ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
             # Async dispatch kept; the best epoch's weights written once, at the end.
-            theirs = [BestEpochOnce.replacing(EpochTunerCallback.replacing(c))
-                      for c in callbacks]
+            theirs = [BestEpochOnce.replacing(EpochTunerCallback.replacing(c)) for c in callbacks]
             kwargs.pop("shuffle", None)
-            targets = (None if answers is None else
-                       cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels)
-            return model.fit(**fit_inputs(cfg, x, y, validation_data, targets=targets),
-                             epochs=epochs or cfg.epochs, callbacks=[*ours, *theirs],
-                             **kwargs)
+            targets = (
+                None
+                if answers is None
+                else cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels
+            )
+            return model.fit(
+                **fit_inputs(cfg, x, y, validation_data, targets=targets),
+                epochs=epochs or cfg.epochs,
+                callbacks=[*ours, *theirs],
+                **kwargs,
+            )
 
     return StudyHyperModel()
 
 
-def _tuner_class(kind: str, judge=None, config: TrainConfig | None = None,
-                 space: SearchSpace | None = None):
+def _tuner_class(
+    kind: str, judge=None, config: TrainConfig | None = None, space: SearchSpace | None = None
+):
     import keras_tuner as kt
 
-    base = {"bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
-            "random": kt.RandomSearch}[kind]
+    base = {
+        "bayesian": kt.BayesianOptimization,
+        "hyperband": kt.Hyperband,
+        "random": kt.RandomSearch,
+    }[kind]
 
     def run_trial(self, trial, *args, **kwargs):
         """Records who ran the trial and on which device, its per-epoch history (KerasTuner
@@ -241,16 +290,27 @@ def _tuner_class(kind: str, judge=None, config: TrainConfig | None = None,
         result = base.run_trial(self, trial, *args, **kwargs)
         runs = result if isinstance(result, list) else [result]
         history = next((r.history for r in runs if hasattr(r, "history")), {})
-        costs = ({} if judge is None else
-                 {"costs": judge.costs(space.config_for(trial.hyperparameters.copy(), config)),
-                  "turned_down": getattr(self.oracle, "turned_down", {}).get(trial.trial_id)})
-        meta = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **costs,
-                "device": select(keras.backend.backend()).record,
-                "seconds": round(time.perf_counter() - t0, 3), "rss_mb": _rss_mb(),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "history": {k: [float(v) for v in vals] for k, vals in history.items()}}
-        atomic_write_json(Path(self.project_dir).parent / "trial_meta" /
-                          f"{trial.trial_id}.json", meta)
+        costs = (
+            {}
+            if judge is None
+            else {
+                "costs": judge.costs(space.config_for(trial.hyperparameters.copy(), config)),
+                "turned_down": getattr(self.oracle, "turned_down", {}).get(trial.trial_id),
+            }
+        )
+        meta = {
+            "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
+            **costs,
+            "device": select(keras.backend.backend()).record,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "rss_mb": _rss_mb(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+        }
+        atomic_write_json(
+            Path(self.project_dir).parent / "trial_meta" / f"{trial.trial_id}.json", meta
+        )
         return result
 
     return type(f"Harness{base.__name__}", (base,), {"run_trial": run_trial})
@@ -265,14 +325,27 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def make_tuner(kind: str, hypermodel, directory: Path, max_trials: int, epochs: int,
-               seed: int = 42, judge=None, base: TrainConfig | None = None,
-               space: SearchSpace | None = None):
+def make_tuner(
+    kind: str,
+    hypermodel,
+    directory: Path,
+    max_trials: int,
+    epochs: int,
+    seed: int = 42,
+    judge=None,
+    base: TrainConfig | None = None,
+    space: SearchSpace | None = None,
+):
     """A KerasTuner tuner over ``directory`` (reloaded, never overwritten: that is resume)."""
     if kind not in TUNERS:
         raise ConfigError(f"tuner={kind!r}: must be one of {', '.join(TUNERS)}")
-    common = dict(objective="val_accuracy", directory=str(directory),
-                  project_name="keras_tuner", overwrite=False, seed=seed)
+    common = dict(
+        objective="val_accuracy",
+        directory=str(directory),
+        project_name="keras_tuner",
+        overwrite=False,
+        seed=seed,
+    )
     cls = _tuner_class(kind, judge, base, space)
     if kind == "bayesian":  # the study's settings
         return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
@@ -290,8 +363,9 @@ def wait_for_chief(ip: str, port: int, timeout: float) -> None:
             return
         except OSError as e:
             if time.monotonic() >= deadline:
-                raise ConnectionError(f"cannot reach the chief at {ip}:{port} after "
-                                      f"{timeout:g} s ({e})") from None
+                raise ConnectionError(
+                    f"cannot reach the chief at {ip}:{port} after {timeout:g} s ({e})"
+                ) from None
             time.sleep(0.5)
 
 
@@ -300,10 +374,21 @@ def search_dir(results: Path, name: str) -> Path:
     return Path(results) / "tuning" / check_name(name, "search name")
 
 
-def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
-         space: SearchSpace, kind: str = "bayesian", max_trials: int = 10,
-         worker_timeout: float = 600.0, verbose: int = 1, budget=None, bench_top: int = 3,
-         archive: Path | None = None, home: Path | None = None) -> dict | None:
+def tune(
+    base: TrainConfig,
+    ds: data_mod.Dataset,
+    results: Path,
+    name: str,
+    space: SearchSpace,
+    kind: str = "bayesian",
+    max_trials: int = 10,
+    worker_timeout: float = 600.0,
+    verbose: int = 1,
+    budget=None,
+    bench_top: int = 3,
+    archive: Path | None = None,
+    home: Path | None = None,
+) -> dict | None:
     """Run (or resume, or join) a search; on the chief or alone, write every output.
 
     With a ``budget`` (:class:`harness.search.budget.Budget`), only networks predicted to fit it
@@ -325,14 +410,25 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     root = search_dir(results, name)
     splits = data_mod.split(ds)
     if base.teacher_views:
-        raise ConfigError("tune distills from a teacher's answers on the clean images only: "
-                          "leave teacher_views at 0 (train with --teacher-views instead)")
+        raise ConfigError(
+            "tune distills from a teacher's answers on the clean images only: "
+            "leave teacher_views at 0 (train with --teacher-views instead)"
+        )
     if space.teacher_weight is not None and not base.teacher:
         raise ConfigError("a teacher-weight range needs a teacher: add --teacher RUN")
     role = os.environ.get("KERASTUNER_TUNER_ID")
     judge = _judge(budget, base, space, root) if budget and role in (None, "chief") else None
-    tuner = make_tuner(kind, make_hypermodel(base, space, splits, results), root, max_trials,
-                       base.epochs, base.seed, judge, base, space)
+    tuner = make_tuner(
+        kind,
+        make_hypermodel(base, space, splits, results),
+        root,
+        max_trials,
+        base.epochs,
+        base.seed,
+        judge,
+        base,
+        space,
+    )
     if role in (None, "chief"):
         forget_finished_retries(tuner.oracle)
     if judge is not None:
@@ -346,17 +442,29 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
         constrain(oracle, misses)
     if role == "chief":
         watch_workers(tuner.oracle, worker_timeout)
-    atomic_write_json(root / "search.json", {"name": name, "tuner": kind,
-                                             "max_trials": max_trials, "space": space.__dict__,
-                                             "base_config": base.to_dict(), "data": ds.record})
+    atomic_write_json(
+        root / "search.json",
+        {
+            "name": name,
+            "tuner": kind,
+            "max_trials": max_trials,
+            "space": space.__dict__,
+            "base_config": base.to_dict(),
+            "data": ds.record,
+        },
+    )
     # KerasTuner collects garbage before every trial: with the objects that outlive the
     # search (modules, data, tuner) frozen out of the collector's reach, that is cheap.
     gc.collect()
     gc.freeze()
     t0 = time.perf_counter()
     try:
-        tuner.search(splits.train.x, splits.train.y,
-                     validation_data=(splits.val.x, splits.val.y), verbose=verbose)
+        tuner.search(
+            splits.train.x,
+            splits.train.y,
+            validation_data=(splits.val.x, splits.val.y),
+            verbose=verbose,
+        )
     finally:
         gc.unfreeze()
     if role not in (None, "chief"):
@@ -364,19 +472,34 @@ def tune(base: TrainConfig, ds: data_mod.Dataset, results: Path, name: str,
     summary = write_outputs(tuner, root, base, space, ds, splits, time.perf_counter() - t0)
     if judge is None:
         return summary
-    return judge_search(tuner, root, base, space, ds, splits, summary, judge, bench_top,
-                        Path(results), archive, home)
+    return judge_search(
+        tuner,
+        root,
+        base,
+        space,
+        ds,
+        splits,
+        summary,
+        judge,
+        bench_top,
+        Path(results),
+        archive,
+        home,
+    )
 
 
-def calibrate_search(base: TrainConfig, results: Path, name: str, space: SearchSpace,
-                     budget) -> dict:
+def calibrate_search(
+    base: TrainConfig, results: Path, name: str, space: SearchSpace, budget
+) -> dict:
     """Only the probes of a budgeted search: ``budget_calibration.json`` written (or
     reused) under ``<results>/tuning/<name>/``, for a search that will train where
     TensorFlow is missing. Returns the calibration."""
     space.validate()
     if not budget.needs_probes:
-        raise ConfigError("only a latency or flash budget has probes to measure "
-                          "(--max-latency-us, --max-flash-kb)")
+        raise ConfigError(
+            "only a latency or flash budget has probes to measure "
+            "(--max-latency-us, --max-flash-kb)"
+        )
     root = search_dir(results, name)
     return _judge(budget, base, space, root).calibration
 
@@ -388,20 +511,36 @@ def _judge(budget, base: TrainConfig, space: SearchSpace, root: Path):
 
     budget.validate()
     root.mkdir(parents=True, exist_ok=True)
-    calibration = (calibrate(budget, base, space, root / "budget_calibration.json")
-                   if budget.needs_probes else None)
+    calibration = (
+        calibrate(budget, base, space, root / "budget_calibration.json")
+        if budget.needs_probes
+        else None
+    )
     judge = Judge(budget, calibration)
     smallest = probe_configs(base, space)[0]
     if judge.misses(smallest):
-        raise BudgetError(f"even the smallest network of the search space ({smallest.layers} "
-                          f"x {smallest.units}, PCA {smallest.pca}) misses the budget: "
-                          f"{'; '.join(judge.misses(smallest))}")
+        raise BudgetError(
+            f"even the smallest network of the search space ({smallest.layers} "
+            f"x {smallest.units}, PCA {smallest.pca}) misses the budget: "
+            f"{'; '.join(judge.misses(smallest))}"
+        )
     return judge
 
 
-def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
-                 ds: data_mod.Dataset, splits: data_mod.Splits, summary: dict, judge,
-                 bench_top: int, results: Path, archive, home) -> dict:
+def judge_search(
+    tuner,
+    root: Path,
+    base: TrainConfig,
+    space: SearchSpace,
+    ds: data_mod.Dataset,
+    splits: data_mod.Splits,
+    summary: dict,
+    judge,
+    bench_top: int,
+    results: Path,
+    archive,
+    home,
+) -> dict:
     """The ``bench_top`` best trials as runs, benchmarked and judged; the summary gains
     ``budget`` (see :func:`harness.search.budget.judge_benched`)."""
     from harness.search import budget as budget_mod
@@ -410,18 +549,24 @@ def judge_search(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     for trial in tuner.oracle.get_best_trials(bench_top):
         cfg = space.config_for(trial.hyperparameters.copy(), base)
         run = RunDir.named(results, f"{root.name}-t{trial.trial_id}")
-        _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits,
-                         run.name)
-        candidates.append({"run": run.name, "trial_id": trial.trial_id,
-                           "val_accuracy": float(trial.score),
-                           "hyperparameters": trial.hyperparameters.values,
-                           "predicted": judge.costs(cfg)})
+        _write_trial_run(tuner, trial, run, replace(cfg, name=run.name), root, ds, splits, run.name)
+        candidates.append(
+            {
+                "run": run.name,
+                "trial_id": trial.trial_id,
+                "val_accuracy": float(trial.score),
+                "hyperparameters": trial.hyperparameters.values,
+                "predicted": judge.costs(cfg),
+            }
+        )
     part = budget_mod.judge_measured(
-        judge.budget, candidates, results,
+        judge.budget,
+        candidates,
+        results,
         lambda runs: budget_mod.bench_in_subprocess(runs, judge.budget, archive, home, results),
-        splits.val)
-    part["calibration"] = ("budget_calibration.json" if judge.calibration is not None
-                           else None)
+        splits.val,
+    )
+    part["calibration"] = "budget_calibration.json" if judge.calibration is not None else None
     part["proposals_turned_down"] = sum(tuner.oracle.turned_down.values())
     summary = {**summary, "budget": part}
     write_record("tuning", root / "summary.json", summary)
@@ -433,19 +578,33 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
     for trial in tuner.oracle.trials.values():
         meta = _trial_meta(root, trial.trial_id)
         history = meta.get("history", {})
-        rows.append({"trial_id": trial.trial_id, "status": str(trial.status),
-                     "score": None if trial.score is None else float(trial.score),
-                     **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
-                     "epochs": len(history.get("loss", [])),
-                     "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
-                     "worker": meta.get("tuner_id"), "trial_seconds": meta.get("seconds"),
-                     "rss_mb": meta.get("rss_mb"), "device": label_of(meta.get("device")),
-                     **meta.get("costs", {})})
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "status": str(trial.status),
+                "score": None if trial.score is None else float(trial.score),
+                **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
+                "epochs": len(history.get("loss", [])),
+                "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
+                "worker": meta.get("tuner_id"),
+                "trial_seconds": meta.get("seconds"),
+                "rss_mb": meta.get("rss_mb"),
+                "device": label_of(meta.get("device")),
+                **meta.get("costs", {}),
+            }
+        )
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
-def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
-                  ds: data_mod.Dataset, splits: data_mod.Splits, search_seconds: float) -> dict:
+def write_outputs(
+    tuner,
+    root: Path,
+    base: TrainConfig,
+    space: SearchSpace,
+    ds: data_mod.Dataset,
+    splits: data_mod.Splits,
+    search_seconds: float,
+) -> dict:
     """Trial table, best hyperparameters, and the best model as a run directory.
 
     ``search_seconds`` adds to those of the summary already there: a finished search run
@@ -462,24 +621,41 @@ def write_outputs(tuner, root: Path, base: TrainConfig, space: SearchSpace,
     best_hp = best_trial.hyperparameters
     cfg = replace(space.config_for(best_hp.copy(), base), name="best")
     run = RunDir(root / "best")
-    evaluated = _write_trial_run(tuner, best_trial, run, cfg, root, ds, splits,
-                                 f"{root.name}/best")
-    summary = {"name": root.name, "trials": len(rows),
-               "completed": sum(r["status"] == "COMPLETED" for r in rows),
-               "search_seconds": round(search_seconds, 1),
-               "best_trial": best_trial.trial_id, "best_val_accuracy": float(best_trial.score),
-               "best_test_accuracy": evaluated["test"]["accuracy"],
-               "best_hyperparameters": best_hp.values,
-               "best_run": run.path.name}  # relative to this summary's folder
-    atomic_write_json(root / "best_hyperparameters.json",
-                      {"trial_id": best_trial.trial_id, "score": float(best_trial.score),
-                       "values": best_hp.values, "config": cfg.to_dict()})
+    evaluated = _write_trial_run(tuner, best_trial, run, cfg, root, ds, splits, f"{root.name}/best")
+    summary = {
+        "name": root.name,
+        "trials": len(rows),
+        "completed": sum(r["status"] == "COMPLETED" for r in rows),
+        "search_seconds": round(search_seconds, 1),
+        "best_trial": best_trial.trial_id,
+        "best_val_accuracy": float(best_trial.score),
+        "best_test_accuracy": evaluated["test"]["accuracy"],
+        "best_hyperparameters": best_hp.values,
+        "best_run": run.path.name,
+    }  # relative to this summary's folder
+    atomic_write_json(
+        root / "best_hyperparameters.json",
+        {
+            "trial_id": best_trial.trial_id,
+            "score": float(best_trial.score),
+            "values": best_hp.values,
+            "config": cfg.to_dict(),
+        },
+    )
     write_record("tuning", root / "summary.json", summary)
     return summary
 
 
-def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
-                     ds: data_mod.Dataset, splits: data_mod.Splits, label: str) -> dict:
+def _write_trial_run(
+    tuner,
+    trial,
+    run: RunDir,
+    cfg: TrainConfig,
+    root: Path,
+    ds: data_mod.Dataset,
+    splits: data_mod.Splits,
+    label: str,
+) -> dict:
     """A trial's model as a normal run directory at ``run`` (config, model, history,
     metrics evaluated on every split, named ``label``); returns the evaluation."""
     from harness.train.evaluate import evaluate_splits
@@ -494,12 +670,19 @@ def _write_trial_run(tuner, trial, run: RunDir, cfg: TrainConfig, root: Path,
     _write_trial_history(history, run)
     evaluated = evaluate_splits(model, splits)
     # The device: where the trial trained (its worker's record; none from before issue 21).
-    metrics = run_record(label, cfg, model, ds, meta.get("device"), status=COMPLETED,
-                         epochs_run=len(history.get("loss", [])),
-                         best_epoch=int(np.argmax(history.get("val_accuracy", [0])) + 1),
-                         wall_time_s=round(sum(history.get("epoch_seconds", [])), 3),
-                         tuning={"name": root.name, "trial_id": trial.trial_id,
-                                 "score": float(trial.score)}, **evaluated)
+    metrics = run_record(
+        label,
+        cfg,
+        model,
+        ds,
+        meta.get("device"),
+        status=COMPLETED,
+        epochs_run=len(history.get("loss", [])),
+        best_epoch=int(np.argmax(history.get("val_accuracy", [0])) + 1),
+        wall_time_s=round(sum(history.get("epoch_seconds", [])), 3),
+        tuning={"name": root.name, "trial_id": trial.trial_id, "score": float(trial.score)},
+        **evaluated,
+    )
     run.write_metrics(metrics)
     return evaluated
 
@@ -513,9 +696,16 @@ def _write_trial_history(history: dict[str, list[float]], run: RunDir) -> None:
     """The trial's epochs as history.csv, the same columns ``harness train`` writes."""
     names = sorted(history)
     epochs = max((len(v) for v in history.values()), default=0)
-    atomic_write_csv(run.history, [["epoch", *names], *(
-        [e, *(history[n][e] if e < len(history[n]) else "" for n in names)]
-        for e in range(epochs))])
+    atomic_write_csv(
+        run.history,
+        [
+            ["epoch", *names],
+            *(
+                [e, *(history[n][e] if e < len(history[n]) else "" for n in names)]
+                for e in range(epochs)
+            ),
+        ],
+    )
 
 
 def format_trials(rows: list[dict]) -> str:
@@ -525,8 +715,10 @@ def format_trials(rows: list[dict]) -> str:
     for r in rows:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         hps = "".join(f"{_fmt(r.get(k)):>16}" for k in hp_keys)
-        lines.append(f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{r['epochs']:>7}"
-                     f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}")
+        lines.append(
+            f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{r['epochs']:>7}"
+            f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}"
+        )
     return "\n".join(lines)
 
 

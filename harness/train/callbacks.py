@@ -49,8 +49,9 @@ def learning_rate_reader(optimizer):
     a search of small networks a noticeable share of its time; there the schedule is
     compiled once per fit instead (the same function of the same step counter)."""
     schedule = getattr(optimizer, "_learning_rate", None)
-    if (keras.backend.backend() == "jax"
-            and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)):
+    if keras.backend.backend() == "jax" and isinstance(
+        schedule, keras.optimizers.schedules.LearningRateSchedule
+    ):
         import jax
 
         compiled = jax.jit(schedule)
@@ -79,8 +80,16 @@ class MixupBatches(keras.utils.PyDataset):
     the batches are the same whatever the number of ``workers``; ``epoch`` is the first
     epoch's number."""
 
-    def __init__(self, x: np.ndarray, targets: np.ndarray, batch_size: int, alpha: float,
-                 seed: int, workers: int, epoch: int = 0):
+    def __init__(
+        self,
+        x: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int,
+        alpha: float,
+        seed: int,
+        workers: int,
+        epoch: int = 0,
+    ):
         super().__init__(workers=workers)
         self.x, self.targets, self.batch_size = x, targets, batch_size
         self.views = targets.ndim == 3
@@ -94,7 +103,7 @@ class MixupBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
         if self.views:
             view = rng.integers(len(self.x), size=len(idx))
             images = self.x[view, idx].astype(np.float32)
@@ -121,8 +130,11 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def __init__(self, target: Path, monitor: str):
         self.target = Path(target)
-        super().__init__(str(self.target.with_name(".checkpoint.tmp.keras")),
-                         monitor=monitor, save_best_only=True)
+        super().__init__(
+            str(self.target.with_name(".checkpoint.tmp.keras")),
+            monitor=monitor,
+            save_best_only=True,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -141,8 +153,9 @@ class ResumeState(keras.callbacks.Callback):
     BackupAndRestore deletes when the run ends.
     """
 
-    def __init__(self, folder: Path, early, plateau, checkpoint: AtomicCheckpoint,
-                 state: dict | None = None):
+    def __init__(
+        self, folder: Path, early, plateau, checkpoint: AtomicCheckpoint, state: dict | None = None
+    ):
         super().__init__()
         self.path = Path(folder) / STATE_FILE
         self.early, self.plateau, self.checkpoint = early, plateau, checkpoint
@@ -163,11 +176,18 @@ class ResumeState(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         early, plateau = self.early, self.plateau
-        state = {"early_best": early.best, "early_wait": early.wait,
-                 "early_best_epoch": early.best_epoch, "checkpoint_best": self.checkpoint.best}
+        state = {
+            "early_best": early.best,
+            "early_wait": early.wait,
+            "early_best_epoch": early.best_epoch,
+            "checkpoint_best": self.checkpoint.best,
+        }
         if plateau is not None:
-            state.update(plateau_best=plateau.best, plateau_wait=plateau.wait,
-                         plateau_cooldown=plateau.cooldown_counter)
+            state.update(
+                plateau_best=plateau.best,
+                plateau_wait=plateau.wait,
+                plateau_cooldown=plateau.cooldown_counter,
+            )
         saved = read_states(self.path.parent)
         saved[str(epoch + 1)] = {k: _plain(v) for k, v in state.items()}
         # The backup lags this epoch by one or more (see ThrottledBackup): keep enough.

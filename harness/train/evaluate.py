@@ -18,11 +18,14 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     if probs.ndim != 2 or len(probs) != len(labels):
-        raise ValueError(f"expected probabilities (N, classes) for {len(labels)} labels, "
-                         f"got {probs.shape}")
+        raise ValueError(
+            f"expected probabilities (N, classes) for {len(labels)} labels, got {probs.shape}"
+        )
     picked = probs[np.arange(len(labels)), labels]
-    return {"accuracy": float((probs.argmax(axis=1) == labels).mean()),
-            "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())}
+    return {
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+        "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()),
+    }
 
 
 def predict_keras(model, x: np.ndarray) -> np.ndarray:

@@ -75,26 +75,40 @@ def recipe_callbacks(cfg: TrainConfig, resumed: bool = False) -> tuple:
     from harness.train.callbacks import ResumableSwapEMAWeights
 
     ema = ResumableSwapEMAWeights(resumed) if cfg.ema else None
-    early = keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience,
-                                          restore_best_weights=True)
+    early = keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True
+    )
     # With a cosine schedule the learning rate is a function of the step: no plateau logic.
-    plateau = (keras.callbacks.ReduceLROnPlateau(monitor=cfg.monitor, factor=cfg.lr_factor,
-                                                 patience=cfg.lr_patience)
-               if cfg.schedule == "plateau" else None)
+    plateau = (
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.monitor, factor=cfg.lr_factor, patience=cfg.lr_patience
+        )
+        if cfg.schedule == "plateau"
+        else None
+    )
     return ema, early, plateau
 
 
 def compile_model(model, cfg: TrainConfig, n_train: int) -> None:
     """The configured optimizer and schedule, sparse cross-entropy (optionally smoothed),
     accuracy."""
-    model.compile(optimizer=_optimizer(cfg, math.ceil(n_train / cfg.batch_size)),
-                  loss=loss_for(cfg), metrics=["accuracy"],
-                  steps_per_execution=cfg.steps_per_execution)
+    model.compile(
+        optimizer=_optimizer(cfg, math.ceil(n_train / cfg.batch_size)),
+        loss=loss_for(cfg),
+        metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
+    )
 
 
-def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
-               targets: np.ndarray | None = None, first_epoch: int = 0,
-               views: np.ndarray | None = None) -> dict:
+def fit_inputs(
+    cfg: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    val: tuple,
+    targets: np.ndarray | None = None,
+    first_epoch: int = 0,
+    views: np.ndarray | None = None,
+) -> dict:
     """``model.fit`` keyword arguments for the training arrays and validation pair.
 
     Integer labels: the arrays themselves (shuffled by Keras each epoch). With ``targets``
@@ -105,20 +119,34 @@ def fit_inputs(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, val: tuple,
     ...) and targets (V, N, 10) from :func:`teacher_targets`, batches come from a generator
     that picks one view per image (and mixes them when mixup is on)."""
     if views is not None:
-        return {"x": mixup_batches(views, targets, cfg.batch_size, cfg.mixup, cfg.seed,
-                                   epoch=first_epoch),
-                "validation_data": (val[0], one_hot(val[1]))}
+        return {
+            "x": mixup_batches(
+                views, targets, cfg.batch_size, cfg.mixup, cfg.seed, epoch=first_epoch
+            ),
+            "validation_data": (val[0], one_hot(val[1])),
+        }
     if not cfg.mixup and targets is None:
-        return {"x": x, "y": y, "batch_size": cfg.batch_size, "validation_data": val,
-                "shuffle": True}
+        return {
+            "x": x,
+            "y": y,
+            "batch_size": cfg.batch_size,
+            "validation_data": val,
+            "shuffle": True,
+        }
     targets = one_hot(y) if targets is None else targets
     validation = (val[0], one_hot(val[1]))
     if not cfg.mixup:
-        return {"x": x, "y": targets, "batch_size": cfg.batch_size,
-                "validation_data": validation, "shuffle": True}
-    return {"x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed,
-                               epoch=first_epoch),
-            "validation_data": validation}
+        return {
+            "x": x,
+            "y": targets,
+            "batch_size": cfg.batch_size,
+            "validation_data": validation,
+            "shuffle": True,
+        }
+    return {
+        "x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed, epoch=first_epoch),
+        "validation_data": validation,
+    }
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
@@ -135,8 +163,9 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (soft / soft.sum(axis=-1, keepdims=True)).astype(probs.dtype)
 
 
-def teacher_targets(cfg: TrainConfig, results: Path, splits
-                    ) -> tuple[np.ndarray, dict, np.ndarray | None]:
+def teacher_targets(
+    cfg: TrainConfig, results: Path, splits
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Distillation targets for the training split: ``teacher_weight`` x the teacher run's
     probabilities + the rest on the one-hot labels; what metrics.json records of it; and,
     with ``teacher_views``, the augmented views they belong to (else None).
@@ -152,18 +181,27 @@ def teacher_targets(cfg: TrainConfig, results: Path, splits
     labels = one_hot(splits.train.y)
     t0 = time.perf_counter()
     views = augmented_views(cfg, splits.train.x) if cfg.teacher_views else None
-    probs = (np.stack([predict_keras(model, v) for v in views]) if views is not None
-             else predict_keras(model, splits.train.x))
+    probs = (
+        np.stack([predict_keras(model, v) for v in views])
+        if views is not None
+        else predict_keras(model, splits.train.x)
+    )
     clean = probs if views is None else predict_keras(model, splits.train.x)
     probs = soften(probs, cfg.teacher_temperature)
     targets = cfg.teacher_weight * probs + (1 - cfg.teacher_weight) * labels
-    record = {"run": cfg.teacher, "weight": cfg.teacher_weight,
-              "temperature": cfg.teacher_temperature,
-              "train_accuracy": float((clean.argmax(axis=-1) == splits.train.y).mean()),
-              "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy")}
+    record = {
+        "run": cfg.teacher,
+        "weight": cfg.teacher_weight,
+        "temperature": cfg.teacher_temperature,
+        "train_accuracy": float((clean.argmax(axis=-1) == splits.train.y).mean()),
+        "test_accuracy": (teacher.read_metrics() or {}).get("test", {}).get("accuracy"),
+    }
     if views is not None:
-        record.update(views=len(views), seconds=round(time.perf_counter() - t0, 1),
-                      views_accuracy=float((probs.argmax(axis=-1) == splits.train.y).mean()))
+        record.update(
+            views=len(views),
+            seconds=round(time.perf_counter() - t0, 1),
+            views_accuracy=float((probs.argmax(axis=-1) == splits.train.y).mean()),
+        )
     return targets.astype(np.float32), record, views
 
 
@@ -176,13 +214,20 @@ def augmented_views(cfg: TrainConfig, x: np.ndarray, chunk: int = 2048) -> np.nd
     views = np.empty((cfg.teacher_views, *x.shape), np.uint8)
     for v in range(cfg.teacher_views):
         for start in range(0, len(x), chunk):
-            part = layer(x[start:start + chunk].astype(np.float32), training=True)
-            views[v, start:start + chunk] = np.clip(np.rint(np.asarray(part)), 0, 255)
+            part = layer(x[start : start + chunk].astype(np.float32), training=True)
+            views[v, start : start + chunk] = np.clip(np.rint(np.asarray(part)), 0, 255)
     return views
 
 
-def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, seed: int,
-                  workers: int | None = None, epoch: int = 0):
+def mixup_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    alpha: float,
+    seed: int,
+    workers: int | None = None,
+    epoch: int = 0,
+):
     """Shuffled batches of mixed images and targets (Zhang et al. 2018, one l per image);
     ``y`` holds integer labels or (N, 10) probability vectors; or, with views, ``x`` is
     (V, N, ...) and ``y`` (V, N, 10) (see :class:`harness.train.callbacks.MixupBatches`).
@@ -201,8 +246,9 @@ def mixup_batches(x: np.ndarray, y: np.ndarray, batch_size: int, alpha: float, s
     return MixupBatches(x, targets, batch_size, alpha, seed, workers, epoch=epoch)
 
 
-def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=(),
-                    resumed: bool = False):
+def _make_callbacks(
+    cfg: TrainConfig, run: RunDir, resume_state: dict | None, extra=(), resumed: bool = False
+):
     import keras
 
     from harness.train.callbacks import (
@@ -216,10 +262,18 @@ def _make_callbacks(cfg: TrainConfig, run: RunDir, resume_state: dict | None, ex
     checkpoint = AtomicCheckpoint(run.model, cfg.monitor)
     # EarlyStopping after the epoch timer: its copy of the best weights, like the checkpoint,
     # happens only on improving epochs, and epoch_seconds measures training + validation.
-    callbacks = [ema, plateau, epoch_log(), early, TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(str(run.history), append=True), checkpoint,
-                 ResumeState(run.backup, early, plateau, checkpoint, resume_state),
-                 _tensorboard(run), *extra]
+    callbacks = [
+        ema,
+        plateau,
+        epoch_log(),
+        early,
+        TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(run.history), append=True),
+        checkpoint,
+        ResumeState(run.backup, early, plateau, checkpoint, resume_state),
+        _tensorboard(run),
+        *extra,
+    ]
     callbacks = [c for c in callbacks if c is not None]
     # Last, so an epoch counts as done only once everything above has recorded it.
     callbacks.append(ThrottledBackup(run.backup))
@@ -237,15 +291,23 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
         lr = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr,
             decay_steps=cfg.epochs * steps_per_epoch - warmup,
-            warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
-    kind = {"nadam": keras.optimizers.Nadam, "adamw": keras.optimizers.AdamW,
-            "lion": keras.optimizers.Lion}[cfg.optimizer]
+            warmup_target=cfg.lr if warmup else None,
+            warmup_steps=warmup,
+        )
+    kind = {
+        "nadam": keras.optimizers.Nadam,
+        "adamw": keras.optimizers.AdamW,
+        "lion": keras.optimizers.Lion,
+    }[cfg.optimizer]
     options = dict(use_ema=True, ema_momentum=cfg.ema) if cfg.ema else {}
     if cfg.clip_norm:
         options["global_clipnorm"] = cfg.clip_norm
     if not cfg.weight_decay:
-        return kind(learning_rate=lr, **options) if cfg.optimizer != "adamw" else kind(
-            learning_rate=lr, weight_decay=0.0, **options)
+        return (
+            kind(learning_rate=lr, **options)
+            if cfg.optimizer != "adamw"
+            else kind(learning_rate=lr, weight_decay=0.0, **options)
+        )
     optimizer = kind(learning_rate=lr, weight_decay=cfg.weight_decay, **options)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
@@ -256,8 +318,10 @@ def check_backend(cfg: TrainConfig) -> None:
     import keras
 
     if cfg.backend and keras.backend.backend() != cfg.backend:
-        raise ConfigError(f"backend={cfg.backend!r}, but Keras in this process runs on "
-                          f"{keras.backend.backend()!r}; run with KERAS_BACKEND={cfg.backend}")
+        raise ConfigError(
+            f"backend={cfg.backend!r}, but Keras in this process runs on "
+            f"{keras.backend.backend()!r}; run with KERAS_BACKEND={cfg.backend}"
+        )
 
 
 def _tensorboard(run: RunDir):
@@ -294,8 +358,9 @@ def _truncate_history(run: RunDir, epochs: int) -> None:
         return
     with open(run.history, newline="") as f:
         rows = list(csv.reader(f))
-    atomic_write_csv(run.history,
-                     rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs])
+    atomic_write_csv(
+        run.history, rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < epochs]
+    )
 
 
 def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tuple[RunDir, int]:
@@ -306,10 +371,13 @@ def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tup
     if run.exists():
         saved = from_dict(run.read_config())
         if saved != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
-                    if getattr(cfg, k) != v}
-            raise ConfigError(f"run {run.path} exists with other settings "
-                              f"(saved vs asked: {diff}); choose another --name or --overwrite")
+            diff = {
+                k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if getattr(cfg, k) != v
+            }
+            raise ConfigError(
+                f"run {run.path} exists with other settings "
+                f"(saved vs asked: {diff}); choose another --name or --overwrite"
+            )
         status = (run.read_metrics() or {}).get("status")
         if status == COMPLETED:
             raise RunComplete(f"run {run.path} is already complete; use --overwrite to train again")
@@ -326,9 +394,16 @@ def prepare_run(cfg: TrainConfig, results: Path, overwrite: bool = False) -> tup
     return run, resume_from
 
 
-def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool = False,
-          verbose: int | None = None, extra_callbacks=(), initial_weights=None,
-          record: dict | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    ds: data_mod.Dataset,
+    results: Path,
+    overwrite: bool = False,
+    verbose: int | None = None,
+    extra_callbacks=(),
+    initial_weights=None,
+    record: dict | None = None,
+) -> dict:
     """Train ``cfg`` on ``ds``; write the run directory; return metrics.json's content.
     The run is locked while it trains (harness.core.records.run_lock): a second process
     training the same run gets RunBusy before it touches the folder.
@@ -348,16 +423,38 @@ def train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool
     device = select(keras.backend.backend())  # before any file is written
     splits = data_mod.split(ds)
     # The teacher's targets first: a missing teacher is an error before any file is written.
-    targets, teacher, views = (teacher_targets(cfg, results, splits) if cfg.teacher
-                               else (None, None, None))
+    targets, teacher, views = (
+        teacher_targets(cfg, results, splits) if cfg.teacher else (None, None, None)
+    )
     with run_lock(RunDir.named(results, cfg.run_name)):
-        return _train(cfg, ds, results, overwrite, verbose, extra_callbacks, initial_weights,
-                      record, device, splits, (targets, teacher, views))
+        return _train(
+            cfg,
+            ds,
+            results,
+            overwrite,
+            verbose,
+            extra_callbacks,
+            initial_weights,
+            record,
+            device,
+            splits,
+            (targets, teacher, views),
+        )
 
 
-def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: bool,
-           verbose: int | None, extra_callbacks, initial_weights, record: dict | None,
-           device, splits, teaching: tuple) -> dict:
+def _train(
+    cfg: TrainConfig,
+    ds: data_mod.Dataset,
+    results: Path,
+    overwrite: bool,
+    verbose: int | None,
+    extra_callbacks,
+    initial_weights,
+    record: dict | None,
+    device,
+    splits,
+    teaching: tuple,
+) -> dict:
     """train()'s body, under the run's lock (its checks done, nothing written yet)."""
     import keras
 
@@ -369,34 +466,57 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
     keras.utils.set_random_seed(cfg.seed)
     # the PCA directions only when no given weights replace them (fine-tuning a derived model)
     fresh_pca = cfg.pca and initial_weights is None
-    model = build_model(cfg, *splits.norm_stats(),
-                        components=(splits.principal_components(cfg.pca, cfg.pool)
-                                    if fresh_pca else None))
+    model = build_model(
+        cfg,
+        *splits.norm_stats(),
+        components=(splits.principal_components(cfg.pca, cfg.pool) if fresh_pca else None),
+    )
     if initial_weights is not None:
         model.set_weights(initial_weights)
     compile_model(model, cfg, len(splits.train))
-    base = run_record(run.name, cfg, model, ds, device.record, **(record or {}),
-                      started_at=_now(), resumed_from_epoch=resume_from,
-                      **({"teacher": teacher} if teacher else {}))
+    base = run_record(
+        run.name,
+        cfg,
+        model,
+        ds,
+        device.record,
+        **(record or {}),
+        started_at=_now(),
+        resumed_from_epoch=resume_from,
+        **({"teacher": teacher} if teacher else {}),
+    )
     run.write_metrics({**base, "status": RUNNING})
     if resume_from:
         print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model.fit(**fit_inputs(cfg, splits.train.x, splits.train.y, (splits.val.x, splits.val.y),
-                           targets, first_epoch=resume_from, views=views),
-              epochs=cfg.epochs,
-              callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks,
-                                        resumed=resume_from > 0),
-              verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    model.fit(
+        **fit_inputs(
+            cfg,
+            splits.train.x,
+            splits.train.y,
+            (splits.val.x, splits.val.y),
+            targets,
+            first_epoch=resume_from,
+            views=views,
+        ),
+        epochs=cfg.epochs,
+        callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks, resumed=resume_from > 0),
+        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+    )
     wall = time.perf_counter() - t0
 
     history = read_history(run)
     losses = [row.get("loss", math.nan) for row in history]
-    summary = {**base, "finished_at": _now(), "wall_time_s": round(wall, 3),
-               "epochs_run": len(history),
-               "seconds_per_epoch": _median([r["epoch_seconds"] for r in history[1:]]
-                                            or [r["epoch_seconds"] for r in history])}
+    summary = {
+        **base,
+        "finished_at": _now(),
+        "wall_time_s": round(wall, 3),
+        "epochs_run": len(history),
+        "seconds_per_epoch": _median(
+            [r["epoch_seconds"] for r in history[1:]] or [r["epoch_seconds"] for r in history]
+        ),
+    }
     if not history or not all(math.isfinite(v) for v in losses) or not run.model.exists():
         message = "loss became NaN/Inf; training stopped (try a lower --lr)"
         run.write_metrics({**summary, "status": FAILED, "message": message})
@@ -405,8 +525,13 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
     best_model = load_keras_model(run.model)
     sign = 1 if cfg.monitor == "val_loss" else -1  # the same choice as the checkpoint's
     best_epoch = min(range(len(history)), key=lambda i: sign * history[i][cfg.monitor])
-    metrics = {**summary, "status": COMPLETED, "best_epoch": best_epoch + 1,
-               **evaluate_splits(best_model, splits), **_without_tta(cfg, best_model, splits)}
+    metrics = {
+        **summary,
+        "status": COMPLETED,
+        "best_epoch": best_epoch + 1,
+        **evaluate_splits(best_model, splits),
+        **_without_tta(cfg, best_model, splits),
+    }
     run.write_metrics(metrics)
     return metrics
 
@@ -414,8 +539,9 @@ def _train(cfg: TrainConfig, ds: data_mod.Dataset, results: Path, overwrite: boo
 _THIS_PROCESS = object()
 
 
-def run_record(name: str, cfg: TrainConfig, model, ds: data_mod.Dataset,
-               device=_THIS_PROCESS, **fields) -> dict:
+def run_record(
+    name: str, cfg: TrainConfig, model, ds: data_mod.Dataset, device=_THIS_PROCESS, **fields
+) -> dict:
     """The fields every trained run's metrics.json is made of, assembled here once (train,
     tune's trial runs, sparsify, prune, prune-units), then ``fields``: its name, config,
     data, parameters, library versions, Keras backend and the device it trained on (this
@@ -426,10 +552,16 @@ def run_record(name: str, cfg: TrainConfig, model, ds: data_mod.Dataset,
 
     if device is _THIS_PROCESS:
         device = select(keras.backend.backend()).record
-    return {"run": name, "config": cfg.to_dict(), "data": ds.record,
-            "params": count_params(model), "versions": library_versions(),
-            "backend": keras.backend.backend(), **({"device": device} if device else {}),
-            **fields}
+    return {
+        "run": name,
+        "config": cfg.to_dict(),
+        "data": ds.record,
+        "params": count_params(model),
+        "versions": library_versions(),
+        "backend": keras.backend.backend(),
+        **({"device": device} if device else {}),
+        **fields,
+    }
 
 
 def _without_tta(cfg: TrainConfig, model, splits) -> dict:
@@ -460,9 +592,13 @@ def evaluate_run(run: RunDir, ds: data_mod.Dataset) -> dict:
         raise FileNotFoundError(f"{run.path}: no model.keras (not a finished run directory)")
     model = load_keras_model(run.model)
     splits = data_mod.split(ds)
-    result = {"run": run.name, "data": ds.record, "evaluated_at": _now(),
-              **evaluate_splits(model, splits, names=("val", "test")),
-              **_without_tta(from_dict(run.read_config()), model, splits)}
+    result = {
+        "run": run.name,
+        "data": ds.record,
+        "evaluated_at": _now(),
+        **evaluate_splits(model, splits, names=("val", "test")),
+        **_without_tta(from_dict(run.read_config()), model, splits),
+    }
     atomic_write_json(run.evaluation, result)
     return result
 

@@ -58,16 +58,20 @@ class RandomFlipShift(keras.layers.Layer):
         batch = ops.shape(x)[0]
         scale = None
         if self.zoom:
-            scale = keras.random.uniform((batch, 1), 1 - self.zoom, 1 + self.zoom,
-                                         dtype=self.compute_dtype, seed=self.seed_generator)
+            scale = keras.random.uniform(
+                (batch, 1),
+                1 - self.zoom,
+                1 + self.zoom,
+                dtype=self.compute_dtype,
+                seed=self.seed_generator,
+            )
         rows = self._moves(batch, x.shape[1], self.shift, flip=False, scale=scale)
         cols = self._moves(batch, x.shape[2], self.shift, flip=True, scale=scale)
         x = ops.einsum("bik,bkjc->bijc", rows, x)
         return ops.einsum("bjk,bikc->bijc", cols, x)
 
     def get_config(self):
-        return {**super().get_config(), "shift": self.shift, "seed": self.seed,
-                "zoom": self.zoom}
+        return {**super().get_config(), "shift": self.shift, "seed": self.seed, "zoom": self.zoom}
 
 
 @keras.saving.register_keras_serializable(package="harness")
@@ -161,7 +165,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         target = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
         return keras.losses.categorical_crossentropy(
-            target, y_pred, label_smoothing=self.label_smoothing)
+            target, y_pred, label_smoothing=self.label_smoothing
+        )
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
@@ -181,7 +186,10 @@ class HostInitializer(keras.initializers.Initializer):
             raise ValueError(f"not a variance-scaling initializer: {name}")
         self.name = name
         self.scale, self.mode, self.distribution = (
-            keras_init.scale, keras_init.mode, keras_init.distribution)
+            keras_init.scale,
+            keras_init.mode,
+            keras_init.distribution,
+        )
 
     def __call__(self, shape, dtype=None):
         receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
@@ -226,8 +234,12 @@ class RowMajorDense(keras.layers.Dense):
     it is Dense; its weights and saved configuration are always Dense's."""
 
     def call(self, inputs, training=None):
-        if not (_row_major_backward() and len(inputs.shape) == 2
-                and self.quantization_mode is None and not self.lora_enabled):
+        if not (
+            _row_major_backward()
+            and len(inputs.shape) == 2
+            and self.quantization_mode is None
+            and not self.lora_enabled
+        ):
             return super().call(inputs, training=training)
         x = _row_major_matmul()(inputs, ops.convert_to_tensor(self.kernel))
         if self.bias is not None:
@@ -267,7 +279,16 @@ def _row_major_matmul():
 
 
 # What load_keras_model passes as custom_objects: every class above, by its class name.
-CUSTOM_OBJECTS = {cls.__name__: cls for cls in (RandomFlipShift, FlipPair, PairMean,
-                                                FlatPixels, ContractLayer,
-                                                SmoothedSparseCrossentropy,
-                                                HostInitializer, RowMajorDense)}
+CUSTOM_OBJECTS = {
+    cls.__name__: cls
+    for cls in (
+        RandomFlipShift,
+        FlipPair,
+        PairMean,
+        FlatPixels,
+        ContractLayer,
+        SmoothedSparseCrossentropy,
+        HostInitializer,
+        RowMajorDense,
+    )
+}

@@ -48,8 +48,12 @@ def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
     regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
     constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
     return (RowMajorDense if reads_pixels else keras.layers.Dense)(
-        cfg.units, kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
-        kernel_regularizer=regularizer, kernel_constraint=constraint, **kwargs)
+        cfg.units,
+        kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
+        kernel_regularizer=regularizer,
+        kernel_constraint=constraint,
+        **kwargs,
+    )
 
 
 def _dropout(cfg: TrainConfig):
@@ -71,8 +75,9 @@ def standardize_layer(mean: np.ndarray, variance: np.ndarray):
     """
     import keras
 
-    layer = keras.layers.BatchNormalization(axis=-1, center=False, scale=False, epsilon=1e-6,
-                                            name="standardize", trainable=False)
+    layer = keras.layers.BatchNormalization(
+        axis=-1, center=False, scale=False, epsilon=1e-6, name="standardize", trainable=False
+    )
     layer.build((None, 32, 32, 3))
     layer.set_weights([np.asarray(mean, np.float32), np.asarray(variance, np.float32)])
     return layer
@@ -143,9 +148,14 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
     l2 = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
 
     def conv(x, filters, kernel=3, strides=1):
-        return layers.Conv2D(filters, kernel, strides=strides, padding="same",
-                             kernel_initializer=_initializer("he_normal"),
-                             kernel_regularizer=l2)(x)
+        return layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            kernel_initializer=_initializer("he_normal"),
+            kernel_regularizer=l2,
+        )(x)
 
     inputs = keras.Input(shape=(32, 32, 3), name="pixels")
     tta_first, tta_last = _tta(cfg)
@@ -162,15 +172,20 @@ def build_resnet8(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray):
             x = conv(x, filters, kernel=1, strides=strides)
         x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(10, activation="softmax", name="probabilities",
-                           kernel_initializer=_initializer("glorot_uniform"))(x)
+    outputs = layers.Dense(
+        10,
+        activation="softmax",
+        name="probabilities",
+        kernel_initializer=_initializer("glorot_uniform"),
+    )(x)
     if tta_last is not None:
         outputs = tta_last(outputs)
     return keras.Model(inputs, outputs, name="resnet8")
 
 
-def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
-                components: np.ndarray | None = None):
+def build_model(
+    cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray, components: np.ndarray | None = None
+):
     """The network described by ``cfg``; ``mean``/``variance`` are per-channel, 0-255 scale;
     ``components`` (inputs, ``cfg.pca``) the PCA layer's fixed kernel (if None, left at its
     initialization, for callers that load weights next).
@@ -206,8 +221,15 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         stack.append(layers.AveragePooling2D(cfg.pool, name="pool"))
     stack.append(layers.Flatten())
     if cfg.pca:
-        stack.append(layers.Dense(cfg.pca, use_bias=False, trainable=False, name="pca",
-                                  kernel_initializer=_initializer("glorot_uniform")))
+        stack.append(
+            layers.Dense(
+                cfg.pca,
+                use_bias=False,
+                trainable=False,
+                name="pca",
+                kernel_initializer=_initializer("glorot_uniform"),
+            )
+        )
     if cfg.arch == "batchnorm":
         affine = cfg.input_bn == "affine"
         stack.append(layers.BatchNormalization(center=affine, scale=affine))
@@ -215,8 +237,11 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
     # PCA projection comes first.
     reads_pixels = not cfg.pca
     if cfg.bottleneck:
-        stack.append((RowMajorDense if reads_pixels else layers.Dense)(
-            cfg.bottleneck, name="bottleneck", kernel_initializer=_initializer("glorot_normal")))
+        stack.append(
+            (RowMajorDense if reads_pixels else layers.Dense)(
+                cfg.bottleneck, name="bottleneck", kernel_initializer=_initializer("glorot_normal")
+            )
+        )
         if cfg.arch == "batchnorm":
             stack.append(layers.BatchNormalization())
         reads_pixels = False
@@ -234,8 +259,14 @@ def build_model(cfg: TrainConfig, mean: np.ndarray, variance: np.ndarray,
         if cfg.dropout:
             stack.append(_dropout(cfg))
         reads_pixels = False
-    stack.append(layers.Dense(10, activation="softmax", name="probabilities",
-                              kernel_initializer=_initializer("glorot_uniform")))
+    stack.append(
+        layers.Dense(
+            10,
+            activation="softmax",
+            name="probabilities",
+            kernel_initializer=_initializer("glorot_uniform"),
+        )
+    )
     if tta_last is not None:
         stack.append(tta_last)
     model = keras.Sequential(stack, name=f"{cfg.arch}_{cfg.activation}_{cfg.layers}x{cfg.units}")

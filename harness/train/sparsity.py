@@ -33,8 +33,9 @@ def learned_dense_layers(model):
     directions, not a learned weight: it is neither sparsified, pruned nor counted."""
     import keras
 
-    return [layer for layer in model.layers
-            if isinstance(layer, keras.layers.Dense) and layer.trainable]
+    return [
+        layer for layer in model.layers if isinstance(layer, keras.layers.Dense) and layer.trainable
+    ]
 
 
 def kernel_sparsity(model) -> tuple[float, list[dict]]:
@@ -46,15 +47,18 @@ def kernel_sparsity(model) -> tuple[float, list[dict]]:
     Bench records written before this definition counted the PCA projection's kernel too,
     so theirs is lower for a net with PCA."""
     kernels = [(l.name, np.asarray(l.kernel)) for l in learned_dense_layers(model)]
-    per_layer = [{"layer": name, "shape": list(k.shape), "sparsity": float((k == 0).mean())}
-                 for name, k in kernels]
+    per_layer = [
+        {"layer": name, "shape": list(k.shape), "sparsity": float((k == 0).mean())}
+        for name, k in kernels
+    ]
     total = sum(k.size for _, k in kernels)
     zeros = sum(int((k == 0).sum()) for _, k in kernels)
     return (zeros / total if total else 0.0), per_layer
 
 
-def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, name: str,
-                   record: dict) -> dict:
+def _write_variant(
+    parent: RunDir, model, ds: data_mod.Dataset, results: Path, name: str, record: dict
+) -> dict:
     """A derived model as a run directory: parent's config, model.keras, metrics.json."""
     from harness.train.fit import run_record, save_model
 
@@ -64,15 +68,30 @@ def _write_variant(parent: RunDir, model, ds: data_mod.Dataset, results: Path, n
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg.to_dict())
     save_model(model, run.model)
-    metrics = run_record(name, cfg, model, ds, status=COMPLETED, parent=parent.name, **record,
-                         sparsity=overall, sparsity_per_layer=per_layer,
-                         **evaluate_splits(model, data_mod.split(ds)))
+    metrics = run_record(
+        name,
+        cfg,
+        model,
+        ds,
+        status=COMPLETED,
+        parent=parent.name,
+        **record,
+        sparsity=overall,
+        sparsity_per_layer=per_layer,
+        **evaluate_splits(model, data_mod.split(ds)),
+    )
     run.write_metrics(metrics)
     return metrics
 
 
-def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
-             threshold: float | None = None, target: float | None = None) -> dict:
+def sparsify(
+    parent: RunDir,
+    ds: data_mod.Dataset,
+    results: Path,
+    name: str,
+    threshold: float | None = None,
+    target: float | None = None,
+) -> dict:
     """Zero small Dense weights of ``parent``'s model; write and return the new run's metrics."""
 
     if (threshold is None) == (target is None):
@@ -85,8 +104,9 @@ def sparsify(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
     for layer in dense:
         kernel = np.asarray(layer.kernel)
         layer.kernel.assign(np.where(np.abs(kernel) <= threshold, 0.0, kernel).astype(kernel.dtype))
-    return _write_variant(parent, model, ds, results, name,
-                          {"variant": "sparsified", "threshold": threshold})
+    return _write_variant(
+        parent, model, ds, results, name, {"variant": "sparsified", "threshold": threshold}
+    )
 
 
 def shrink_weights(old_model, new_model, keeps: list[np.ndarray]) -> list[np.ndarray]:
@@ -130,17 +150,34 @@ def unit_saliency(model) -> list[np.ndarray]:
     dense = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Dense)]
     saliency = []
     for i, nxt in zip(dense[:-1], dense[1:]):
-        bn = next((layer for layer in layers[i + 1:nxt]
-                   if isinstance(layer, keras.layers.BatchNormalization)), None)
-        scale = (np.abs(np.asarray(bn.gamma)) if bn is not None and bn.scale
-                 else np.linalg.norm(np.asarray(layers[i].kernel), axis=0))
+        bn = next(
+            (
+                layer
+                for layer in layers[i + 1 : nxt]
+                if isinstance(layer, keras.layers.BatchNormalization)
+            ),
+            None,
+        )
+        scale = (
+            np.abs(np.asarray(bn.gamma))
+            if bn is not None and bn.scale
+            else np.linalg.norm(np.asarray(layers[i].kernel), axis=0)
+        )
         saliency.append(scale * np.linalg.norm(np.asarray(layers[nxt].kernel), axis=1))
     return saliency
 
 
-def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str | None,
-                keep: float = 0.5, epochs: int = 5, lr_scale: float = 1.0,
-                teacher: str | None = None, verbose: int | None = None) -> dict:
+def prune_units(
+    parent: RunDir,
+    ds: data_mod.Dataset,
+    results: Path,
+    name: str | None,
+    keep: float = 0.5,
+    epochs: int = 5,
+    lr_scale: float = 1.0,
+    teacher: str | None = None,
+    verbose: int | None = None,
+) -> dict:
     """Keep the ``keep`` fraction of the most salient units in every hidden layer, then
     fine-tune for ``epochs`` with the parent's schedule at ``lr_scale`` times its rate,
     distilling from the run ``teacher`` if given (the parent itself is a good one). The new
@@ -157,17 +194,35 @@ def prune_units(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str |
     # the PCA projection and the linear bottleneck stay whole; only hidden layers shrink
     for i, width in enumerate(n for n in (cfg.pca, cfg.bottleneck) if n):
         keeps[i] = np.arange(width)
-    small = replace(cfg, units=units, name=name, epochs=epochs, lr=cfg.lr * lr_scale,
-                    warmup_epochs=0.0, teacher=teacher).validate()
+    small = replace(
+        cfg,
+        units=units,
+        name=name,
+        epochs=epochs,
+        lr=cfg.lr * lr_scale,
+        warmup_epochs=0.0,
+        teacher=teacher,
+    ).validate()
     splits = data_mod.split(ds)
     weights = shrink_weights(model, build_model(small, *splits.norm_stats()), keeps)
-    return train(small, ds, results, verbose=verbose, initial_weights=weights,
-                 record={"parent": parent.name, "variant": "structured-pruned",
-                         "kept_units": units, "parent_units": cfg.units,
-                         "saliency": "BN |gamma| (or incoming norm) x outgoing norm"})
+    return train(
+        small,
+        ds,
+        results,
+        verbose=verbose,
+        initial_weights=weights,
+        record={
+            "parent": parent.name,
+            "variant": "structured-pruned",
+            "kept_units": units,
+            "parent_units": cfg.units,
+            "saliency": "BN |gamma| (or incoming norm) x outgoing norm",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- magnitude pruning
+
 
 def _mirror_in_tf_keras(model):
     """The same Sequential rebuilt layer by layer in tf_keras (tfmot accepts no Keras 3)."""
@@ -182,17 +237,34 @@ def _mirror_in_tf_keras(model):
         if isinstance(layer, keras.layers.Dense):
             reg = layer.kernel_regularizer
             con = layer.kernel_constraint
-            mirror.add(tl.Dense(
-                layer.units, activation=keras.activations.serialize(layer.activation),
-                use_bias=layer.use_bias, trainable=layer.trainable,
-                kernel_regularizer=tf_keras.regularizers.L1L2(l1=float(reg.l1), l2=float(reg.l2))
-                if reg is not None else None,
-                kernel_constraint=tf_keras.constraints.MaxNorm(float(con.max_value))
-                if con is not None else None, name=layer.name))
+            mirror.add(
+                tl.Dense(
+                    layer.units,
+                    activation=keras.activations.serialize(layer.activation),
+                    use_bias=layer.use_bias,
+                    trainable=layer.trainable,
+                    kernel_regularizer=tf_keras.regularizers.L1L2(
+                        l1=float(reg.l1), l2=float(reg.l2)
+                    )
+                    if reg is not None
+                    else None,
+                    kernel_constraint=tf_keras.constraints.MaxNorm(float(con.max_value))
+                    if con is not None
+                    else None,
+                    name=layer.name,
+                )
+            )
         elif isinstance(layer, keras.layers.BatchNormalization):
-            mirror.add(tl.BatchNormalization(axis=-1, center=layer.center, scale=layer.scale,
-                                             epsilon=layer.epsilon, trainable=layer.trainable,
-                                             name=layer.name))
+            mirror.add(
+                tl.BatchNormalization(
+                    axis=-1,
+                    center=layer.center,
+                    scale=layer.scale,
+                    epsilon=layer.epsilon,
+                    trainable=layer.trainable,
+                    name=layer.name,
+                )
+            )
         elif isinstance(layer, keras.layers.Flatten):
             mirror.add(tl.Flatten(name=layer.name))
         elif isinstance(layer, keras.layers.AveragePooling2D):
@@ -200,8 +272,9 @@ def _mirror_in_tf_keras(model):
         elif isinstance(layer, keras.layers.LeakyReLU):
             mirror.add(tl.LeakyReLU(alpha=float(layer.negative_slope), name=layer.name))
         elif isinstance(layer, keras.layers.Activation):
-            mirror.add(tl.Activation(keras.activations.serialize(layer.activation),
-                                     name=layer.name))
+            mirror.add(
+                tl.Activation(keras.activations.serialize(layer.activation), name=layer.name)
+            )
         elif isinstance(layer, keras.layers.AlphaDropout):
             mirror.add(tl.AlphaDropout(layer.rate, name=layer.name))
         elif isinstance(layer, keras.layers.Dropout):
@@ -216,9 +289,16 @@ def _mirror_in_tf_keras(model):
     return mirror
 
 
-def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: str,
-                    sparsity: float = 0.8, epochs: int = 5, lr_scale: float = 0.1,
-                    verbose: int = 2) -> dict:
+def prune_magnitude(
+    parent: RunDir,
+    ds: data_mod.Dataset,
+    results: Path,
+    name: str,
+    sparsity: float = 0.8,
+    epochs: int = 5,
+    lr_scale: float = 0.1,
+    verbose: int = 2,
+) -> dict:
     """tensorflow-model-optimization's magnitude pruning of every Dense kernel to
     ``sparsity`` on a polynomial schedule while fine-tuning for ``epochs``.
 
@@ -235,8 +315,12 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
     mirror = _mirror_in_tf_keras(model)
     steps = int(np.ceil(len(splits.train) / cfg.batch_size)) * epochs
     schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
-        end_step=max(1, int(steps * 0.8)), frequency=max(1, steps // 50))
+        initial_sparsity=0.0,
+        final_sparsity=sparsity,
+        begin_step=0,
+        end_step=max(1, int(steps * 0.8)),
+        frequency=max(1, steps // 50),
+    )
 
     def wrap(layer):
         if isinstance(layer, tf_keras.layers.Dense) and layer.trainable:
@@ -245,16 +329,30 @@ def prune_magnitude(parent: RunDir, ds: data_mod.Dataset, results: Path, name: s
 
     pruned = tf_keras.models.clone_model(mirror, clone_function=wrap)
     pruned.set_weights(_wrapped_weights(mirror, pruned))
-    pruned.compile(optimizer=tf_keras.optimizers.Nadam(cfg.lr * lr_scale),
-                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    pruned.fit(splits.train.x.astype(np.float32), splits.train.y, batch_size=cfg.batch_size,
-               epochs=epochs, validation_data=(splits.val.x.astype(np.float32), splits.val.y),
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], verbose=verbose)
+    pruned.compile(
+        optimizer=tf_keras.optimizers.Nadam(cfg.lr * lr_scale),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    pruned.fit(
+        splits.train.x.astype(np.float32),
+        splits.train.y,
+        batch_size=cfg.batch_size,
+        epochs=epochs,
+        validation_data=(splits.val.x.astype(np.float32), splits.val.y),
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        verbose=verbose,
+    )
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     model.set_weights(stripped.get_weights())
-    return _write_variant(parent, model, ds, results, name,
-                          {"variant": "magnitude-pruned", "target_sparsity": sparsity,
-                           "fine_tune_epochs": epochs})
+    return _write_variant(
+        parent,
+        model,
+        ds,
+        results,
+        name,
+        {"variant": "magnitude-pruned", "target_sparsity": sparsity, "fine_tune_epochs": epochs},
+    )
 
 
 def _wrapped_weights(plain, wrapped) -> list[np.ndarray]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 ACCURACY_LIST = Path(__file__).with_name("ic01_y_labels.csv")
-LIST_ORIGIN = ("mlcommons/tiny benchmark/evaluation/datasets/ic01/y_labels.csv "
-               "(Apache-2.0), commit 1afd2c9")
+LIST_ORIGIN = (
+    "mlcommons/tiny benchmark/evaluation/datasets/ic01/y_labels.csv (Apache-2.0), commit 1afd2c9"
+)
 WINDOWS = 5
 WINDOW_S = 10.0  # MLPerf Tiny's runner times each window for at least 10 s
 
@@ -38,35 +39,47 @@ def accuracy_images(ds, path: Path = ACCURACY_LIST) -> tuple[np.ndarray, np.ndar
     """The list's images and classes from ``ds``'s test set, found by file name;
     MlperfError when the archive lacks names, an image, or agrees on no class."""
     if not ds.test_names:
-        raise MlperfError("this dataset has no file names for its test images (a cache made "
-                          "before harness kept them, or an archive without them): import the "
-                          "archive again (harness data import PATH)")
+        raise MlperfError(
+            "this dataset has no file names for its test images (a cache made "
+            "before harness kept them, or an archive without them): import the "
+            "archive again (harness data import PATH)"
+        )
     index = {name: i for i, name in enumerate(ds.test_names)}
     wanted = read_list(path)
     missing = [name for name, _ in wanted if name not in index]
     if missing:
-        raise MlperfError(f"the test set lacks {len(missing)} of the {len(wanted)} images of "
-                          f"MLPerf Tiny's accuracy list (e.g. {missing[0]}): not CIFAR-10's "
-                          f"official test images?")
+        raise MlperfError(
+            f"the test set lacks {len(missing)} of the {len(wanted)} images of "
+            f"MLPerf Tiny's accuracy list (e.g. {missing[0]}): not CIFAR-10's "
+            f"official test images?"
+        )
     picks = np.array([index[name] for name, _ in wanted])
     labels = np.array([label for _, label in wanted])
     wrong = np.flatnonzero(ds.y_test[picks] != labels)
     if len(wrong):
         name = wanted[wrong[0]][0]
-        raise MlperfError(f"{len(wrong)} images of MLPerf Tiny's accuracy list have another "
-                          f"class in this archive (e.g. {name})")
+        raise MlperfError(
+            f"{len(wrong)} images of MLPerf Tiny's accuracy list have another "
+            f"class in this archive (e.g. {name})"
+        )
     return ds.x_test[picks], labels
 
 
 def accuracy_mode(predict, x: np.ndarray, y: np.ndarray) -> dict:
     """Top-1 accuracy of ``predict`` on the list's images, one image a call, no warm-up."""
-    answers = np.array([int(np.argmax(predict(x[i:i + 1])[0])) for i in range(len(x))])
-    return {"images": int(len(x)), "correct": int((answers == y).sum()),
-            "accuracy": float(np.mean(answers == y)), "warmup": 0, "list": LIST_ORIGIN}
+    answers = np.array([int(np.argmax(predict(x[i : i + 1])[0])) for i in range(len(x))])
+    return {
+        "images": int(len(x)),
+        "correct": int((answers == y).sum()),
+        "accuracy": float(np.mean(answers == y)),
+        "warmup": 0,
+        "list": LIST_ORIGIN,
+    }
 
 
-def performance_mode(predict, image: np.ndarray, window_s: float = WINDOW_S,
-                     windows: int = WINDOWS) -> dict:
+def performance_mode(
+    predict, image: np.ndarray, window_s: float = WINDOW_S, windows: int = WINDOWS
+) -> dict:
     """Median throughput (images/s) of ``windows`` windows, each of whole calls until at
     least ``window_s`` seconds have passed, one image a call; latency = 1 / median."""
     rates = []
@@ -80,5 +93,10 @@ def performance_mode(predict, image: np.ndarray, window_s: float = WINDOW_S,
                 break
         rates.append(calls / elapsed)
     median = float(np.median(rates))
-    return {"windows": windows, "window_s": window_s, "throughput_ips": median,
-            "latency_us": 1e6 / median, "window_ips": [round(r, 3) for r in rates]}
+    return {
+        "windows": windows,
+        "window_s": window_s,
+        "throughput_ips": median,
+        "latency_us": 1e6 / median,
+        "window_ips": [round(r, 3) for r in rates],
+    }
