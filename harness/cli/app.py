@@ -254,18 +254,3 @@ def _select_backend(backend: str | None) -> None:
     if importlib.util.find_spec(backend) is None:
         raise click.ClickException(f"backend {backend!r} is not installed (pip install {backend})")
     os.environ["KERAS_BACKEND"] = backend
-
-
-def _summary(results: Path, name: str, m: dict) -> str:
-    lines = [
-        f"run {RunDir.named(results, name).path}: {m['status']}, "
-        f"{m['epochs_run']} epochs (best {m['best_epoch']}), {m['wall_time_s']:.1f} s, "
-        f"{m['seconds_per_epoch']} s/epoch"
-    ]
-    for split_name in ("train", "val", "test"):
-        if split_name in m:
-            lines.append(
-                f"  {split_name:<5} accuracy {m[split_name]['accuracy']:.4f}  "
-                f"loss {m[split_name]['loss']:.4f}"
-            )
-    return "\n".join(lines)

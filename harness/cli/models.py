@@ -77,7 +77,7 @@ def import_model(
     """
     from harness.core.contract import ContractError, parse_three
     from harness.imports.foreign import ForeignFileError
-    from harness.imports.imported import ImportRefused
+    from harness.imports.imported import ImportRefused, format_import
     from harness.imports.imported import import_model as run_import
 
     try:
@@ -98,22 +98,9 @@ def import_model(
         )
     except (ContractError, ForeignFileError, ImportRefused) as e:
         raise Refused(str(e)) from None
-    info, path = m["import"], RunDir.named(obj.results, name).path
-    click.echo(
-        f"imported {name}: {info['file']} ({info['format']} {m['precision']}, "
-        f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)"
-    )
+    path = RunDir.named(obj.results, name).path
     config = json.loads((path / "config.json").read_text())
-    click.echo(f"  contract  {config['contract_words']} ({config['contract_from']})")
-    if "layout_note" in config:
-        click.echo(f"  layout    {config['layout_note']}")
-    for split_name in ("val", "test"):
-        click.echo(
-            f"  {split_name:<5}     accuracy {m[split_name]['accuracy']:.4f}  "
-            f"loss {m[split_name]['loss']:.4f}  (through {info['runtime']})"
-        )
-    macs = f", {m['macs']:,} MACs" if m.get("macs") else ""
-    click.echo(f"  {m['params']['total']:,} parameters{macs}, {m['op_count']} ops -> {path}")
+    click.echo(format_import(path, m, config))
 
 
 @main.command()

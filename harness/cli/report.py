@@ -49,14 +49,32 @@ def _column_keys(ctx, param, value: str | None) -> tuple[str, ...]:
     show_default=True,
     help="Column to sort by (accuracy and throughput high to low, others low to high).",
 )
+@click.option(
+    "--docs",
+    is_flag=True,
+    help="Instead, rewrite the generated tables of README.md and docs/ beside the results "
+    "folder from its committed records, and name the pages that changed.",
+)
 @click.pass_obj
-def compare(obj: Context, paths, out, columns, fmt, sort_key):
+def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
     """Every run, tuning and bench record under PATHS in one table, with pictures.
 
     Files that break the record schema are named and skipped. Writes report.md,
     results.csv, accuracy_vs_latency.png, accuracy_vs_flash.png and training_curves.png
     to --out.
     """
+    if docs:
+        from harness.report import docs as docs_mod
+
+        try:
+            root = docs_mod.find_root(paths[0])
+            changed = docs_mod.refresh(root)
+        except docs_mod.DocsError as e:
+            raise click.ClickException(str(e)) from None
+        for page in changed:
+            click.echo(f"rewrote {page.relative_to(root)}")
+        click.echo(f"{len(changed)} page(s) changed; {len(docs_mod.pages(root))} checked")
+        return
     records = compare_mod.collect_records(paths)
     for path, reason in records.skipped:
         click.secho(f"skipped {path}: {reason}", err=True, fg="yellow")

@@ -16,13 +16,12 @@ from harness.cli.app import (
     _name_option,
     _run_dir,
     _select_backend,
-    _summary,
     main,
 )
 from harness.core.config import PRESETS, SETTINGS, ConfigError, resolve
 from harness.core.hardware import device_option
 from harness.core.precisions import EXPORTS as BUDGET_EXPORTS
-from harness.core.records import BadName, RunBusy, RunDir
+from harness.core.records import BadName, RunBusy, RunDir, format_run
 
 # --------------------------------------------------------------------------- train
 
@@ -99,7 +98,7 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
         raise click.UsageError(str(e)) from None
     except TrainingFailed as e:
         raise click.ClickException(f"training failed: {e}") from None
-    click.echo(_summary(obj.results, cfg.run_name, metrics))
+    click.echo(format_run(RunDir.named(obj.results, cfg.run_name).path, metrics))
 
 
 def _base_config(preset, config_file, flags, default_epochs=None):
@@ -543,7 +542,7 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
         )
     except (BadName, ConfigError) as e:  # the default name <run>-units<N>, or the teacher's
         raise click.UsageError(str(e)) from None
-    click.echo(_summary(obj.results, m["run"], m))
+    click.echo(format_run(RunDir.named(obj.results, m["run"]).path, m))
 
 
 @main.command()

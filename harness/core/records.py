@@ -265,3 +265,19 @@ def run_lock(run: RunDir):
         yield
     finally:
         os.close(fd)
+
+
+def format_run(path: Path, m: dict) -> str:
+    """What ``harness train`` and ``evaluate`` print of a run record (metrics.json)."""
+    lines = [
+        f"run {path}: {m['status']}, "
+        f"{m['epochs_run']} epochs (best {m['best_epoch']}), {m['wall_time_s']:.1f} s, "
+        f"{m['seconds_per_epoch']} s/epoch"
+    ]
+    for split_name in ("train", "val", "test"):
+        if split_name in m:
+            lines.append(
+                f"  {split_name:<5} accuracy {m[split_name]['accuracy']:.4f}  "
+                f"loss {m[split_name]['loss']:.4f}"
+            )
+    return "\n".join(lines)

@@ -522,3 +522,23 @@ def check_source(run: RunDir, info: dict) -> Path:
     if sha256_of(path) != info["sha256"]:
         raise ImportRefused(f"{path}: sha256 differs from config.json (changed since import)")
     return path
+
+
+def format_import(path: Path, m: dict, config: dict) -> str:
+    """What ``harness import`` prints: the file, its contract and what it scored."""
+    info = m["import"]
+    lines = [
+        f"imported {m['run']}: {info['file']} ({info['format']} {m['precision']}, "
+        f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}...)",
+        f"  contract  {config['contract_words']} ({config['contract_from']})",
+    ]
+    if "layout_note" in config:
+        lines.append(f"  layout    {config['layout_note']}")
+    for split_name in ("val", "test"):
+        lines.append(
+            f"  {split_name:<5}     accuracy {m[split_name]['accuracy']:.4f}  "
+            f"loss {m[split_name]['loss']:.4f}  (through {info['runtime']})"
+        )
+    macs = f", {m['macs']:,} MACs" if m.get("macs") else ""
+    lines.append(f"  {m['params']['total']:,} parameters{macs}, {m['op_count']} ops -> {path}")
+    return "\n".join(lines)

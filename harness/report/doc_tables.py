@@ -1,0 +1,312 @@
+"""The generated blocks of README.md and docs/: each a function of the repository's root that
+reads committed records (harness.report.docs puts them in the pages and checks them).
+
+Which records a block shows is the page's editorial choice, declared here; every figure in
+it is read from those records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+REFERENCE = Path("results") / "reference"
+DEPLOY = REFERENCE / "deploy"
+
+GENERATORS: dict[str, Callable[[Path], str]] = {}
+
+
+class DocsError(ValueError):
+    """A page names a block no generator makes, or a record a block needs is missing."""
+
+
+def generator(name: str):
+    def register(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+        GENERATORS[name] = fn
+        return fn
+
+    return register
+
+
+def _read(root: Path, path: Path | str) -> dict:
+    try:
+        return json.loads((root / path).read_text())
+    except (OSError, ValueError) as e:
+        raise DocsError(f"{path}: {e}") from None
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = [headers, ["---"] * len(headers), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{x * 100:.{digits}f}%"
+
+
+def _us(x: float) -> str:
+    return f"{x:.1f} us" if x < 1000 else f"{x / 1000:.2f} ms"
+
+
+def _sci(x: float) -> str:
+    """3.9e-3, as written by hand (Python writes 3.9e-03)."""
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _machine(m: dict) -> str:
+    return f"{m['cpu']}, {m['cores']} cores"
+
+
+# --------------------------------------------------------------------------- deploy.md
+
+
+def _bundles(root: Path, target: str) -> list[tuple[str, dict]]:
+    found = []
+    for manifest in sorted((root / DEPLOY).glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        if m.get("target") == target and "kind" not in m.get("source", {}):
+            found.append((manifest.parent.name, m))
+    return sorted(found, key=lambda item: item[0])
+
+
+@generator("deploy-linux")
+def deploy_linux(root: Path) -> str:
+    """Every committed Linux bundle of a harness run: what its manifest measured."""
+    rows = []
+    for name, m in _bundles(root, "linux"):
+        measured, model = m["measured"], m["model"]
+        rows.append(
+            [
+                f"`{name}`",
+                model["precision"],
+                m["runtime"]["name"],
+                _pct(measured["test"]["accuracy"]),
+                _us(measured["latency_batch1"]["p50_us"]),
+                f"{model['bytes'] / 1024:.0f} KiB",
+                measured["machine"]["cpu"],
+            ]
+        )
+    headers = ["bundle (`results/reference/deploy/...`)", "precision", "runtime", "test acc"]
+    return _table([*headers, "batch-1 p50", "model file", "measured on"], rows)
+
+
+@generator("deploy-arm64")
+def deploy_arm64(root: Path) -> str:
+    """Every committed arm64 check: agreement with x86 on the 10,000 test images per core."""
+    rows = []
+    for path in sorted((root / DEPLOY).glob("*.arm64.json")):
+        r = json.loads(path.read_text())
+        x86 = r["x86_64"]["test_set"]["accuracy"]
+        cells, accs = [f"`{r['bundle']['name']}`"], []
+        for core in ("cortex-a72", "cortex-a76"):
+            t = r["arm64"][core]["test_set"]
+            agree = f"{t['argmax_agreement']:.2%}".replace("100.00%", "100%")
+            agree = agree if t["passed"] else f"**{agree}**"
+            cells.append(f"{agree} ({t['disagreements']}), {_sci(t['max_abs_prob_diff'])}")
+            accs.append(t["accuracy"])
+        arm = _pct(accs[0]) + ("" if accs[1] == accs[0] else f" (A76: {_pct(accs[1])})")
+        rows.append([*cells, f"{_pct(x86)} / {arm}"])
+    headers = [
+        "bundle (`results/reference/deploy/<bundle>.arm64.json`)",
+        "A72: agreement (images differing), max \\|dp\\|",
+        "A76: agreement, max \\|dp\\|",
+        "accuracy x86 / arm64",
+    ]
+    return _table(headers, rows)
+
+
+@generator("deploy-mcu")
+def deploy_mcu(root: Path) -> str:
+    """Every committed microcontroller bundle of a harness run: footprint and TFLM check."""
+    rows = []
+    for name, m in _bundles(root, "mcu"):
+        f, a = m["footprint"], m["accuracy"]
+        rows.append(
+            [
+                f"`{name}`",
+                f"{f['flash_bytes']:,}",
+                f"{f['arena_bytes']:,}",
+                f"{f['macs_per_image']:,}",
+                _pct(a["tflm"]["accuracy"]),
+                _pct(a["litert"]["accuracy"]),
+                _pct(a["litert_reference"]["accuracy"]),
+                f"{abs(a['tflm']['accuracy'] - a['litert_reference']['accuracy']) * 100:.2f}",
+                f"{a['tflm']['seconds']:.0f} s"
+                if a["tflm"]["seconds"] >= 10
+                else f"{a['tflm']['seconds']:.1f} s",
+            ]
+        )
+    headers = ["bundle (`results/reference/deploy/...`)", "flash bytes", "arena bytes"]
+    headers += ["MACs / image", "TFLM acc", "LiteRT (XNNPACK)", "LiteRT (closest kernels)"]
+    return _table([*headers, "TFLM gap (points)", "TFLM eval time"], rows)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@generator("training-reference")
+def training_reference(root: Path) -> str:
+    """The study's two nets, trained with the study's recipe on this project's CPU."""
+    rows = []
+    for run in ("selu", "bn-elu"):
+        path = REFERENCE / "runs" / run / "metrics.json"
+        m = _read(root, path)
+        rows.append(
+            [
+                f"`{run}`",
+                f"{m['epochs_run']} ({m['best_epoch']})",
+                f"{m['wall_time_s']:.1f} s",
+                f"{m['seconds_per_epoch']:.2f}",
+                _pct(m["train"]["accuracy"], 1),
+                _pct(m["val"]["accuracy"], 1),
+                _pct(m["test"]["accuracy"], 1),
+                f"`{path}`",
+            ]
+        )
+    headers = ["run", "epochs (best)", "training time", "s/epoch", "train acc", "val acc"]
+    return _table([*headers, "test acc", "record"], rows)
+
+
+@generator("train-speed")
+def train_speed(root: Path) -> str:
+    """benchmarks/train_speed.py's committed record: the study's recipes against the fast
+    presets on one machine, in one call."""
+    path = Path("results") / "bench" / "train_speed.json"
+    r = _read(root, path)
+    rows = []
+    for e in r["results"]:
+        study = e["preset"] in ("selu", "bn-elu")
+        reached = (
+            f"{e['time_to_target_s']:.0f} s"
+            if e["time_to_target_s"] and e["time_to_target_s"] >= 100
+            else f"{e['time_to_target_s']:.1f} s"
+            if e["time_to_target_s"]
+            else f"never (best {_pct(e['best_test_accuracy_seen'], 1)})"
+        )
+        rows.append(
+            [
+                f"`{e['preset']}`" + (" (study)" if study else ""),
+                e["backend"],
+                str(e["config"]["batch_size"]),
+                f"{e['seconds_per_epoch']:.2f}",
+                f"{e['speedup_vs_study']:.1f}x",
+                reached,
+                str(e["epochs"]),
+                _pct(e["final_test_accuracy"], 1),
+                f"{e['achieved_gflops']:.3g} ({e['sgemm_share']:.0%})",
+            ]
+        )
+    target = f"time to {r['target']:.0%} test"
+    headers = ["preset", "backend", "batch", "s/epoch", "vs study", target, "epochs"]
+    table = _table([*headers, "final test acc", "GFLOP/s (share of sgemm)"], rows)
+    head = (
+        f"Record `{path}` ({r['created'][:10]}, {_machine(r['machine'])}; "
+        f"sgemm {r['sgemm_gflops']:.0f} GFLOP/s in the same run):"
+    )
+    return f"{head}\n\n{table}"
+
+
+# --------------------------------------------------------------------------- compare.md
+
+
+@generator("fronts")
+def fronts(root: Path) -> str:
+    """Each machine's Pareto front of test accuracy against batch-1 latency, from every
+    committed record (what `harness compare results/reference` marks with `*`)."""
+    from harness.report.collect import collect_records, display_path
+    from harness.report.table import build_rows, mark_pareto, sort_rows
+
+    records = collect_records([root / REFERENCE])
+    rows = [r for r in sort_rows(mark_pareto(build_rows(records)), "p50_us") if r["pareto"]]
+    out = []
+    for machine in sorted({r["machine"] for r in rows}):
+        out.append(f"**{machine}**\n")
+        cells = [
+            [
+                f"`{r['model']}`",
+                r["runtime"],
+                r["precision"] or "-",
+                _pct(r["accuracy"]),
+                _us(r["p50_us"]),
+                f"`{_relative(display_path(Path(r['record'])), root)}`",
+            ]
+            for r in rows
+            if r["machine"] == machine
+        ]
+        headers = ["model", "runtime", "precision", "test acc", "batch-1 p50", "record"]
+        out.append(_table(headers, cells) + "\n")
+    return "\n".join(out)
+
+
+def _relative(shown: str, root: Path) -> str:
+    path = Path(shown)
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return shown
+
+
+# --------------------------------------------------------------------------- README
+
+
+@generator("tour-bench")
+def tour_bench(root: Path) -> str:
+    """The quick tour's bench output, from its record (the first rows)."""
+    from harness.export.bench import format_rows
+
+    r = _read(root, REFERENCE / "bench" / "tour-selu-fast.json")
+    shown = [("keras-call", "model.keras")]
+    shown += [("litert", f"model_{p}.tflite") for p in ("float32", "dynamic", "int8")]
+    rows = [row for row in r["rows"] if (row["runtime"], row["file"]) in shown]
+    return "```\n" + format_rows(rows) + "\n```"
+
+
+@generator("tour-compare")
+def tour_compare(root: Path) -> str:
+    """The quick tour's compare output (the first rows), from the two records it names."""
+    from harness.report.collect import collect_records
+    from harness.report.table import build_rows, format_rows, mark_pareto, sort_rows
+
+    paths = [root / REFERENCE / "bench" / f"{run}.json" for run in ("tour-selu-fast", "fr-edge")]
+    rows = sort_rows(mark_pareto(build_rows(collect_records(paths))), "p50_us")
+    columns = ("model", "runtime", "precision", "accuracy", "p50_us")
+    first = format_rows(rows, "table", columns).splitlines()[:6]  # the header, five rows
+    return "```\n" + "\n".join(first) + "\n```"
+
+
+@generator("tour-deploy")
+def tour_deploy(root: Path) -> str:
+    """The quick tour's deploy output, from the bundle's manifest (sha256 shortened)."""
+    from harness.deploy.linux import format_summary
+
+    bundle = DEPLOY / "fr-edge-r2-linux-litert-int8"
+    sha = (root / f"{bundle}.tar.gz.sha256").read_text().split()[0]
+    result = {
+        "folder": bundle,
+        "archive": f"{bundle}.tar.gz",
+        "sha256": f"{sha[:8]}...",
+        "manifest": _read(root, bundle / "manifest.json"),
+    }
+    return "```\n" + format_summary(result) + "\n```"
+
+
+@generator("tour-train")
+def tour_train(root: Path) -> str:
+    """The quick tour's train output, from the run's record."""
+    from harness.core.records import format_run
+
+    run = REFERENCE / "runs" / "tour-selu-fast"
+    return "```\n" + format_run(run, _read(root, run / "metrics.json")) + "\n```"
+
+
+@generator("tour-import")
+def tour_import(root: Path) -> str:
+    """The quick tour's import output (the file, its contract, the test line)."""
+    from harness.imports.imported import format_import
+
+    run = REFERENCE / "runs" / "mlperf-tiny-ic-int8"
+    text = format_import(run, _read(root, run / "metrics.json"), _read(root, run / "config.json"))
+    lines = text.splitlines()
+    return "```\n" + "\n".join([lines[0], *(l for l in lines if l.startswith("  test"))]) + "\n```"
