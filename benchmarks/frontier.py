@@ -160,7 +160,7 @@ def accelerator() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from harness.core.config import PRESETS
+    from harness.core.presets import PRESETS
 
     backend = PRESETS.get(args.preset, {}).get("backend")
     if backend:

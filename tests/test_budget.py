@@ -16,7 +16,7 @@ from harness.core.config import ConfigError, resolve
 from harness.search import budget as budget_mod
 from harness.search.budget import Budget, BudgetError, Judge
 from harness.search.kerastuner import constrain
-from harness.search.tune import SearchSpace
+from harness.search.space import SearchSpace
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

@@ -1,6 +1,7 @@
 import pytest
 
-from harness.core.config import PRESETS, ConfigError, TrainConfig, resolve
+from harness.core.config import ConfigError, TrainConfig, resolve
+from harness.core.presets import PRESETS
 
 
 def test_presets_are_the_studys_recipe():

@@ -259,7 +259,7 @@ def test_flip_tta_averages_each_image_with_its_mirror_image(arch):
 
 
 def test_mixup_batches_mix_images_and_labels_alike():
-    from harness.train.fit import mixup_batches
+    from harness.train.targets import mixup_batches
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(100, 4, 4, 3), dtype=np.uint8)
@@ -289,7 +289,7 @@ def test_mixup_batches_mix_images_and_labels_alike():
 
 
 def test_mixup_batches_depend_on_seed_epoch_and_index_not_on_threads():
-    from harness.train.fit import mixup_batches
+    from harness.train.targets import mixup_batches
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(64, 4, 4, 3), dtype=np.uint8)
@@ -315,7 +315,7 @@ def test_distillation_uses_the_teachers_probabilities(tmp_path, archive):
         train(missing, ds, results, verbose=0)
     assert not RunDir.named(results, "s0").path.exists()  # nothing written for a bad teacher
 
-    from harness.train.fit import one_hot, teacher_targets
+    from harness.train.targets import one_hot, teacher_targets
 
     cfg = resolve(
         "selu", overrides={**small, "name": "student", "teacher": "teach", "teacher_weight": 0.5}

@@ -313,7 +313,8 @@ def test_compare_shows_the_device_column(trained):
 def test_tuning_trials_record_their_device(tmp_path, archive):
     import keras
 
-    from harness.search.tune import SearchSpace, tune
+    from harness.search.space import SearchSpace
+    from harness.search.tune import tune
 
     base = resolve("selu", overrides={"epochs": 1, "batch_size": 64, "backend": None})
     tune(

@@ -180,7 +180,7 @@ def test_row_major_dense_has_dense_values_and_gradients_on_jax():
 
 
 def test_mixup_batches_are_the_same_from_labels_or_one_hot_targets():
-    from harness.train.fit import mixup_batches, one_hot
+    from harness.train.targets import mixup_batches, one_hot
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)

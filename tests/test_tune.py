@@ -16,7 +16,9 @@ from harness.cli import main
 from harness.core.config import ConfigError, resolve
 from harness.core.records import RunDir
 from harness.data import cifar as data
-from harness.search.tune import SearchSpace, sweep_lr, tune
+from harness.search.space import SearchSpace
+from harness.search.sweep import sweep_lr
+from harness.search.tune import tune
 
 SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
 SEARCH_ARGS = [

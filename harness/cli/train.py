@@ -18,9 +18,10 @@ from harness.cli.app import (
     _select_backend,
     main,
 )
-from harness.core.config import PRESETS, SETTINGS, ConfigError, resolve
+from harness.core.config import SETTINGS, ConfigError, resolve
 from harness.core.hardware import device_option
 from harness.core.precisions import EXPORTS as BUDGET_EXPORTS
+from harness.core.presets import PRESETS
 from harness.core.records import BadName, RunBusy, RunDir, format_run
 
 # --------------------------------------------------------------------------- train
@@ -150,8 +151,8 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
         raise click.BadParameter("rates must be positive numbers", param_hint="--rates")
     name = flags.pop("name") or f"{preset or 'sweep'}-lr"
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
-    from harness.search.tune import format_sweep
-    from harness.search.tune import sweep_lr as run_sweep
+    from harness.search.sweep import format_sweep
+    from harness.search.sweep import sweep_lr as run_sweep
 
     record = run_sweep(cfg, obj.dataset(), obj.results, name, rates, cfg.epochs)
     click.echo(format_sweep(record))
@@ -302,7 +303,7 @@ def tune(
     the best trials are exported, benchmarked and judged as results/runs/<name>-t<trial>/.
     """
     from harness.search.budget import Budget
-    from harness.search.tune import SearchSpace
+    from harness.search.space import SearchSpace
 
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
     distributed = [tuner_id, oracle_ip, oracle_port]

@@ -1,10 +1,5 @@
-"""Learning-rate sweeps and KerasTuner searches, resumable, on one machine or distributed.
-
-A sweep trains a FRESH model per learning rate through :func:`harness.train.fit.train` (the
-study reused one model across rates, so each rate started where the previous one ended).
-Every rate is a normal run directory under ``<results>/sweeps/<name>/runs/``, so its
-TensorBoard curves overlay with ``tensorboard --logdir <results>/sweeps/<name>/runs`` and
-an interrupted sweep resumes rate by rate, epoch by epoch.
+"""KerasTuner searches, resumable, on one machine or distributed (sweeps: harness.search.sweep;
+the space and the HyperModel: harness.search.space).
 
 A search subclasses KerasTuner's ``HyperModel``: ``build`` turns hyperparameters into a
 TrainConfig and calls the same model builder and compile step as ``harness train``;
@@ -25,17 +20,16 @@ Layout of ``<results>/tuning/<name>/``::
 from __future__ import annotations
 
 import gc
-import math
 import os
 import resource
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from harness.core.config import SETTINGS, ConfigError, TrainConfig, problem
+from harness.core.config import ConfigError, TrainConfig
 from harness.core.hardware import label_of
 from harness.core.records import (
     COMPLETED,
@@ -47,225 +41,12 @@ from harness.core.records import (
     write_record,
 )
 from harness.data import cifar as data_mod
+from harness.search.space import SearchSpace, make_hypermodel
 
-DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 TUNERS = ("bayesian", "hyperband", "random")
-CHANCE = 0.2  # a sweep rate whose best val accuracy never beats this (chance: 0.1) diverged
-
-
-# --------------------------------------------------------------------------- sweep
-
-
-def sweep_lr(
-    base: TrainConfig,
-    ds: data_mod.Dataset,
-    results: Path,
-    name: str,
-    rates=DEFAULT_RATES,
-    epochs: int = 10,
-    verbose: int | None = None,
-) -> dict:
-    """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
-    from harness.train.fit import RunComplete, TrainingFailed, read_history, train
-
-    root = Path(results) / "sweeps" / check_name(name, "sweep name")
-    rows = []
-    for rate in rates:
-        cfg = replace(
-            base,
-            lr=float(rate),
-            epochs=epochs,
-            name=f"lr-{rate:g}",
-            warmup_epochs=min(base.warmup_epochs, epochs - 1),
-        ).validate()
-        run = RunDir.named(root, cfg.name)
-        try:
-            train(cfg, ds, root, verbose=verbose)
-        except (RunComplete, TrainingFailed):
-            pass  # finished earlier, or diverged: both are recorded in metrics.json
-        rows.append(_sweep_row(rate, run.read_metrics() or {}, read_history(run)))
-    usable = [r for r in rows if not r["diverged"]]
-    best = max(usable, key=lambda r: r["best_val_accuracy"]) if usable else None
-    record = {
-        "name": name,
-        "base_config": base.to_dict(),
-        "epochs": epochs,
-        "data": ds.record,
-        "rates": rows,
-        "best_lr": best["lr"] if best else None,
-        "tensorboard": str(root / "runs"),
-    }
-    atomic_write_json(root / "sweep.json", record)
-    return record
-
-
-def _sweep_row(rate: float, metrics: dict, history: list[dict]) -> dict:
-    val_acc = [h["val_accuracy"] for h in history if math.isfinite(h.get("val_accuracy", math.nan))]
-    val_loss = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]
-    best_acc = max(val_acc) if val_acc else 0.0
-    return {
-        "lr": float(rate),
-        "status": metrics.get("status"),
-        "best_val_accuracy": best_acc,
-        "best_val_loss": min(val_loss) if val_loss else None,
-        "epoch_of_best": (val_acc.index(best_acc) + 1) if val_acc else None,
-        "epochs_run": len(history),
-        "diverged": metrics.get("status") != COMPLETED or best_acc <= CHANCE,
-    }
-
-
-def format_sweep(record: dict) -> str:
-    lines = [f"{'lr':>8}  {'best val acc':>12}  {'best val loss':>13}  {'epoch':>5}  diverged"]
-    for r in record["rates"]:
-        loss = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
-        lines.append(
-            f"{r['lr']:>8g}  {r['best_val_accuracy']:>12.4f}  {loss:>13}  "
-            f"{r['epoch_of_best'] or '-':>5}  {'yes' if r['diverged'] else 'no'}"
-        )
-    lines.append(f"best learning rate: {record['best_lr']}")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- search space
-
-
-@dataclass
-class SearchSpace:
-    """What a search may vary. Defaults are the study's space (with lr on a log scale)."""
-
-    layers: tuple[int, int] = (1, 10)  # n_hidden, inclusive
-    units: tuple[int, int] = (64, 256)  # n_neurons, inclusive
-    lr: tuple[float, float] = (1e-5, 1e-3)  # sampled log-uniformly
-    activations: tuple[str, ...] = ()  # empty = keep the base config's
-    dropout: tuple[float, float] | None = None
-    l1: tuple[float, float] | None = None  # sampled log-uniformly
-    batch_sizes: tuple[int, ...] = ()  # empty = keep the base config's
-    pca: tuple[int, ...] = ()  # PCA widths to choose from (0 = none)
-    teacher_weight: tuple[float, float] | None = None  # needs a base config with a teacher
-
-    def validate(self) -> "SearchSpace":
-        """Each end of each range, each activation and batch size must be a value its
-        training setting allows (harness.core.config.SETTINGS); log-scaled ranges start above 0."""
-        ranges = {
-            "layers": self.layers,
-            "units": self.units,
-            "lr": self.lr,
-            "dropout": self.dropout,
-            "l1": self.l1,
-            "teacher_weight": self.teacher_weight,
-        }
-        for key, rng in ranges.items():
-            if rng is None:
-                continue
-            lo, hi = rng
-            for value in rng:
-                why = problem(SETTINGS[key], value)
-                if why:
-                    raise ConfigError(f"{key} range {rng}: {value!r} {why}")
-            if key in ("lr", "l1") and lo <= 0:
-                raise ConfigError(f"{key} range {rng}: lower end must be > 0 (log scale)")
-            if (hi < lo) if SETTINGS[key].metadata["kind"] is int else (hi <= lo):
-                raise ConfigError(f"{key} range {rng}: empty or inverted")
-        for key, values in (
-            ("activation", self.activations),
-            ("batch_size", self.batch_sizes),
-            ("pca", self.pca),
-        ):
-            for value in values:
-                why = problem(SETTINGS[key], value)
-                if why:
-                    raise ConfigError(f"{key} {value!r} in the search space: {why}")
-        return self
-
-    def config_for(self, hp, base: TrainConfig) -> TrainConfig:
-        """Register the hyperparameters on ``hp`` and return the config they describe."""
-
-        def clamp(v, rng):
-            return min(max(v, rng[0]), rng[1])
-
-        values = dict(
-            layers=hp.Int("n_hidden", *self.layers, default=clamp(base.layers, self.layers)),
-            units=hp.Int("n_neurons", *self.units, default=clamp(base.units, self.units)),
-            lr=hp.Float("learning_rate", *self.lr, sampling="log"),
-        )
-        if self.activations:
-            values["activation"] = hp.Choice("activation", list(self.activations))
-        if self.dropout is not None:
-            values["dropout"] = hp.Float("dropout", *self.dropout)
-        if self.l1 is not None:
-            values["l1"] = hp.Float("l1", *self.l1, sampling="log")
-        if self.batch_sizes:
-            values["batch_size"] = hp.Choice("batch_size", list(self.batch_sizes))
-        if self.pca:
-            values["pca"] = hp.Choice("pca", list(self.pca))
-        if self.teacher_weight is not None:
-            values["teacher_weight"] = hp.Float("teacher_weight", *self.teacher_weight)
-        return replace(base, **values)
-
-    def widest_pca(self, base: TrainConfig) -> int:
-        return max(self.pca) if self.pca else base.pca
 
 
 # --------------------------------------------------------------------------- search
-
-
-def make_hypermodel(
-    base: TrainConfig, space: SearchSpace, splits: data_mod.Splits, results: Path | None = None
-):
-    import keras_tuner as kt
-
-    from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
-    from harness.train.fit import (
-        compile_model,
-        epoch_log,
-        fit_inputs,
-        one_hot,
-        recipe_callbacks,
-        teacher_targets,
-    )
-    from harness.train.models import build_model
-
-    mean, variance = splits.norm_stats()
-    widest = space.widest_pca(base)
-    # The top principal directions come largest first, so a narrower PCA is a slice.
-    components = splits.principal_components(widest, base.pool) if widest else None
-    # The teacher answers once; each trial mixes its answers with the labels by its weight.
-    answers = (
-        teacher_targets(replace(base, teacher_weight=1.0), results, splits)[0]
-        if base.teacher
-        else None
-    )
-    labels = one_hot(splits.train.y)
-
-    class StudyHyperModel(kt.HyperModel):
-        """A TrainConfig per trial, built and compiled exactly as ``harness train`` does."""
-
-        def build(self, hp):
-            cfg = space.config_for(hp, base)
-            model = build_model(cfg, mean, variance, components[:, : cfg.pca] if cfg.pca else None)
-            compile_model(model, cfg, len(splits.train))
-            return model
-
-        def fit(self, hp, model, x, y, validation_data, callbacks=(), epochs=None, **kwargs):
-            cfg = space.config_for(hp, base)
-            # Ours first, so epoch_seconds is in the logs KerasTuner records.
-            ours = [c for c in (epoch_log(), *recipe_callbacks(cfg)) if c is not None]
-            # Async dispatch kept; the best epoch's weights written once, at the end.
-            theirs = [BestEpochOnce.replacing(EpochTunerCallback.replacing(c)) for c in callbacks]
-            kwargs.pop("shuffle", None)
-            targets = (
-                None
-                if answers is None
-                else cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels
-            )
-            return model.fit(
-                **fit_inputs(cfg, x, y, validation_data, targets=targets),
-                epochs=epochs or cfg.epochs,
-                callbacks=[*ours, *theirs],
-                **kwargs,
-            )
-
-    return StudyHyperModel()
 
 
 def _tuner_class(

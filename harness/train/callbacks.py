@@ -71,7 +71,7 @@ class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
 class MixupBatches(keras.utils.PyDataset):
     """Shuffled batches of mixed images and targets (Zhang et al. 2018, one lambda per
     image) from ``x`` and (N, classes) float ``targets``; see
-    :func:`harness.train.fit.mixup_batches`, which makes them. ``alpha`` 0 mixes nothing.
+    :func:`harness.train.targets.mixup_batches`, which makes them. ``alpha`` 0 mixes nothing.
 
     With views, ``x`` is (V, N, ...) and ``targets`` (V, N, classes): each image of a
     batch comes as one of its V views, drawn at random, with that view's targets.

@@ -115,7 +115,7 @@ def loss_for(cfg: TrainConfig):
 
 def _augmentation(cfg: TrainConfig):
     """The model's training-time augmentation; none where the teacher's views (augmented
-    before training, harness.train.fit.augmented_views) already are."""
+    before training, harness.train.targets.augmented_views) already are."""
     return None if cfg.teacher_views else augmentation_layer(cfg)
 
 
