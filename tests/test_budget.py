@@ -171,13 +171,14 @@ def test_tune_budget_errors_are_one_line(tmp_path, archive):
     result = run("--budget-export", "tflite-int4")
     assert result.exit_code == 2
     result = run("--teacher-weight-range", "0.2,0.8")
-    assert result.exit_code == 1 and "needs a teacher" in result.output
+    # Settings that cannot work together are bad input: exit 2 (harness.cli.app.EXITS).
+    assert result.exit_code == 2 and "needs a teacher" in result.output
     assert "Traceback" not in result.output
     result = run("--pca-choices", "16,5000")
     assert result.exit_code == 2 and "pca" in result.output
     # MACs need no probes: the smallest network (1 x 8) has 3072 x 8 + 8 x 10 MACs.
     result = run("--layers-range", "1,2", "--units-range", "8,16", "--max-macs", "1000")
-    assert result.exit_code == 1 and "smallest network" in result.output
+    assert result.exit_code == 2 and "smallest network" in result.output
 
 
 @pytest.mark.slow
@@ -279,7 +280,7 @@ def test_calibrate_only_measures_the_probes_and_trains_nothing(tmp_path, archive
         ],
     )
     result = run("--max-macs", "100000")
-    assert result.exit_code == 1 and "only a latency or flash budget" in result.output
+    assert result.exit_code == 2 and "only a latency or flash budget" in result.output
     result = run("--max-latency-us", "1000")
     assert result.exit_code == 0, result.output
     root = tmp_path / "tuning" / "c"

@@ -7,6 +7,7 @@ Heavy libraries (Keras, TensorFlow) are imported inside the commands that need t
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.abc
 import importlib.util
 import logging
@@ -27,10 +28,7 @@ class Context:
         self.archive, self.home, self.results = archive, home, results
 
     def dataset(self) -> data_mod.Dataset:
-        try:
-            return data_mod.load(self.archive, self.home)
-        except data_mod.DataError as e:
-            raise click.ClickException(str(e)) from None
+        return data_mod.load(self.archive, self.home)
 
 
 class _Warnings(logging.Handler):
@@ -107,7 +105,75 @@ def _quiet_tensorflow() -> None:
         sys.meta_path.insert(0, _QuietTensorFlow())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# --------------------------------------------------------------------------- exits
+
+# The library's errors and what each means for the exit status, declared once: 2 for input
+# a command refuses before it changes anything, 1 for work that failed. Named rather than
+# imported, so that `harness --help` loads no stage; subclasses follow their base.
+EXITS = {
+    "harness.core.config.ConfigError": (2, ""),
+    "harness.core.records.BadName": (2, ""),
+    "harness.core.records.RunBusy": (2, ""),
+    "harness.core.contract.ContractError": (2, ""),
+    "harness.imports.foreign.ForeignFileError": (2, ""),
+    "harness.imports.imported.ImportRefused": (2, ""),
+    "harness.deploy.bundle.DeployRefused": (2, ""),
+    "harness.export.mlperf.MlperfError": (2, ""),
+    "harness.export.runtimes.ModelFileError": (2, ""),
+    "harness.data.cifar.DataError": (1, ""),
+    "harness.deploy.bundle.DeployError": (1, ""),
+    "harness.export.convert.ExportError": (1, ""),
+    "harness.core.schemas.RecordError": (1, ""),
+    "harness.train.fit.TrainingFailed": (1, "training failed: "),
+    "harness.report.compare.NoRecords": (1, ""),
+    "harness.report.doc_tables.DocsError": (1, ""),
+    "builtins.ConnectionError": (1, ""),
+}
+
+
+def exit_for(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, prefix) for a library error, or None for anything else (a bug: shown
+    with its traceback)."""
+    for cls in type(error).__mro__:
+        found = EXITS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found:
+            return found
+    return None
+
+
+def as_click(error: Exception) -> click.ClickException | None:
+    """``error`` as the one-line click error EXITS gives it (a click error as it is), or None
+    when it is not one of the library's."""
+    if isinstance(error, click.ClickException):
+        return error
+    found = exit_for(error)
+    if found is None:
+        return None
+    code, prefix = found
+    return (Refused if code == 2 else Failed)(f"{prefix}{error}")
+
+
+class Failed(click.ClickException):
+    """Work that failed: one line, exit status 1."""
+
+
+class Harness(click.Group):
+    """The command group: every library error a command lets through becomes its one line
+    and exit status (EXITS)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            error = as_click(e)
+            if error is None:
+                raise
+            raise error from None
+
+
+@click.group(cls=Harness, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--archive",
     type=click.Path(path_type=Path),
@@ -148,6 +214,28 @@ def main(ctx, archive, home, results, verbose):
         logger.addHandler(_Warnings())
         logger.propagate = False
     ctx.obj = Context(archive, home, results)
+
+
+# --------------------------------------------------------------------------- option groups
+
+
+def option_group(name: str, build, *options):
+    """A decorator that adds ``options`` to a command and hands it one argument, ``name``:
+    what ``build`` makes of those options' values (keyword arguments named after them), so
+    a command takes a library object (a SearchSpace, a Budget) rather than its parts."""
+    names = [o(lambda: None).__click_params__[0].name for o in options]
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = build(**{n: kwargs.pop(n) for n in names})
+            return command(*args, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 # --------------------------------------------------------------------------- names

@@ -22,11 +22,8 @@ def data():
 @click.pass_obj
 def data_download(obj: Context):
     """Download the official archive into the cache, verify its sha256, and cache it."""
-    try:
-        path = data_mod.download(obj.home)
-        ds = data_mod.import_data(path, obj.home)
-    except data_mod.DataError as e:
-        raise click.ClickException(str(e)) from None
+    path = data_mod.download(obj.home)
+    ds = data_mod.import_data(path, obj.home)
     click.echo(
         f"cached {len(ds.x_train)} + {len(ds.x_test)} images from {path} (sha256 {ds.sha256})"
     )
@@ -37,10 +34,7 @@ def data_download(obj: Context):
 @click.pass_obj
 def data_import(obj: Context, path: Path):
     """Import a local archive or extracted cifar-10-batches-py folder into the cache."""
-    try:
-        ds = data_mod.import_data(path, obj.home)
-    except data_mod.DataError as e:
-        raise click.ClickException(str(e)) from None
+    ds = data_mod.import_data(path, obj.home)
     click.echo(
         f"imported {len(ds.x_train)} + {len(ds.x_test)} images from {path} "
         f"(sha256 {ds.sha256}, verified by {ds.verified}) into "

@@ -75,29 +75,25 @@ def import_model(
     contract that leaves it near chance is refused, naming the common one that scores
     best. evaluate, bench, export, predict, deploy and compare then take the run.
     """
-    from harness.core.contract import ContractError, parse_three
-    from harness.imports.foreign import ForeignFileError
-    from harness.imports.imported import ImportRefused, format_import
+    from harness.core.contract import parse_three
+    from harness.imports.imported import format_import
     from harness.imports.imported import import_model as run_import
 
-    try:
-        mean, std = parse_three(mean, "mean"), parse_three(std, "std")
-        m = run_import(
-            model,
-            obj.dataset(),
-            obj.results,
-            name,
-            layout,
-            channels,
-            input_scale,
-            mean,
-            std,
-            output,
-            source,
-            overwrite,
-        )
-    except (ContractError, ForeignFileError, ImportRefused) as e:
-        raise Refused(str(e)) from None
+    mean, std = parse_three(mean, "mean"), parse_three(std, "std")
+    m = run_import(
+        model,
+        obj.dataset(),
+        obj.results,
+        name,
+        layout,
+        channels,
+        input_scale,
+        mean,
+        std,
+        output,
+        source,
+        overwrite,
+    )
     path = RunDir.named(obj.results, name).path
     config = json.loads((path / "config.json").read_text())
     click.echo(format_import(path, m, config))
@@ -138,10 +134,7 @@ def export(obj: Context, run: Path, formats, quantizations):
         )
     formats = export_mod.FORMATS if "all" in formats else formats
     quantizations = export_mod.QUANTIZATIONS if "all" in quantizations else quantizations
-    try:
-        records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
-    except export_mod.ExportError as e:
-        raise click.ClickException(str(e)) from None
+    records = export_mod.export_run(run_dir, obj.dataset(), formats, quantizations)
     click.echo(f"{'file':<24}{'runtime':<13}{'KiB':>8}{'max diff':>11}{'test acc':>10}{'drop':>8}")
     for r in records:
         click.echo(
@@ -229,33 +222,23 @@ def deploy(
     device with `python predict.py --selftest`; re-running the command replaces it.
     """
     from harness.deploy import linux as deploy_mod
-    from harness.deploy.bundle import DeployError, DeployRefused
-    from harness.export.convert import ExportError
 
-    try:
-        deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
-    except DeployError as e:
-        raise click.UsageError(str(e)) from None
+    deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
     run_dir = _run_dir(obj, run)
-    try:
-        result = deploy_mod.deploy_run(
-            run_dir,
-            obj.dataset(),
-            out or obj.results / "deploy",
-            target,
-            runtime,
-            quantization,
-            name,
-            flash_kb,
-            ram_kb,
-            calls,
-            warmup,
-            allow_flagged,
-        )
-    except DeployRefused as e:
-        raise Refused(str(e)) from None
-    except (DeployError, ExportError) as e:
-        raise click.ClickException(str(e)) from None
+    result = deploy_mod.deploy_run(
+        run_dir,
+        obj.dataset(),
+        out or obj.results / "deploy",
+        target,
+        runtime,
+        quantization,
+        name,
+        flash_kb,
+        ram_kb,
+        calls,
+        warmup,
+        allow_flagged,
+    )
     click.echo(deploy_mod.format_summary(result))
 
 
@@ -306,31 +289,23 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
 
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
-    from harness.core.schemas import RecordError
     from harness.export.bench import bench_run, format_rows, write_bench
-    from harness.export.convert import ExportError
-    from harness.export.mlperf import MlperfError
-    from harness.imports.imported import ImportRefused, bench_import
+    from harness.imports.imported import bench_import
 
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
-        try:
-            how = {
-                "calls": calls,
-                "warmup": warmup,
-                "modes": tuple(dict.fromkeys(modes)),
-                "window_s": window_s,
-            }
-            if run_dir.read_import() is not None and not run_dir.model.exists():
-                record = bench_import(run_dir, ds, **how)  # a .tflite or .onnx, as it is
-            else:
-                record = bench_run(run_dir, ds, export_kind, **how)
-            written = write_bench(record, obj.results)
-        except (ImportRefused, MlperfError) as e:
-            raise Refused(str(e)) from None
-        except (ExportError, RecordError) as e:  # a record that breaks its format: not written
-            raise click.ClickException(str(e)) from None
+        how = {
+            "calls": calls,
+            "warmup": warmup,
+            "modes": tuple(dict.fromkeys(modes)),
+            "window_s": window_s,
+        }
+        if run_dir.read_import() is not None and not run_dir.model.exists():
+            record = bench_import(run_dir, ds, **how)  # a .tflite or .onnx, as it is
+        else:
+            record = bench_run(run_dir, ds, export_kind, **how)
+        written = write_bench(record, obj.results)
         click.echo(f"{run_dir.name}  ->  {written}")
         click.echo(format_rows(record["rows"]))
 
@@ -395,15 +370,12 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
     from harness.edge.predict import read_images
     from harness.export import runtimes
 
-    try:
-        if model.is_dir():
-            runtime = _imported_predictor(model)
-        else:
-            runtime = ContractModel(
-                runtimes.load(model), Contract(), float_pixels=model.suffix == ".onnx"
-            )
-    except runtimes.ModelFileError as e:
-        raise Refused(str(e)) from None
+    if model.is_dir():
+        runtime = _imported_predictor(model)
+    else:
+        runtime = ContractModel(
+            runtimes.load(model), Contract(), float_pixels=model.suffix == ".onnx"
+        )
     pixels, names, errors = read_images(images, max_pixels)
     probs = dict(zip(names, (runtime.predict(pixels[i : i + 1])[0] for i in range(len(pixels)))))
     for path in map(str, images):
@@ -443,7 +415,7 @@ def predict(model: Path, images, top: int, as_json: bool, max_pixels: int):
 def _imported_predictor(folder: Path):
     """An imported run's .tflite or .onnx behind its contract, for predict."""
     from harness.imports.foreign import FILE_RUNTIMES
-    from harness.imports.imported import ImportRefused, check_source, open_run, read_import
+    from harness.imports.imported import check_source, open_run, read_import
 
     run = RunDir(folder)
     info = read_import(run)
@@ -454,8 +426,5 @@ def _imported_predictor(folder: Path):
             f"{folder}: an imported {info['format']} model; predict runs .tflite and "
             f".onnx files (harness export {folder} makes them)"
         )
-    try:
-        check_source(run, info)
-    except ImportRefused as e:
-        raise Refused(str(e)) from None
+    check_source(run, info)
     return open_run(run, info)

@@ -66,11 +66,8 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
     if docs:
         from harness.report import docs as docs_mod
 
-        try:
-            root = docs_mod.find_root(paths[0])
-            changed = docs_mod.refresh(root)
-        except docs_mod.DocsError as e:
-            raise click.ClickException(str(e)) from None
+        root = docs_mod.find_root(paths[0])
+        changed = docs_mod.refresh(root)
         for page in changed:
             click.echo(f"rewrote {page.relative_to(root)}")
         click.echo(f"{len(changed)} page(s) changed; {len(docs_mod.pages(root))} checked")
@@ -80,10 +77,7 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
         click.secho(f"skipped {path}: {reason}", err=True, fg="yellow")
     for note in records.notes:
         click.echo(f"note: {note}", err=True)
-    try:
-        report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
-    except compare_mod.NoRecords as e:
-        raise click.ClickException(str(e)) from None
+    report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
     text, left_out = compare_mod.printed_table(
         report.rows, fmt, columns, shutil.get_terminal_size().columns
     )

@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from harness.cli.app import (
     Context,
-    Refused,
     _derived_name,
     _name_option,
     _run_dir,
     _select_backend,
+    as_click,
     main,
+    option_group,
 )
-from harness.core.config import SETTINGS, ConfigError, resolve
+from harness.core.config import SETTINGS, resolve
 from harness.core.hardware import device_option
 from harness.core.precisions import EXPORTS as BUDGET_EXPORTS
 from harness.core.presets import PRESETS
-from harness.core.records import BadName, RunBusy, RunDir, format_run
+from harness.core.records import RunDir, format_run
 
 # --------------------------------------------------------------------------- train
 
@@ -84,7 +86,7 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     Re-running the same command after an interruption resumes the run.
     """
     cfg = _base_config(preset, config_file, flags)
-    from harness.train.fit import RunComplete, TrainingFailed
+    from harness.train.fit import RunComplete
     from harness.train.fit import train as train_run
 
     ds = obj.dataset()
@@ -93,12 +95,6 @@ def train(obj: Context, preset, config_file, overwrite, **flags):
     except RunComplete as e:
         click.echo(str(e))
         return
-    except RunBusy as e:
-        raise Refused(str(e)) from None
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
-    except TrainingFailed as e:
-        raise click.ClickException(f"training failed: {e}") from None
     click.echo(format_run(RunDir.named(obj.results, cfg.run_name).path, metrics))
 
 
@@ -108,10 +104,7 @@ def _base_config(preset, config_file, flags, default_epochs=None):
         raise click.UsageError("give --preset or --config FILE")
     if default_epochs and flags.get("epochs") is None:
         flags = {**flags, "epochs": default_epochs}
-    try:
-        cfg = resolve(preset, config_file, flags)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+    cfg = resolve(preset, config_file, flags)
     _select_backend(cfg.backend)
     return cfg
 
@@ -158,6 +151,157 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
     click.echo(format_sweep(record))
 
 
+def _search_space(
+    layers_range,
+    units_range,
+    lr_range,
+    activations,
+    dropout_range,
+    l1_range,
+    batch_sizes,
+    pca_choices,
+    teacher_weight_range,
+):
+    from harness.search.space import SearchSpace
+
+    return SearchSpace(
+        layers=layers_range,
+        units=units_range,
+        lr=lr_range,
+        activations=tuple(a.strip() for a in activations.split(",")) if activations else (),
+        dropout=dropout_range,
+        l1=l1_range,
+        batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else (),
+        pca=_floats(pca_choices, None, int) if pca_choices else (),
+        teacher_weight=teacher_weight_range,
+    ).validate()
+
+
+def _budget(max_latency_us, max_flash_kb, max_macs, budget_export, bench_top):
+    from harness.search.budget import Budget
+
+    return Budget(max_latency_us, max_flash_kb, max_macs, budget_export).validate(), bench_top
+
+
+def _distributed(tuner_id, oracle_ip, oracle_port, connect_timeout, worker_timeout):
+    given = [tuner_id, oracle_ip, oracle_port]
+    if any(v is not None for v in given) and None in given:
+        raise click.UsageError(
+            "distributed tuning needs --tuner-id, --oracle-ip and "
+            "--oracle-port (or their KERASTUNER_* variables) together"
+        )
+    return Distributed(tuner_id, oracle_ip, oracle_port, connect_timeout, worker_timeout)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where a tuning process stands in a chief + workers search (all None: alone)."""
+
+    tuner_id: str | None
+    oracle_ip: str | None
+    oracle_port: int | None
+    connect_timeout: float
+    worker_timeout: float
+
+
+space_options = option_group(
+    "space",
+    _search_space,
+    click.option(
+        "--layers-range",
+        default="1,10",
+        show_default=True,
+        callback=_range(int),
+        help="n_hidden low,high.",
+    ),
+    click.option(
+        "--units-range",
+        default="64,256",
+        show_default=True,
+        callback=_range(int),
+        help="n_neurons low,high.",
+    ),
+    click.option(
+        "--lr-range",
+        default="1e-5,1e-3",
+        show_default=True,
+        callback=_range(),
+        help="learning rate low,high (log scale).",
+    ),
+    click.option("--activations", help="Also search these activations (comma-separated)."),
+    click.option("--dropout-range", callback=_range(), help="Also search dropout low,high."),
+    click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log)."),
+    click.option("--batch-sizes", help="Also search these batch sizes (comma-separated)."),
+    click.option("--pca-choices", help="Also search these PCA widths (comma-separated; 0 = none)."),
+    click.option(
+        "--teacher-weight-range",
+        callback=_range(),
+        help="Also search the teacher's weight low,high (with --teacher).",
+    ),
+)
+budget_options = option_group(
+    "budget",
+    _budget,
+    click.option(
+        "--max-latency-us",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Budget: batch-1 p50 latency of the --budget-export file, one thread.",
+    ),
+    click.option(
+        "--max-flash-kb",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Budget: size of the --budget-export file, KiB.",
+    ),
+    click.option(
+        "--max-macs", type=click.IntRange(min=1), help="Budget: multiply-accumulates per image."
+    ),
+    click.option(
+        "--budget-export",
+        default=BUDGET_EXPORTS[0],
+        show_default=True,
+        type=click.Choice(BUDGET_EXPORTS),
+        help="The export a budget is judged on (LiteRT or onnxruntime).",
+    ),
+    click.option(
+        "--bench-top",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="Budget: export, benchmark and judge this many of the best trials.",
+    ),
+)
+distributed_options = option_group(
+    "distributed",
+    _distributed,
+    click.option(
+        "--tuner-id",
+        envvar="KERASTUNER_TUNER_ID",
+        help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a fresh worker id.",
+    ),
+    click.option("--oracle-ip", envvar="KERASTUNER_ORACLE_IP", help="Distributed: chief address."),
+    click.option(
+        "--oracle-port",
+        type=click.IntRange(1, 65535),
+        envvar="KERASTUNER_ORACLE_PORT",
+        help="Distributed: chief port.",
+    ),
+    click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0),
+        default=60,
+        show_default=True,
+        help="Worker: seconds to wait for the chief before giving up.",
+    ),
+    click.option(
+        "--worker-timeout",
+        type=click.FloatRange(min=1),
+        default=600,
+        show_default=True,
+        help="Chief: seconds without word from a worker before its trial is re-run elsewhere.",
+    ),
+)
+
+
 @main.command()
 @_train_options
 @device_option
@@ -176,96 +320,15 @@ def sweep_lr(obj: Context, preset, config_file, rates, **flags):
     show_default=True,
     help="Trials to run (bayesian, random).",
 )
-@click.option(
-    "--layers-range",
-    default="1,10",
-    show_default=True,
-    callback=_range(int),
-    help="n_hidden low,high.",
-)
-@click.option(
-    "--units-range",
-    default="64,256",
-    show_default=True,
-    callback=_range(int),
-    help="n_neurons low,high.",
-)
-@click.option(
-    "--lr-range",
-    default="1e-5,1e-3",
-    show_default=True,
-    callback=_range(),
-    help="learning rate low,high (log scale).",
-)
-@click.option("--activations", help="Also search these activations (comma-separated).")
-@click.option("--dropout-range", callback=_range(), help="Also search dropout low,high.")
-@click.option("--l1-range", callback=_range(), help="Also search an L1 penalty low,high (log).")
-@click.option("--batch-sizes", help="Also search these batch sizes (comma-separated).")
-@click.option("--pca-choices", help="Also search these PCA widths (comma-separated; 0 = none).")
-@click.option(
-    "--teacher-weight-range",
-    callback=_range(),
-    help="Also search the teacher's weight low,high (with --teacher).",
-)
-@click.option(
-    "--max-latency-us",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Budget: batch-1 p50 latency of the --budget-export file, one thread.",
-)
-@click.option(
-    "--max-flash-kb",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Budget: size of the --budget-export file, KiB.",
-)
-@click.option(
-    "--max-macs", type=click.IntRange(min=1), help="Budget: multiply-accumulates per image."
-)
-@click.option(
-    "--budget-export",
-    default=BUDGET_EXPORTS[0],
-    show_default=True,
-    type=click.Choice(BUDGET_EXPORTS),
-    help="The export a budget is judged on (LiteRT or onnxruntime).",
-)
-@click.option(
-    "--bench-top",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Budget: export, benchmark and judge this many of the best trials.",
-)
+@space_options
+@budget_options
 @click.option(
     "--calibrate-only",
     is_flag=True,
     help="Budget: measure the probes (budget_calibration.json) and stop, for a "
     "search that will train where TensorFlow is not installed.",
 )
-@click.option(
-    "--tuner-id",
-    envvar="KERASTUNER_TUNER_ID",
-    help="Distributed: 'chief', a worker id such as tuner0, or 'auto' for a fresh worker id.",
-)
-@click.option("--oracle-ip", envvar="KERASTUNER_ORACLE_IP", help="Distributed: chief address.")
-@click.option(
-    "--oracle-port",
-    type=click.IntRange(1, 65535),
-    envvar="KERASTUNER_ORACLE_PORT",
-    help="Distributed: chief port.",
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0),
-    default=60,
-    show_default=True,
-    help="Worker: seconds to wait for the chief before giving up.",
-)
-@click.option(
-    "--worker-timeout",
-    type=click.FloatRange(min=1),
-    default=600,
-    show_default=True,
-    help="Chief: seconds without word from a worker before its trial is re-run elsewhere.",
-)
+@distributed_options
 @click.pass_obj
 def tune(
     obj: Context,
@@ -273,26 +336,10 @@ def tune(
     config_file,
     kind,
     max_trials,
-    layers_range,
-    units_range,
-    lr_range,
-    activations,
-    dropout_range,
-    l1_range,
-    batch_sizes,
-    pca_choices,
-    teacher_weight_range,
-    max_latency_us,
-    max_flash_kb,
-    max_macs,
-    budget_export,
-    bench_top,
+    space,
+    budget,
     calibrate_only,
-    tuner_id,
-    oracle_ip,
-    oracle_port,
-    connect_timeout,
-    worker_timeout,
+    distributed,
     **flags,
 ):
     """Search hyperparameters with KerasTuner (the study's Bayesian search by default).
@@ -302,39 +349,18 @@ def tune(
     (--max-latency-us, --max-flash-kb, --max-macs), only networks that fit it train, and
     the best trials are exported, benchmarked and judged as results/runs/<name>-t<trial>/.
     """
-    from harness.search.budget import Budget
-    from harness.search.space import SearchSpace
-
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
-    distributed = [tuner_id, oracle_ip, oracle_port]
-    if any(v is not None for v in distributed) and None in distributed:
-        raise click.UsageError(
-            "distributed tuning needs --tuner-id, --oracle-ip and "
-            "--oracle-port (or their KERASTUNER_* variables) together"
-        )
-    try:
-        space = SearchSpace(
-            layers=layers_range,
-            units=units_range,
-            lr=lr_range,
-            activations=tuple(a.strip() for a in activations.split(",")) if activations else (),
-            dropout=dropout_range,
-            l1=l1_range,
-            batch_sizes=_floats(batch_sizes, None, int) if batch_sizes else (),
-            pca=_floats(pca_choices, None, int) if pca_choices else (),
-            teacher_weight=teacher_weight_range,
-        ).validate()
-        budget = Budget(max_latency_us, max_flash_kb, max_macs, budget_export).validate()
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+    budget, bench_top = budget
+    tuner_id, oracle_ip, oracle_port = (
+        distributed.tuner_id,
+        distributed.oracle_ip,
+        distributed.oracle_port,
+    )
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
     if calibrate_only:
         from harness.search import tune as tune_mod
 
-        try:
-            line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
-        except ConfigError as e:
-            raise click.ClickException(str(e)) from None
+        line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
         lat, where = line["latency_us"], tune_mod.search_dir(obj.results, name)
         click.echo(
             f"probes measured: {where / 'budget_calibration.json'}; latency "
@@ -355,17 +381,17 @@ def tune(
     from harness.search import tune as tune_mod
 
     if tuner_id not in (None, "chief"):
-        try:
-            tune_mod.wait_for_chief(oracle_ip, oracle_port, connect_timeout)
-        except ConnectionError as e:
-            raise click.ClickException(str(e)) from None
+        tune_mod.wait_for_chief(oracle_ip, oracle_port, distributed.connect_timeout)
     try:
-        _tune_and_report(obj, cfg, name, space, kind, max_trials, worker_timeout, budget, bench_top)
-    except click.ClickException as e:
-        if tuner_id != "chief":
+        _tune_and_report(
+            obj, cfg, name, space, kind, max_trials, distributed.worker_timeout, budget, bench_top
+        )
+    except Exception as e:
+        error = as_click(e)
+        if tuner_id != "chief" or error is None:
             raise
-        e.show()  # KerasTuner's gRPC server would keep a failed chief alive: leave now
-        _exit_now(e.exit_code)
+        error.show()  # KerasTuner's gRPC server would keep a failed chief alive: leave now
+        _exit_now(error.exit_code)
     if tuner_id == "chief":  # likewise once the search is done: nothing is left to do
         _exit_now(0)
 
@@ -388,24 +414,21 @@ def _tune_and_report(
     from harness.search.budget import format_budget
 
     ds = obj.dataset()
-    try:
-        summary = tune_mod.tune(
-            cfg,
-            ds,
-            obj.results,
-            name,
-            space,
-            kind,
-            max_trials,
-            worker_timeout=worker_timeout,
-            verbose=1 if sys.stdout.isatty() else 2,
-            budget=budget,
-            bench_top=bench_top,
-            archive=obj.archive,
-            home=obj.home,
-        )
-    except ConfigError as e:  # a teacher that is not there, a budget nothing meets
-        raise click.ClickException(str(e)) from None
+    summary = tune_mod.tune(
+        cfg,
+        ds,
+        obj.results,
+        name,
+        space,
+        kind,
+        max_trials,
+        worker_timeout=worker_timeout,
+        verbose=1 if sys.stdout.isatty() else 2,
+        budget=budget,
+        bench_top=bench_top,
+        archive=obj.archive,
+        home=obj.home,
+    )
     if summary is not None:
         root = tune_mod.search_dir(obj.results, name)
         click.echo(tune_mod.format_trials(json.loads((root / "trials.json").read_text())))
@@ -530,19 +553,9 @@ def prune_units(obj: Context, run: Path, keep, epochs, lr_scale, teacher, name):
     parent = _run_dir(obj, run, imported_ok=False)
     cfg = from_dict(parent.read_config())
     _select_backend(cfg.backend)
-    try:
-        m = run_prune(
-            parent,
-            obj.dataset(),
-            obj.results,
-            name,
-            keep,
-            epochs,
-            lr_scale=lr_scale,
-            teacher=teacher,
-        )
-    except (BadName, ConfigError) as e:  # the default name <run>-units<N>, or the teacher's
-        raise click.UsageError(str(e)) from None
+    m = run_prune(
+        parent, obj.dataset(), obj.results, name, keep, epochs, lr_scale=lr_scale, teacher=teacher
+    )
     click.echo(format_run(RunDir.named(obj.results, m["run"]).path, m))
 
 
@@ -554,13 +567,10 @@ def evaluate(obj: Context, run: Path):
     run_dir = _run_dir(obj, run)
     info = run_dir.read_import()
     if info is not None:
-        from harness.imports.imported import ImportRefused, check_source, evaluate_import
+        from harness.imports.imported import check_source, evaluate_import
 
-        try:
-            check_source(run_dir, info)
-            result = evaluate_import(run_dir, obj.dataset(), info)
-        except ImportRefused as e:
-            raise Refused(str(e)) from None
+        check_source(run_dir, info)
+        result = evaluate_import(run_dir, obj.dataset(), info)
     else:
         from harness.train.fit import evaluate_run
 

@@ -35,6 +35,7 @@ from harness.core.precisions import PRECISIONS
 from harness.core.records import RunDir, atomic_write_bytes, atomic_write_text, read_json
 from harness.deploy.bundle import (
     DeployError,
+    DeployRefused,
     check_imported,
     check_name,
     declared_contract,
@@ -76,19 +77,19 @@ def check_options(
     """The precision to bundle (``quantization``, or the target's default); DeployError for
     a combination that cannot be made."""
     if target not in TARGETS or runtime not in RUNTIMES:
-        raise DeployError(f"unknown target {target!r} or runtime {runtime!r}")
+        raise DeployRefused(f"unknown target {target!r} or runtime {runtime!r}")
     if quantization is not None and quantization not in TOLERANCES:
-        raise DeployError(f"unknown precision {quantization!r}")
+        raise DeployRefused(f"unknown precision {quantization!r}")
     if target == "mcu":
         if runtime != "litert" or quantization not in (None, "int8"):
-            raise DeployError(
+            raise DeployRefused(
                 "--target mcu runs TensorFlow Lite Micro: --runtime litert --quantize int8 only"
             )
         return "int8"
     if flash_kb is not None or ram_kb is not None:
-        raise DeployError("--flash-kb and --ram-kb are budgets for --target mcu only")
+        raise DeployRefused("--flash-kb and --ram-kb are budgets for --target mcu only")
     if runtime == "onnx" and quantization not in (None, "float32"):
-        raise DeployError(
+        raise DeployRefused(
             "ONNX exports are float32 only: --quantize float32, or --runtime "
             "litert for the other precisions"
         )
