@@ -72,3 +72,15 @@ def test_docs_outside_a_results_folder_is_one_line(tmp_path):
     done = CliRunner().invoke(main, ["compare", str(tmp_path), "--docs"])
     assert done.exit_code == 1
     assert "not inside a results/ folder" in done.output
+
+
+def test_a_whole_tree_of_records_is_no_citation(tmp_path):
+    """`--results results/reference` in a command names a tree, not a record: a figure
+    beside it would match some number of hundreds of records."""
+    root = _repo(tmp_path, 0.5, "")
+    tree = root / "results" / "reference" / "bench"
+    tree.mkdir(parents=True)
+    for i in range(docs.FOLDER_LIMIT + 1):
+        (tree / f"r{i}.json").write_text(json.dumps({"p50_us": 4.0 + i / 10}))
+    assert not docs.is_record(root, "results/reference/bench")
+    assert docs.is_record(root, "results/reference/runs/selu")

@@ -150,9 +150,18 @@ def _record_texts(root: Path, cited: str) -> list[str]:
     return [f.read_text() for f in files if f.is_file()]
 
 
+# A folder cited as a record: one run, search or bundle, not a whole tree of them (a
+# figure would then match almost anything).
+FOLDER_LIMIT = 40
+
+
 def is_record(root: Path, cited: str) -> bool:
-    """A citation names a record when the path (or the revision's path) holds JSON."""
-    return ":" in cited or (root / cited).is_file() or (root / cited).is_dir()
+    """A citation names a record when the path is a file, a revision's file, or a folder of
+    at most FOLDER_LIMIT JSON files."""
+    path = root / cited
+    if ":" in cited or path.is_file():
+        return True
+    return path.is_dir() and len(list(path.rglob("*.json"))) <= FOLDER_LIMIT
 
 
 def written_as(figure: str, unit: str, numbers: list[float]) -> bool:
