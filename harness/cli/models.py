@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.cli.app import Context, Refused, _name_option, _run_dir, main
 from harness.core.precisions import NAMES as PRECISION_NAMES
-from harness.core.records import RunDir
+from harness.core.records import Results, RunDir
 from harness.data import cifar as data_mod
 from harness.edge.predict import MAX_PIXELS
 
@@ -95,7 +95,7 @@ def import_model(
         overwrite,
     )
     path = RunDir.named(obj.results, name).path
-    config = json.loads((path / "config.json").read_text())
+    config = RunDir(path).read_config()
     click.echo(format_import(path, m, config))
 
 
@@ -228,7 +228,7 @@ def deploy(
     result = deploy_mod.deploy_run(
         run_dir,
         obj.dataset(),
-        out or obj.results / "deploy",
+        out or Results(obj.results).deploy,
         target,
         runtime,
         quantization,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from harness.cli.app import Context, main
+from harness.core.records import Results
 from harness.report import compare as compare_mod
 
 
@@ -77,7 +78,7 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
         click.secho(f"skipped {path}: {reason}", err=True, fg="yellow")
     for note in records.notes:
         click.echo(f"note: {note}", err=True)
-    report = compare_mod.report(records, out or obj.results / "report", sort_key, paths)
+    report = compare_mod.report(records, out or Results(obj.results).report, sort_key, paths)
     text, left_out = compare_mod.printed_table(
         report.rows, fmt, columns, shutil.get_terminal_size().columns
     )

@@ -5,6 +5,15 @@ writes runs through this module. Every file is written atomically: a temporary f
 same folder, flushed, then renamed over the target, so a killed process never leaves a half
 written record behind.
 
+Layout of ``<results>/`` (``Results``)::
+
+    runs/<name>/        a run (RunDir, below)
+    bench/<run>.json    bench records (harness.export.bench; a device's, from predict.py --bench)
+    deploy/<bundle>/    device bundles, each with its .tar.gz and .sha256
+    tuning/<name>/      KerasTuner searches (harness.search.tune)
+    sweeps/<name>/      learning-rate sweeps (harness.search.sweep)
+    report/             compare's report
+
 Layout of ``<results>/runs/<name>/``::
 
     config.json     the resolved TrainConfig (preset, then file, then flags)
@@ -14,6 +23,8 @@ Layout of ``<results>/runs/<name>/``::
     history.csv     one row per epoch (Keras CSVLogger) plus epoch_seconds
     logs/           TensorBoard event files
     backup/         BackupAndRestore state while a run is unfinished (deleted when it ends)
+    exports/        exported model files and exports.json (harness.export.convert)
+    source/         an imported model's file, byte for byte (harness import)
 """
 
 from __future__ import annotations
@@ -212,6 +223,14 @@ class RunDir:
     def evaluation(self) -> Path:
         return self.path / "evaluation.json"
 
+    @property
+    def exports(self) -> Path:
+        return self.path / "exports"
+
+    @property
+    def source(self) -> Path:
+        return self.path / "source"
+
     def exists(self) -> bool:
         return self.config.exists()
 
@@ -234,6 +253,33 @@ class RunDir:
             return None
         config = self.read_config()
         return config if isinstance(config, dict) and config.get("kind") == IMPORTED else None
+
+
+@dataclass(frozen=True)
+class Results:
+    """The results folder's layout (above); creating the object touches nothing on disk."""
+
+    path: Path
+
+    def run(self, name: str) -> RunDir:
+        return RunDir.named(self.path, name)
+
+    def bench(self, run: str) -> Path:
+        return self.path / "bench" / f"{check_name(run, 'run name')}.json"
+
+    @property
+    def deploy(self) -> Path:
+        return self.path / "deploy"
+
+    def tuning(self, name: str) -> Path:
+        return self.path / "tuning" / check_name(name, "search name")
+
+    def sweep(self, name: str) -> Path:
+        return self.path / "sweeps" / check_name(name, "sweep name")
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
 
 
 class RunBusy(RuntimeError):

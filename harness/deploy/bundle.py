@@ -129,7 +129,7 @@ def export_in_scratch(
             f"accuracy against the Keras model, more than export allows; "
             f"--allow-flagged bundles it anyway"
         )
-    return rec, work.path / "exports" / rec["file"]
+    return rec, work.exports / rec["file"]
 
 
 def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:

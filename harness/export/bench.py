@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.records import RunDir, machine_facts, write_record
+from harness.core.records import Results, RunDir, machine_facts, write_record
 from harness.data import cifar as data_mod
 from harness.export import mlperf
 from harness.export.footprint import TflmError, macs_per_image, tflm_footprint
@@ -209,7 +209,7 @@ def model_rows(
             )
         )
     for rec in records:
-        path = run.path / "exports" / rec["file"]
+        path = run.exports / rec["file"]
         single = runtimes.load(path, threads=1)
         multi = runtimes.load(path, threads=os.cpu_count() or 1)
         rows.append(
@@ -255,7 +255,7 @@ def add_modes(
 
 
 def write_bench(record: dict, results: Path) -> Path:
-    path = Path(results) / "bench" / f"{record['run']}.json"
+    path = Results(Path(results)).bench(record["run"])
     write_record("bench", path, record)
     return path
 

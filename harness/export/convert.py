@@ -289,7 +289,7 @@ def export_run(
     reference = predict_keras(trained, splits.test.x[:PROBE_IMAGES])
     keras_test = evaluate_keras(trained, splits.test)
     model = exportable(trained)
-    out = run.path / "exports"
+    out = run.exports
     records = []
 
     def record(path: Path, fmt: str, quantization: str) -> dict:

@@ -171,7 +171,7 @@ def _match_run(bench: BenchRecord, runs: list[RunRecord]) -> RunRecord | None:
     """The run a bench record measured: results/bench/X.json belongs to results/runs/X/,
     else to the one run named X anywhere."""
     name = bench.record["run"]
-    home = bench.path.parent.parent.resolve() / "runs" / name
+    home = bench.path.parent.parent.resolve() / "runs" / name  # a record's name, unchecked
     for run in runs:
         if run.dir.resolve() == home:
             return run

@@ -37,7 +37,7 @@ import numpy as np
 
 from harness.core.config import ConfigError, TrainConfig, from_dict
 from harness.core.precisions import EXPORTS, PRECISIONS
-from harness.core.records import RunDir, atomic_write_json, read_json
+from harness.core.records import Results, RunDir, atomic_write_json, read_json
 
 BYTES_PER_WEIGHT = {name: p.bytes_per_weight for name, p in PRECISIONS.items()}
 PROBE_CALLS, PROBE_WARMUP = 500, 50
@@ -380,7 +380,7 @@ def judge_measured(budget: Budget, candidates: list[dict], results: Path, bench,
 
 def _judged_row(budget: Budget, results: Path, run: str) -> dict:
     """The row of ``run``'s bench record for the budget's export."""
-    record = read_json(Path(results) / "bench" / f"{run}.json")
+    record = read_json(Results(Path(results)).bench(run))
     return next(
         r
         for r in record["rows"]
@@ -433,7 +433,7 @@ def judge_benched(
             "bench": f"bench/{cand['run']}.json",
         }
         if val is not None:
-            path = RunDir.named(results, cand["run"]).path / "exports" / row["file"]
+            path = RunDir.named(results, cand["run"]).exports / row["file"]
             measured["val_accuracy"] = score(predict_batched(load(path), val.x), val.y)["accuracy"]
         if cand["run"] in first_p50:
             measured["first_p50_us"] = first_p50[cand["run"]]

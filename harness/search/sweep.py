@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.core.config import TrainConfig
-from harness.core.records import COMPLETED, RunDir, atomic_write_json, check_name
+from harness.core.records import COMPLETED, Results, RunDir, atomic_write_json
 from harness.data import cifar as data_mod
 
 DEFAULT_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -35,7 +35,7 @@ def sweep_lr(
     """Train a fresh ``base`` model per rate for ``epochs``; write and return sweep.json."""
     from harness.train.fit import RunComplete, TrainingFailed, read_history, train
 
-    root = Path(results) / "sweeps" / check_name(name, "sweep name")
+    root = Results(Path(results)).sweep(name)
     rows = []
     for rate in rates:
         cfg = replace(

@@ -33,10 +33,10 @@ from harness.core.config import ConfigError, TrainConfig
 from harness.core.hardware import label_of
 from harness.core.records import (
     COMPLETED,
+    Results,
     RunDir,
     atomic_write_csv,
     atomic_write_json,
-    check_name,
     read_json,
     write_record,
 )
@@ -152,7 +152,7 @@ def wait_for_chief(ip: str, port: int, timeout: float) -> None:
 
 def search_dir(results: Path, name: str) -> Path:
     """``<results>/tuning/<name>/``: where a search keeps everything but its trial runs."""
-    return Path(results) / "tuning" / check_name(name, "search name")
+    return Results(Path(results)).tuning(name)
 
 
 def tune(
