@@ -1061,3 +1061,26 @@ def test_the_chart_colours_families_fades_the_rest_and_has_an_offline_page(resul
         ), r
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page and "<script" not in page
+
+
+def test_the_committed_charts_labels_cover_no_other_label():
+    """The front's labels (and the imported models') on the chart of every committed
+    record: no two labels' boxes overlap."""
+    from harness.report.collect import collect_records
+    from harness.report.plots import accuracy_latency_figure
+    from harness.report.table import build_rows, mark_pareto
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    rows = mark_pareto(build_rows(collect_records([root])))
+    fig = accuracy_latency_figure(rows, "machines")
+    fig.draw_without_rendering()
+    labels = [t for t in fig.axes[0].texts if t.get_gid() == "label"]
+    boxes = [t.get_bbox_patch().get_window_extent() for t in labels]
+    assert len(labels) >= 10
+    overlapping = [
+        (labels[i].get_text().split("\n")[0], labels[j].get_text().split("\n")[0])
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if boxes[i].overlaps(boxes[j])
+    ]
+    assert not overlapping

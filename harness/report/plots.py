@@ -107,7 +107,7 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
     ax.set_xscale("log")
     p50s, accs = [r["p50_us"] for r in timed], [r["accuracy"] * 100 for r in timed]
     ax.set_xlim(min(p50s) / 6, max(p50s) * 1.6)
-    ax.set_ylim(min(accs) - 2, max(accs) + 4)
+    ax.set_ylim(min(accs) - 2, max(accs) + 8)  # room above the front for its labels
     ax.xaxis.set_major_locator(LogLocator(base=10))
     ax.xaxis.set_major_formatter(FuncFormatter(_latency_label))
     ax.set_xlabel("batch-1 latency, p50 (log scale; left is faster)")
@@ -120,11 +120,12 @@ def accuracy_latency_figure(rows: list[dict], machine: str = ""):
         sorted({r["precision"] for r in timed}, key=_precision_order),
         machines,
     )
+    imported = [r for r in timed if not r["pareto"] and family_of(r) == "imported"]
     if len(machines) > 1:
-        _label_fronts(fig, ax, front)
+        _label_fronts(fig, ax, front, imported)
     else:
         _label_front(ax, front)
-    _label_imported(ax, [r for r in timed if not r["pareto"]])
+        _label_imported(ax, imported)
     return fig
 
 
@@ -205,10 +206,11 @@ def _label_front(ax, front: list[dict], x: str = "p50_us", text=None) -> None:
         previous = r
 
 
-def _label_fronts(fig, ax, front: list[dict]) -> None:
-    """Several fronts: one label per model's stretch of its machine's front, set where it
-    covers no other label and no point of a front (tried up and to the left of the point,
-    stacked upwards, then up and to the right, then below); the labels go last, when the
+def _label_fronts(fig, ax, front: list[dict], others: list[dict] = ()) -> None:
+    """One label per model's stretch of its machine's front, and one per imported model off
+    the fronts (``others``), each set where it covers no other label and no point of a
+    front: tried up and to the left of the point, stacked upwards, then up and to the
+    right, then further out with a leader line, then below; the labels go last, when the
     axes have their place."""
     from matplotlib.transforms import Bbox
 
@@ -217,10 +219,13 @@ def _label_fronts(fig, ax, front: list[dict]) -> None:
     marks = [ax.transData.transform((r["p50_us"], r["accuracy"] * 100)) for r in front]
     # (x, y) offsets in points of the label's bottom corner next to the point.
     tries = [(side, 5 + 13 * k) for side in (-7, 7) for k in range(12)]
-    tries += [(side, -30 - 13 * k) for side in (-7, 7) for k in range(8)]
+    tries += [(side, 5 + 13 * k) for side in (-60, 60, -120, 120, -200, 200) for k in range(12)]
+    tries += [(side, -30 - 13 * k) for side in (-7, 7, -60, 60, 120, 200) for k in range(12)]
+    items = [(first, f"{_model_label(first)}\n{names}") for first, names in _stretches(front)]
+    items += [(r, f"{_model_label(r)}\n{_kind_label(r)}") for r in others]
     placed = []
-    for first, names in _stretches(front):
-        text, at = f"{_model_label(first)}\n{names}", (first["p50_us"], first["accuracy"] * 100)
+    for first, text in items:
+        at = (first["p50_us"], first["accuracy"] * 100)
         probe = ax.text(*at, text, fontsize=8)
         width, height = probe.get_window_extent().size
         probe.remove()
@@ -249,6 +254,7 @@ def _label_fronts(fig, ax, front: list[dict]) -> None:
             va="bottom",
             bbox=_LABEL_BOX,
             arrowprops=_LEADER if best != tries[0] else None,
+            gid="label",
         )
         placed.append(box(best))
 
@@ -428,7 +434,7 @@ def accuracy_flash_figure(rows: list[dict]):
     xs = [p["flash"] for p in points] + ([flash_of(reference)] if reference else [])
     accs = [p["accuracy"] * 100 for p in points] + [MLPERF_TINY_TARGET * 100]
     ax.set_xlim(min(xs) / 6, max(xs) * 1.6)
-    ax.set_ylim(min(accs) - 2, max(accs) + 4)
+    ax.set_ylim(min(accs) - 2, max(accs) + 8)  # room above the front for its labels
     ax.xaxis.set_major_locator(LogLocator(base=4))  # 16 KiB, 64 KiB, 256 KiB, 1 MiB, ...
     ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
     ax.xaxis.set_minor_formatter(NullFormatter())
