@@ -17,6 +17,13 @@ class Precision(NamedTuple):
     max_drop_points: float  # test accuracy an export may lose against Keras, in points
     selftest_tolerance: float  # largest |p - recorded| a bundle's selftest allows
     why: str  # the tolerance's reason
+    # How the TFLite converter makes the file (harness.export.convert reads these): with
+    # tf.lite.Optimize.DEFAULT; with these target_spec.supported_types; calibrated on the
+    # representative images and held to this tf.lite.OpsSet; integer pixels in (int8).
+    optimize: bool = True
+    weight_types: tuple[str, ...] = ()
+    calibrated_ops: str | None = None
+    integer_input: bool = False
 
 
 PRECISIONS = {
@@ -29,6 +36,7 @@ PRECISIONS = {
             1e-4,
             "float32 throughout; another CPU sums in another order (SIMD width, FMA); 1e-4 "
             "still catches any wrong input handling",
+            optimize=False,
         ),
         Precision(
             "float16",
@@ -37,6 +45,7 @@ PRECISIONS = {
             2e-3,
             "float16 weights; ARMv8.2+ CPUs may also compute in float16 (XNNPACK), unit "
             "roundoff 4.9e-4, accumulated over the layers",
+            weight_types=("float16",),
         ),
         Precision(
             "dynamic",
@@ -47,7 +56,13 @@ PRECISIONS = {
             "between x86 and arm64 with dot-product instructions",
         ),
         Precision(
-            "int8", 1, 1.0, 3e-2, "one output quantization step is 1/256; CPUs may differ by a few"
+            "int8",
+            1,
+            1.0,
+            3e-2,
+            "one output quantization step is 1/256; CPUs may differ by a few",
+            calibrated_ops="TFLITE_BUILTINS_INT8",
+            integer_input=True,
         ),
     )
 }

@@ -62,20 +62,22 @@ def tflite_bytes(
     made before 2026-11-30 did; ``benchmarks/int8_input.py`` times both)."""
     import tensorflow as tf
 
+    recipe = PRECISIONS[quantization]
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if quantization != "float32":
+    if recipe.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "int8":
+    if recipe.weight_types:
+        converter.target_spec.supported_types = [getattr(tf, t) for t in recipe.weight_types]
+    if recipe.calibrated_ops:
+        converter.representative_dataset = lambda: (
+            [representative[i : i + 1].astype(np.float32)] for i in range(len(representative))
+        )
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, recipe.calibrated_ops)]
+    if recipe.integer_input:
         # Full-integer: int8 pixels in (q = pixel - 128: scale 1, zero point -128, from the
         # 0-255 calibration images), float probabilities out. Not uint8: LiteRT's XNNPACK
         # delegate does not take a uint8-to-int8 QUANTIZE, so that op would run on its own
         # in LiteRT's reference kernel before the delegated graph, at every call.
-        converter.representative_dataset = lambda: (
-            [representative[i : i + 1].astype(np.float32)] for i in range(len(representative))
-        )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[int8_input]
         converter.inference_output_type = tf.float32
     # The converter's C++ prints its settings ("fully_quantize: 0, inference_type: 6, ...")
