@@ -267,3 +267,21 @@ def test_int8_file_takes_shifted_pixel_bytes_with_no_op_before_its_first_layer(e
     )
     general.invoke()
     assert np.array_equal(byte_path, general.get_tensor(rt.output["index"]))
+
+
+def test_a_file_the_converter_cannot_make_is_one_line(tmp_path, monkeypatch):
+    """The TFLite converter's own errors (an op it cannot quantize) become ExportError, which
+    the CLI shows as one line, not a traceback."""
+    import tensorflow as tf
+
+    from harness.export.convert import ExportError, tflite_bytes
+
+    class Refusing:  # takes the settings, then fails as the converter does
+        target_spec = type("Spec", (), {})()
+
+        def convert(self):
+            raise RuntimeError("calibration failed\nQuantization not yet supported for op: 'ELU'.")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", lambda path: Refusing())
+    with pytest.raises(ExportError, match="cannot make a int8 file: Quantization not yet"):
+        tflite_bytes(tmp_path, "int8", np.zeros((1, 32, 32, 3), np.uint8))

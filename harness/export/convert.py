@@ -83,7 +83,11 @@ def tflite_bytes(
     # The converter's C++ prints its settings ("fully_quantize: 0, inference_type: 6, ...")
     # on fd 2 for every full-integer file: not for the user.
     with without_info_lines(("fully_quantize:", "INFO: ")):
-        return converter.convert()
+        try:
+            return converter.convert()
+        except Exception as e:  # the converter's own errors (an op it cannot quantize, ...)
+            words = " ".join(str(e).split("\n")[-1].split()) or type(e).__name__
+            raise ExportError(f"the TFLite converter cannot make a {quantization} file: {words}")
 
 
 def verify(
