@@ -92,7 +92,8 @@ def test_bundle_folder_archive_and_sha256(bundle, trained):
     assert manifest["bundle"] == folder.name and BUNDLES[runtime] == precision
     model_file = manifest["model"]["file"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["README.md", "manifest.json", model_file, "predict.py", "requirements.txt", "samples.npz"]
+        ["README.md", "device_bench.py", "manifest.json", model_file, "predict.py"]
+        + ["requirements.txt", "samples.npz"]
     )
     archive = bundle["archive"]
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
@@ -290,7 +291,7 @@ def test_npz_in_probabilities_out(bundle, trained, tmp_path):
     "args,message",
     [
         (["missing.png"], "missing.png: no such file or folder"),
-        ([], "give image files/folders, or --npz FILE, or --selftest"),
+        ([], "give image files/folders, or --npz FILE, --selftest or --bench"),
         (["--selftest", "a.png"], "--selftest takes no images"),
         (["a.png", "--top", "11"], "--top 11: must be 1 to 10"),
         (["--npz", "notes.txt"], "notes.txt: not a readable .npz file"),
@@ -406,3 +407,36 @@ def test_mcu_bundle(trained, tmp_path):
     for name, facts in manifest["files"].items():
         assert facts["sha256"] == bundle_mod.sha256_file(result["folder"] / name), name
     assert bundle_mod.sha256_file(result["archive"]) == result["sha256"]
+
+
+@pytest.mark.parametrize("runtime", sorted(BUNDLES))
+def test_the_device_benchmark_runs_without_deep_learning_libraries(bundles, runtime, tmp_path):
+    """predict.py --bench in a process that cannot import harness, TensorFlow, Keras or JAX:
+    a bench record harness compare reads, with the device's facts and the samples' check."""
+    from harness.core.schemas import check_record
+    from harness.report.collect import collect_records
+    from harness.report.table import build_rows
+
+    folder, manifest = bundles[runtime]["folder"], bundles[runtime]["manifest"]
+    out = tmp_path / "device" / "bench.json"
+    done = standalone(folder, "--bench", "--calls", 30, "--warmup", 3, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert f"record: {out}" in done.stdout and "batch-1 p50" in done.stdout
+    record = json.loads(out.read_text())
+    check_record("bench", record)
+    (row,) = record["rows"]
+    assert row["calls"] == 30 and 0 < row["p50_us"] <= row["p90_us"] <= row["p99_us"]
+    assert row["test"]["accuracy"] == manifest["measured"]["test"]["accuracy"]
+    assert row["device_samples"]["accuracy"] == manifest["selftest"]["accuracy"]
+    assert row["device_samples"]["max_abs_diff_vs_recorded"] <= manifest["selftest"]["tolerance"]
+    assert record["machine"]["cpu"] and record["machine"]["cores"] >= 1
+    assert record["machine"]["versions"][manifest["runtime"]["package"]]
+    (compared,) = build_rows(collect_records([out]))
+    assert compared["p50_us"] == row["p50_us"] and compared["model"] == manifest["source"]["run"]
+
+
+def test_the_device_benchmark_refuses_bad_counts(bundles):
+    folder = bundles["litert"]["folder"]
+    for args in (("--calls", 0), ("--warmup", -1), ("--selftest",), ("x.png",)):
+        done = standalone(folder, "--bench", *args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)

@@ -282,16 +282,55 @@ def deploy(
     show_default=True,
     help="--mode performance: least seconds per window.",
 )
+@click.option(
+    "--on",
+    "device",
+    metavar="ssh://[USER@]HOST[:PORT]",
+    help="Time each bundle (or each run's litert int8 bundle, made if missing) on this "
+    "device instead: set up there in its own venv, selftest, predict.py --bench; the "
+    "record comes back to results/bench/<bundle>-on-<host>.json.",
+)
+@click.option(
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="--on: ssh key.",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="--on: an ssh client configuration in place of ~/.ssh/config (ssh -F).",
+)
+@click.option("--python", default="python3", show_default=True, help="--on: the device's Python.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="--on: threads."
+)
 @click.pass_obj
-def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
+def bench(
+    obj: Context,
+    runs,
+    export_kind,
+    calls,
+    warmup,
+    modes,
+    window_s,
+    device,
+    identity,
+    ssh_config,
+    python,
+    threads,
+):
     """Accuracy against batch-1 latency for each run, as Keras and as its exports; an
-    imported .tflite or .onnx as it is.
+    imported .tflite or .onnx as it is; with --on, a bundle on your own device.
 
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.export.bench import bench_run, format_rows, write_bench
     from harness.imports.imported import bench_import
 
+    if device is not None:
+        ssh = _device_ssh(device, identity, ssh_config)
+        _bench_on_device(obj, runs, ssh, python, calls, warmup, threads)
+        return
     run_dirs = [_run_dir(obj, run) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
@@ -308,6 +347,40 @@ def bench(obj: Context, runs, export_kind, calls, warmup, modes, window_s):
         written = write_bench(record, obj.results)
         click.echo(f"{run_dir.name}  ->  {written}")
         click.echo(format_rows(record["rows"]))
+
+
+def _device_ssh(url: str, identity: Path | None, config: Path | None):
+    from harness.deploy import device as device_mod
+
+    return device_mod.Ssh(device_mod.Target.parse(url), identity, config)
+
+
+def _bench_on_device(obj: Context, items, ssh, python, calls, warmup, threads):
+    from harness.deploy import device as device_mod
+    from harness.deploy import linux as deploy_mod
+
+    for item in items:
+        folder = Path(item)
+        if not (folder / "manifest.json").is_file():  # a run: its bundle, made if missing
+            run_dir = _run_dir(obj, folder)
+            folder = Results(obj.results).deploy / deploy_mod.default_name(
+                run_dir.name, "linux", "litert", "int8"
+            )
+            if not (folder / "manifest.json").is_file():
+                result = deploy_mod.deploy_run(
+                    run_dir, obj.dataset(), folder.parent, "linux", "litert", "int8"
+                )
+                click.echo(deploy_mod.format_summary(result))
+        path, record, selftest = device_mod.bench_on(
+            ssh, folder, obj.results, python, calls, warmup, threads
+        )
+        click.echo(f"{folder.name} on {ssh.target.label}: {selftest}")
+        row = record["rows"][0]
+        click.echo(
+            f"  batch-1 p50 {row['p50_us']:.1f} us, p90 {row['p90_us']:.1f} us, p99 "
+            f"{row['p99_us']:.1f} us; {row['throughput_ips']:,.0f} img/s at batch 256 "
+            f"({record['machine']['cpu']}, {record['machine']['cores']} cores)  ->  {path}"
+        )
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

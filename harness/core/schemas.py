@@ -161,6 +161,9 @@ BENCH_ROW_OPTIONAL = {
     "mlperf.accuracy.accuracy": FRACTION,
     "mlperf.performance.throughput_ips": POSITIVE,
     "mlperf.performance.latency_us": POSITIVE,
+    # A device's own record (a bundle's predict.py --bench): the shipped samples there.
+    "device_samples.accuracy": FRACTION,
+    "device_samples.max_abs_diff_vs_recorded": NUMBER,
 }
 
 # frontier-<run>.json: a preset trained within a wall-time budget.

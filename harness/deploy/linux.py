@@ -65,6 +65,9 @@ TOLERANCE_RULE = (
 )
 SAMPLES_PER_CLASS = 10  # test images shipped for the selftest: 100 for CIFAR-10, ~300 KB
 DEVICE_FILES = Path(__file__).parents[1] / "edge"
+# The standalone scripts a linux bundle ships (numpy and the runtime only): predict.py, and
+# the device benchmark it runs with --bench.
+DEVICE_SCRIPTS = ("predict.py", "device_bench.py")
 
 
 def check_options(
@@ -193,7 +196,9 @@ def write_linux_bundle(
     load = os.getloadavg()  # other work on the machine shows in the percentiles
     latency = latency_us(model.predict, test.x[:1], calls, warmup)  # uint8 pixels, as bench
     selftest = write_samples(folder / "samples.npz", model, test, quantization)
-    shutil.copyfile(DEVICE_FILES / "predict.py", folder / "predict.py")
+    for script in DEVICE_SCRIPTS:
+        shutil.copyfile(DEVICE_FILES / script, folder / script)
+    metrics = run.read_metrics() or {}
     pins = {p: metadata.version(p) for p in ("numpy", "pillow", package)}
     atomic_write_text(folder / "requirements.txt", "".join(f"{p}=={v}\n" for p, v in pins.items()))
     return {
@@ -202,6 +207,8 @@ def write_linux_bundle(
             "format": fmt,
             "precision": quantization,
             "bytes": rec["size_bytes"],
+            "params": metrics.get("params", {}).get("total", 0),
+            "sparsity": metrics.get("sparsity", 0.0),
         },
         "input": contract,
         "output": {
@@ -390,6 +397,18 @@ made. It passes when
 Other CPUs round differently (summation order, SIMD kernels, quantized arithmetic), so the
 answers agree within the tolerance, not always to the last bit; `manifest.json` gives the
 tolerance of every precision (`selftest.tolerances`).
+
+## Latency on this device
+
+```bash
+python predict.py --bench --out bench.json     # [--calls 2000 --warmup 200 --threads 1]
+```
+
+Times one-image calls as harness timed them where the bundle was made (uint8 pixels in,
+the contract inside each call): p50/p90/p99, images per second at batch 256, the shipped
+samples' answers against the recorded ones, and this device's facts (CPU, board, cores,
+OS, Python, runtime). `bench.json` is a bench record: copy it back, and `harness compare
+bench.json ...` puts this device on its own Pareto front.
 """
 
 

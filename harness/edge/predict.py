@@ -9,6 +9,7 @@ names and the selftest's tolerance.
     python predict.py cat.png photos/ --top 3        # a table; --json for JSON lines
     python predict.py --selftest                     # the shipped samples, as recorded?
     python predict.py --npz test.npz --dump-probs probs.npy   # key x: uint8 (N, 32, 32, 3)
+    python predict.py --bench --out bench.json      # latency on this device (device_bench.py)
 
 Exit status: 0 ok, 1 selftest failed or the runtime failed, 2 bad usage or input.
 """
@@ -39,14 +40,7 @@ MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-p
 # declared once, here, for the bundle's predict.py and for harness (which imports these).
 # harness' own models take the pixels as they are (PLAIN); an imported model declares its
 # own (harness import --layout --channels --input --mean --std --output).
-PLAIN = {
-    "layout": "nhwc",
-    "channels": "rgb",
-    "input": "raw",
-    "mean": None,
-    "std": None,
-    "output": "probs",
-}
+PLAIN = dict(layout="nhwc", channels="rgb", input="raw", mean=None, std=None, output="probs")
 SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}  # input: raw 0-255 floats, or pixels / 255
 
 
@@ -363,6 +357,30 @@ def selftest(bundle: Path, manifest: dict, model) -> str:
     )
 
 
+def bench_here(args: argparse.Namespace, manifest: dict) -> str:
+    """--bench: device_bench.py (beside this file) times the model; its record goes to --out."""
+    import importlib.util
+
+    if not (HERE / "device_bench.py").is_file():
+        raise Failure("no device_bench.py beside predict.py: make the bundle again")
+    spec = importlib.util.spec_from_file_location("device_bench", HERE / "device_bench.py")
+    device_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_bench)
+    check_files(HERE, manifest)
+    model, contract = open_model(HERE, manifest, args.threads), manifest["input"].get("contract")
+    with np.load(HERE / manifest["selftest"]["file"]) as data:
+        samples, recorded = (data["x"], data["y"]), data["probs"]
+    record = device_bench.bench(
+        manifest,
+        lambda pixels: output_probs(model.run(apply_contract(pixels, contract)), contract),
+        samples,
+        recorded,
+        (args.calls, args.warmup, args.threads),
+    )
+    device_bench.write(record, Path(args.out))
+    return f"{device_bench.summary(record)}\nrecord: {args.out}"
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -466,6 +484,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="Check the shipped samples against the probabilities recorded at export.",
     )
     parser.add_argument("--threads", type=int, default=1, help="Runtime threads (default 1).")
+    parser.add_argument("--bench", action="store_true", help="Time the model on this device.")
+    parser.add_argument("--calls", type=int, default=2000, help="--bench: timed calls.")
+    parser.add_argument("--warmup", type=int, default=200, help="--bench: untimed calls first.")
+    parser.add_argument("--out", default="device-bench.json", help="--bench: the record.")
     parser.add_argument(
         "--max-pixels",
         type=int,
@@ -473,10 +495,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"Refuse an image of more pixels, from its header (default {MAX_PIXELS:,}).",
     )
     args = parser.parse_args(argv)
-    if args.selftest and (args.images or args.npz or args.dump_probs):
-        raise UsageError("--selftest takes no images, --npz or --dump-probs")
-    if not args.selftest and bool(args.images) == bool(args.npz):
-        raise UsageError("give image files/folders, or --npz FILE, or --selftest")
+    alone = [flag for flag in ("selftest", "bench") if getattr(args, flag)]
+    if len(alone) > 1 or (alone and (args.images or args.npz or args.dump_probs)):
+        raise UsageError(f"--{alone[0]} takes no images, --npz, --dump-probs or --{alone[-1]}")
+    if not alone and bool(args.images) == bool(args.npz):
+        raise UsageError("give image files/folders, or --npz FILE, --selftest or --bench")
+    if args.calls < 1 or args.warmup < 0:
+        raise UsageError("--calls must be at least 1 and --warmup at least 0")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be at least 1")
     if args.max_pixels < 1:
@@ -492,6 +517,9 @@ def run(argv: list[str] | None = None) -> None:
         raise UsageError(f"--top {args.top}: must be 1 to {len(classes)}")
     if args.selftest:
         print(selftest(HERE, manifest, open_model(HERE, manifest, args.threads)))
+        return
+    if args.bench:
+        print(bench_here(args, manifest))
         return
     if args.npz:
         x, y = read_npz(Path(args.npz))

@@ -143,11 +143,13 @@ def collect_records(paths: Sequence[Path]) -> Records:
     for path in find_record_files(paths):
         kind = record_kind(path)
         try:
+            record = read_record(path) if kind or path.suffix == ".json" else {}
+            if kind is None and isinstance(record, dict) and record.get("benchmark") == "bench":
+                kind = "bench"  # given by name: a device's record copied back, say
             if kind is None:
                 raise RecordError(
                     "not a run (metrics.json), tuning (summary.json) or bench (bench/*.json) record"
                 )
-            record = read_record(path)
             if kind == "run":
                 _add_run(records, path, check_run(record))
             elif kind == "tuning":

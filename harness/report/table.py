@@ -262,12 +262,19 @@ def machine_label(bench: BenchRecord) -> str:
 
 
 def describe_machine(m: dict) -> str:
-    """A record's machine facts (harness.core.records.machine_facts) in words: the processor and
-    its cores, or the cores the process was held to of them."""
+    """A record's machine facts (harness.core.records.machine_facts) in words: the processor (and
+    the board, on a device) and its cores, or the cores the process was held to of them; a
+    record brought back from a device says how it was reached, so that it has its own front."""
     cores = f"{m.get('cores', '?')} cores"
     if m.get("cores_allowed"):
         cores = f"{m['cores_allowed']} of {cores}"
-    return f"{m.get('cpu', '?')}, {cores}"
+    what = m.get("cpu", "?")
+    if m.get("device"):  # a board, from a device benchmark (predict.py --bench)
+        what = f"{m['device']} ({what})"
+    label = f"{what}, {cores}"
+    if m.get("via"):  # brought back by harness bench --on: how it was reached
+        label += f", via {m['via']}"
+    return label
 
 
 def machines(rows: list[dict]) -> list[str]:
