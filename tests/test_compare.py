@@ -476,7 +476,7 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
     report = cmp.compare([two_machines], out)
     with open(out / "results.csv", newline="") as f:
         written = list(csv.DictReader(f))
-    assert list(written[0])[-9:] == [
+    assert list(written[0])[-10:] == [
         "size_bytes",
         "flash_bytes",
         "arena_bytes",
@@ -486,6 +486,7 @@ def test_several_machines_in_the_report_files(two_machines, tmp_path):
         "record",
         "machine",
         "arena_note",
+        "estimated",
     ]
     assert {(r["model"], r["machine"], r["pareto"]) for r in written} == {
         ("quick", "Fast CPU, 2 cores", "True"),
@@ -534,6 +535,7 @@ def test_one_machine_report_keeps_its_form(results, tmp_path):
             "record",
             "machine",
             "arena_note",
+            "estimated",
         ]
     ax = plots.accuracy_latency_figure(report.rows, "Test CPU, 2 cores").axes[0]
     [front] = ax.get_lines()
@@ -970,13 +972,14 @@ def test_cli_columns_choose_and_reject(results):
         "record",
         "machine",
         "arena_note",
+        "estimated",
     ]
     result = _invoke(results, str(results), "--columns", "model,machine", "--sort", "machine")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["model", "machine"] and "Test CPU, 2 cores" in lines[1]
     result = _invoke(results, str(results), "--columns", "machine", "--format", "csv")
-    assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record,arena_note"
+    assert result.stdout.splitlines()[0] == "machine,pareto,flagged,record,arena_note,estimated"
     result = CliRunner().invoke(
         main,
         ["--results", str(results), "compare", str(results), "--columns", "model,variant"],

@@ -390,3 +390,47 @@ def test_deploy_command_writes_the_mcu_bundle(bundled, archive, tmp_path):
     )
     assert result.exit_code == 1 and "--ram-kb 1" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@needs_tflm
+def test_an_ethos_u_bundle_holds_velas_file_and_the_boards_estimates(bundled, tmp_path):
+    run, ds, _, _ = bundled
+    made = deploy_run(
+        run,
+        ds,
+        tmp_path,
+        target="ethos-u55",
+        name="m-u55",
+        allow_flagged=True,
+        boards=("m4-80", "m55-400"),
+        npu_macs=128,
+    )
+    manifest = made["manifest"]
+    assert {"model_int8.tflite", "model_int8_vela.tflite"} <= set(manifest["files"])
+    assert (
+        manifest["npu"]["accelerator"] == "ethos-u55-128" and manifest["npu"]["kind"] == "estimate"
+    )
+    # Vela counts a few more (its own rule for the Dense layers' bias): within 1%.
+    assert manifest["npu"]["macs"] == pytest.approx(
+        manifest["footprint"]["macs_per_image"], rel=0.01
+    )
+    names = [e["board"]["name"] for e in manifest["estimates"]]
+    assert names == ["m4-80", "m55-400"] and all(
+        e["kind"] == "estimate" for e in manifest["estimates"]
+    )
+    assert manifest["estimates"][0]["macs"] == manifest["footprint"]["macs_per_image"]
+
+
+def test_boards_and_npu_options_are_refused_off_their_targets(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    for args in (
+        ["--target", "linux", "--board", "m4-80"],
+        ["--target", "mcu", "--npu-macs", "128"],
+        ["--target", "mcu", "--board", "m9"],
+        ["--target", "ethos-u65", "--npu-macs", "128"],
+    ):
+        done = CliRunner().invoke(main, ["--results", str(tmp_path), "deploy", "x", *args])
+        assert done.exit_code == 2 and done.output.count("Error") == 1, (args, done.output)

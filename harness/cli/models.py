@@ -150,10 +150,11 @@ def export(obj: Context, run: Path, formats, quantizations):
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "--target",
-    type=click.Choice(["linux", "mcu"]),
+    type=click.Choice(["linux", "mcu", "ethos-u55", "ethos-u65"]),
     required=True,
     help="linux: the model, a manifest and a standalone predict.py for any Linux "
-    "(x86-64, arm64); mcu: a TensorFlow Lite Micro bundle (int8).",
+    "(x86-64, arm64); mcu: a TensorFlow Lite Micro bundle (int8); ethos-u55, "
+    "ethos-u65: the same and the file Vela compiles for that NPU, with its figures.",
 )
 @click.option(
     "--runtime",
@@ -182,6 +183,18 @@ def export(obj: Context, run: Path, formats, quantizations):
 )
 @click.option("--flash-kb", type=click.IntRange(min=1), help="mcu: flash budget in KiB.")
 @click.option("--ram-kb", type=click.IntRange(min=1), help="mcu: RAM budget in KiB.")
+@click.option(
+    "--board",
+    "boards",
+    multiple=True,
+    help="mcu, ethos-*: estimate fit, latency and energy on this board (repeatable; "
+    "harness boards lists them).",
+)
+@click.option(
+    "--npu-macs",
+    type=click.Choice(["32", "64", "128", "256", "512"]),
+    help="ethos-*: the NPU's MACs per cycle [default: 128 for U55, 512 for U65].",
+)
 @click.option(
     "--calls",
     type=click.IntRange(min=10),
@@ -212,6 +225,8 @@ def deploy(
     name,
     flash_kb,
     ram_kb,
+    boards,
+    npu_macs,
     calls,
     warmup,
     allow_flagged,
@@ -221,9 +236,19 @@ def deploy(
     The linux bundle needs only numpy, pillow and the runtime, and checks itself on the
     device with `python predict.py --selftest`; re-running the command replaces it.
     """
+    from harness.deploy import boards as boards_mod
     from harness.deploy import linux as deploy_mod
+    from harness.deploy import npu
 
     deploy_mod.check_options(target, runtime, quantization, flash_kb, ram_kb)
+    for board in boards:
+        boards_mod.board_named(board)  # an unknown board is refused before any work
+    if (boards or npu_macs) and target not in deploy_mod.MICRO:
+        raise click.UsageError("--board and --npu-macs are for --target mcu, ethos-u55, ethos-u65")
+    if npu_macs and target == "mcu":
+        raise click.UsageError("--npu-macs is for --target ethos-u55 or ethos-u65")
+    if target != "mcu" and target in deploy_mod.MICRO:
+        npu.accelerator(target, int(npu_macs) if npu_macs else None)
     run_dir = _run_dir(obj, run)
     result = deploy_mod.deploy_run(
         run_dir,
@@ -238,6 +263,8 @@ def deploy(
         calls,
         warmup,
         allow_flagged,
+        tuple(boards),
+        int(npu_macs) if npu_macs else None,
     )
     click.echo(deploy_mod.format_summary(result))
 

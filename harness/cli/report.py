@@ -92,3 +92,45 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
             err=True,
         )
     click.echo("wrote " + ", ".join(str(p) for p in report.files), err=True)
+
+
+@main.command()
+@click.argument("models", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--board",
+    "boards",
+    multiple=True,
+    help="Estimate on this board (repeatable) [default: every board].",
+)
+@click.option("--flash-kb", type=click.IntRange(min=1), help="Override the boards' flash, KiB.")
+@click.option("--ram-kb", type=click.IntRange(min=1), help="Override the boards' RAM, KiB.")
+@click.option(
+    "--calibration",
+    is_flag=True,
+    help="Print the estimator beside MLPerf Tiny's published figures.",
+)
+@click.pass_obj
+def boards(obj: Context, models, boards, flash_kb, ram_kb, calibration):
+    """Microcontroller boards, and estimates for int8 MODELS (.tflite files or mcu bundles):
+    fit, latency and energy on each board. Estimates, calibrated on MLPerf Tiny's
+    published results, never measurements; each is written to
+    results/estimates/<model>.json, which compare shows in its own column."""
+    from harness.core.records import atomic_write_json, check_name
+    from harness.deploy import boards as boards_mod
+
+    chosen = [boards_mod.board_named(b, flash_kb, ram_kb) for b in boards or boards_mod.BOARDS]
+    if calibration:
+        click.echo(boards_mod.format_calibration())
+    if not models and not calibration:
+        for b in chosen:
+            click.echo(
+                f"{b.name:<9} {b.core:<11} {b.mhz:>5g} MHz  flash {b.flash_kib:>5} KiB  "
+                f"RAM {b.ram_kib:>5} KiB  {b.part}"
+            )
+    for model in models:
+        record = boards_mod.estimate_record(model, chosen)
+        path = Results(obj.results).path / "estimates" / f"{check_name(record['model'])}.json"
+        atomic_write_json(path, record)
+        click.echo(f"{record['model']} ({record['file']}, {record['macs']:,} MACs) -> {path}")
+        for e in record["estimates"]:
+            click.echo(f"  {boards_mod.format_estimate(e)}")

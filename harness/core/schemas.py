@@ -166,6 +166,18 @@ BENCH_ROW_OPTIONAL = {
     "device_samples.max_abs_diff_vs_recorded": NUMBER,
 }
 
+# estimates/<model>.json: an int8 file's estimated cost on microcontroller boards
+# (harness boards; harness.deploy.boards). Estimates, never measurements.
+ESTIMATE = {
+    "benchmark": exactly("estimate"),
+    "model": STR,
+    "precision": STR,
+    "flash_bytes": COUNT,
+    "macs": COUNT,
+    "estimates": LIST,
+}
+
+
 # frontier-<run>.json: a preset trained within a wall-time budget.
 FRONTIER = {
     "benchmark": exactly("frontier"),
@@ -290,6 +302,16 @@ def check_bench(record: dict) -> dict:
     return record
 
 
+def check_estimate(record: dict) -> dict:
+    """An estimate record, or RecordError naming every missing or bad field."""
+    problems = check_fields(record, ESTIMATE)
+    for i, e in enumerate(record.get("estimates") or []):
+        if not isinstance(e, dict) or not isinstance(e.get("latency_ms"), dict):
+            problems.append(f"field 'estimates[{i}]' has no latency_ms")
+    _raise_if(problems)
+    return record
+
+
 def check_frontier(record: dict) -> dict:
     """A frontier record, or RecordError naming every missing or bad field."""
     _raise_if(
@@ -303,6 +325,7 @@ CHECKS: dict[str, Callable[[dict], dict]] = {
     "tuning": check_tuning,
     "bench": check_bench,
     "frontier": check_frontier,
+    "estimate": check_estimate,
 }
 
 

@@ -46,7 +46,10 @@ from harness.deploy.bundle import (
 )
 from harness.export.runtimes import pixel_rule
 
-TARGETS = ("linux", "mcu")
+TARGETS = ("linux", "mcu", "ethos-u55", "ethos-u65")
+# Targets of a TensorFlow Lite Micro bundle (int8): a Cortex-M alone, or with an Ethos-U NPU
+# (the bundle then also holds the file Vela compiled for it).
+MICRO = ("mcu", "ethos-u55", "ethos-u65")
 # --runtime: the file format it runs and the package that runs it on the device.
 RUNTIMES = {
     "litert": {"format": "tflite", "package": "ai-edge-litert"},
@@ -83,14 +86,15 @@ def check_options(
         raise DeployRefused(f"unknown target {target!r} or runtime {runtime!r}")
     if quantization is not None and quantization not in TOLERANCES:
         raise DeployRefused(f"unknown precision {quantization!r}")
-    if target == "mcu":
+    if target in MICRO:
         if runtime != "litert" or quantization not in (None, "int8"):
             raise DeployRefused(
-                "--target mcu runs TensorFlow Lite Micro: --runtime litert --quantize int8 only"
+                f"--target {target} runs TensorFlow Lite Micro: --runtime litert --quantize "
+                "int8 only"
             )
         return "int8"
     if flash_kb is not None or ram_kb is not None:
-        raise DeployRefused("--flash-kb and --ram-kb are budgets for --target mcu only")
+        raise DeployRefused("--flash-kb and --ram-kb are budgets for a microcontroller only")
     if runtime == "onnx" and quantization not in (None, "float32"):
         raise DeployRefused(
             "ONNX exports are float32 only: --quantize float32, or --runtime "
@@ -116,8 +120,12 @@ def deploy_run(
     calls: int = 2000,
     warmup: int = 200,
     allow_flagged: bool = False,
+    boards: tuple[str, ...] = (),
+    npu_macs: int | None = None,
 ) -> dict:
-    """Write the bundle ``out/<name>/``, ``out/<name>.tar.gz`` and its ``.sha256``.
+    """Write the bundle ``out/<name>/``, ``out/<name>.tar.gz`` and its ``.sha256``. A
+    microcontroller bundle also gets estimates for ``boards`` (harness.deploy.boards) and,
+    for an Ethos-U target, the file Vela compiles with ``npu_macs`` (harness.deploy.npu).
 
     Returns ``{"folder", "archive", "sha256", "manifest"}``. DeployError (or ExportError)
     when the bundle cannot be made; ``out`` is then left as it was."""
@@ -135,8 +143,9 @@ def deploy_run(
         "source": {"run": run.name, "config": run.read_config(), "data": ds.record},
     }
     with staging(Path(out), name) as folder:
-        if target == "mcu":
+        if target in MICRO:
             manifest = {**header, **write_mcu(run, ds, folder, flash_kb, ram_kb, allow_flagged)}
+            manifest.update(micro_estimates(folder, manifest, target, boards, npu_macs))
         else:
             manifest = {
                 **header,
@@ -462,6 +471,30 @@ def write_mcu(
     return write_mcu_bundle(run, ds, folder, allow_flagged=allow_flagged, **budget)
 
 
+def micro_estimates(
+    folder: Path, manifest: dict, target: str, boards: tuple[str, ...], npu_macs: int | None
+) -> dict:
+    """A microcontroller bundle's estimates (never measurements): each board's fit, latency
+    and energy, and for an Ethos-U target Vela's figures and its compiled file in ``folder``."""
+    from harness.deploy import boards as boards_mod
+
+    model = folder / manifest["model"]["file"]
+    extra: dict = {}
+    if boards:
+        costs = boards_mod.operator_costs(model)
+        flash, arena = manifest["footprint"]["flash_bytes"], manifest["footprint"]["arena_bytes"]
+        extra["estimates"] = [
+            boards_mod.estimate(costs, boards_mod.board_named(b), flash, arena) for b in boards
+        ]
+    if target != "mcu":
+        from harness.deploy import npu
+
+        extra["npu"] = npu.compile_for_npu(
+            model, folder / f"{model.stem}_vela.tflite", target, npu_macs
+        )
+    return extra
+
+
 def format_summary(result: dict) -> str:
     """What ``harness deploy`` prints: where the bundle is and what was measured."""
     manifest = result["manifest"]
@@ -480,4 +513,10 @@ def format_summary(result: dict) -> str:
             "selftest passed here; on the device: pip install -r requirements.txt && "
             "python predict.py --selftest",
         ]
+    if manifest.get("estimates") or manifest.get("npu"):
+        from harness.deploy.boards import format_estimate
+        from harness.deploy.npu import format_npu
+
+        lines += [f"estimate {format_estimate(e)}" for e in manifest.get("estimates", [])]
+        lines += [f"estimate {format_npu(manifest['npu'])}"] if "npu" in manifest else []
     return "\n".join(lines)

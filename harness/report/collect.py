@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.core.records import COMPLETED, read_json
-from harness.core.schemas import RecordError, check_bench, check_frontier, check_run, check_tuning
+from harness.core.schemas import (
+    RecordError,
+    check_bench,
+    check_estimate,
+    check_frontier,
+    check_run,
+    check_tuning,
+)
 
 SKIP_DIRS = {"keras_tuner", "logs", "backup", "exports", "saved_model", "trial_meta"}
 
@@ -54,11 +61,18 @@ class FrontierRecord:
 
 
 @dataclass
+class EstimateRecord:
+    path: Path  # estimates/<model>.json (harness boards)
+    record: dict
+
+
+@dataclass
 class Records:
     runs: list[RunRecord] = field(default_factory=list)
     benches: list[BenchRecord] = field(default_factory=list)
     tunings: list[TuningRecord] = field(default_factory=list)
     frontiers: list[FrontierRecord] = field(default_factory=list)  # budgeted training runs
+    estimates: list[EstimateRecord] = field(default_factory=list)  # boards, never measured
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # malformed: path, reason
     notes: list[str] = field(default_factory=list)  # left out on purpose
 
@@ -118,6 +132,8 @@ def record_kind(path: Path) -> str | None:
         return "bench"
     if path.suffix == ".json" and path.parent.name == "frontier":
         return "frontier"
+    if path.suffix == ".json" and path.parent.name == "estimates":
+        return "estimate"
     return None
 
 
@@ -156,6 +172,8 @@ def collect_records(paths: Sequence[Path]) -> Records:
                 records.tunings.append(TuningRecord(path, check_tuning(record)))
             elif kind == "frontier":
                 records.frontiers.append(FrontierRecord(path, check_frontier(record)))
+            elif kind == "estimate":
+                records.estimates.append(EstimateRecord(path, check_estimate(record)))
             elif isinstance(record.get("benchmark"), str) and record["benchmark"] != "bench":
                 if record["benchmark"] == "frontier":
                     check_frontier(record)

@@ -184,6 +184,7 @@ def render_markdown(
     calls = sorted({(b.record["calls"], b.record["warmup"]) for b in records.benches})
     timing = ", ".join(f"{c} timed calls after {w} warm-up calls" for c, w in calls)
     on = machines(rows)
+    estimated = any(r.get("estimated") for r in rows)
     several = on if len(on) > 1 else []
     machine_words, front = _front_words(records, several)
     lines = [
@@ -242,7 +243,17 @@ def render_markdown(
         ),
         "",
         # With several machines the rows say which one timed them, to check the marks by.
-        format_rows(rows, "markdown", (*DEFAULT_KEYS, "machine") if several else ()),
+        format_rows(
+            rows,
+            "markdown",
+            (
+                *DEFAULT_KEYS,
+                *(["machine"] if several else []),
+                *(["estimated"] if estimated else []),
+            )
+            if several or estimated
+            else (),
+        ),
         "",
     ]
     unmeasured = sorted({(r["model"], r["arena_note"]) for r in rows if r["arena_note"]})

@@ -53,14 +53,23 @@ DEFAULT_KEYS = tuple(key for key, _ in COLUMNS)
 # when there is more than one machine; --sort and --columns take it with the others. So is
 # the device the model trained on (harness.core.hardware: "jax gpu: NVIDIA H200"; "-" for runs
 # recorded before issue 21).
-SORT_KEYS = (*DEFAULT_KEYS, "machine", "device")
-HEADERS = {**dict(COLUMNS), "machine": "machine", "device": "device", "record": "record"}
+# Estimated on microcontroller boards (harness boards), on int8 TFLite rows of the model:
+# never a measurement, so never in p50/p99 and never on a front; a column of its own in
+# report.md when some row has one, the last column of results.csv.
+SORT_KEYS = (*DEFAULT_KEYS, "machine", "device", "estimated")
+HEADERS = {
+    **dict(COLUMNS),
+    "machine": "machine",
+    "device": "device",
+    "record": "record",
+    "estimated": "estimated on boards",
+}
 DESCENDING = {"accuracy", "throughput_ips"}  # higher is better: listed first
 FORMATS = ("table", "markdown", "csv", "json")
 # Beyond the columns, each row carries these (results.csv, JSON), each added after those
 # before it, so that the columns results.csv had keep their order; arena_note says why an
 # int8 row has no arena.
-EXTRA_KEYS = ("pareto", "flagged", "record", "machine", "arena_note")
+EXTRA_KEYS = ("pareto", "flagged", "record", "machine", "arena_note", "estimated")
 # The printed table: what a reader decides by first (never left out to fit the terminal),
 # then the rest; descriptive columns last, so that they are the first to go. Flash is the
 # file size again, so it is printed only when chosen (--columns).
@@ -155,6 +164,23 @@ def build_rows(records: Records) -> list[dict]:
     for tuning in records.tunings:
         if tuning.path.parent.resolve() / "best" not in ran:
             rows.append(_tuning_row(tuning))
+    return _with_estimates(rows, records)
+
+
+def _with_estimates(rows: list[dict], records: Records) -> list[dict]:
+    """Each row's ``estimated``: for an int8 TFLite row of a model with an estimate record,
+    its boards' estimated latency, in words; None elsewhere."""
+    said = {}
+    for e in records.estimates:
+        r = e.record
+        said[r.get("run") or r["model"]] = "; ".join(
+            f"{x['board']['name']} {x['latency_ms']['median']:.3g} ms"
+            + ("" if x["fits"] else " (does not fit)")
+            for x in r["estimates"]
+        )
+    for row in rows:
+        int8 = row.get("format") == "tflite" and row.get("precision") == "int8"
+        row["estimated"] = said.get(row["model"]) if int8 else None
     return rows
 
 
