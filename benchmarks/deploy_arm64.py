@@ -723,6 +723,9 @@ def verify_bundle(
             f"{emulator.packages.get('python3.11', '?')}",
         },
         "note": NOT_A_LATENCY,
+        # Emulated: a check of correctness only. harness compare never puts it on a front.
+        "emulated": True,
+        "use": "correctness only",
     }
     with tempfile.TemporaryDirectory(dir=cache, prefix="work-") as tmp:
         work = Path(tmp)

@@ -1087,3 +1087,15 @@ def test_the_committed_charts_labels_cover_no_other_label():
         if boxes[i].overlaps(boxes[j])
     ]
     assert not overlapping
+
+
+def test_an_emulated_record_is_left_out_with_a_note(tmp_path):
+    """An emulated check (benchmarks/deploy_arm64.py) times the emulator, not a device."""
+    from harness.report.collect import collect_records
+
+    path = tmp_path / "bench" / "x.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"benchmark": "bench", "emulated": True, "rows": []}))
+    records = collect_records([tmp_path])
+    assert not records.benches and not records.skipped
+    assert records.notes and "emulated" in records.notes[0]

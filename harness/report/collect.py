@@ -162,6 +162,12 @@ def collect_records(paths: Sequence[Path]) -> Records:
             record = read_record(path) if kind or path.suffix == ".json" else {}
             if kind is None and isinstance(record, dict) and record.get("benchmark") == "bench":
                 kind = "bench"  # given by name: a device's record copied back, say
+            if isinstance(record, dict) and record.get("emulated"):
+                records.notes.append(
+                    f"{display_path(path)}: an emulated run (correctness only, its wall times "
+                    "are the emulator's): on no front, left out"
+                )
+                continue
             if kind is None:
                 raise RecordError(
                     "not a run (metrics.json), tuning (summary.json) or bench (bench/*.json) record"
