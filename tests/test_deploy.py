@@ -338,7 +338,7 @@ def test_a_bad_bundle_name_exits_2(trained, name):
     "options,message",
     [
         (["--target", "linux", "--runtime", "onnx", "--quantize", "int8"], "float32 only"),
-        (["--target", "linux", "--flash-kb", "64"], "for --target mcu only"),
+        (["--target", "linux", "--flash-kb", "64"], "budgets for a microcontroller only"),
         (["--target", "mcu", "--quantize", "float32"], "int8 only"),
         (["--target", "mcu", "--runtime", "onnx"], "int8 only"),
     ],

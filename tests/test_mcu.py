@@ -407,6 +407,8 @@ def test_an_ethos_u_bundle_holds_velas_file_and_the_boards_estimates(bundled, tm
     )
     manifest = made["manifest"]
     assert {"model_int8.tflite", "model_int8_vela.tflite"} <= set(manifest["files"])
+    assert manifest["target"] == "ethos-u55"
+    assert "ELU" in manifest["npu"]["cpu_operator_types"]  # in float inside the int8 file
     assert (
         manifest["npu"]["accelerator"] == "ethos-u55-128" and manifest["npu"]["kind"] == "estimate"
     )

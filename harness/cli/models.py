@@ -398,16 +398,10 @@ def _bench_on_device(obj: Context, items, ssh, python, calls, warmup, threads):
                     run_dir, obj.dataset(), folder.parent, "linux", "litert", "int8"
                 )
                 click.echo(deploy_mod.format_summary(result))
-        path, record, selftest = device_mod.bench_on(
+        path, record, _ = device_mod.bench_on(
             ssh, folder, obj.results, python, calls, warmup, threads
         )
-        click.echo(f"{folder.name} on {ssh.target.label}: {selftest}")
-        row = record["rows"][0]
-        click.echo(
-            f"  batch-1 p50 {row['p50_us']:.1f} us, p90 {row['p90_us']:.1f} us, p99 "
-            f"{row['p99_us']:.1f} us; {row['throughput_ips']:,.0f} img/s at batch 256 "
-            f"({record['machine']['cpu']}, {record['machine']['cores']} cores)  ->  {path}"
-        )
+        click.echo(device_mod.format_result(record, path))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

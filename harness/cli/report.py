@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from harness.cli.app import Context, main
+from harness.cli.app import Context, _name_option, main
 from harness.core.records import Results
 from harness.report import compare as compare_mod
 
@@ -109,8 +109,13 @@ def compare(obj: Context, paths, out, columns, fmt, sort_key, docs):
     is_flag=True,
     help="Print the estimator beside MLPerf Tiny's published figures.",
 )
+@click.option(
+    "--name",
+    callback=_name_option("record name"),
+    help="The record's model name (one MODEL) [default: its run or file].",
+)
 @click.pass_obj
-def boards(obj: Context, models, boards, flash_kb, ram_kb, calibration):
+def boards(obj: Context, models, boards, flash_kb, ram_kb, calibration, name):
     """Microcontroller boards, and estimates for int8 MODELS (.tflite files or mcu bundles):
     fit, latency and energy on each board. Estimates, calibrated on MLPerf Tiny's
     published results, never measurements; each is written to
@@ -127,8 +132,10 @@ def boards(obj: Context, models, boards, flash_kb, ram_kb, calibration):
                 f"{b.name:<9} {b.core:<11} {b.mhz:>5g} MHz  flash {b.flash_kib:>5} KiB  "
                 f"RAM {b.ram_kib:>5} KiB  {b.part}"
             )
+    if name and len(models) != 1:
+        raise click.UsageError("--name names the record of one MODEL")
     for model in models:
-        record = boards_mod.estimate_record(model, chosen)
+        record = boards_mod.estimate_record(model, chosen, name)
         path = Results(obj.results).path / "estimates" / f"{check_name(record['model'])}.json"
         atomic_write_json(path, record)
         click.echo(f"{record['model']} ({record['file']}, {record['macs']:,} MACs) -> {path}")

@@ -230,7 +230,19 @@ def bench_on(
     record["machine"]["via"] = ssh.target.label
     record["machine"]["python"] = version
     record["device_folder"] = folder
+    record["selftest"] = _last(selftest.stdout)
     name = check_name(f"{manifest['bundle']}-on-{ssh.target.host}".replace(":", "-"))
     path = Results(Path(results)).bench(name)
     write_record("bench", path, record)
     return path, record, _last(selftest.stdout)
+
+
+def format_result(record: dict, path: Path) -> str:
+    """What ``harness bench --on`` prints of a device's record."""
+    row, machine = record["rows"][0], record["machine"]
+    return (
+        f"{record['bundle']} on {machine['via']}: {record['selftest']}\n"
+        f"  batch-1 p50 {row['p50_us']:.1f} us, p90 {row['p90_us']:.1f} us, p99 "
+        f"{row['p99_us']:.1f} us; {row['throughput_ips']:,.0f} img/s at batch 256 "
+        f"({machine['cpu']}, {machine['cores']} cores)  ->  {path}"
+    )

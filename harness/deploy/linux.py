@@ -145,6 +145,7 @@ def deploy_run(
     with staging(Path(out), name) as folder:
         if target in MICRO:
             manifest = {**header, **write_mcu(run, ds, folder, flash_kb, ram_kb, allow_flagged)}
+            manifest["target"] = target  # mcu, or the NPU beside it
             manifest.update(micro_estimates(folder, manifest, target, boards, npu_macs))
         else:
             manifest = {

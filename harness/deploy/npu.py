@@ -70,7 +70,8 @@ def compile_for_npu(model: Path, out: Path, target: str, macs: int | None = None
         with open(summary, newline="") as f:
             row = next(csv.DictReader(f))
         shutil.copyfile(compiled, out)
-    cpu = sorted(set(re.findall(r"CPU operator[^\n]*?(?:type|Op)[: ]+(\w+)", done.stdout)))
+    said = done.stdout + done.stderr  # "Warning (supported operators) operator: ELU, ofm: ..."
+    cpu = sorted(set(re.findall(r"\(supported operators\) operator: (\w+)", said)))
     counted = re.search(r"CPU operators = (\d+).*?NPU operators = (\d+)", done.stdout, re.S)
     clock = float(row["core_clock"])
     return {

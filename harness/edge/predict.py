@@ -33,6 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
 BATCH = 256  # images per runtime call
 MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-pixels)
+BYTES = {("|u1", 1.0, 0), ("|i1", 1.0, -128)}  # integer inputs taking pixels as bytes
 
 
 # --------------------------------------------------------------------------- the contract
@@ -110,12 +111,13 @@ class LiteRT:
             self.interpreter.resize_tensor_input(self.input["index"], shape)
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
-        x = pixels.astype(np.float32)
-        if self.dtype.kind in "iu":  # int8 models: q = round(pixel / scale) + zero point
-            scale, zero = self.input["quantization"]
-            info = np.iinfo(self.dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.dtype))
+        scale, zero = self.input["quantization"]
+        if pixels.dtype == np.uint8 and (self.dtype.str, scale, zero) in BYTES:
+            x = pixels if zero == 0 else (pixels - np.uint8(128)).view(np.int8)  # as harness
+        else:  # int8 models: q = round(pixel / scale) + zero point
+            x, info = pixels.astype(np.float32), np.iinfo(self.dtype) if scale else None
+            x = np.clip(np.round(x / scale + zero), info.min, info.max) if info else x
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.dtype, copy=False))
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
         if out.dtype.kind in "iu":
@@ -126,9 +128,8 @@ class LiteRT:
 
 @contextmanager
 def without_info_lines(drop: tuple[str, ...] = ("INFO: ",)):
-    """Leave out the lines starting with ``drop`` that C++ code writes to stderr (fd 2)
-    inside the block: by default LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate",
-    once a process; pass on every other line."""
+    """Drop the lines starting with ``drop`` that C++ writes to fd 2 inside the block (LiteRT's
+    "INFO: Created TensorFlow Lite XNNPACK delegate", say); pass on every other line."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:
@@ -233,9 +234,8 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def to_rgb(img):
-    """8-bit RGB of any image mode Pillow opens (its first frame): 16- and 32-bit greys
-    scaled to 8 bits (Pillow's own conversion would clip them to white), the rest by
-    Pillow (CMYK, palette, grey, alpha dropped)."""
+    """8-bit RGB of any image mode Pillow opens (its first frame): 16- and 32-bit greys scaled
+    to 8 bits (Pillow's would clip them to white), the rest by Pillow (alpha dropped)."""
     from PIL import Image
 
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):

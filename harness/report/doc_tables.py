@@ -310,3 +310,123 @@ def tour_import(root: Path) -> str:
     text = format_import(run, _read(root, run / "metrics.json"), _read(root, run / "config.json"))
     lines = text.splitlines()
     return "```\n" + "\n".join([lines[0], *(l for l in lines if l.startswith("  test"))]) + "\n```"
+
+
+# --------------------------------------------------------------------------- devices.md
+
+
+@generator("board-profiles")
+def board_profiles(root: Path) -> str:
+    """The boards `harness boards` knows (declared in harness.deploy.boards)."""
+    from harness.deploy.boards import BOARDS
+
+    rows = [
+        [
+            f"`{b.name}`",
+            b.core,
+            f"{b.mhz:g} MHz",
+            f"{b.flash_kib:,} KiB",
+            f"{b.ram_kib:,} KiB",
+            b.part,
+        ]
+        for b in BOARDS.values()
+    ]
+    return _table(["board", "core", "clock", "flash", "RAM", "a part like it"], rows)
+
+
+@generator("calibration")
+def calibration(root: Path) -> str:
+    """The estimator beside every MLPerf Tiny figure it is calibrated on, or shown against."""
+    from harness.deploy.boards import calibration_rows
+
+    rows = [
+        [
+            r["core"],
+            f"{r['version']} {r['system']}" + ("" if r["group"] == "fitted" else " (context)"),
+            f"{r['mhz']:g}",
+            r["framework"],
+            r["benchmark"],
+            f"{r['published_ms']:.3g} ms",
+            f"{r['estimated_ms']:.3g} ms",
+            f"{r['ratio']:.2f}",
+        ]
+        for r in calibration_rows()
+    ]
+    headers = ["core", "MLPerf Tiny system", "MHz", "engine", "model", "published"]
+    return _table([*headers, "estimate", "estimate / published"], rows)
+
+
+@generator("board-estimates")
+def board_estimates(root: Path) -> str:
+    """Every committed estimate record: each model on each board."""
+    rows = []
+    for path in sorted((root / REFERENCE / "estimates").glob("*.json")):
+        r = json.loads(path.read_text())
+        for e in r["estimates"]:
+            lat, energy = e["latency_ms"], e["energy_uj"]
+            rows.append(
+                [
+                    f"`{r['model']}`",
+                    e["board"]["name"],
+                    "yes" if e["fits"] else "**no**",
+                    _kib_of(e["flash_bytes"]),
+                    _kib_of(e["ram_bytes"]),
+                    f"{lat['median']:.3g} ms ({lat['low']:.3g}-{lat['high']:.3g})",
+                    "-" if energy is None else f"{energy['median']:.3g} uJ",
+                ]
+            )
+    headers = ["model", "board", "fits", "flash KiB (with TFLM) / board", "RAM KiB / board"]
+    return _table([*headers, "latency, estimated (spread)", "energy, estimated"], rows)
+
+
+def _kib_of(need: dict) -> str:
+    """'160 / 1024': what the model needs with TFLM, of what the board has, KiB."""
+    if need["with_tflm"] is None:
+        return "-"
+    return f"{need['with_tflm'] / 1024:.0f} / {need['board'] / 1024:.0f}"
+
+
+@generator("npu")
+def npu_table(root: Path) -> str:
+    """Every committed Ethos-U bundle: Vela's figures."""
+    rows = []
+    for name, m in _bundles(root, "ethos-u55") + _bundles(root, "ethos-u65"):
+        n = m["npu"]
+        rows.append(
+            [
+                f"`{name}`",
+                n["accelerator"],
+                f"{n['clock_mhz']:g} MHz",
+                f"{n['npu_cycles']:,}",
+                f"{n['inference_ms']:.3f} ms",
+                f"{n['inferences_per_second']:,.0f}",
+                f"{n['sram_kib']:.1f}",
+                f"{n['flash_kib'] + n.get('dram_kib', 0):.1f}",
+                str(n["cpu_operators"]),
+            ]
+        )
+    headers = ["bundle (`results/reference/deploy/...`)", "NPU", "clock", "cycles", "time"]
+    return _table([*headers, "inferences/s", "SRAM KiB", "flash KiB", "ops left to the CPU"], rows)
+
+
+@generator("device-bench")
+def device_bench(root: Path) -> str:
+    """Every committed device record (predict.py --bench, brought back by bench --on)."""
+    rows = []
+    for path in sorted((root / REFERENCE / "bench").glob("*-on-*.json")):
+        r = json.loads(path.read_text())
+        (row,) = r["rows"]
+        m = r["machine"]
+        rows.append(
+            [
+                f"`{r['bundle']}`",
+                f"{m.get('device') or m['cpu']}, {m['cores']} cores, via {m.get('via', '-')}",
+                _us(row["p50_us"]),
+                _us(row["p99_us"]),
+                f"{row['throughput_ips']:,.0f}",
+                _pct(row["device_samples"]["accuracy"], 0),
+                f"`{path.relative_to(root)}`",
+            ]
+        )
+    headers = ["bundle", "device", "batch-1 p50", "p99", "img/s at 256", "samples"]
+    return _table([*headers, "record"], rows)
