@@ -430,3 +430,13 @@ def device_bench(root: Path) -> str:
         )
     headers = ["bundle", "device", "batch-1 p50", "p99", "img/s at 256", "samples"]
     return _table([*headers, "record"], rows)
+
+
+@generator("tour-device")
+def tour_device(root: Path) -> str:
+    """The quick tour's bench --on output, from the device record it brought back."""
+    from harness.deploy.device import format_result
+
+    path = Path("results") / "reference" / "bench"
+    path = path / "mlperf-tiny-ic-int8-linux-litert-int8-on-127.0.0.1.json"
+    return "```\n" + format_result(_read(root, path), path) + "\n```"
