@@ -229,7 +229,7 @@ def bench_on(
         raise DeviceError(f"the benchmark on {ssh.target.label} wrote no record") from None
     record["machine"]["via"] = ssh.target.label
     record["machine"]["python"] = version
-    record["device_folder"] = folder
+    record["device_cache"] = sha256  # the bundle's folder under the device's cache root
     record["selftest"] = _last(selftest.stdout)
     name = check_name(f"{manifest['bundle']}-on-{ssh.target.host}".replace(":", "-"))
     path = Results(Path(results)).bench(name)

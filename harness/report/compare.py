@@ -114,8 +114,8 @@ def write_report(
     """report.md, results.csv, the three PNGs and the chart's HTML page (hover for each
     point's details) in ``out``, each written atomically."""
     files = {
-        "accuracy_vs_latency.png": plot_accuracy_latency(rows, "; ".join(machines(rows))),
-        "accuracy_vs_latency.html": accuracy_latency_html(rows, "; ".join(machines(rows))).encode(),
+        "accuracy_vs_latency.png": plot_accuracy_latency(rows, _machines_title(rows)),
+        "accuracy_vs_latency.html": accuracy_latency_html(rows, _machines_title(rows)).encode(),
         "accuracy_vs_flash.png": plot_accuracy_flash(rows),
         "training_curves.png": plot_training_curves(records.runs, run_labels(records.runs)),
     }
@@ -124,6 +124,13 @@ def write_report(
     atomic_write_csv(out / "results.csv", csv_rows(rows))
     atomic_write_text(out / "report.md", render_markdown(records, rows, versus, sources))
     return [out / "report.md", out / "results.csv", *(out / name for name in files)]
+
+
+def _machines_title(rows: list[dict]) -> str:
+    """The chart's second title line: the machine, or how many there are (the legend names
+    each front's)."""
+    on = machines(rows)
+    return on[0] if len(on) == 1 else f"{len(on)} machines, each with its own Pareto front"
 
 
 def _count(items: list, noun: str, plural: str = "s") -> str:
