@@ -92,3 +92,32 @@ def test_boards_writes_estimate_records_compare_shows_apart(tmp_path):
     assert "EK-RA8D1" in listed.output and "context" in listed.output
     refused = CliRunner().invoke(main, ["boards", str(RESNET8), "--board", "m9"])
     assert refused.exit_code == 2 and "unknown board" in refused.output
+
+
+def test_a_bundle_without_its_model_file_is_estimated_from_its_manifest(tmp_path):
+    """Committed microcontroller bundles keep only text: their manifest's footprint (dense
+    MACs, flash, arena) gives the estimate, and says so."""
+    manifest = {
+        "source": {"run": "edge"},
+        "model": {"file": "model_int8.tflite"},
+        "footprint": {
+            "distinct_ops": ["FULLY_CONNECTED", "ELU", "SOFTMAX"],
+            "macs_per_image": 246_480,
+            "flash_bytes": 255_240,
+            "arena_bytes": 10_576,
+        },
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    record = boards.estimate_record(tmp_path, [boards.board_named("m4-80")])
+    assert record["from"].startswith("the bundle's manifest.json") and record["run"] == "edge"
+    direct = boards.estimate(
+        [{"op": "all", "kind": "dense", "macs": 246_480, "elements": 0}],
+        boards.board_named("m4-80"),
+        255_240,
+        10_576,
+    )
+    assert record["estimates"][0]["latency_ms"] == direct["latency_ms"]
+    manifest["footprint"]["distinct_ops"] += ["CONV_2D"]  # mixed kinds need the file
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(boards.BoardError, match="its model file is needed"):
+        boards.estimate_record(tmp_path, [boards.board_named("m4-80")])

@@ -42,11 +42,11 @@ def latency_us(call, image: np.ndarray, calls: int, warmup: int) -> dict:
     return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": calls}
 
 
-def throughput(call, images: np.ndarray) -> float:
-    """Images per second through ``call(images)``, the median of PASSES passes."""
+def throughput(call, images: np.ndarray, passes: int = PASSES) -> float:
+    """Images per second through ``call(images)``, the median of ``passes`` passes."""
     call(images)
     rates = []
-    for _ in range(PASSES):
+    for _ in range(passes):
         t0 = time.perf_counter()
         call(images)
         rates.append(len(images) / (time.perf_counter() - t0))

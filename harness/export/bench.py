@@ -30,6 +30,9 @@ import numpy as np
 
 from harness.core.records import Results, RunDir, machine_facts, write_record
 from harness.data import cifar as data_mod
+
+# The one timer, shared with the device benchmark a bundle ships (standalone there).
+from harness.edge.device_bench import latency_us, throughput  # noqa: F401 (bench's API)
 from harness.export import mlperf
 from harness.export.footprint import TflmError, macs_per_image, tflm_footprint
 from harness.train.evaluate import score
@@ -37,28 +40,6 @@ from harness.train.models import load_keras_model
 from harness.train.sparsity import kernel_sparsity
 
 THROUGHPUT_BATCH = 256
-
-
-def latency_us(predict, image: np.ndarray, calls: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        predict(image)
-    times = np.empty(calls)
-    for i in range(calls):
-        t0 = time.perf_counter()
-        predict(image)
-        times[i] = time.perf_counter() - t0
-    p50, p90, p99 = np.percentile(times * 1e6, [50, 90, 99])
-    return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": calls}
-
-
-def throughput(predict, images: np.ndarray, passes: int = 5) -> float:
-    predict(images)
-    rates = []
-    for _ in range(passes):
-        t0 = time.perf_counter()
-        predict(images)
-        rates.append(len(images) / (time.perf_counter() - t0))
-    return float(np.median(rates))
 
 
 def file_footprint(path: Path, fmt: str, precision: str) -> dict:
