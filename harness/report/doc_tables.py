@@ -55,6 +55,11 @@ def _sci(x: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def _short_cpu(cpu: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon', for narrow tables."""
+    return " ".join(w for w in cpu.replace("(R)", "").split() if w != "Processor")
+
+
 def _machine(m: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores"
 
@@ -85,7 +90,7 @@ def deploy_linux(root: Path) -> str:
                 _pct(measured["test"]["accuracy"]),
                 _us(measured["latency_batch1"]["p50_us"]),
                 f"{model['bytes'] / 1024:.0f} KiB",
-                measured["machine"]["cpu"],
+                _short_cpu(measured["machine"]["cpu"]),
             ]
         )
     headers = ["bundle (`results/reference/deploy/...`)", "precision", "runtime", "test acc"]
