@@ -33,7 +33,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = (32, 32)  # width, height: the model's input (CIFAR-10)
 BATCH = 256  # images per runtime call
 MAX_PIXELS = 4096 * 4096  # larger images are refused from their header (--max-pixels)
-BYTES = {("|u1", 1.0, 0), ("|i1", 1.0, -128)}  # integer inputs taking pixels as bytes
+TOP_KEYS = ("class", "index", "probability")  # --json: each of an image's top classes
+BYTES = {("|u1", 1.0, 0): "raw", ("|i1", 1.0, -128): "shifted"}  # inputs of pixels as bytes
 
 
 # --------------------------------------------------------------------------- the contract
@@ -101,29 +102,37 @@ class LiteRT:
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         with without_info_lines():
             self.interpreter.allocate_tensors()
+        self.describe()
+
+    def describe(self) -> None:  # what each call needs, looked up once
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.dtype = np.dtype(self.input["dtype"])
+        self.dtype, self.batch = np.dtype(self.input["dtype"]), self.input["shape"][0]
+        self.index, self.out_index = self.input["index"], self.output["index"]
+        scale, zero = self.quant = self.input["quantization"]
+        self.form = BYTES.get((self.dtype.str, scale, zero))
+        out_scale, out_zero = self.output["quantization"]
+        integer = np.dtype(self.output["dtype"]).kind in "iu"
+        self.dequant = (out_zero, out_scale) if integer else None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        if len(pixels) != self.input["shape"][0]:
+        if len(pixels) != self.batch:
             shape = [len(pixels), *self.input["shape"][1:]]  # NHWC or NCHW, as the file takes
-            self.interpreter.resize_tensor_input(self.input["index"], shape)
+            self.interpreter.resize_tensor_input(self.index, shape)
             self.interpreter.allocate_tensors()
-            self.input = self.interpreter.get_input_details()[0]
-        scale, zero = self.input["quantization"]
-        if pixels.dtype == np.uint8 and (self.dtype.str, scale, zero) in BYTES:
-            x = pixels if zero == 0 else (pixels - np.uint8(128)).view(np.int8)  # as harness
+            self.describe()
+        if self.form and pixels.dtype == np.uint8:  # as harness: the bytes, or less 128
+            x = pixels if self.form == "raw" else (pixels - np.uint8(128)).view(np.int8)
         else:  # int8 models: q = round(pixel / scale) + zero point
-            x, info = pixels.astype(np.float32), np.iinfo(self.dtype) if scale else None
+            (scale, zero), x = self.quant, pixels.astype(np.float32)
+            info = np.iinfo(self.dtype) if self.dtype.kind in "iu" else None
             x = np.clip(np.round(x / scale + zero), info.min, info.max) if info else x
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.dtype, copy=False))
+        self.interpreter.set_tensor(self.index, x.astype(self.dtype, copy=False))
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"])
-        if out.dtype.kind in "iu":
-            scale, zero = self.output["quantization"]
-            out = (out.astype(np.float32) - zero) * scale
-        return out.astype(np.float32)
+        out = self.interpreter.get_tensor(self.out_index)
+        if self.dequant:
+            out = (out.astype(np.float32) - self.dequant[0]) * self.dequant[1]
+        return out.astype(np.float32, copy=False)
 
 
 @contextmanager
@@ -409,21 +418,10 @@ def print_rows(
             continue
         p, ranks = rows[name], best[name]
         if as_json:
-            print(
-                json.dumps(
-                    {
-                        "image": name,
-                        "top": [
-                            {
-                                "class": classes[c],
-                                "index": int(c),
-                                "probability": round(float(p[c]), 6),
-                            }
-                            for c in ranks
-                        ],
-                    }
-                )
-            )
+            top_k = [
+                dict(zip(TOP_KEYS, (classes[c], int(c), round(float(p[c]), 6)))) for c in ranks
+            ]
+            print(json.dumps({"image": name, "top": top_k}))
         else:
             print(f"{name:<{width}}" + "".join(f"  {classes[c]:<11}{p[c]:>6.3f}" for c in ranks))
 
