@@ -398,9 +398,7 @@ def _bench_on_device(obj: Context, items, ssh, python, calls, warmup, threads):
                     run_dir, obj.dataset(), folder.parent, "linux", "litert", "int8"
                 )
                 click.echo(deploy_mod.format_summary(result))
-        path, record, _ = device_mod.bench_on(
-            ssh, folder, obj.results, python, calls, warmup, threads
-        )
+        path, record = device_mod.bench_on(ssh, folder, obj.results, python, calls, warmup, threads)
         click.echo(device_mod.format_result(record, path))
 
 

@@ -26,6 +26,7 @@ a calibrated rate, with its calibration shown (``calibration``).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from dataclasses import asdict, dataclass
@@ -76,7 +77,9 @@ BOARDS = {
 }
 
 
+@functools.cache
 def anchors() -> dict:
+    """The published figures (read once a process; callers do not change them)."""
     return json.loads(ANCHORS.read_text())
 
 
@@ -84,9 +87,11 @@ def _cycles(anchor: dict) -> float:
     return anchor["latency_ms"] * 1e-3 * anchor["clock_mhz"] * 1e6
 
 
+@functools.cache
 def calibration() -> dict[str, dict]:
-    """Per core: cycles per MAC by kind (median, low, high, boards), and nanojoules per
-    cycle where MLPerf boards of the core submitted energy; borrowed cores say whose."""
+    """Per core (once a process): cycles per MAC by kind (median, low, high, boards), and
+    nanojoules per cycle where MLPerf boards of the core submitted energy; borrowed cores
+    say whose."""
     fitted = anchors()["fitted"]
     cores: dict[str, dict] = {}
     for core in sorted({a["core"] for a in fitted}):
