@@ -411,3 +411,67 @@ def test_consistent_distillation_labels_each_view_it_shows(tmp_path, archive):
     assert metrics["teacher"]["views"] == 3
     student = load_keras_model(RunDir.named(results, "student").model)
     assert not any(layer.name == "augment" for layer in student.layers)
+
+
+def test_teacher_refresh_relabels_a_rotating_slice_of_views_each_epoch(tmp_path, archive):
+    """teacher_refresh: between epochs the teacher's int8 file labels fresh augmented views
+    of a rotating slice of the images, in place; the rest stay as they were."""
+    from harness.export.convert import export_run
+    from harness.export.runtimes import load, predict_batched
+    from harness.train.callbacks import MixupBatches
+    from harness.train.targets import ViewRefresh, mix_targets, one_hot, teacher_targets
+
+    ds = data.load(archive)
+    results = tmp_path / "results"
+    small = {"layers": 1, "units": 16, "epochs": 2, "batch_size": 64}
+    train(resolve("selu", overrides={**small, "name": "teach"}), ds, results, verbose=0)
+    with pytest.raises(ConfigError, match="teacher_refresh.*needs teacher_views"):
+        resolve("bn-elu", overrides={**small, "teacher": "teach", "teacher_refresh": 0.5})
+    cfg = resolve(
+        "bn-elu",
+        overrides={
+            **small,
+            "name": "student",
+            "teacher": "teach",
+            "teacher_views": 1,
+            "teacher_refresh": 0.25,
+            "augment": "flip-shift",
+            "mixup": 0.4,
+        },
+    )
+    with pytest.raises(ConfigError, match="harness export teach --format tflite --quantize int8"):
+        train(cfg, ds, results, verbose=0)
+    assert not RunDir.named(results, "student").path.exists()
+
+    teacher = RunDir.named(results, "teach")
+    export_run(teacher, ds, ("tflite",), ("int8",))
+    splits = data.split(ds)
+    targets, record, views = teacher_targets(cfg, results, splits)
+    assert record["labelled_by"] == "exports/model_int8.tflite" and record["refresh"] == 0.25
+    int8 = load(teacher.path / "exports/model_int8.tflite")
+    labels = one_hot(splits.train.y)
+    np.testing.assert_allclose(
+        targets[0], mix_targets(cfg, predict_batched(int8, views[0]), labels), atol=1e-5
+    )
+
+    n = len(splits.train)
+    before_views, before_targets = views.copy(), targets.copy()
+    refresh = ViewRefresh(cfg, results, splits, views, targets)
+    refresh(1)  # epoch 1: images [k, 2k) with k = n / 4
+    k = round(n / 4)
+    changed = np.any(views[0] != before_views[0], axis=(1, 2, 3))
+    assert changed[k : 2 * k].mean() > 0.9 and not changed[:k].any() and not changed[2 * k :].any()
+    np.testing.assert_array_equal(targets[0, :k], before_targets[0, :k])
+    expected = mix_targets(cfg, predict_batched(int8, views[0, k : 2 * k]), labels[k : 2 * k])
+    np.testing.assert_allclose(targets[0, k : 2 * k], expected, atol=1e-5)
+
+    # The batches call it between epochs, with the next epoch's number, never at the start.
+    calls = []
+    batches = MixupBatches(views, targets, 64, 0.4, 1, 1, epoch=3, refresh=calls.append)
+    assert calls == []
+    batches.on_epoch_end()
+    batches.on_epoch_end()
+    assert calls == [4, 5]
+
+    metrics = train(cfg, ds, results, verbose=0)
+    assert metrics["status"] == "completed" and metrics["teacher"]["refresh"] == 0.25

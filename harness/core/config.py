@@ -215,6 +215,19 @@ class TrainConfig:
             "needs a teacher and an augmentation",
         ),
     )
+    teacher_refresh: float = setting(
+        0.0,
+        "With teacher_views: at each epoch's start the teacher labels fresh augmented "
+        "views of this fraction of the training images, in place of their oldest, so "
+        "the student never sees the same few views for long (function matching, Beyer "
+        "et al. 2022). The teacher answers through its int8 export "
+        "(exports/model_int8.tflite), several times faster than its Keras model on a "
+        "CPU (0 = the views stay as labelled before the first epoch).",
+        kind=float,
+        low=0,
+        high=1,
+        check=(lambda v, cfg: not v or cfg.teacher_views, "needs teacher_views"),
+    )
     teacher_temperature: float = setting(
         1.0,
         "Soften the teacher's probabilities before they become targets: the softmax of "

@@ -78,7 +78,8 @@ class MixupBatches(keras.utils.PyDataset):
 
     Batch ``i`` of epoch ``e`` draws from its own generator, seeded by (seed, e, i), so
     the batches are the same whatever the number of ``workers``; ``epoch`` is the first
-    epoch's number."""
+    epoch's number. ``refresh(epoch)``, if given, renews views and their targets in place
+    before each later epoch (Keras calls on_epoch_end after its workers have stopped)."""
 
     def __init__(
         self,
@@ -89,13 +90,15 @@ class MixupBatches(keras.utils.PyDataset):
         seed: int,
         workers: int,
         epoch: int = 0,
+        refresh=None,
     ):
         super().__init__(workers=workers)
         self.x, self.targets, self.batch_size = x, targets, batch_size
+        self.refresh = refresh
         self.views = targets.ndim == 3
         self.n = x.shape[1] if self.views else len(x)
         self.alpha, self.seed = alpha, seed
-        self.epoch = epoch - 1
+        self.epoch, self.first = epoch - 1, epoch
         self.on_epoch_end()
 
     def __len__(self):
@@ -123,6 +126,8 @@ class MixupBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self.order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.refresh is not None and self.epoch > self.first:
+            self.refresh(self.epoch)
 
 
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):

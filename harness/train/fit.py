@@ -35,7 +35,7 @@ from harness.core.records import (
 from harness.data import cifar as data_mod
 from harness.train.evaluate import evaluate_splits
 from harness.train.models import build_model, count_params, load_keras_model, loss_for
-from harness.train.targets import mixup_batches, one_hot, teacher_targets
+from harness.train.targets import ViewRefresh, mixup_batches, one_hot, teacher_targets
 
 
 class TrainingFailed(Exception):
@@ -106,6 +106,7 @@ def fit_inputs(
     targets: np.ndarray | None = None,
     first_epoch: int = 0,
     views: np.ndarray | None = None,
+    refresh=None,
 ) -> dict:
     """``model.fit`` keyword arguments for the training arrays and validation pair.
 
@@ -115,11 +116,18 @@ def fit_inputs(
     and the tuner both fit through this; a resumed run passes the epoch it resumes at, so
     its mixed batches are those the uninterrupted run would have had. With ``views`` (V, N,
     ...) and targets (V, N, 10) from :func:`teacher_targets`, batches come from a generator
-    that picks one view per image (and mixes them when mixup is on)."""
+    that picks one view per image (and mixes them when mixup is on); ``refresh`` (a
+    :class:`harness.train.targets.ViewRefresh`) renews some of them between epochs."""
     if views is not None:
         return {
             "x": mixup_batches(
-                views, targets, cfg.batch_size, cfg.mixup, cfg.seed, epoch=first_epoch
+                views,
+                targets,
+                cfg.batch_size,
+                cfg.mixup,
+                cfg.seed,
+                epoch=first_epoch,
+                refresh=refresh,
             ),
             "validation_data": (val[0], one_hot(val[1])),
         }
@@ -400,6 +408,9 @@ def _train(
             targets,
             first_epoch=resume_from,
             views=views,
+            refresh=(
+                ViewRefresh(cfg, results, splits, views, targets) if cfg.teacher_refresh else None
+            ),
         ),
         epochs=cfg.epochs,
         callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks, resumed=resume_from > 0),
