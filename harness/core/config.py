@@ -312,6 +312,14 @@ class TrainConfig:
         optional=True,
     )
     steps_per_execution: int = setting(1, "Training steps per compiled call.", kind=int, low=1)
+    loop: str = setting(
+        "keras",
+        "How epochs run: keras (model.fit) or compiled (JAX: each epoch one compiled "
+        "program over the training images kept on the device, validation included; used "
+        "where labels are integers and the batch size divides both splits, else keras).",
+        kind=str,
+        choices=("keras", "compiled"),
+    )
     # --- bookkeeping
     preset: str | None = setting(
         None, "The recipe this configuration started from.", kind=str, optional=True

@@ -97,7 +97,7 @@ def make_hypermodel(
     import keras_tuner as kt
 
     from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
-    from harness.train.fit import compile_model, epoch_log, fit_inputs, recipe_callbacks
+    from harness.train.fit import compile_model, epoch_log, fit_inputs, fit_model, recipe_callbacks
     from harness.train.models import build_model
     from harness.train.targets import one_hot, teacher_targets
 
@@ -134,8 +134,10 @@ def make_hypermodel(
                 if answers is None
                 else cfg.teacher_weight * answers + (1 - cfg.teacher_weight) * labels
             )
-            return model.fit(
-                **fit_inputs(cfg, x, y, validation_data, targets=targets),
+            return fit_model(
+                model,
+                cfg,
+                fit_inputs(cfg, x, y, validation_data, targets=targets),
                 epochs=epochs or cfg.epochs,
                 callbacks=[*ours, *theirs],
                 **kwargs,

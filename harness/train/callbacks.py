@@ -138,6 +138,7 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
         super().__init__(
             str(self.target.with_name(".checkpoint.tmp.keras")),
             monitor=monitor,
+            mode="min" if monitor.endswith("loss") else "max",
             save_best_only=True,
         )
 

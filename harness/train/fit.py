@@ -59,6 +59,12 @@ def epoch_log():
     return EpochLog()
 
 
+def monitor_mode(monitor: str) -> str:
+    """Whether a monitored log is best high or low, said outright (Keras' "auto" reads it
+    off the compiled metrics, which compiled epochs never build)."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
 def recipe_callbacks(cfg: TrainConfig, resumed: bool = False) -> tuple:
     """The recipe's own callbacks: EarlyStopping, (plateau schedule) ReduceLROnPlateau and
     (``cfg.ema``) the swap of the weights' moving average into the model, listed first.
@@ -73,13 +79,14 @@ def recipe_callbacks(cfg: TrainConfig, resumed: bool = False) -> tuple:
     from harness.train.callbacks import ResumableSwapEMAWeights
 
     ema = ResumableSwapEMAWeights(resumed) if cfg.ema else None
+    mode = monitor_mode(cfg.monitor)
     early = keras.callbacks.EarlyStopping(
-        monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True
+        monitor=cfg.monitor, mode=mode, patience=cfg.patience, restore_best_weights=True
     )
     # With a cosine schedule the learning rate is a function of the step: no plateau logic.
     plateau = (
         keras.callbacks.ReduceLROnPlateau(
-            monitor=cfg.monitor, factor=cfg.lr_factor, patience=cfg.lr_patience
+            monitor=cfg.monitor, mode=mode, factor=cfg.lr_factor, patience=cfg.lr_patience
         )
         if cfg.schedule == "plateau"
         else None
@@ -153,6 +160,29 @@ def fit_inputs(
         "x": mixup_batches(x, targets, cfg.batch_size, cfg.mixup, cfg.seed, epoch=first_epoch),
         "validation_data": validation,
     }
+
+
+def fit_model(model, cfg: TrainConfig, inputs: dict, resumed: bool = False, **kwargs):
+    """``model.fit(**inputs, **kwargs)``, or the same epochs as compiled programs where
+    ``cfg.loop`` asks for them and they apply (:mod:`harness.train.epochs`). A resumed run
+    goes on in model.fit, which restores its backup (epoch, weights, optimizer)."""
+    from harness.train import epochs
+
+    if (
+        not resumed
+        and "y" in inputs
+        and epochs.applies(cfg, inputs["x"], inputs["y"], inputs["validation_data"])
+    ):
+        return epochs.fit_compiled(
+            model,
+            cfg,
+            inputs["x"],
+            inputs["y"],
+            inputs["validation_data"],
+            kwargs["epochs"],
+            kwargs.get("callbacks", ()),
+        )
+    return model.fit(**inputs, **kwargs)
 
 
 def _make_callbacks(
@@ -399,19 +429,23 @@ def _train(
         print(f"Resuming {run.path} after epoch {resume_from}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model.fit(
-        **fit_inputs(
-            cfg,
-            splits.train.x,
-            splits.train.y,
-            (splits.val.x, splits.val.y),
-            targets,
-            first_epoch=resume_from,
-            views=views,
-            refresh=(
-                ViewRefresh(cfg, results, splits, views, targets) if cfg.teacher_refresh else None
-            ),
+    inputs = fit_inputs(
+        cfg,
+        splits.train.x,
+        splits.train.y,
+        (splits.val.x, splits.val.y),
+        targets,
+        first_epoch=resume_from,
+        views=views,
+        refresh=(
+            ViewRefresh(cfg, results, splits, views, targets) if cfg.teacher_refresh else None
         ),
+    )
+    fit_model(
+        model,
+        cfg,
+        inputs,
+        resumed=resume_from > 0,
         epochs=cfg.epochs,
         callbacks=_make_callbacks(cfg, run, resume_state, extra_callbacks, resumed=resume_from > 0),
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
