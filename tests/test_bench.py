@@ -106,3 +106,37 @@ def test_a_model_tflm_cannot_run_has_no_arena_and_says_why(tmp_path):
     assert fields["arena_note"] == (
         "TensorFlow Lite Micro cannot run op GELU: TFLM has no kernel for GELU"
     )
+
+
+def test_a_clone_benches_committed_exports_without_the_keras_model(benched, tmp_path, archive):
+    """A run committed with its exports but not its model.keras: `harness bench` checks each
+    file against its export record's sha256, then times and scores the files as they are;
+    a file changed since is refused in one line."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    run, record = benched
+    clone = tmp_path / "results"
+    copy = RunDir.named(clone, "b")
+    shutil.copytree(run.path, copy.path, ignore=shutil.ignore_patterns("*.keras", "*.onnx"))
+    assert not copy.model.exists()
+    args = ["--archive", str(archive), "--results", str(clone), "bench"]
+    done = CliRunner().invoke(main, [*args, "b", "--calls", "20", "--warmup", "5"])
+    assert done.exit_code == 0, done.output
+    again = read_json(clone / "bench" / "b.json")
+    before = {r["file"]: r for r in record["rows"]}
+    assert {r["file"] for r in again["rows"]} == {p.name for p in copy.exports.glob("*.tflite")}
+    for row in again["rows"]:
+        assert row["sha256"] == before[row["file"]]["sha256"]
+        assert row["test"]["accuracy"] == pytest.approx(before[row["file"]]["test"]["accuracy"])
+    int8 = copy.exports / "model_int8.tflite"
+    int8.write_bytes(int8.read_bytes()[:-1] + b"\0")
+    done = CliRunner().invoke(main, [*args, "b"])
+    assert done.exit_code == 1 and "sha256" in done.output and len(done.output.splitlines()) == 1
+    done = CliRunner().invoke(
+        main, ["--archive", str(archive), "--results", str(clone), "export", "b"]
+    )
+    assert done.exit_code == 2 and "no model.keras" in done.output

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from harness.core.config import resolve
 from harness.core.records import RunDir
 
@@ -27,7 +29,7 @@ CHILD = textwrap.dedent(
                                             "epochs": 2, "loop": "compiled", "l2": 1e-3})
     mean, var = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).var(0) + 1
     out = {"applies": epochs.applies(cfg, x, y, (x, y)),
-           "uneven": epochs.applies(cfg, x[:60], y[:60], (x, y))}
+           "too_few": epochs.applies(cfg, x[:60], y[:60], (x, y))}
 
     def fresh():
         keras.utils.set_random_seed(1)
@@ -38,15 +40,24 @@ CHILD = textwrap.dedent(
     # One epoch of one batch (the 64 images in another order: the same mean gradient and
     # batch statistics) against Keras' own step on that batch.
     a, b = fresh(), fresh()
-    history = epochs.fit_compiled(a, cfg, x, y, (x, y), epochs=1)
+    # 40 validation images: one batch of 64, padded and the padding weighted out
+    history = epochs.fit_compiled(a, cfg, x, y, (x[:40], y[:40]), epochs=1)
     logs = b.train_on_batch(x, y, return_dict=True)
     out["weights_diff"] = max(float(np.abs(p - q).max())
                               for p, q in zip(a.get_weights(), b.get_weights()))
     out["loss"] = [history.history["loss"][0], float(logs["loss"])]
-    val = b.evaluate(x, y, batch_size=64, return_dict=True, verbose=0)
+    val = b.evaluate(x[:40], y[:40], batch_size=64, return_dict=True, verbose=0)
     out["val"] = [history.history["val_loss"][0], val["loss"],
                   history.history["val_accuracy"][0], val["accuracy"]]
     out["iterations"] = int(a.optimizer.iterations.value)
+
+    # Target probabilities (a teacher's, here one-hot) train as the labels they encode.
+    keras.utils.set_random_seed(1)
+    e = build_model(cfg, mean, var)
+    e.compile(optimizer=a.optimizer.__class__.from_config(b.optimizer.get_config()),
+              loss="categorical_crossentropy", metrics=["accuracy"])
+    h = epochs.fit_compiled(e, cfg, x, np.eye(10)[y], (x[:40], np.eye(10)[y[:40]]), epochs=1)
+    out["soft"] = [h.history["loss"][0], out["loss"][1]]
 
     # Callbacks see each epoch and can stop the run; a NaN loss stops it too.
     c = fresh()
@@ -63,22 +74,42 @@ CHILD = textwrap.dedent(
     compile_model(d, bad, 64)
     h = epochs.fit_compiled(d, bad, x, y, (x, y), epochs=5)
     out["nan_epochs"] = len(h.history["loss"])
+
+    # `harness train` and `harness tune` with --loop compiled, on the synthetic archive
+    # (450 training and 50 validation images; batch 64 leaves 2 out each epoch, pads 14).
+    from click.testing import CliRunner
+    from harness.cli import main
+    archive, results = sys.argv[1:3]
+    base = ["--archive", archive, "--home", results + "/home", "--results", results]
+    small = ["--preset", "bn-elu-fast", "--batch-size", "64", "--loop", "compiled"]
+    for args in (["train", *small, "--layers", "1", "--units", "8", "--epochs", "3",
+                  "--name", "c"],
+                 ["tune", *small, "--max-trials", "2", "--epochs", "2", "--name", "s"]):
+        done = CliRunner().invoke(main, [*base, *args])
+        out.setdefault("cli", []).append([done.exit_code, done.output[-2000:]])
     print(json.dumps(out))
     """
 )
 
 
-def _jax_env():
-    return {**os.environ, "KERAS_BACKEND": "jax"}
-
-
-def test_a_compiled_epoch_is_keras_own_step():
+@pytest.fixture(scope="module")
+def child(tmp_path_factory, archive):
+    """The checks above and two commands, run once on JAX in a child process."""
+    results = tmp_path_factory.mktemp("results")
     done = subprocess.run(
-        [sys.executable, "-c", CHILD], env=_jax_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CHILD, str(archive), str(results)],
+        env={**os.environ, "KERAS_BACKEND": "jax", "HARNESS_HOME": str(results / "home")},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["applies"] and not out["uneven"]
+    return json.loads(done.stdout.strip().splitlines()[-1]), results
+
+
+def test_a_compiled_epoch_is_keras_own_step(child):
+    out, _ = child
+    assert out["applies"] and not out["too_few"]  # fewer images than one batch
     assert out["iterations"] == 1
     # Adam-like first steps move each weight by about the learning rate (1e-2) whatever the
     # gradient's size, so float32 sums in another order show up at 1e-4: far below a step.
@@ -88,28 +119,21 @@ def test_a_compiled_epoch_is_keras_own_step():
     val_loss, keras_val_loss, val_acc, keras_val_acc = out["val"]
     assert abs(val_loss - keras_val_loss) < 1e-4 * max(1, keras_val_loss), out
     assert abs(val_acc - keras_val_acc) < 1e-6, out
+    soft_loss, hard_loss = out["soft"]
+    assert abs(soft_loss - hard_loss) < 1e-4 * max(1, hard_loss), out
     assert out["stopped_after"] == 2  # a callback stopped it after its second epoch
     assert out["seen"] == [["accuracy", "loss", "val_accuracy", "val_loss"]] * 2
     assert out["nan_epochs"] == 1  # a NaN loss ends the run after its epoch
 
 
-def test_train_and_tune_run_compiled_epochs(tmp_path, archive):
+def test_train_and_tune_run_compiled_epochs(child):
     """`harness train` and `harness tune` with --loop compiled: every epoch in the history,
-    the run and the search complete (450 training and 50 validation images: batch 50)."""
-    results = tmp_path / "results"
-    base = [sys.executable, "-m", "harness.cli", "--archive", str(archive)]
-    base += ["--results", str(results)]
-    small = ["--preset", "bn-elu-fast", "--batch-size", "50", "--loop", "compiled"]
-    train = [*base, "train", *small, "--layers", "1", "--units", "8", "--epochs", "3"]
-    done = subprocess.run(
-        [*train, "--name", "c"], env=_jax_env(), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    the run and the search complete."""
+    out, results = child
+    for code, output in out["cli"]:
+        assert code == 0, output
     metrics = RunDir.named(results, "c").read_metrics()
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 3
     assert resolve("bn-elu-fast", overrides={"loop": "compiled"}).loop == "compiled"
-    tune = [*base, "tune", *small, "--max-trials", "2", "--epochs", "2", "--name", "s"]
-    done = subprocess.run(tune, env=_jax_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((results / "tuning" / "s" / "summary.json").read_text())
     assert summary["completed"] == 2 and summary["best_val_accuracy"] > 0

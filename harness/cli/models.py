@@ -352,13 +352,13 @@ def bench(
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.export.bench import bench_run, format_rows, write_bench
-    from harness.imports.imported import bench_import
+    from harness.imports.imported import bench_exports, bench_import
 
     if device is not None:
         ssh = _device_ssh(device, identity, ssh_config)
         _bench_on_device(obj, runs, ssh, python, calls, warmup, threads)
         return
-    run_dirs = [_run_dir(obj, run) for run in runs]
+    run_dirs = [_run_dir(obj, run, exports_ok=True) for run in runs]
     ds = obj.dataset()
     for run_dir in run_dirs:
         how = {
@@ -369,6 +369,8 @@ def bench(
         }
         if run_dir.read_import() is not None and not run_dir.model.exists():
             record = bench_import(run_dir, ds, **how)  # a .tflite or .onnx, as it is
+        elif not run_dir.model.exists():
+            record = bench_exports(run_dir, ds, **how)  # a clone's committed exports
         else:
             record = bench_run(run_dir, ds, export_kind, **how)
         written = write_bench(record, obj.results)

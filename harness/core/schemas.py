@@ -152,6 +152,7 @@ BENCH_ROW = {
 # files only (null on other rows, or with arena_note saying why TFLM could not measure it).
 BENCH_ROW_OPTIONAL = {
     "flagged": BOOL,
+    "sha256": STR,  # the file's (since issue 36): a committed copy is checked against it
     "macs": COUNT,
     "flash_bytes": COUNT,
     "arena_bytes": COUNT_OR_NULL,

@@ -33,6 +33,7 @@ from harness.data import cifar as data_mod
 
 # The one timer, shared with the device benchmark a bundle ships (standalone there).
 from harness.edge.device_bench import latency_us, throughput  # noqa: F401 (bench's API)
+from harness.edge.predict import sha256
 from harness.export import mlperf
 from harness.export.footprint import TflmError, macs_per_image, tflm_footprint
 from harness.train.evaluate import score
@@ -202,6 +203,7 @@ def model_rows(
                     "runtime": rec["runtime"],
                     "file": rec["file"],
                     "size_bytes": rec["size_bytes"],
+                    "sha256": sha256(path),
                     **latency_us(single.predict, pixels, calls, warmup),
                     "throughput_ips": throughput(multi.predict, pixel_batch),
                     "test": rec["test"],

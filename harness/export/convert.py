@@ -21,6 +21,7 @@ import numpy as np
 from harness.core.precisions import NAMES, PRECISIONS
 from harness.core.records import RunDir, atomic_write_bytes, atomic_write_json
 from harness.data import cifar as data_mod
+from harness.edge.predict import sha256
 from harness.export.runtimes import without_info_lines
 from harness.train.evaluate import evaluate_keras, predict_keras, score
 from harness.train.models import load_keras_model
@@ -305,6 +306,7 @@ def export_run(
             "quantization": quantization,
             "file": path.name,
             "size_bytes": path.stat().st_size,
+            "sha256": sha256(path) if path.is_file() else None,
             "data": ds.record,
             **verify(path, quantization, reference, keras_test, splits),
         }

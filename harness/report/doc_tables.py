@@ -445,3 +445,59 @@ def tour_device(root: Path) -> str:
     path = Path("results") / "reference" / "bench"
     path = path / "mlperf-tiny-ic-int8-linux-litert-int8-on-127.0.0.1.json"
     return "```\n" + format_result(_read(root, path), path) + "\n```"
+
+
+def _fastest(root: Path, path: Path | str) -> dict:
+    """The bench record's row with the lowest batch-1 p50."""
+    return min(_read(root, path)["rows"], key=lambda r: r["p50_us"])
+
+
+def best_hour(root: Path) -> tuple[str, dict]:
+    """The one-hour budgeted run (benchmarks/frontier.py) with the best test accuracy
+    without test-time flips: its record's path and the record."""
+    found = []
+    for path in sorted((root / REFERENCE / "frontier").glob("frontier-*.json")):
+        record = json.loads(path.read_text())
+        if record["budget_s"] == 3600:
+            plain = record.get("accuracy_without_tta") or record["accuracy"]
+            found.append((plain["test"], str(path.relative_to(root)), record))
+    if not found:
+        raise DocsError(f"{REFERENCE}/frontier: no one-hour record")
+    _, path, record = max(found, key=lambda f: f[0])
+    return path, record
+
+
+@generator("headline")
+def headline(root: Path) -> str:
+    """README's opening figures: the best fully connected net in 30 minutes beside the
+    CNN, the best in an hour (a teacher allowed; without test-time flips), both answering
+    one image, and the 6 us budget net."""
+    runs = REFERENCE / "runs"
+    mlp, cnn = (
+        _read(root, runs / r / "metrics.json") for r in ("mlp-frontier-pca512", "resnet8-30min")
+    )
+    hour_path, hour = best_hour(root)
+    plain = hour.get("accuracy_without_tta") or hour["accuracy"]
+    teacher = (_read(root, runs / hour["run"] / "config.json")).get("teacher")
+    by = f", distilled from `{teacher}`" if teacher else ""
+    fast = {
+        name: (path, _fastest(root, path))
+        for name, path in (
+            ("mlp", REFERENCE / "bench" / "mlp-frontier-pca512-h200.json"),
+            ("cnn", REFERENCE / "bench" / "resnet8-30min-h200.json"),
+            ("edge", REFERENCE / "budget-6" / "bench" / "budget-6us-4-t3.json"),
+        )
+    }
+    edge = fast["edge"][1]
+    return (
+        f"On this project's 2-core CPU the best fully connected net reached "
+        f"{_pct(mlp['test']['accuracy'], 1)} test accuracy in 30 minutes, the ResNet-8 CNN "
+        f"{_pct(cnn['test']['accuracy'], 1)} (`{runs}/mlp-frontier-pca512/metrics.json`, "
+        f"`{runs}/resnet8-30min/metrics.json`); in an hour{by}, "
+        f"{_pct(plain['test'])} without test-time flips (`{hour_path}`). Benchmarked in "
+        f"one call, the MLP answers one image in {_us(fast['mlp'][1]['p50_us'])}, the CNN "
+        f"in {_us(fast['cnn'][1]['p50_us'])} (`{fast['mlp'][0]}`, `{fast['cnn'][0]}`); the "
+        f"2 x 78 net a 6 us budget search found ({edge['size_bytes'] / 1024:.0f} KiB, "
+        f"{edge['precision']}) answers in {_us(edge['p50_us'])} at "
+        f"{_pct(edge['test']['accuracy'], 1)} (`{fast['edge'][0]}`)."
+    )

@@ -12,8 +12,12 @@ single-step calls. The step is the model's own forward pass, loss, regularizatio
 optimizer, schedule and constraints; callbacks see the same per-epoch logs (loss,
 accuracy, val_loss, val_accuracy) and the model's variables after every epoch.
 
-Used where it applies (:func:`applies`): JAX, integer labels (no mixup or teacher
-generator) and batches that divide both splits evenly, so every step has one shape.
+Used where it applies (:func:`applies`): JAX, arrays of integer labels or of target
+probabilities (a teacher's, without mixup; mixup's batches come from a generator). Every
+step has one shape: where the batch size does not divide the training images, each
+epoch leaves out the last partial batch of its shuffled order (other images each epoch:
+200 of 45,000 at batch 256), and the validation images are padded to whole batches and
+the padding weighted out.
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ def applies(cfg, x: np.ndarray, y: np.ndarray, val: tuple) -> bool:
     return bool(
         cfg.loop == "compiled"
         and keras.backend.backend() == "jax"
-        and y.ndim == 1
-        and len(x) % cfg.batch_size == 0
-        and len(val[0]) % cfg.batch_size == 0
+        and y.ndim in (1, 2)
+        and len(x) >= cfg.batch_size
     )
 
 
@@ -45,27 +48,36 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), i
     import jax.numpy as jnp
     import keras
 
-    optimizer, loss_fn, batch = model.optimizer, model.loss, cfg.batch_size
-    loss_fn = keras.losses.get(loss_fn) if isinstance(loss_fn, str) else loss_fn
+    optimizer, batch = model.optimizer, cfg.batch_size
+    loss_fn = keras.losses.get(model.loss)
+    if not isinstance(loss_fn, keras.losses.Loss):  # a function of per-image losses
+
+        def loss_fn(yb, pred, sample_weight, per_image=loss_fn):
+            return jnp.sum(per_image(yb, pred) * sample_weight) / len(yb)
+
     optimizer.build(model.trainable_variables)
     steps = len(x) // batch
-    x_train, y_train = jnp.asarray(x), jnp.asarray(y, jnp.int32)
-    x_val = jnp.asarray(validation_data[0]).reshape(-1, batch, *validation_data[0].shape[1:])
-    y_val = jnp.asarray(validation_data[1], jnp.int32).reshape(-1, batch)
+    # arguments of the compiled epoch, not constants baked into it (slow to compile)
+    data = (jnp.asarray(x), _labels(y), *_padded(*validation_data, batch))
 
-    def forward(trainable, non_trainable, xb, yb, training):
+    def forward(trainable, non_trainable, xb, yb, training, weight=None):
         pred, non_trainable, losses = model.stateless_call(
             trainable, non_trainable, xb.astype("float32"), training=training, return_losses=True
         )
-        loss = jnp.mean(loss_fn(yb, pred))
+        weight = jnp.ones(len(yb), "float32") if weight is None else weight
+        # per image, weighted: the mean over the real images of a padded batch, times its size
+        loss = loss_fn(yb, pred, sample_weight=weight) * len(yb) / jnp.sum(weight)
         if losses:  # regularization, in the validation loss too, as Keras reports it
             loss = loss + sum(losses)
-        hits = jnp.mean((jnp.argmax(pred, axis=-1) == yb).astype("float32"))
+        truth = yb if yb.ndim == 1 else jnp.argmax(yb, axis=-1)
+        hits = jnp.sum((jnp.argmax(pred, axis=-1) == truth) * weight) / jnp.sum(weight)
         return loss, (non_trainable, hits)
 
     grad = jax.value_and_grad(forward, has_aux=True)
 
-    def train_epoch(state, order):
+    def train_epoch(state, order, data):
+        x_train, y_train, x_val, y_val, w_val = data
+
         def step(state, idx):
             trainable, non_trainable, opt = state
             (loss, (non_trainable, hits)), grads = grad(
@@ -78,11 +90,13 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), i
         trainable, non_trainable, _ = state
 
         def val_step(_, part):
-            loss, (_, hits) = forward(trainable, non_trainable, part[0], part[1], False)
-            return None, (loss, hits)
+            xb, yb, wb = part
+            loss, (_, hits) = forward(trainable, non_trainable, xb, yb, False, wb)
+            return None, (loss, hits, wb.sum())
 
-        _, (val_losses, val_hits) = jax.lax.scan(val_step, None, (x_val, y_val))
-        logs = (losses.mean(), hits.mean(), val_losses.mean(), val_hits.mean())
+        _, (val_losses, val_hits, counts) = jax.lax.scan(val_step, None, (x_val, y_val, w_val))
+        share = counts / counts.sum()  # each batch by its real images
+        logs = (losses.mean(), hits.mean(), (val_losses * share).sum(), (val_hits * share).sum())
         return state, logs
 
     compiled = jax.jit(train_epoch, donate_argnums=0)
@@ -97,7 +111,7 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), i
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x))[: steps * batch]
-        state, logs = compiled(state, jnp.asarray(order, jnp.int32))
+        state, logs = compiled(state, jnp.asarray(order, jnp.int32), data)
         loss, accuracy, val_loss, val_accuracy = (float(v) for v in logs)
         for group, values in zip(variables, state):
             for variable, value in zip(group, values):
@@ -116,3 +130,26 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), i
             break  # a NaN or infinite loss ends the run, as TerminateOnNaN would
     callback_list.on_train_end()
     return model.history
+
+
+def _labels(y: np.ndarray):
+    """Integer labels as int32, target probabilities as float32, on the device."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(y, jnp.int32 if y.ndim == 1 else jnp.float32)
+
+
+def _padded(x: np.ndarray, y: np.ndarray, batch: int):
+    """(x, y, weights) in whole batches, shaped (batches, batch, ...): the last batch padded
+    with copies of the first images, weighted 0."""
+    import jax.numpy as jnp
+
+    pad = (-len(x)) % batch
+    weights = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+    x, y = np.concatenate([x, x[:pad]]), np.concatenate([y, y[:pad]])
+    shape = (-1, batch)
+    return (
+        jnp.asarray(x).reshape(*shape, *x.shape[1:]),
+        _labels(y).reshape(*shape, *y.shape[1:]),
+        jnp.asarray(weights).reshape(shape),
+    )
