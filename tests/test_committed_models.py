@@ -22,6 +22,7 @@ def committed_models() -> list[Path]:
 
 def test_committed_models_match_their_records():
     models = committed_models()
+    assert models, "no model file committed with the reference records"
     for path in models:
         record = json.loads(path.with_name(path.name + ".json").read_text())
         assert path.stat().st_size <= LIMIT, f"{path}: over 1 MB"
