@@ -75,6 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         patience=15,
         backend="jax",
         steps_per_execution=4,
+        # each epoch one compiled program (docs/training-speed.md, "Whole epochs")
+        loop="compiled",
     ),
     "mlp-frontier": MLP_FRONTIER,
     # The same recipe for a GPU, where an epoch takes a fraction of a second: 600 epochs
