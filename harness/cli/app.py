@@ -129,7 +129,7 @@ EXITS = {
     "harness.deploy.bundle.DeployError": (1, ""),
     "harness.export.convert.ExportError": (1, ""),
     "harness.core.schemas.RecordError": (1, ""),
-    "harness.imports.imported.ExportMismatch": (1, ""),
+    "harness.imports.committed.ExportMismatch": (1, ""),
     "harness.train.fit.TrainingFailed": (1, "training failed: "),
     "harness.report.compare.NoRecords": (1, ""),
     "harness.report.doc_tables.DocsError": (1, ""),
@@ -335,7 +335,7 @@ def check_run_dir(run: RunDir, exports_ok: bool = False) -> tuple[str | None, di
             None if source.exists() else f"the imported file source/{info.get('file')} is missing"
         ), info
     if not run.model.exists():
-        from harness.imports.imported import committed_exports
+        from harness.imports.committed import committed_exports
 
         if exports_ok and committed_exports(run):
             return None, None  # bench times a clone's committed exports as they are

@@ -352,7 +352,8 @@ def bench(
     Writes results/bench/<run>.json with machine facts and prints a table.
     """
     from harness.export.bench import bench_run, format_rows, write_bench
-    from harness.imports.imported import bench_exports, bench_import
+    from harness.imports.committed import bench_exports
+    from harness.imports.imported import bench_import
 
     if device is not None:
         ssh = _device_ssh(device, identity, ssh_config)
