@@ -82,7 +82,7 @@ def teacher_labeller(cfg: TrainConfig, teacher: RunDir):
     if not cfg.teacher_refresh:
         model = load_keras_model(teacher.model)
         return lambda x: predict_keras(model, x)
-    from harness.export import runtimes
+    from harness.edge import predict as edge  # the bundles' runtime wrapper, the lowest stage
 
     path = teacher.path / TEACHER_INT8
     if not path.exists():
@@ -90,8 +90,8 @@ def teacher_labeller(cfg: TrainConfig, teacher: RunDir):
             f"teacher_refresh: the teacher's int8 file {path} is missing; make it with "
             f"`harness export {cfg.teacher} --format tflite --quantize int8`"
         )
-    runtime = runtimes.load(path, threads=os.cpu_count() or 1)
-    return lambda x: runtimes.predict_batched(runtime, x, batch=500)
+    runtime = edge.LiteRT(path, os.cpu_count() or 1)
+    return lambda x: edge.predict(runtime, x)
 
 
 def mix_targets(cfg: TrainConfig, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
