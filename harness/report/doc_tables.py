@@ -478,7 +478,7 @@ def headline(root: Path) -> str:
     )
     hour_path, hour = best_hour(root)
     plain = hour.get("accuracy_without_tta") or hour["accuracy"]
-    teacher = (_read(root, runs / hour["run"] / "config.json")).get("teacher")
+    teacher = _read(root, runs / hour["run"] / "config.json").get("teacher")
     by = f", distilled from `{teacher}`" if teacher else ""
     fast = {
         name: (path, _fastest(root, path))

@@ -39,7 +39,7 @@ def applies(cfg, x: np.ndarray, y: np.ndarray, val: tuple) -> bool:
     )
 
 
-def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), initial_epoch=0):
+def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
     """``model.fit(x, y, batch_size, epochs, validation_data, callbacks, shuffle=True)`` as
     compiled epochs; returns the History. The model must be compiled (its optimizer, loss).
     Batches are shuffled by (seed, epoch), so an epoch's batches do not depend on the
@@ -108,7 +108,7 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=(), i
     )
     model.stop_training = False
     callback_list.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
+    for epoch in range(epochs):
         callback_list.on_epoch_begin(epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x))[: steps * batch]
         state, logs = compiled(state, jnp.asarray(order, jnp.int32), data)
