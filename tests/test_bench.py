@@ -140,3 +140,26 @@ def test_a_clone_benches_committed_exports_without_the_keras_model(benched, tmp_
         main, ["--archive", str(archive), "--results", str(clone), "export", "b"]
     )
     assert done.exit_code == 2 and "no model.keras" in done.output
+
+
+def test_a_slow_model_is_timed_for_seconds_not_for_its_full_count(monkeypatch):
+    import time
+
+    from harness.edge import device_bench
+
+    monkeypatch.setattr(device_bench, "WARMUP_S", 0.02)
+    monkeypatch.setattr(device_bench, "TIMED_S", 0.1)
+    monkeypatch.setattr(device_bench, "MIN_CALLS", 3)
+    made = []
+
+    def slow(image):
+        made.append(image)
+        time.sleep(0.04)
+
+    timed = device_bench.latency_us(slow, np.zeros(1), calls=1000, warmup=100)
+    # the warm-up stops after its 0.02 s (one call), the timed calls once a call starts
+    # after their 0.1 s: a handful, each about 40 ms
+    assert 3 <= timed["calls"] <= 5 and len(made) <= 1 + timed["calls"] + 1
+    assert 40_000 <= timed["p50_us"] <= timed["p99_us"]
+    fast = device_bench.latency_us(lambda image: None, np.zeros(1), calls=500, warmup=10)
+    assert fast["calls"] == 500  # a fast call gets every call it asked for

@@ -4,7 +4,8 @@ Standalone like predict.py (numpy and the model's runtime; never harness, Tensor
 or JAX), shipped beside it in every linux bundle. It times the bundle's model as ``harness
 bench`` times a model on the machine that made it: uint8 pixels in, the input contract and
 the conversion to the model's input type inside each timed call, ``warmup`` untimed calls,
-then ``calls`` timed ones (``time.perf_counter`` around each call only), p50/p90/p99 in
+then ``calls`` timed ones (each stopping early once it has taken :data:`WARMUP_S` or
+:data:`TIMED_S` seconds; ``time.perf_counter`` around each call only), p50/p90/p99 in
 microseconds on ``threads`` runtime threads; throughput at batch 256 (median of 5 passes).
 It writes a bench record (``"benchmark": "bench"``, the format ``harness compare`` reads):
 the device's facts as the machine, one row for the bundle's model, whose test accuracy is
@@ -27,19 +28,32 @@ import numpy as np
 
 THROUGHPUT_BATCH = 256
 PASSES = 5
+# A slow model (Keras' predict takes milliseconds a call) is timed for a few seconds, not
+# for its full count of calls: the warm-up and the timed calls each stop once they have
+# taken this long, keeping at least MIN_CALLS timed calls. Each row records its calls.
+WARMUP_S, TIMED_S, MIN_CALLS = 1.0, 5.0, 20
 
 
 def latency_us(call, image: np.ndarray, calls: int, warmup: int) -> dict:
-    """Batch-1 latency of ``call(image)``: percentiles of ``calls`` timed calls."""
+    """Batch-1 latency of ``call(image)``: percentiles of ``calls`` timed calls, or of as
+    many (at least :data:`MIN_CALLS`) as fit in :data:`TIMED_S` seconds; ``calls`` in the
+    result is how many were timed."""
+    end = time.perf_counter() + WARMUP_S
     for _ in range(warmup):
         call(image)
+        if time.perf_counter() > end:
+            break
     times = np.empty(calls)
+    end = time.perf_counter() + TIMED_S
     for i in range(calls):
         t0 = time.perf_counter()
         call(image)
         times[i] = time.perf_counter() - t0
+        if t0 > end and i + 1 >= MIN_CALLS:
+            times = times[: i + 1]
+            break
     p50, p90, p99 = np.percentile(times * 1e6, [50, 90, 99])
-    return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": calls}
+    return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": len(times)}
 
 
 def throughput(call, images: np.ndarray, passes: int = PASSES) -> float:
