@@ -14,11 +14,11 @@ from click.testing import CliRunner
 import harness.train.fit as train_mod
 from harness.cli import main
 from harness.core.config import ConfigError, resolve
-from harness.core.records import RunDir
+from harness.core.records import RunDir, atomic_write_json
 from harness.data import cifar as data
 from harness.search.space import SearchSpace
 from harness.search.sweep import sweep_lr
-from harness.search.tune import tune
+from harness.search.tune import format_trials, tune
 
 SPACE = SearchSpace(layers=(1, 2), units=(8, 16))
 SEARCH_ARGS = [
@@ -465,3 +465,40 @@ def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(t
     while "w1" in oracle.ongoing_trials and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "w1" not in oracle.ongoing_trials and trial.trial_id in oracle._retry_queue
+
+
+def test_the_median_rule_stops_only_a_trial_behind_enough_finished_ones():
+    from harness.search.stopping import STARTUP_TRIALS, WARMUP_EPOCHS, behind
+
+    finished = [[0.3, 0.4, 0.5, 0.6], [0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4, 0.5]]
+    assert STARTUP_TRIALS == len(finished) and WARMUP_EPOCHS == 2
+    assert not behind([0.0, 0.0], finished)  # warm-up: never in the first two epochs
+    assert behind([0.0, 0.0, 0.39], finished)  # median at the third epoch: 0.4
+    assert not behind([0.0, 0.0, 0.4], finished)  # at the median is not behind
+    assert not behind([0.45, 0.0, 0.1], finished)  # its best so far counts, not its last
+    assert not behind([0.0] * 4, finished)  # only two finished trials reached a fourth epoch
+    assert not behind([0.0] * 3, finished[:2])  # too few finished trials
+
+
+def test_a_search_stops_a_trial_behind_the_finished_ones_median(tmp_path, archive):
+    ds = data.load(archive)
+    base = resolve("bn-elu", overrides={"epochs": 4, "batch_size": 64})
+    root = tmp_path / "tuning" / "t"
+    # three finished trials that reached a validation accuracy no trial here can
+    for name in ("a", "b", "c"):
+        atomic_write_json(
+            root / "trial_meta" / f"earlier-{name}.json",
+            {"history": {"val_accuracy": [1.0] * 4}, "stopped_at": None},
+        )
+    summary = tune(base, ds, tmp_path, "t", SPACE, "random", 1, verbose=0, stop_behind=True)
+    (row,) = json.loads((root / "trials.json").read_text())
+    assert row["stopped_at"] == row["epochs"] == 3 and summary["stopped_behind"] == 1
+    meta = json.loads((root / "trial_meta" / f"{row['trial_id']}.json").read_text())
+    assert len(meta["history"]["val_accuracy"]) == 3
+    # a stopped trial's curve is cut short: it is not a finished trial for the next one
+    from harness.search.stopping import finished_curves
+
+    assert len(finished_curves(root / "trial_meta", "val_accuracy")) == 3
+    assert "stopped behind" in format_trials([row])
+    with pytest.raises(ConfigError, match="hyperband"):
+        tune(base, ds, tmp_path, "h", SPACE, "hyperband", 1, verbose=0, stop_behind=True)

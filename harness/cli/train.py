@@ -320,6 +320,12 @@ distributed_options = option_group(
     show_default=True,
     help="Trials to run (bayesian, random).",
 )
+@click.option(
+    "--stop-behind",
+    is_flag=True,
+    help="Stop a trial whose best validation accuracy is below the finished trials' median "
+    "at the same epoch (from its third epoch, once three trials have finished).",
+)
 @space_options
 @budget_options
 @click.option(
@@ -336,6 +342,7 @@ def tune(
     config_file,
     kind,
     max_trials,
+    stop_behind,
     space,
     budget,
     calibrate_only,
@@ -384,7 +391,16 @@ def tune(
         tune_mod.wait_for_chief(oracle_ip, oracle_port, distributed.connect_timeout)
     try:
         _tune_and_report(
-            obj, cfg, name, space, kind, max_trials, distributed.worker_timeout, budget, bench_top
+            obj,
+            cfg,
+            name,
+            space,
+            kind=kind,
+            max_trials=max_trials,
+            stop_behind=stop_behind,
+            worker_timeout=distributed.worker_timeout,
+            budget=budget,
+            bench_top=bench_top,
         )
     except Exception as e:
         error = as_click(e)
@@ -407,25 +423,20 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _tune_and_report(
-    obj: Context, cfg, name, space, kind, max_trials, worker_timeout, budget, bench_top
-) -> None:
+def _tune_and_report(obj: Context, cfg, name, space, **search) -> None:
+    """``harness tune``'s search (``search``: :func:`harness.search.tune.tune`'s settings)
+    and its printed tables."""
     from harness.search import tune as tune_mod
     from harness.search.budget import format_budget
 
-    ds = obj.dataset()
     summary = tune_mod.tune(
         cfg,
-        ds,
+        obj.dataset(),
         obj.results,
         name,
         space,
-        kind,
-        max_trials,
-        worker_timeout=worker_timeout,
+        **search,
         verbose=1 if sys.stdout.isatty() else 2,
-        budget=budget,
-        bench_top=bench_top,
         archive=obj.archive,
         home=obj.home,
     )

@@ -44,13 +44,18 @@ from harness.data import cifar as data_mod
 from harness.search.space import SearchSpace, make_hypermodel
 
 TUNERS = ("bayesian", "hyperband", "random")
+OBJECTIVE = "val_accuracy"  # what every search maximizes
 
 
 # --------------------------------------------------------------------------- search
 
 
 def _tuner_class(
-    kind: str, judge=None, config: TrainConfig | None = None, space: SearchSpace | None = None
+    kind: str,
+    judge=None,
+    config: TrainConfig | None = None,
+    space: SearchSpace | None = None,
+    stop_behind: bool = False,
 ):
     import keras_tuner as kt
 
@@ -62,12 +67,21 @@ def _tuner_class(
 
     def run_trial(self, trial, *args, **kwargs):
         """Records who ran the trial and on which device, its per-epoch history (KerasTuner
-        keeps only the best epoch), its wall time and the process's memory after it."""
+        keeps only the best epoch), its wall time and the process's memory after it; with
+        ``stop_behind``, stops it where it falls behind the finished trials' median
+        (:mod:`harness.search.stopping`) and records the epoch."""
         import keras
 
         from harness.core.hardware import select
+        from harness.search.stopping import STOPPED_AT, MedianStop, finished_curves
 
         t0 = time.perf_counter()
+        meta_dir = Path(self.project_dir).parent / "trial_meta"
+        stopper = (
+            MedianStop(finished_curves(meta_dir, OBJECTIVE), OBJECTIVE) if stop_behind else None
+        )
+        if stopper is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), stopper]
         result = base.run_trial(self, trial, *args, **kwargs)
         runs = result if isinstance(result, list) else [result]
         history = next((r.history for r in runs if hasattr(r, "history")), {})
@@ -88,10 +102,9 @@ def _tuner_class(
             "rss_mb": _rss_mb(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+            STOPPED_AT: None if stopper is None else stopper.stopped_at,
         }
-        atomic_write_json(
-            Path(self.project_dir).parent / "trial_meta" / f"{trial.trial_id}.json", meta
-        )
+        atomic_write_json(meta_dir / f"{trial.trial_id}.json", meta)
         return result
 
     return type(f"Harness{base.__name__}", (base,), {"run_trial": run_trial})
@@ -116,18 +129,21 @@ def make_tuner(
     judge=None,
     base: TrainConfig | None = None,
     space: SearchSpace | None = None,
+    stop_behind: bool = False,
 ):
     """A KerasTuner tuner over ``directory`` (reloaded, never overwritten: that is resume)."""
     if kind not in TUNERS:
         raise ConfigError(f"tuner={kind!r}: must be one of {', '.join(TUNERS)}")
+    if stop_behind and kind == "hyperband":
+        raise ConfigError("hyperband stops trials by its own brackets: leave out --stop-behind")
     common = dict(
-        objective="val_accuracy",
+        objective=OBJECTIVE,
         directory=str(directory),
         project_name="keras_tuner",
         overwrite=False,
         seed=seed,
     )
-    cls = _tuner_class(kind, judge, base, space)
+    cls = _tuner_class(kind, judge, base, space, stop_behind)
     if kind == "bayesian":  # the study's settings
         return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
     if kind == "hyperband":
@@ -169,8 +185,12 @@ def tune(
     bench_top: int = 3,
     archive: Path | None = None,
     home: Path | None = None,
+    stop_behind: bool = False,
 ) -> dict | None:
     """Run (or resume, or join) a search; on the chief or alone, write every output.
+
+    With ``stop_behind``, a trial that falls behind the finished trials' median stops
+    (:mod:`harness.search.stopping`).
 
     With a ``budget`` (:class:`harness.search.budget.Budget`), only networks predicted to fit it
     train, and afterwards the ``bench_top`` best trials become runs under
@@ -209,6 +229,7 @@ def tune(
         judge,
         base,
         space,
+        stop_behind,
     )
     if role in (None, "chief"):
         forget_finished_retries(tuner.oracle)
@@ -229,6 +250,7 @@ def tune(
             "name": name,
             "tuner": kind,
             "max_trials": max_trials,
+            "stop_behind": stop_behind,
             "space": space.__dict__,
             "base_config": base.to_dict(),
             "data": ds.record,
@@ -366,6 +388,7 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
                 "score": None if trial.score is None else float(trial.score),
                 **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
                 "epochs": len(history.get("loss", [])),
+                "stopped_at": meta.get("stopped_at"),
                 "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
                 "worker": meta.get("tuner_id"),
                 "trial_seconds": meta.get("seconds"),
@@ -407,6 +430,7 @@ def write_outputs(
         "name": root.name,
         "trials": len(rows),
         "completed": sum(r["status"] == "COMPLETED" for r in rows),
+        "stopped_behind": sum(r["stopped_at"] is not None for r in rows),
         "search_seconds": round(search_seconds, 1),
         "best_trial": best_trial.trial_id,
         "best_val_accuracy": float(best_trial.score),
@@ -496,10 +520,13 @@ def format_trials(rows: list[dict]) -> str:
     for r in rows:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         hps = "".join(f"{_fmt(r.get(k)):>16}" for k in hp_keys)
+        epochs = f"{r['epochs']}{'*' if r.get('stopped_at') else ''}"
         lines.append(
-            f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{r['epochs']:>7}"
+            f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{epochs:>7}"
             f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}"
         )
+    if any(r.get("stopped_at") for r in rows):
+        lines.append("* stopped behind the finished trials' median (--stop-behind)")
     return "\n".join(lines)
 
 
