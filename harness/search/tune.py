@@ -377,6 +377,8 @@ def judge_search(
 
 
 def _trial_rows(tuner, root: Path) -> list[dict]:
+    from harness.search.stopping import STOPPED_AT
+
     rows = []
     for trial in tuner.oracle.trials.values():
         meta = _trial_meta(root, trial.trial_id)
@@ -388,7 +390,7 @@ def _trial_rows(tuner, root: Path) -> list[dict]:
                 "score": None if trial.score is None else float(trial.score),
                 **{f"hp_{k}": v for k, v in trial.hyperparameters.values.items()},
                 "epochs": len(history.get("loss", [])),
-                "stopped_at": meta.get("stopped_at"),
+                STOPPED_AT: meta.get(STOPPED_AT),
                 "train_seconds": round(sum(history.get("epoch_seconds", [])), 3),
                 "worker": meta.get("tuner_id"),
                 "trial_seconds": meta.get("seconds"),
@@ -413,6 +415,8 @@ def write_outputs(
 
     ``search_seconds`` adds to those of the summary already there: a finished search run
     again (to judge it where TensorFlow is, say) keeps the time its trials took."""
+    from harness.search.stopping import STOPPED_AT
+
     before = root / "summary.json"
     if before.exists():
         search_seconds += read_json(before).get("search_seconds", 0.0)
@@ -430,7 +434,7 @@ def write_outputs(
         "name": root.name,
         "trials": len(rows),
         "completed": sum(r["status"] == "COMPLETED" for r in rows),
-        "stopped_behind": sum(r["stopped_at"] is not None for r in rows),
+        "stopped_behind": sum(r[STOPPED_AT] is not None for r in rows),
         "search_seconds": round(search_seconds, 1),
         "best_trial": best_trial.trial_id,
         "best_val_accuracy": float(best_trial.score),
@@ -514,18 +518,20 @@ def _write_trial_history(history: dict[str, list[float]], run: RunDir) -> None:
 
 
 def format_trials(rows: list[dict]) -> str:
+    from harness.search.stopping import STOPPED_AT
+
     hp_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("hp_")]
     head = f"{'trial':>5} {'status':<10}{'score':>7}" + "".join(f"{k[3:]:>16}" for k in hp_keys)
     lines = [head + f"{'epochs':>7}{'seconds':>9}  worker"]
     for r in rows:
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
         hps = "".join(f"{_fmt(r.get(k)):>16}" for k in hp_keys)
-        epochs = f"{r['epochs']}{'*' if r.get('stopped_at') else ''}"
+        epochs = f"{r['epochs']}{'*' if r.get(STOPPED_AT) else ''}"
         lines.append(
             f"{r['trial_id']:>5} {r['status']:<10}{score:>7}{hps}{epochs:>7}"
             f"{r['train_seconds']:>9.1f}  {r['worker'] or '-'}"
         )
-    if any(r.get("stopped_at") for r in rows):
+    if any(r.get(STOPPED_AT) for r in rows):
         lines.append("* stopped behind the finished trials' median (--stop-behind)")
     return "\n".join(lines)
 
