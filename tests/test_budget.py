@@ -240,6 +240,7 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
     assert part["candidates"][0]["trial_id"] == summary["best_trial"]
     for cand in part["candidates"]:
         bench = json.loads((tmp_path / "bench" / f"{cand['run']}.json").read_text())
+        assert {r["format"] for r in bench["rows"]} == {"tflite"}  # no Keras rows: unjudged
         row = next(r for r in bench["rows"] if (r["format"], r["precision"]) == ("tflite", "int8"))
         assert cand["measured"]["p50_us"] == pytest.approx(row["p50_us"], abs=1e-3)
         assert cand["measured"]["macs"] == cand["predicted"]["macs"] == row["macs"]

@@ -31,7 +31,7 @@ PASSES = 5
 # A slow model (Keras' predict takes milliseconds a call) is timed for a few seconds, not
 # for its full count of calls: the warm-up and the timed calls each stop once they have
 # taken this long, keeping at least MIN_CALLS timed calls. Each row records its calls.
-WARMUP_S, TIMED_S, MIN_CALLS = 1.0, 5.0, 20
+WARMUP_S, TIMED_S, MIN_CALLS = 0.5, 2.0, 20
 
 
 def latency_us(call, image: np.ndarray, calls: int, warmup: int) -> dict:

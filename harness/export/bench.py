@@ -64,13 +64,20 @@ def bench_run(
     warmup: int = 200,
     modes: tuple[str, ...] = (),
     window_s: float = mlperf.WINDOW_S,
+    keras: bool = True,
 ) -> dict:
-    """Benchmark a run's Keras model and its exports (``export``: onnx, tflite or all).
-    ``modes`` adds MLPerf Tiny's accuracy and/or performance figures to every row
-    (:mod:`harness.export.mlperf`). An imported .tflite or .onnx is benchmarked as it is by
-    :func:`harness.imports.imported.bench_import`."""
+    """Benchmark a run's Keras model (unless not ``keras``) and its exports (``export``:
+    onnx, tflite or all). ``modes`` adds MLPerf Tiny's accuracy and/or performance figures
+    to every row (:mod:`harness.export.mlperf`). An imported .tflite or .onnx is
+    benchmarked as it is by :func:`harness.imports.imported.bench_import`."""
     record = bench_record(
-        run.name, ds, model_rows(run, ds, export, calls, warmup), calls, warmup, modes, window_s
+        run.name,
+        ds,
+        model_rows(run, ds, export, calls, warmup, keras),
+        calls,
+        warmup,
+        modes,
+        window_s,
     )
     info = run.read_import()  # a Keras import: harness' form of it and its exports
     if info is not None:
@@ -134,10 +141,10 @@ FOOTPRINT_WORDS = {
 
 
 def model_rows(
-    run: RunDir, ds: data_mod.Dataset, export: str, calls: int, warmup: int
+    run: RunDir, ds: data_mod.Dataset, export: str, calls: int, warmup: int, keras: bool = True
 ) -> list[tuple[dict, object, np.ndarray]]:
-    """Rows of a run's Keras model (predict and direct call) and of its exports, each with
-    the function and the one image it was timed with."""
+    """Rows of a run's Keras model (predict and direct call; unless not ``keras``) and of
+    its exports, each with the function and the one image it was timed with."""
     from harness.export import convert as export_mod
     from harness.export import runtimes
 
@@ -163,10 +170,11 @@ def model_rows(
 
     rows = []
     keras_size = run.model.stat().st_size
-    for runtime, predict, n in (
+    timed_keras = (
         ("keras-predict", lambda x: model.predict(x, verbose=0), max(calls // 10, 50)),
         ("keras-call", direct, calls),
-    ):
+    )
+    for runtime, predict, n in timed_keras if keras else ():
         rows.append(
             (
                 {
@@ -269,8 +277,9 @@ def format_rows(rows: list[dict]) -> str:
 
 def main() -> None:
     """``python -m harness.export.bench`` with a JSON request on stdin, ``{"runs": [paths],
-    "export": "onnx|tflite|all", "results": path, "archive": path|null, "home": path|null}``:
-    benchmarks each run and writes its record, as ``harness bench`` does. The budget search
+    "export": "onnx|tflite|all", "results": path, "archive": path|null, "home": path|null,
+    "keras": bool (default true)}``: benchmarks each run and writes its record, as
+    ``harness bench`` does. The budget search
     judges its candidates through this, in a process whose Keras runs on TensorFlow."""
     import json
     import sys
@@ -279,7 +288,10 @@ def main() -> None:
     where = {k: Path(request[k]) if request.get(k) else None for k in ("archive", "home")}
     ds = data_mod.load(where["archive"], where["home"])
     for run in request["runs"]:
-        write_bench(bench_run(RunDir(Path(run)), ds, request["export"]), Path(request["results"]))
+        record = bench_run(
+            RunDir(Path(run)), ds, request["export"], keras=request.get("keras", True)
+        )
+        write_bench(record, Path(request["results"]))
 
 
 if __name__ == "__main__":

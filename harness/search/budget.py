@@ -347,11 +347,12 @@ def bench_in_subprocess(
     runs: list[Path], budget: Budget, archive: Path | None, home: Path | None, results: Path
 ) -> None:
     """What ``harness bench RUNS --export <format>`` does, in a fresh process on TensorFlow
-    (the exporters need it: ``python -m harness.export.bench``); its records are read back
-    by :func:`judge_benched`."""
+    (the exporters need it: ``python -m harness.export.bench``), without the Keras rows
+    (nothing judges them); its records are read back by :func:`judge_benched`."""
     request = {
         "runs": [str(r) for r in runs],
         "export": budget.format,
+        "keras": False,
         "results": str(results),
         "archive": str(archive) if archive else None,
         "home": str(home) if home else None,
