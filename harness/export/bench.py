@@ -3,7 +3,9 @@
 For a run (and its exports) this measures, per runtime:
 
 - batch-1 latency: ``warmup`` calls, then ``calls`` timed calls (``time.perf_counter``
-  around each call only), p50/p90/p99 in microseconds, one intra-op thread;
+  around each call only; a slow model's are cut short after a few seconds, see
+  :func:`harness.edge.device_bench.latency_us`), p50/p90/p99 in microseconds, one
+  intra-op thread;
 - throughput at batch 256 with all cores, images per second (median of 5 passes);
 - file size, parameters, sparsity of the learned Dense kernels
   (:func:`harness.train.sparsity.kernel_sparsity`), and test accuracy through that runtime,
@@ -279,8 +281,8 @@ def main() -> None:
     """``python -m harness.export.bench`` with a JSON request on stdin, ``{"runs": [paths],
     "export": "onnx|tflite|all", "results": path, "archive": path|null, "home": path|null,
     "keras": bool (default true)}``: benchmarks each run and writes its record, as
-    ``harness bench`` does. The budget search
-    judges its candidates through this, in a process whose Keras runs on TensorFlow."""
+    ``harness bench`` does. The budget search judges its candidates through this, in a
+    process whose Keras runs on TensorFlow."""
     import json
     import sys
 
