@@ -86,10 +86,18 @@ class TrainConfig:
         "affine",
         "The BatchNorm on the flattened pixels: learned scale and offset (affine, "
         "the study's) or batch statistics only (stats: the next Dense already weights each "
-        "input, and training skips that layer's input gradient).",
+        "input, and training skips that layer's input gradient); raw-stats: stats on the "
+        "pixels as they are, without the per-channel standardization before it, which "
+        "changes nothing batch statistics compute and costs a pass over the inputs "
+        "(needs pca 0, pool 1, augment none).",
         kind=str,
-        choices=("affine", "stats"),
+        choices=("affine", "stats", "raw-stats"),
         applies=("batchnorm",),
+        check=(
+            lambda v, cfg: v != "raw-stats"
+            or (not cfg.pca and cfg.pool == 1 and cfg.augment == "none"),
+            "raw-stats needs pca 0, pool 1 and augment none",
+        ),
     )
     bottleneck: int = setting(
         0,
@@ -303,6 +311,15 @@ class TrainConfig:
         check=(lambda v, cfg: v < cfg.epochs, "must be below epochs"),
     )
     seed: int = setting(42, "Random seed.", kind=int)
+    products: str = setting(
+        "float32",
+        "The hidden Dense layers' matrix products while training on JAX on a CPU: float32, "
+        "or bfloat16 (operands rounded to bfloat16, sums in float32, on the CPU's bfloat16 "
+        "units where it has them). Weights, activations and evaluation stay float32.",
+        kind=str,
+        choices=("float32", "bfloat16"),
+        applies=DENSE,
+    )
     # --- execution (speed only; the arithmetic is the same)
     backend: str | None = setting(
         None,

@@ -58,15 +58,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # bn-elu-fast is also the searches' recipe, where every trial is a new network: batches
     # of 1000 split the 45,000 training and 5,000 validation images whole, so each trial
-    # compiles its steps once (a smaller last batch compiles them again), and the input
-    # BatchNorm standardizes with batch statistics only (the first Dense already weights
-    # each input, and training skips that layer's input gradient).
+    # compiles its steps once (a smaller last batch compiles them again); the input
+    # BatchNorm standardizes the raw pixels with batch statistics only (the first Dense
+    # already weights each input, and training skips that layer's input gradient), and
+    # the hidden layers' products take bfloat16 operands.
     "bn-elu-fast": dict(
         arch="batchnorm",
         activation="elu",
         max_norm=1.0,
         lr=1e-2,
-        input_bn="stats",
+        input_bn="raw-stats",
+        products="bfloat16",
         batch_size=1000,
         epochs=15,
         schedule="cosine",

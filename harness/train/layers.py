@@ -223,15 +223,23 @@ def _truncated_unit_normal(shape) -> np.ndarray:
 
 @keras.saving.register_keras_serializable(package="harness")
 class RowMajorDense(keras.layers.Dense):
-    """``keras.layers.Dense`` whose backward products XLA runs on its fast CPU kernels.
+    """``keras.layers.Dense`` whose training products XLA runs on its fast CPU kernels.
 
     Autodiff writes the kernel's gradient as ``x^T @ g`` and the input's as ``g @ W^T``:
     products with a transposed operand, which XLA's CPU backend leaves to a generic kernel
     because its YNNPACK kernels take only row-major operands (``IsDotSupportedByYnn`` in
     XLA's ``ynn_support.cc``). On JAX on a CPU this layer transposes ``g`` and ``W``
     first and computes the kernel's gradient as ``(g^T @ x)^T``: the same sums, in
-    row-major products; its forward pass is Dense's product. Elsewhere (TensorFlow, a GPU)
-    it is Dense; its weights and saved configuration are always Dense's."""
+    row-major products; its forward pass is Dense's product. With ``products="bfloat16"``
+    the three products of a training step take bfloat16 operands and sum in float32
+    (inference stays float32). Elsewhere (TensorFlow, a GPU) it is Dense; its weights are
+    always Dense's."""
+
+    def __init__(self, units, products="float32", **kwargs):
+        super().__init__(units, **kwargs)
+        if products not in PRODUCTS:
+            raise ValueError(f"products={products!r}: must be one of {', '.join(PRODUCTS)}")
+        self.products = products
 
     def call(self, inputs, training=None):
         if not (
@@ -241,10 +249,17 @@ class RowMajorDense(keras.layers.Dense):
             and not self.lora_enabled
         ):
             return super().call(inputs, training=training)
-        x = _row_major_matmul()(inputs, ops.convert_to_tensor(self.kernel))
+        products = self.products if training else "float32"
+        x = _row_major_matmul(products)(inputs, ops.convert_to_tensor(self.kernel))
         if self.bias is not None:
             x = ops.add(x, self.bias)
         return x if self.activation is None else self.activation(x)
+
+    def get_config(self):
+        return {**super().get_config(), "products": self.products}
+
+
+PRODUCTS = ("float32", "bfloat16")
 
 
 @functools.cache  # a process's Keras backend and JAX platform never change
@@ -256,11 +271,35 @@ def _row_major_backward() -> bool:
     return jax.default_backend() == "cpu"
 
 
-@functools.cache  # made once, on first use (it needs JAX)
-def _row_major_matmul():
+@functools.cache  # made once per precision, on first use (it needs JAX)
+def _row_major_matmul(products: str = "float32"):
     """``x @ w`` whose backward pass transposes ``g`` and ``w`` explicitly; XLA would fold
-    a plain transpose back into the product, so each is behind an optimization barrier."""
+    a plain transpose back into the product, so each is behind an optimization barrier.
+    In bfloat16, the operands are rounded and the transposes are gathers (below)."""
     import jax
+    import jax.numpy as jnp
+
+    if products == "bfloat16":
+        low, high = jnp.bfloat16, jnp.float32
+
+        def product(a, b):
+            return jnp.dot(a, b, preferred_element_type=high)
+
+        @jax.custom_vjp
+        def matmul(x, w):
+            return product(x.astype(low), w.astype(low))
+
+        def forward(x, w):
+            x, w = x.astype(low), w.astype(low)
+            return product(x, w), (x, w)
+
+        def backward(saved, g):
+            x, w = saved
+            g = g.astype(low)
+            return product(g, _transposed(w)), _transposed(product(_transposed(g), x))
+
+        matmul.defvjp(forward, backward)
+        return matmul
 
     @jax.custom_vjp
     def matmul(x, w):
@@ -276,6 +315,17 @@ def _row_major_matmul():
 
     matmul.defvjp(forward, backward)
     return matmul
+
+
+def _transposed(a):
+    """``a.T``, written out row-major by a gather. XLA turns a transpose (even behind a
+    barrier) into a column-major view, and a bfloat16 product with a column-major operand
+    it computes in float32, off the CPU's bfloat16 units."""
+    import jax.numpy as jnp
+
+    rows, cols = a.shape
+    index = jnp.arange(rows)[None, :] * cols + jnp.arange(cols)[:, None]
+    return a.reshape(-1)[index.reshape(-1)].reshape(cols, rows)
 
 
 # What load_keras_model passes as custom_objects: every class above, by its class name.

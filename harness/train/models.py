@@ -39,15 +39,18 @@ def _activation(name: str):
 
 
 def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
-    """A hidden Dense layer; the one that reads the flattened pixels is a RowMajorDense,
-    whose kernel gradient (thousands of inputs) is the largest product of a small net."""
+    """A hidden Dense layer. The one that reads the flattened pixels is a RowMajorDense,
+    whose kernel gradient (thousands of inputs) is the largest product of a small net, and
+    with bfloat16 products every one is (each product needs the row-major operands)."""
     import keras
 
     from harness.train.layers import RowMajorDense
 
     regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
     constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
-    return (RowMajorDense if reads_pixels else keras.layers.Dense)(
+    if cfg.products != "float32":
+        kwargs["products"] = cfg.products
+    return (RowMajorDense if (reads_pixels or "products" in kwargs) else keras.layers.Dense)(
         cfg.units,
         kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
         kernel_regularizer=regularizer,
@@ -192,7 +195,8 @@ def build_model(
 
     plain:     [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> [Bottleneck]
                -> N x [Dense(act)] -> Dense(10, softmax) -> [TTA mean]
-    batchnorm: [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> BN (input_bn)
+    batchnorm: [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> BN (input_bn;
+               raw-stats: no Normalize)
                -> [Bottleneck -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
                -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
@@ -213,7 +217,8 @@ def build_model(
     tta_first, tta_last = _tta(cfg)
     if tta_first is not None:
         stack.append(tta_first)
-    stack.append(standardize_layer(mean, variance))
+    if not (cfg.arch == "batchnorm" and cfg.input_bn == "raw-stats"):
+        stack.append(standardize_layer(mean, variance))
     augment = _augmentation(cfg)
     if augment is not None:
         stack.append(augment)
