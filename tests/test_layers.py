@@ -135,29 +135,35 @@ assert _row_major_backward()
 rng = np.random.default_rng(0)
 x = rng.normal(size=(64, 48)).astype(np.float32)
 g = rng.normal(size=(64, 5)).astype(np.float32)
-for activation in (None, "elu"):
-    ours = RowMajorDense(5, activation=activation)
-    theirs = keras.layers.Dense(5, activation=activation)
-    ours.build((None, 48)), theirs.build((None, 48))
-    theirs.set_weights(ours.get_weights())
-    def loss(layer, params, x):
-        out, _ = layer.stateless_call(params, [], x)
-        return (out * g).sum()
-    for layer in (ours, theirs):
-        params = [v.value for v in layer.trainable_variables]
-        step = jax.value_and_grad(lambda p, x: loss(layer, p, x), argnums=(0, 1))
-        value, grads = jax.jit(step)(params, x)
-        kernel, bias = (np.asarray(a).tolist() for a in grads[0])
-        program = str(jax.make_jaxpr(step)(params, x))
-        print(json.dumps({"loss": float(value), "kernel": kernel, "bias": bias,
-                          "input": np.asarray(grads[1]).tolist(),
-                          "barriers": "optimization_barrier" in program}))
+for products in ("float32", "bfloat16"):
+    for activation in (None, "elu"):
+        ours = RowMajorDense(5, activation=activation, products=products)
+        theirs = keras.layers.Dense(5, activation=activation)
+        ours.build((None, 48)), theirs.build((None, 48))
+        theirs.set_weights(ours.get_weights())
+        def loss(layer, params, x):
+            out, _ = layer.stateless_call(params, [], x, training=True)
+            return (out * g).sum()
+        for layer in (ours, theirs):
+            params = [v.value for v in layer.trainable_variables]
+            step = jax.value_and_grad(lambda p, x: loss(layer, p, x), argnums=(0, 1))
+            value, grads = jax.jit(step)(params, x)
+            kernel, bias = (np.asarray(a).tolist() for a in grads[0])
+            program = str(jax.make_jaxpr(step)(params, x))
+            inference = np.asarray(layer(x, training=False))
+            print(json.dumps({"products": products, "loss": float(value), "kernel": kernel,
+                              "bias": bias, "input": np.asarray(grads[1]).tolist(),
+                              "inference": inference.tolist(),
+                              "config": layer.get_config().get("products"),
+                              "bfloat16": "bf16" in program,
+                              "barriers": "optimization_barrier" in program}))
 """
 
 
 def test_row_major_dense_has_dense_values_and_gradients_on_jax():
-    """RowMajorDense rewrites its backward products for XLA's CPU kernels: the loss and the
-    gradients (kernel, bias, input) must be Dense's, with and without an activation."""
+    """RowMajorDense rewrites its products for XLA's CPU kernels: the loss and the gradients
+    (kernel, bias, input) must be Dense's, with and without an activation; with bfloat16
+    products, to bfloat16's precision, and its inference stays float32 (Dense's exactly)."""
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     done = subprocess.run(
         [sys.executable, "-c", ROW_MAJOR_CHECK],
@@ -167,16 +173,23 @@ def test_row_major_dense_has_dense_values_and_gradients_on_jax():
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 4
-    for ours, theirs in (lines[0:2], lines[2:4]):
-        ours, theirs = json.loads(ours), json.loads(theirs)
-        assert ours["barriers"] and not theirs["barriers"]  # our backward pass did run
-        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert len(lines) == 8
+    for ours, theirs in zip(lines[0::2], lines[1::2]):
+        low = ours["products"] == "bfloat16"
+        assert ours["config"] == ours["products"] and theirs["config"] is None
+        assert not theirs["bfloat16"] and not theirs["barriers"]
+        # our backward pass did run: barriers in float32, bfloat16 operands in bfloat16
+        assert ours["bfloat16"] if low else ours["barriers"]
+        rtol, atol = (2e-2, 2e-2) if low else (1e-4, 1e-5)
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=rtol, abs=atol)
+        np.testing.assert_allclose(ours["inference"], theirs["inference"], rtol=1e-5, atol=1e-6)
         for part, shape in (("kernel", (48, 5)), ("bias", (5,)), ("input", (64, 48))):
             a, b = np.array(ours[part]), np.array(theirs[part])
             assert a.shape == b.shape == shape and np.abs(b).max() > 0
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * np.abs(b).max())
+        if low:  # rounded, so not exactly Dense's
+            assert not np.array_equal(np.array(ours["kernel"]), np.array(theirs["kernel"]))
 
 
 def test_mixup_batches_are_the_same_from_labels_or_one_hot_targets():

@@ -48,6 +48,31 @@ def test_bn_elu_is_the_studys_network():
     assert count_params(model)["trainable"] == 6144 + 348_710 + 5 * 200
 
 
+def test_the_fast_recipe_reads_raw_pixels_into_batch_statistics_and_bfloat16_products():
+    """bn-elu-fast: no standardization before the input BatchNorm of batch statistics (it
+    would change nothing that BatchNorm computes), and every hidden layer a RowMajorDense
+    with bfloat16 products; a float32 net keeps plain Dense layers after the first."""
+    from harness.train.layers import RowMajorDense
+
+    cfg = resolve("bn-elu-fast", overrides={"layers": 3, "units": 32})
+    model = build_model(cfg, MEAN, VAR)
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds[:2] == ["Flatten", "BatchNormalization"]
+    assert "standardize" not in [l.name for l in model.layers]
+    assert not model.layers[1].center and not model.layers[1].scale
+    hidden = dense_layers(model)[:-1]
+    assert len(hidden) == 3 and all(type(l) is RowMajorDense for l in hidden)
+    assert all(l.products == "bfloat16" for l in hidden)
+    assert type(dense_layers(model)[-1]) is keras.layers.Dense
+    plain = build_model(resolve("bn-elu-fast", overrides={"products": "float32"}), MEAN, VAR)
+    assert [type(l) for l in dense_layers(plain)[1:]] == [keras.layers.Dense] * 5
+    assert dense_layers(plain)[0].products == "float32"
+    # anything between the pixels and that BatchNorm keeps the standardization
+    for between in ({"pca": 64}, {"pool": 2}, {"augment": "flip"}, {"input_bn": "stats"}):
+        kept = build_model(resolve("bn-elu-fast", overrides=between), MEAN, VAR)
+        assert kept.layers[0].name == "standardize", between
+
+
 @pytest.mark.parametrize(
     "activation,init",
     [("relu", "he_normal"), ("gelu", "he_normal"), ("elu", "he_normal"), ("selu", "lecun_normal")],

@@ -86,18 +86,13 @@ class TrainConfig:
         "affine",
         "The BatchNorm on the flattened pixels: learned scale and offset (affine, "
         "the study's) or batch statistics only (stats: the next Dense already weights each "
-        "input, and training skips that layer's input gradient); raw-stats: stats on the "
-        "pixels as they are, without the per-channel standardization before it, which "
-        "changes nothing batch statistics compute and costs a pass over the inputs "
-        "(needs pca 0, pool 1, augment none).",
+        "input, and training skips that layer's input gradient); raw-stats: stats, and "
+        "where nothing comes between the pixels and it (pca 0, pool 1, augment none) "
+        "without the per-channel standardization before it, which changes nothing batch "
+        "statistics compute and costs a pass over the inputs.",
         kind=str,
         choices=("affine", "stats", "raw-stats"),
         applies=("batchnorm",),
-        check=(
-            lambda v, cfg: v != "raw-stats"
-            or (not cfg.pca and cfg.pool == 1 and cfg.augment == "none"),
-            "raw-stats needs pca 0, pool 1 and augment none",
-        ),
     )
     bottleneck: int = setting(
         0,

@@ -196,7 +196,7 @@ def build_model(
     plain:     [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> [Bottleneck]
                -> N x [Dense(act)] -> Dense(10, softmax) -> [TTA mean]
     batchnorm: [TTA] -> Normalize -> [Augment] -> [Pool] -> Flatten -> [PCA] -> BN (input_bn;
-               raw-stats: no Normalize)
+               raw-stats with none of Augment, Pool, PCA: no Normalize)
                -> [Bottleneck -> BN] -> N x [Dense -> BN -> act] -> Dense(10, softmax)
                -> [TTA mean]
     PCA (``cfg.pca`` outputs) is a frozen linear Dense without bias: the projection onto the
@@ -217,7 +217,7 @@ def build_model(
     tta_first, tta_last = _tta(cfg)
     if tta_first is not None:
         stack.append(tta_first)
-    if not (cfg.arch == "batchnorm" and cfg.input_bn == "raw-stats"):
+    if not _reads_raw_pixels(cfg):
         stack.append(standardize_layer(mean, variance))
     augment = _augmentation(cfg)
     if augment is not None:
@@ -278,6 +278,19 @@ def build_model(
     if cfg.pca and components is not None:
         model.get_layer("pca").set_weights([np.asarray(components, np.float32)])
     return model
+
+
+def _reads_raw_pixels(cfg: TrainConfig) -> bool:
+    """Whether the input BatchNorm of batch statistics reads the pixels as they come
+    (``input_bn`` raw-stats with nothing between them: per-input batch statistics absorb any
+    per-channel standardization)."""
+    return (
+        cfg.arch == "batchnorm"
+        and cfg.input_bn == "raw-stats"
+        and not cfg.pca
+        and cfg.pool == 1
+        and cfg.augment == "none"
+    )
 
 
 def count_params(model) -> dict[str, int]:
