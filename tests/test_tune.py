@@ -179,30 +179,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _distributed(tmp_path, archive, kill_worker: bool):
+@pytest.mark.slow
+def test_distributed_search_spreads_trials_and_survives_a_killed_worker(tmp_path, archive):
+    """A chief and two workers share the trials; tuner1, killed inside its second trial, is
+    noticed by the chief, which hands that trial to tuner0, and the search completes. Then the
+    finished search, re-run alone (as where its trials are judged), trains nothing again,
+    although KerasTuner saved its last trial as still running."""
     port = str(_free_port())
-    args = _cli(
-        tmp_path,
-        archive,
-        *SEARCH_ARGS,
-        "--max-trials",
-        "4",
-        "--epochs",
-        "12",
-        "--name",
-        "d",
-        "--oracle-ip",
-        "127.0.0.1",
-        "--oracle-port",
-        port,
-    )
+    search = [*SEARCH_ARGS, "--max-trials", "6", "--epochs", "6", "--name", "d"]
+    args = _cli(tmp_path, archive, *search, "--oracle-ip", "127.0.0.1", "--oracle-port", port)
     logs = {who: open(tmp_path / f"{who}.log", "w") for who in ("chief", "tuner0", "tuner1")}
-    # A live worker is silent while it compiles (seconds on a loaded machine): a short
-    # timeout only where a worker is killed, so the chief notices that in the test's time.
-    timeout = "15" if kill_worker else "120"
+    # A live worker is silent while it compiles (seconds on a loaded machine), so the
+    # timeout that notices the killed one leaves room for that.
     procs = {
         "chief": subprocess.Popen(
-            [*args, "--tuner-id", "chief", "--worker-timeout", timeout],
+            [*args, "--tuner-id", "chief", "--worker-timeout", "15"],
             env=ENV,
             stdout=logs["chief"],
             stderr=subprocess.STDOUT,
@@ -212,13 +203,16 @@ def _distributed(tmp_path, archive, kill_worker: bool):
         procs[who] = subprocess.Popen(
             [*args, "--tuner-id", who], env=ENV, stdout=logs[who], stderr=subprocess.STDOUT
         )
+    meta = tmp_path / "tuning" / "d" / "trial_meta"
     try:
-        if kill_worker:  # once tuner1 is inside a trial
-            deadline = time.monotonic() + 120
-            while "Epoch 2/" not in (tmp_path / "tuner1.log").read_text():
-                assert time.monotonic() < deadline and procs["tuner1"].poll() is None
-                time.sleep(0.1)
-            procs["tuner1"].kill()
+        deadline = time.monotonic() + 180
+        while not (  # tuner1 finished a trial and is inside another
+            any(json.loads(m.read_text())["tuner_id"] == "tuner1" for m in meta.glob("*.json"))
+            and (tmp_path / "tuner1.log").read_text().count("Epoch 2/") >= 2
+        ):
+            assert time.monotonic() < deadline and procs["tuner1"].poll() is None
+            time.sleep(0.1)
+        procs["tuner1"].kill()
         assert procs["chief"].wait(timeout=300) == 0, (tmp_path / "chief.log").read_text()[-3000:]
         assert procs["tuner0"].wait(timeout=60) == 0
     finally:
@@ -228,39 +222,23 @@ def _distributed(tmp_path, archive, kill_worker: bool):
         for f in logs.values():
             f.close()
     rows = json.loads((tmp_path / "tuning" / "d" / "trials.json").read_text())
-    assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
-    assert (tmp_path / "tuning" / "d" / "best" / "model.keras").exists()
-    return rows, (tmp_path / "chief.log").read_text()
-
-
-@pytest.mark.slow
-def test_distributed_search_spreads_trials_over_workers(tmp_path, archive):
-    rows, _ = _distributed(tmp_path, archive, kill_worker=False)
+    assert len(rows) == 6 and all(r["status"] == "COMPLETED" for r in rows)
     assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
-    # The finished search, re-run alone (as where its trials are judged): nothing trains
-    # again, although KerasTuner saved its last trial as still running.
-    metas = sorted((tmp_path / "tuning" / "d" / "trial_meta").glob("*.json"))
+    assert (tmp_path / "tuning" / "d" / "best" / "model.keras").exists()
+    assert "worker tuner1 silent" in (tmp_path / "chief.log").read_text()
+
+    metas = sorted(meta.glob("*.json"))
     before = [m.read_text() for m in metas]
     summary = tmp_path / "tuning" / "d" / "summary.json"
     took = json.loads(summary.read_text())["search_seconds"]
     assert took > 0
     again = subprocess.run(
-        _cli(tmp_path, archive, *SEARCH_ARGS, "--max-trials", "4", "--epochs", "12", "--name", "d"),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        _cli(tmp_path, archive, *search), env=ENV, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Epoch 1/" not in again.stdout + again.stderr
     assert [m.read_text() for m in metas] == before
     assert json.loads(summary.read_text())["search_seconds"] >= took  # the trials' time kept
-
-
-@pytest.mark.slow
-def test_distributed_search_survives_a_killed_worker(tmp_path, archive):
-    rows, chief_log = _distributed(tmp_path, archive, kill_worker=True)
-    assert "worker tuner1 silent" in chief_log
 
 
 def test_tune_cli_errors(tmp_path, archive):
