@@ -17,6 +17,7 @@ from harness.core.records import NAME
 
 ARCHITECTURES = ("plain", "batchnorm", "resnet8")
 DENSE = ("plain", "batchnorm")  # the fully connected architectures
+PRODUCTS = ("float32", "bfloat16")  # what training's Dense products may compute in
 ACTIVATIONS = ("selu", "elu", "relu", "leaky-relu", "gelu")
 
 
@@ -312,7 +313,7 @@ class TrainConfig:
         "or bfloat16 (operands rounded to bfloat16, sums in float32, on the CPU's bfloat16 "
         "units where it has them). Weights, activations and evaluation stay float32.",
         kind=str,
-        choices=("float32", "bfloat16"),
+        choices=PRODUCTS,
         applies=DENSE,
     )
     # --- execution (speed only; the arithmetic is the same)

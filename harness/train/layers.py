@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from harness.core.config import PRODUCTS
+
 
 @keras.saving.register_keras_serializable(package="harness")
 class RandomFlipShift(keras.layers.Layer):
@@ -257,9 +259,6 @@ class RowMajorDense(keras.layers.Dense):
 
     def get_config(self):
         return {**super().get_config(), "products": self.products}
-
-
-PRODUCTS = ("float32", "bfloat16")
 
 
 @functools.cache  # a process's Keras backend and JAX platform never change

@@ -48,13 +48,13 @@ def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
 
     regularizer = keras.regularizers.L1L2(l1=cfg.l1, l2=cfg.l2) if (cfg.l1 or cfg.l2) else None
     constraint = keras.constraints.MaxNorm(cfg.max_norm) if cfg.max_norm else None
-    if cfg.products != "float32":
-        kwargs["products"] = cfg.products
-    return (RowMajorDense if (reads_pixels or "products" in kwargs) else keras.layers.Dense)(
+    products = {} if cfg.products == "float32" else {"products": cfg.products}
+    return (RowMajorDense if (reads_pixels or products) else keras.layers.Dense)(
         cfg.units,
         kernel_initializer=_initializer(INITIALIZERS[cfg.activation]),
         kernel_regularizer=regularizer,
         kernel_constraint=constraint,
+        **products,
         **kwargs,
     )
 
