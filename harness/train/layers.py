@@ -273,44 +273,34 @@ def _row_major_backward() -> bool:
 @functools.cache  # made once per precision, on first use (it needs JAX)
 def _row_major_matmul(products: str = "float32"):
     """``x @ w`` whose backward pass transposes ``g`` and ``w`` explicitly; XLA would fold
-    a plain transpose back into the product, so each is behind an optimization barrier.
-    In bfloat16, the operands are rounded and the transposes are gathers (below)."""
+    a plain transpose back into the product, so in float32 each is behind an optimization
+    barrier. In bfloat16, the operands are rounded (sums stay float32) and the transposes
+    are gathers (:func:`_transposed`)."""
     import jax
     import jax.numpy as jnp
 
-    if products == "bfloat16":
-        low, high = jnp.bfloat16, jnp.float32
+    barrier = jax.lax.optimization_barrier
+    low = jnp.bfloat16 if products == "bfloat16" else jnp.float32
+    # the operands' transposes, and the kernel gradient's back to the kernel's shape
+    flip, unflip = (
+        (_transposed, _transposed)
+        if products == "bfloat16"
+        else (lambda a: barrier(a.T), lambda a: barrier(a).T)
+    )
 
-        def product(a, b):
-            return jnp.dot(a, b, preferred_element_type=high)
-
-        @jax.custom_vjp
-        def matmul(x, w):
-            return product(x.astype(low), w.astype(low))
-
-        def forward(x, w):
-            x, w = x.astype(low), w.astype(low)
-            return product(x, w), (x, w)
-
-        def backward(saved, g):
-            x, w = saved
-            g = g.astype(low)
-            return product(g, _transposed(w)), _transposed(product(_transposed(g), x))
-
-        matmul.defvjp(forward, backward)
-        return matmul
+    def forward(x, w):
+        x, w = x.astype(low), w.astype(low)
+        return jnp.dot(x, w, preferred_element_type=jnp.float32), (x, w)
 
     @jax.custom_vjp
     def matmul(x, w):
-        return x @ w
-
-    def forward(x, w):
-        return x @ w, (x, w)
+        return forward(x, w)[0]
 
     def backward(saved, g):
         x, w = saved
-        barrier = jax.lax.optimization_barrier
-        return g @ barrier(w.T), barrier(barrier(g.T) @ x).T
+        g = g.astype(low)
+        product = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
+        return product(g, flip(w)), unflip(product(flip(g), x))
 
     matmul.defvjp(forward, backward)
     return matmul
