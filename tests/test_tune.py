@@ -250,6 +250,11 @@ def test_tune_cli_errors(tmp_path, archive):
     assert result.exit_code == 2 and "empty or inverted" in result.output
     result = run("tune", "--preset", "bn-elu", "--tuner-id", "tuner0")
     assert result.exit_code == 2 and "together" in result.output
+    result = run("tune", "--preset", "bn-elu", "--parallel", "2")  # this process runs TF
+    assert result.exit_code == 2 and "--parallel needs the JAX backend" in result.output
+    distributed = ["--tuner-id", "w", "--oracle-ip", "::1", "--oracle-port", "9"]
+    result = run("tune", "--preset", "bn-elu", "--parallel", "2", *distributed)
+    assert result.exit_code == 2 and "use one or the other" in result.output
     port = _free_port()  # nothing listens there
     t0 = time.monotonic()
     result = run(
@@ -323,8 +328,9 @@ def test_search_callbacks_keep_async_dispatch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_jax_search_completes_its_trials(tmp_path, archive):
-    """The fast preset's search on JAX, with async dispatch in its trials, runs to the end."""
+def test_a_jax_search_completes_its_trials_side_by_side(tmp_path, archive):
+    """The fast preset's search on JAX, with async dispatch in its trials, runs to the end,
+    two trials at once (--parallel 2): each trial once, both tuners at work."""
     cmd = _cli(
         tmp_path,
         archive,
@@ -338,8 +344,10 @@ def test_a_jax_search_completes_its_trials(tmp_path, archive):
         "--batch-size",
         "64",
         "--max-trials",
-        "2",
+        "3",
         "--epochs",
+        "2",
+        "--parallel",
         "2",
         "--name",
         "j",
@@ -349,12 +357,16 @@ def test_a_jax_search_completes_its_trials(tmp_path, archive):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Buffer has been deleted" not in done.stderr
-    rows = json.loads((tmp_path / "tuning" / "j" / "trials.json").read_text())
-    assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED"]
+    root = tmp_path / "tuning" / "j"
+    rows = json.loads((root / "trials.json").read_text())
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3
     assert all(r["epochs"] == 2 and r["device"].startswith("jax") for r in rows)
-    summary = json.loads((tmp_path / "tuning" / "j" / "summary.json").read_text())
+    assert {r["worker"] for r in rows} == {"tuner0", "tuner0-1"}
+    oracle = json.loads((root / "keras_tuner" / "oracle.json").read_text())  # whole, not torn
+    assert sorted(oracle["end_order"]) == ["0", "1", "2"] and not oracle["ongoing_trials"]
+    summary = json.loads((root / "summary.json").read_text())
     # 50 validation images after 2 epochs: too few for an accuracy floor; the best is the best
-    assert summary["completed"] == 2
+    assert summary["completed"] == 3
     assert summary["best_val_accuracy"] == pytest.approx(max(r["score"] for r in rows))
 
 
@@ -443,6 +455,32 @@ def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(t
     while "w1" in oracle.ongoing_trials and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "w1" not in oracle.ongoing_trials and trial.trial_id in oracle._retry_queue
+
+
+def test_a_bayesian_search_side_by_side_proposes_from_every_random_trial(tmp_path):
+    """The first model-based proposal waits until all the random trials are done."""
+    import keras_tuner as kt
+
+    from harness.search.kerastuner import propose_from_every_initial_point
+
+    oracle = kt.oracles.BayesianOptimizationOracle(
+        objective="val_accuracy", max_trials=4, num_initial_points=2, seed=1
+    )
+    oracle.hyperparameters.Float("lr", 1e-4, 1e-2)
+    oracle._set_project_dir(str(tmp_path), "p")
+    propose_from_every_initial_point(oracle)
+    status = kt.engine.trial.TrialStatus
+    first, second = oracle.create_trial("a"), oracle.create_trial("b")  # random draws
+    assert first.status == second.status == status.RUNNING
+    oracle.update_trial(first.trial_id, {"val_accuracy": 0.5})
+    first.status = status.COMPLETED
+    oracle.end_trial(first)
+    assert oracle.create_trial("a").status == status.IDLE  # "b" still runs: wait for it
+    oracle.update_trial(second.trial_id, {"val_accuracy": 0.6})
+    second.status = status.COMPLETED
+    oracle.end_trial(second)
+    third = oracle.create_trial("a")
+    assert third.status == status.RUNNING and third.trial_id == "2"
 
 
 def test_the_median_rule_stops_only_a_trial_behind_enough_finished_ones():

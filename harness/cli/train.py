@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import click
@@ -326,6 +326,13 @@ distributed_options = option_group(
     help="Stop a trial whose best validation accuracy is below the finished trials' median "
     "at the same epoch (from its third epoch, once three trials have finished).",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials trained at once in this process (JAX; the cores are shared).",
+)
 @space_options
 @budget_options
 @click.option(
@@ -343,6 +350,7 @@ def tune(
     kind,
     max_trials,
     stop_behind,
+    parallel,
     space,
     budget,
     calibrate_only,
@@ -358,22 +366,15 @@ def tune(
     """
     name = flags.pop("name") or f"{preset or 'search'}-{kind}"
     budget, bench_top = budget
-    tuner_id, oracle_ip, oracle_port = (
-        distributed.tuner_id,
-        distributed.oracle_ip,
-        distributed.oracle_port,
-    )
+    tuner_id, oracle_ip, oracle_port = astuple(distributed)[:3]
     cfg = _base_config(preset, config_file, flags, default_epochs=10)
     if calibrate_only:
         from harness.search import tune as tune_mod
+        from harness.search.budget import format_calibration
 
-        line = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)["model"]
-        lat, where = line["latency_us"], tune_mod.search_dir(obj.results, name)
-        click.echo(
-            f"probes measured: {where / 'budget_calibration.json'}; latency "
-            f"{lat['intercept']:.2f} us {_signed(lat['per_mac'] * 1e3, 3)} us per "
-            f"thousand MACs {_signed(lat['per_layer'], 2)} us per Dense layer"
-        )
+        calibration = tune_mod.calibrate_search(cfg, obj.results, name, space, budget)
+        where = tune_mod.search_dir(obj.results, name) / "budget_calibration.json"
+        click.echo(f"probes measured: {where}; {format_calibration(calibration)}")
         return
     if tuner_id == "auto":  # scaled workers share one command line: each needs its own id
         import uuid
@@ -387,6 +388,7 @@ def tune(
         )
     from harness.search import tune as tune_mod
 
+    tune_mod.check_parallel(parallel, tuner_id)
     if tuner_id not in (None, "chief"):
         tune_mod.wait_for_chief(oracle_ip, oracle_port, distributed.connect_timeout)
     try:
@@ -398,6 +400,7 @@ def tune(
             kind=kind,
             max_trials=max_trials,
             stop_behind=stop_behind,
+            parallel=parallel,
             worker_timeout=distributed.worker_timeout,
             budget=budget,
             bench_top=bench_top,
@@ -410,11 +413,6 @@ def tune(
         _exit_now(error.exit_code)
     if tuner_id == "chief":  # likewise once the search is done: nothing is left to do
         _exit_now(0)
-
-
-def _signed(value: float, digits: int) -> str:
-    """'+ 0.013' or '- 0.16': a term of a sum, written as one would by hand."""
-    return f"{'-' if value < 0 else '+'} {abs(value):.{digits}f}"
 
 
 def _exit_now(code: int) -> None:

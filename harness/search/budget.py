@@ -486,6 +486,19 @@ def format_budget(part: dict) -> str:
     return "\n".join(lines)
 
 
+def format_calibration(calibration: dict) -> str:
+    """The probes' latency line, as one would write it by hand."""
+    lat = calibration["model"]["latency_us"]
+
+    def signed(value: float, digits: int) -> str:  # '+ 0.013', '- 0.16'
+        return f"{'-' if value < 0 else '+'} {abs(value):.{digits}f}"
+
+    return (
+        f"latency {lat['intercept']:.2f} us {signed(lat['per_mac'] * 1e3, 3)} us per "
+        f"thousand MACs {signed(lat['per_layer'], 2)} us per Dense layer"
+    )
+
+
 def _main() -> None:
     """Subprocess entry: a JSON request on stdin, one JSON line of measurements on stdout."""
     request = json.load(sys.stdin)

@@ -1,7 +1,7 @@
 """Every touch of KerasTuner's internals, fenced in one module.
 
 KerasTuner (pinned to the version these were written against, in pyproject.toml) leaves
-four needs of harness to its private parts, each patched here and nowhere else:
+five needs of harness to its private parts, each patched here and nowhere else:
 
 - the per-trial callback without per-batch hooks, and a worker's heartbeat to the chief
   (:class:`EpochTunerCallback`: ``keras_tuner.src.engine.tuner_utils.TunerCallback``,
@@ -12,7 +12,11 @@ four needs of harness to its private parts, each patched here and nowhere else:
 - proposals that fit a device budget (:func:`constrain`: ``Oracle._random_values``,
   ``populate_space``, ``keras_tuner.src.engine.trial.TrialStatus``) and a chief that hands
   a silent worker's trial on (:func:`watch_workers`: ``create_trial``, ``update_trial``,
-  ``ongoing_trials``, ``tuner_ids``, ``_retry_queue``).
+  ``ongoing_trials``, ``tuner_ids``, ``_retry_queue``);
+- trials side by side in one process (:func:`search_side_by_side`: ``Oracle.save`` under
+  the oracle's lock), and a Bayesian search's first model-based proposal made from all of
+  its random trials (:func:`propose_from_every_initial_point`:
+  ``BayesianOptimizationOracle.num_initial_points`` and its default).
 
 :data:`INTERNALS` names each; ``tests/test_kerastuner_fence.py`` fails by name when one
 moves in a new KerasTuner.
@@ -40,6 +44,8 @@ INTERNALS = (
     ("keras_tuner", "Oracle.ongoing_trials"),
     ("keras_tuner", "Oracle.tuner_ids"),
     ("keras_tuner", "synchronized"),
+    ("keras_tuner", "Oracle.save"),
+    ("keras_tuner.oracles", "BayesianOptimizationOracle.num_initial_points"),
 )
 
 
@@ -189,6 +195,36 @@ def constrain(oracle, misses) -> dict[str, int]:
     return per_trial
 
 
+IDLE_PAUSE = 0.2  # seconds a tuner told to wait (IDLE) pauses before it asks again
+
+
+def propose_from_every_initial_point(oracle) -> None:
+    """Make a Bayesian oracle that runs trials side by side (threads, or a chief's workers)
+    wait for its random trials to finish before its first model-based proposal.
+
+    KerasTuner's Bayesian oracle draws at random until ``num_initial_points`` trials have
+    completed (3 per hyperparameter by default), then fits its Gaussian process to them. With
+    trials at once, the trial that should be the first model-based one is asked for while
+    some random ones still run: it was drawn at random too (a 10-trial study search had no
+    model-based trial at all). Here the asking tuner is told to wait (IDLE) instead, until
+    the random trials it needs are done; other oracles are left as they are."""
+    import keras_tuner as kt
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    if not isinstance(oracle, kt.oracles.BayesianOptimizationOracle):
+        return
+    populate = oracle.populate_space
+
+    def populate_space(trial_id):
+        initial = oracle.num_initial_points or max(3 * len(oracle.hyperparameters.space), 3)
+        completed = sum(t.status == TrialStatus.COMPLETED for t in oracle.trials.values())
+        if len(oracle.trials) >= initial > completed and oracle.ongoing_trials:
+            return {"status": TrialStatus.IDLE, "values": None}
+        return populate(trial_id)
+
+    oracle.populate_space = populate_space
+
+
 def watch_workers(
     oracle, timeout: float, interval: float = 2.0, clock=time.monotonic
 ) -> threading.Thread:
@@ -221,8 +257,9 @@ def watch_workers(
         heard[tuner_id] = clock()
         trial = create(tuner_id)
         if trial.status == TrialStatus.STOPPED and others_running(oracle, tuner_id):
-            time.sleep(0.2)  # pace the asking worker (the chief serves one call at a time)
             trial.status = TrialStatus.IDLE
+        if trial.status == TrialStatus.IDLE:
+            time.sleep(IDLE_PAUSE)  # pace the asking worker (the chief serves one call at a time)
         return trial
 
     def update_trial(trial_id, metrics, step=0):
@@ -257,3 +294,57 @@ def watch_workers(
     thread = threading.Thread(target=loop, name="harness-worker-watch", daemon=True)
     thread.start()
     return thread
+
+
+def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
+    """``tuner.search(*fit_args, **fit_kwargs)`` as ``count`` tuners sharing its oracle, each
+    in its own thread, so ``count`` trials train at once in this process: one trial's
+    compiling and its small kernels' waits leave the cores to another's training.
+
+    This is KerasTuner's own parallel tuning (one oracle, a tuner id per tuner, the oracle's
+    calls under its lock), with the tuners in threads instead of processes: no second
+    import, no second copy of the data. KerasTuner's tuner also saves the oracle outside
+    that lock after each trial; here that save takes the lock too, so two trials ending
+    together cannot write ``oracle.json`` at once. An error in one thread is raised once
+    every thread has ended; an interrupt leaves the search to resume like any other."""
+    import copy
+    import types
+
+    import keras_tuner as kt
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    oracle = tuner.oracle
+    oracle.save = types.MethodType(kt.synchronized(type(oracle).save), oracle)
+    create = oracle.create_trial
+
+    def create_trial(tuner_id):
+        trial = create(tuner_id)
+        if trial.status == TrialStatus.IDLE:
+            time.sleep(IDLE_PAUSE)  # KerasTuner's tuner asks again at once
+        return trial
+
+    oracle.create_trial = create_trial
+    tuners = [tuner]
+    for i in range(1, count):
+        sibling = copy.copy(tuner)
+        sibling.tuner_id = f"{tuner.tuner_id}-{i}"
+        tuners.append(sibling)
+    errors: list[BaseException] = []
+
+    def search(one):
+        try:
+            one.search(*fit_args, **fit_kwargs)
+        except BaseException as e:  # noqa: BLE001 (re-raised on the calling thread)
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=search, args=(one,), name=f"harness-{one.tuner_id}", daemon=True)
+        for one in tuners
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # a timed join lets Ctrl-C through to this thread
+            thread.join(0.5)
+    if errors:
+        raise errors[0]

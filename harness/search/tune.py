@@ -186,11 +186,13 @@ def tune(
     archive: Path | None = None,
     home: Path | None = None,
     stop_behind: bool = False,
+    parallel: int = 1,
 ) -> dict | None:
     """Run (or resume, or join) a search; on the chief or alone, write every output.
 
     With ``stop_behind``, a trial that falls behind the finished trials' median stops
-    (:mod:`harness.search.stopping`).
+    (:mod:`harness.search.stopping`). With ``parallel`` > 1, that many trials train at once
+    in this process (:func:`harness.search.kerastuner.search_side_by_side`; JAX only).
 
     With a ``budget`` (:class:`harness.search.budget.Budget`), only networks predicted to fit it
     train, and afterwards the ``bench_top`` best trials become runs under
@@ -202,12 +204,20 @@ def tune(
     import keras
 
     from harness.core.hardware import select
-    from harness.search.kerastuner import constrain, forget_finished_retries, watch_workers
+    from harness.search.kerastuner import (
+        constrain,
+        forget_finished_retries,
+        propose_from_every_initial_point,
+        search_side_by_side,
+        watch_workers,
+    )
     from harness.train.fit import check_backend
 
     check_backend(base)
     select(keras.backend.backend())  # a missing GPU stops the search before it starts
     space.validate()
+    role = os.environ.get("KERASTUNER_TUNER_ID")
+    check_parallel(parallel, role, keras.backend.backend())
     root = search_dir(results, name)
     splits = data_mod.split(ds)
     if base.teacher_views:
@@ -217,7 +227,6 @@ def tune(
         )
     if space.teacher_weight is not None and not base.teacher:
         raise ConfigError("a teacher-weight range needs a teacher: add --teacher RUN")
-    role = os.environ.get("KERASTUNER_TUNER_ID")
     judge = _judge(budget, base, space, root) if budget and role in (None, "chief") else None
     tuner = make_tuner(
         kind,
@@ -242,6 +251,8 @@ def tune(
             return judge.misses(space.config_for(hp, base))
 
         constrain(oracle, misses)
+    if role == "chief" or parallel > 1:
+        propose_from_every_initial_point(tuner.oracle)
     if role == "chief":
         watch_workers(tuner.oracle, worker_timeout)
     atomic_write_json(
@@ -251,6 +262,7 @@ def tune(
             "tuner": kind,
             "max_trials": max_trials,
             "stop_behind": stop_behind,
+            "parallel": parallel,
             "space": space.__dict__,
             "base_config": base.to_dict(),
             "data": ds.record,
@@ -261,13 +273,13 @@ def tune(
     gc.collect()
     gc.freeze()
     t0 = time.perf_counter()
+    fit_args = (splits.train.x, splits.train.y)
+    fit_kwargs = {"validation_data": (splits.val.x, splits.val.y), "verbose": verbose}
     try:
-        tuner.search(
-            splits.train.x,
-            splits.train.y,
-            validation_data=(splits.val.x, splits.val.y),
-            verbose=verbose,
-        )
+        if parallel > 1:
+            search_side_by_side(tuner, parallel, *fit_args, **fit_kwargs)
+        else:
+            tuner.search(*fit_args, **fit_kwargs)
     finally:
         gc.unfreeze()
     if role not in (None, "chief"):
@@ -289,6 +301,26 @@ def tune(
         archive,
         home,
     )
+
+
+def check_parallel(parallel: int, role: str | None, backend: str | None = None) -> None:
+    """Trials side by side: a whole number, in a search of its own, on JAX (whose
+    programs release the interpreter while they run; TensorFlow's Keras was not made to
+    train two models from two threads). ``backend`` None: not checked yet."""
+    if parallel < 1:
+        raise ConfigError(f"parallel={parallel}: must be 1 or more")
+    if parallel == 1:
+        return
+    if role is not None:
+        raise ConfigError(
+            "--parallel trains trials side by side in one process; a chief and its workers "
+            "spread them over processes already: use one or the other"
+        )
+    if backend not in (None, "jax"):
+        raise ConfigError(
+            f"--parallel needs the JAX backend (this search runs on {backend}): "
+            "set KERAS_BACKEND=jax or --backend jax"
+        )
 
 
 def calibrate_search(
