@@ -1,7 +1,7 @@
 """Every touch of KerasTuner's internals, fenced in one module.
 
 KerasTuner (pinned to the version these were written against, in pyproject.toml) leaves
-five needs of harness to its private parts, each patched here and nowhere else:
+six needs of harness to its private parts, each patched here and nowhere else:
 
 - the per-trial callback without per-batch hooks, and a worker's heartbeat to the chief
   (:class:`EpochTunerCallback`: ``keras_tuner.src.engine.tuner_utils.TunerCallback``,
@@ -13,6 +13,8 @@ five needs of harness to its private parts, each patched here and nowhere else:
   ``populate_space``, ``keras_tuner.src.engine.trial.TrialStatus``) and a chief that hands
   a silent worker's trial on (:func:`watch_workers`: ``create_trial``, ``update_trial``,
   ``ongoing_trials``, ``tuner_ids``, ``_retry_queue``);
+- its state files written whole, so a search killed at any moment reloads
+  (:func:`write_state_whole`: ``keras_tuner.src.utils.save_json``);
 - trials side by side in one process (:func:`search_side_by_side`: ``Oracle.save`` under
   the oracle's lock), and a Bayesian search's first model-based proposal made from all of
   its random trials (:func:`propose_from_every_initial_point`:
@@ -24,6 +26,7 @@ moves in a new KerasTuner.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -45,6 +48,7 @@ INTERNALS = (
     ("keras_tuner", "Oracle.tuner_ids"),
     ("keras_tuner", "synchronized"),
     ("keras_tuner", "Oracle.save"),
+    ("keras_tuner.src.utils", "save_json"),
     ("keras_tuner.oracles", "BayesianOptimizationOracle.num_initial_points"),
 )
 
@@ -195,6 +199,30 @@ def constrain(oracle, misses) -> dict[str, int]:
     return per_trial
 
 
+def write_state_whole() -> None:
+    """Make KerasTuner write its state files (``oracle.json``, each ``trial.json``, the
+    tuner's) whole or not at all: it writes them in place, so a search killed during a
+    write (more likely with trials side by side, each ending on its own) left a torn
+    file that stopped the re-run's reload. Local paths only; others (``gs://``) as before."""
+    from keras_tuner.src import utils
+
+    from harness.core.records import atomic_write_text
+
+    if getattr(utils.save_json, "whole", False):
+        return
+    original = utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)
+        atomic_write_text(path, text)
+        return text
+
+    save_json.whole = True
+    utils.save_json = save_json
+
+
 IDLE_PAUSE = 0.2  # seconds a tuner told to wait (IDLE) pauses before it asks again
 
 
@@ -306,7 +334,8 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
     import, no second copy of the data. KerasTuner's tuner also saves the oracle outside
     that lock after each trial; here that save takes the lock too, so two trials ending
     together cannot write ``oracle.json`` at once. An error in one thread is raised once
-    every thread has ended; an interrupt leaves the search to resume like any other."""
+    every thread has ended; an interrupt leaves the search to resume like any other (the
+    tuner's state is saved before the threads start, so a re-run always reloads it)."""
     import copy
     import types
 
@@ -324,6 +353,10 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
         return trial
 
     oracle.create_trial = create_trial
+    # A re-run reloads the search only where the first tuner's file exists, and KerasTuner
+    # writes it when that tuner ends a trial: a search stopped before then, with a sibling's
+    # trial done, would start over.
+    tuner.save()
     tuners = [tuner]
     for i in range(1, count):
         sibling = copy.copy(tuner)

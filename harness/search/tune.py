@@ -143,6 +143,9 @@ def make_tuner(
         overwrite=False,
         seed=seed,
     )
+    from harness.search.kerastuner import write_state_whole
+
+    write_state_whole()
     cls = _tuner_class(kind, judge, base, space, stop_behind)
     if kind == "bayesian":  # the study's settings
         return cls(hypermodel, max_trials=max_trials, alpha=1e-4, beta=2.6, **common)
