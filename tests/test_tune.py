@@ -287,6 +287,33 @@ def test_a_bayesian_search_side_by_side_proposes_from_every_random_trial(tmp_pat
     assert third.status == status.RUNNING and third.trial_id == "2"
 
 
+def test_a_trial_clearing_keras_state_leaves_the_other_threads_state():
+    """Trials side by side: the clear_session before one trial's build must not empty the
+    state of another trial mid-build (Keras' own replaces every thread's)."""
+    import threading
+
+    from keras.src.backend.common import global_state
+
+    from harness.search.kerastuner import _clear_this_thread
+
+    seen, ready, cleared = {}, threading.Event(), threading.Event()
+
+    def other_trial():
+        global_state.set_global_attribute("probe", "other")
+        ready.set()
+        cleared.wait(10)
+        seen["after"] = global_state.get_global_attribute("probe")
+
+    thread = threading.Thread(target=other_trial)
+    thread.start()
+    assert ready.wait(10)
+    global_state.set_global_attribute("probe", "this")
+    _clear_this_thread(free_memory=False)
+    cleared.set()
+    thread.join(10)
+    assert global_state.get_global_attribute("probe") is None and seen["after"] == "other"
+
+
 def test_kerastuner_state_files_are_written_whole(tmp_path, monkeypatch):
     """A write of KerasTuner's state that dies midway leaves the file as it was."""
     from keras_tuner.src import utils

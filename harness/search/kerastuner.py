@@ -1,7 +1,7 @@
 """Every touch of KerasTuner's internals, fenced in one module.
 
 KerasTuner (pinned to the version these were written against, in pyproject.toml) leaves
-six needs of harness to its private parts, each patched here and nowhere else:
+seven needs of harness to its private parts, each patched here and nowhere else:
 
 - the per-trial callback without per-batch hooks, and a worker's heartbeat to the chief
   (:class:`EpochTunerCallback`: ``keras_tuner.src.engine.tuner_utils.TunerCallback``,
@@ -16,9 +16,11 @@ six needs of harness to its private parts, each patched here and nowhere else:
 - its state files written whole, so a search killed at any moment reloads
   (:func:`write_state_whole`: ``keras_tuner.src.utils.save_json``);
 - trials side by side in one process (:func:`search_side_by_side`: ``Oracle.save`` under
-  the oracle's lock), and a Bayesian search's first model-based proposal made from all of
-  its random trials (:func:`propose_from_every_initial_point`:
-  ``BayesianOptimizationOracle.num_initial_points`` and its default).
+  the oracle's lock; Keras' ``clear_session``, which KerasTuner calls before each build,
+  clearing only its own thread: ``keras.src.backend.common.global_state``), and a
+  Bayesian search's first model-based proposal made from all of its random trials
+  (:func:`propose_from_every_initial_point`: ``BayesianOptimizationOracle.num_initial_points``
+  and its default).
 
 :data:`INTERNALS` names each; ``tests/test_kerastuner_fence.py`` fails by name when one
 moves in a new KerasTuner.
@@ -49,6 +51,8 @@ INTERNALS = (
     ("keras_tuner", "synchronized"),
     ("keras_tuner", "Oracle.save"),
     ("keras_tuner.src.utils", "save_json"),
+    ("keras.src.backend.common.global_state", "GLOBAL_STATE_TRACKER"),
+    ("keras.src.backend.common.global_state", "GLOBAL_SETTINGS_TRACKER"),
     ("keras_tuner.oracles", "BayesianOptimizationOracle.num_initial_points"),
 )
 
@@ -324,6 +328,22 @@ def watch_workers(
     return thread
 
 
+def _clear_this_thread(free_memory=True):
+    """Keras' ``clear_session`` for the calling thread alone. Keras keeps its state per
+    thread, yet ``clear_session`` replaces the per-thread holders for every thread: called
+    by one trial before its build, it emptied another's state mid-build (two layers of one
+    model both named ``batch_normalization``) or mid-trace. On JAX that state is all
+    ``clear_session`` resets."""
+    import gc
+
+    from keras.src.backend.common import global_state
+
+    global_state.GLOBAL_STATE_TRACKER.__dict__.clear()
+    global_state.GLOBAL_SETTINGS_TRACKER.__dict__.clear()
+    if free_memory:
+        gc.collect()
+
+
 def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
     """``tuner.search(*fit_args, **fit_kwargs)`` as ``count`` tuners sharing its oracle, each
     in its own thread, so ``count`` trials train at once in this process: one trial's
@@ -363,6 +383,8 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
         sibling.tuner_id = f"{tuner.tuner_id}-{i}"
         tuners.append(sibling)
     errors: list[BaseException] = []
+    clear_session = keras.backend.clear_session
+    keras.backend.clear_session = _clear_this_thread
 
     def search(one):
         try:
@@ -376,8 +398,11 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
     ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():  # a timed join lets Ctrl-C through to this thread
-            thread.join(0.5)
+    try:
+        for thread in threads:
+            while thread.is_alive():  # a timed join lets Ctrl-C through to this thread
+                thread.join(0.5)
+    finally:
+        keras.backend.clear_session = clear_session
     if errors:
         raise errors[0]
