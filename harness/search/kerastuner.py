@@ -17,7 +17,8 @@ seven needs of harness to its private parts, each patched here and nowhere else:
   (:func:`write_state_whole`: ``keras_tuner.src.utils.save_json``);
 - trials side by side in one process (:func:`search_side_by_side`: ``Oracle.save`` under
   the oracle's lock; Keras' ``clear_session``, which KerasTuner calls before each build,
-  clearing only its own thread: ``keras.src.backend.common.global_state``), and a
+  clearing only its own thread: ``keras.src.backend.common.global_state``; the oracle's
+  lock released when a tuner's call dies holding it: ``oracle.LOCKS``, ``THREADS``), and a
   Bayesian search's first model-based proposal made from all of its random trials
   (:func:`propose_from_every_initial_point`: ``BayesianOptimizationOracle.num_initial_points``
   and its default).
@@ -51,6 +52,8 @@ INTERNALS = (
     ("keras_tuner", "synchronized"),
     ("keras_tuner", "Oracle.save"),
     ("keras_tuner.src.utils", "save_json"),
+    ("keras_tuner.src.engine.oracle", "LOCKS"),
+    ("keras_tuner.src.engine.oracle", "THREADS"),
     ("keras.src.backend.common.global_state", "GLOBAL_STATE_TRACKER"),
     ("keras.src.backend.common.global_state", "GLOBAL_SETTINGS_TRACKER"),
     ("keras_tuner.oracles", "BayesianOptimizationOracle.num_initial_points"),
@@ -357,9 +360,11 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
     every thread has ended; an interrupt leaves the search to resume like any other (the
     tuner's state is saved before the threads start, so a re-run always reloads it)."""
     import copy
+    import traceback
     import types
 
     import keras_tuner as kt
+    from keras_tuner.src.engine import oracle as oracle_module
     from keras_tuner.src.engine.trial import TrialStatus
 
     oracle = tuner.oracle
@@ -391,6 +396,12 @@ def search_side_by_side(tuner, count: int, *fit_args, **fit_kwargs) -> None:
             one.search(*fit_args, **fit_kwargs)
         except BaseException as e:  # noqa: BLE001 (re-raised on the calling thread)
             errors.append(e)
+            traceback.print_exc()  # now: the other trials may run on for minutes
+            # KerasTuner's lock is not released when the call holding it raises: the other
+            # tuners would wait for it forever.
+            if oracle_module.THREADS[oracle] == threading.current_thread().name:
+                oracle_module.THREADS[oracle] = None
+                oracle_module.LOCKS[oracle].release()
 
     threads = [
         threading.Thread(target=search, args=(one,), name=f"harness-{one.tuner_id}", daemon=True)
