@@ -13,17 +13,8 @@ from click.testing import CliRunner
 
 from harness.cli import main
 
-SEARCH_ARGS = [
-    "tune",
-    "--preset",
-    "bn-elu",
-    "--layers-range",
-    "1,2",
-    "--units-range",
-    "8,16",
-    "--batch-size",
-    "64",
-]
+SMALL_SPACE = ["--layers-range", "1,2", "--units-range", "8,16", "--batch-size", "64"]
+SEARCH_ARGS = ["tune", "--preset", "bn-elu", *SMALL_SPACE]
 
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -186,12 +177,7 @@ def test_a_jax_search_side_by_side_resumes_and_completes_its_trials(tmp_path, ar
         "tune",
         "--preset",
         "bn-elu-fast",
-        "--layers-range",
-        "1,2",
-        "--units-range",
-        "8,16",
-        "--batch-size",
-        "64",
+        *SMALL_SPACE,
         "--max-trials",
         "3",
         "--epochs",
