@@ -261,6 +261,38 @@ def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(t
     assert "w1" not in oracle.ongoing_trials and trial.trial_id in oracle._retry_queue
 
 
+def test_a_reloaded_search_runs_a_trial_killed_before_the_oracle_saved_it(tmp_path):
+    """Killed between a new trial's file and the oracle's: the re-run runs that trial (it
+    would otherwise stay RUNNING, never run, and count against max_trials), and does not
+    run the finished one again."""
+    import keras_tuner as kt
+
+    from harness.search.kerastuner import mend_retries
+
+    def oracle():
+        made = kt.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=2, seed=1)
+        made.hyperparameters.Int("units", 1, 100)
+        made._set_project_dir(str(tmp_path), "p")
+        return made
+
+    status = kt.engine.trial.TrialStatus
+    first = oracle()
+    done = first.create_trial("a")
+    first.update_trial(done.trial_id, {"val_accuracy": 0.5})
+    done.status = status.COMPLETED
+    first.end_trial(done)
+    state = tmp_path / "p" / "oracle.json"
+    before = state.read_text()
+    killed = first.create_trial("a")
+    state.write_text(before)  # the kill: the trial's file written, the oracle's not
+    again = oracle()
+    again.reload()
+    mend_retries(again)
+    resumed = again.create_trial("b")
+    assert resumed.status == status.RUNNING and resumed.trial_id == killed.trial_id
+    assert again.create_trial("c").status == status.STOPPED  # nothing else, nothing twice
+
+
 def test_a_bayesian_search_side_by_side_proposes_from_every_random_trial(tmp_path):
     """The first model-based proposal waits until all the random trials are done."""
     import keras_tuner as kt

@@ -209,7 +209,7 @@ def tune(
     from harness.core.hardware import select
     from harness.search.kerastuner import (
         constrain,
-        forget_finished_retries,
+        mend_retries,
         propose_from_every_initial_point,
         search_side_by_side,
         watch_workers,
@@ -244,7 +244,7 @@ def tune(
         stop_behind,
     )
     if role in (None, "chief"):
-        forget_finished_retries(tuner.oracle)
+        mend_retries(tuner.oracle)
     if judge is not None:
         oracle = tuner.oracle
 
