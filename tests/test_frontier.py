@@ -98,6 +98,17 @@ def test_pca_layer_projects_onto_the_training_images_principal_directions(tmp_pa
     assert model.get_layer("pool").pool_size == (2, 2)
     np.testing.assert_array_equal(np.asarray(model.get_layer("pca").kernel), pooled)
 
+    # fewer images than pixels (an SVD of the images) against the pixels' covariance
+    cov = np.linalg.eigh(np.cov(blocks, rowvar=False))[1][:, ::-1][:, :k]
+    np.testing.assert_allclose(np.abs(np.sum(cov * pooled, axis=0)), 1, atol=1e-4)
+    wide = splits.principal_components(len(x) + 5, pool=2)  # past the images' own directions
+    np.testing.assert_allclose(wide.T @ wide, np.eye(len(x) + 5), atol=1e-4)
+    np.testing.assert_allclose(np.abs(wide[:, :k]), np.abs(pooled), atol=1e-5)
+    coarse = splits.principal_components(k, pool=4)  # more images than pixels: the covariance
+    blocks = x.reshape(len(x), 8, 4, 8, 4, 3).mean(axis=(2, 4)).reshape(len(x), -1)
+    cov = np.linalg.eigh(np.cov(blocks, rowvar=False))[1][:, ::-1][:, :k]
+    np.testing.assert_allclose(np.abs(np.sum(cov * coarse, axis=0)), 1, atol=1e-4)
+
 
 def test_smoothed_loss_matches_its_definition():
     loss = custom_objects()["SmoothedSparseCrossentropy"](0.1)

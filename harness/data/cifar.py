@@ -197,8 +197,17 @@ class Splits:
             x = x.reshape(len(x), side, pool, side, pool, 3).mean(axis=(2, 4))
         x = x.reshape(len(self.train), -1)
         x -= x.mean(axis=0)
-        values, vectors = np.linalg.eigh((x.T @ x).astype(np.float64) / len(x))
-        return vectors[:, ::-1][:, :k].astype(np.float32)
+        count, width = x.shape
+        if count >= width:
+            values, vectors = np.linalg.eigh((x.T @ x).astype(np.float64) / count)
+            return vectors[:, ::-1][:, :k].astype(np.float32)
+        # Fewer images than pixels: the images' own SVD is far cheaper than the pixels'
+        # covariance, and past its directions any orthonormal rest carries no variance.
+        vectors = np.linalg.svd(x.astype(np.float64), full_matrices=False)[2].T
+        if k > count:
+            rest = np.random.default_rng(0).normal(size=(width, k - count))
+            vectors = np.linalg.qr(np.concatenate([vectors, rest], axis=1))[0]
+        return vectors[:, :k].astype(np.float32)
 
 
 def split(ds: Dataset, val_fraction: float = VALIDATION_FRACTION) -> Splits:
