@@ -379,6 +379,27 @@ def test_the_median_rule_stops_only_a_trial_behind_enough_finished_ones():
     assert not behind([0.0] * 3, finished[:2])  # too few finished trials
 
 
+def test_the_median_rule_counts_trials_that_end_while_it_runs(tmp_path):
+    """Side by side, few trials have ended when one starts: each epoch reads them again."""
+    from harness.search.stopping import MedianStop
+
+    def finish(name):
+        atomic_write_json(
+            tmp_path / f"{name}.json", {"history": {"val_accuracy": [0.5] * 4}, "stopped_at": None}
+        )
+
+    finish("a"), finish("b")
+    stop = MedianStop(tmp_path, "val_accuracy")
+    stop.set_model(types.SimpleNamespace(stop_training=False))
+    stop.on_train_begin()
+    for epoch in range(3):
+        stop.on_epoch_end(epoch, {"val_accuracy": 0.1})
+    assert not stop.model.stop_training  # two finished trials: too few to judge
+    finish("c")  # a third ends meanwhile
+    stop.on_epoch_end(3, {"val_accuracy": 0.1})
+    assert stop.model.stop_training and stop.stopped_at == 4
+
+
 def test_a_search_stops_a_trial_behind_the_finished_ones_median(tmp_path, archive):
     ds = data.load(archive)
     base = resolve("bn-elu", overrides={"epochs": 4, "batch_size": 64})

@@ -11,8 +11,8 @@ Written here because KerasTuner 1.4.8 has no way to stop a running trial (its
 ``Oracle.update_trial`` keeps "to signal early stopping" as a to-do).
 
 The finished trials' curves are read from ``trial_meta/<id>.json``, where every trial's
-per-epoch history is written when it ends: a resumed search, and every worker of a
-distributed one, judges against the same curves.
+per-epoch history is written when it ends, at each epoch's end: a resumed search, every
+worker of a distributed one and every tuner side by side judges against the same curves.
 """
 
 from __future__ import annotations
@@ -57,11 +57,15 @@ def behind(so_far: list[float], finished: list[list[float]]) -> bool:
 
 class MedianStop(keras.callbacks.Callback):
     """Ends training (``model.stop_training``) when :func:`behind` says so; ``stopped_at``
-    is then the number of epochs trained, else None."""
+    is then the number of epochs trained, else None.
 
-    def __init__(self, finished: list[list[float]], objective: str):
+    The finished trials are read again at each epoch's end, so a trial also counts those
+    that ended while it ran (with trials side by side, or a chief's workers, few have ended
+    when a trial starts)."""
+
+    def __init__(self, meta_dir: Path, objective: str):
         super().__init__()
-        self.finished, self.objective = finished, objective
+        self.meta_dir, self.objective = meta_dir, objective
         self.so_far: list[float] = []
         self.stopped_at: int | None = None
 
@@ -76,6 +80,8 @@ class MedianStop(keras.callbacks.Callback):
         if value is None:
             return
         self.so_far.append(float(value))
-        if behind(self.so_far, self.finished):
+        if len(self.so_far) <= WARMUP_EPOCHS:
+            return
+        if behind(self.so_far, finished_curves(self.meta_dir, self.objective)):
             self.model.stop_training = True
             self.stopped_at = len(self.so_far)

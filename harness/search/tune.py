@@ -73,13 +73,11 @@ def _tuner_class(
         import keras
 
         from harness.core.hardware import select
-        from harness.search.stopping import STOPPED_AT, MedianStop, finished_curves
+        from harness.search.stopping import STOPPED_AT, MedianStop
 
         t0 = time.perf_counter()
         meta_dir = Path(self.project_dir).parent / "trial_meta"
-        stopper = (
-            MedianStop(finished_curves(meta_dir, OBJECTIVE), OBJECTIVE) if stop_behind else None
-        )
+        stopper = MedianStop(meta_dir, OBJECTIVE) if stop_behind else None
         if stopper is not None:
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), stopper]
         result = base.run_trial(self, trial, *args, **kwargs)
