@@ -366,6 +366,38 @@ def test_kerastuner_state_files_are_written_whole(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [path]  # no torn temporary left
 
 
+def test_a_trial_draws_its_own_initial_weights_in_every_call_and_thread(archive):
+    """Seeded by the search's seed and the trial's values, not by whatever NumPy's global
+    generator holds: the same weights in a second call, or while another thread draws."""
+    import threading
+
+    import keras_tuner as kt
+
+    from harness.search.space import make_hypermodel
+
+    hypermodel = make_hypermodel(resolve("bn-elu"), SPACE, data.split(data.load(archive)))
+
+    def weights(units, out=None):
+        hp = kt.HyperParameters()
+        hp.values = {"n_hidden": 2, "n_neurons": units, "learning_rate": 1e-3}
+        drawn = [np.asarray(w) for w in hypermodel.build(hp).get_weights()]
+        if out is not None:
+            out.append(drawn)
+        return drawn
+
+    first = weights(16)
+    np.random.seed(123)  # the global generator moved on
+    beside = []
+    other = threading.Thread(target=lambda: [np.random.standard_normal(10**6) for _ in range(20)])
+    other.start()
+    mine = threading.Thread(target=weights, args=(16, beside))
+    mine.start(), mine.join(), other.join()
+    for a, b in zip(first, beside[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    kernel, narrower = (next(w for w in ws if w.ndim == 2) for ws in (first, weights(8)))
+    assert not np.allclose(kernel[:, :8], narrower)  # another trial: its own draw
+
+
 def test_the_median_rule_stops_only_a_trial_behind_enough_finished_ones():
     from harness.search.stopping import STARTUP_TRIALS, WARMUP_EPOCHS, behind
 

@@ -7,6 +7,8 @@ into a TrainConfig and calls the same model builder and compile step as ``harnes
 
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,6 +93,14 @@ class SearchSpace:
         return max(self.pca) if self.pca else base.pca
 
 
+def trial_seed(seed: int, values: dict) -> int:
+    """A trial's own seed for its initial weights: the search's ``seed`` and the trial's
+    hyperparameter values, so a trial draws the same weights in every call of a search,
+    one trial at a time or side by side."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return (seed * 1_000_003 + zlib.crc32(text.encode())) % 2**32
+
+
 def make_hypermodel(
     base: TrainConfig, space: SearchSpace, splits: data_mod.Splits, results: Path | None = None
 ):
@@ -98,6 +108,7 @@ def make_hypermodel(
 
     from harness.search.kerastuner import BestEpochOnce, EpochTunerCallback
     from harness.train.fit import compile_model, epoch_log, fit_inputs, fit_model, recipe_callbacks
+    from harness.train.layers import weights_seeded
     from harness.train.models import build_model
     from harness.train.targets import one_hot, teacher_targets
 
@@ -118,7 +129,10 @@ def make_hypermodel(
 
         def build(self, hp):
             cfg = space.config_for(hp, base)
-            model = build_model(cfg, mean, variance, components[:, : cfg.pca] if cfg.pca else None)
+            with weights_seeded(trial_seed(base.seed, hp.values)):
+                model = build_model(
+                    cfg, mean, variance, components[:, : cfg.pca] if cfg.pca else None
+                )
             compile_model(model, cfg, len(splits.train))
             return model
 

@@ -11,7 +11,9 @@ backend before Keras loads, and ``harness --help`` or ``harness predict`` never 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import keras
 import numpy as np
@@ -178,9 +180,10 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 class HostInitializer(keras.initializers.Initializer):
     """One of Keras' variance-scaling initializers by name ("he_normal", "lecun_normal",
     "glorot_uniform", ...), drawn with NumPy's global generator (which
-    ``keras.utils.set_random_seed`` seeds). Keras' own draw compiles a JAX program for
-    every new weight shape, which each trial of a search pays again at build time; this
-    draws from the same distribution with no compilation, on every backend alike."""
+    ``keras.utils.set_random_seed`` seeds), or a search trial's own
+    (:func:`weights_seeded`). Keras' own draw compiles a JAX program for every new weight
+    shape, which each trial of a search pays again at build time; this draws from the same
+    distribution with no compilation, on every backend alike."""
 
     def __init__(self, name="glorot_uniform"):
         keras_init = keras.initializers.get(name)
@@ -201,24 +204,44 @@ class HostInitializer(keras.initializers.Initializer):
         scale = self.scale / max(1.0, fans[self.mode])
         if self.distribution == "uniform":
             limit = np.sqrt(3.0 * scale)
-            value = np.random.uniform(-limit, limit, shape)
+            value = _draws().uniform(-limit, limit, shape)
         elif self.distribution == "truncated_normal":
             # Keras' constant: the standard deviation of a unit normal cut at +-2
             value = _truncated_unit_normal(shape) * np.sqrt(scale) / 0.87962566103423978
         else:
-            value = np.random.normal(0.0, np.sqrt(scale), shape)
+            value = _draws().normal(0.0, np.sqrt(scale), shape)
         return value.astype(keras.backend.standardize_dtype(dtype or "float32"))
 
     def get_config(self):
         return {"name": self.name}
 
 
+_THREAD = threading.local()  # .draws: this thread's generator of initial weights, if set
+
+
+@contextlib.contextmanager
+def weights_seeded(seed: int):
+    """Initial weights drawn in this block, on this thread, from their own ``seed``, not
+    NumPy's global generator: a search's trials built side by side in threads each draw
+    the same weights whatever the other thread draws meanwhile."""
+    _THREAD.draws = np.random.RandomState(seed)
+    try:
+        yield
+    finally:
+        _THREAD.draws = None
+
+
+def _draws():
+    """The thread's generator inside :func:`weights_seeded`, else NumPy's global one."""
+    return getattr(_THREAD, "draws", None) or np.random
+
+
 def _truncated_unit_normal(shape) -> np.ndarray:
     """Unit normal draws within +-2, redrawing those outside (as Keras' truncated_normal)."""
-    value = np.random.standard_normal(shape)
+    value = _draws().standard_normal(shape)
     outside = np.abs(value) > 2
     while outside.any():
-        value[outside] = np.random.standard_normal(int(outside.sum()))
+        value[outside] = _draws().standard_normal(int(outside.sum()))
         outside = np.abs(value) > 2
     return value
 
