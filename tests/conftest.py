@@ -14,6 +14,28 @@ from harness.data import synthetic
 
 PER_BATCH = 100  # images per batch: 500 training (450 train + 50 val) and 100 test
 
+# The suite's longest files, longest first. xdist hands each worker whole files (their
+# module fixtures train once) in collection order (--no-loadscope-reorder, pyproject.toml);
+# its own order, by number of tests, left the few long multi-process tests for last, on one
+# worker, while the other had ended. Longest first, the workers end closer together. Order
+# only: every other file runs after these, as collected.
+LONGEST_FIRST = (
+    "test_tune_processes.py",
+    "test_budget.py",
+    "test_train.py",
+    "test_frontier.py",
+    "test_sparsity.py",
+    "test_device.py",
+    "test_flows.py",
+    "test_epochs.py",
+    "test_tune.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
 
 @pytest.fixture(scope="session")
 def batches():

@@ -185,3 +185,11 @@ def test_the_code_keeps_its_style():
     for check in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
         done = subprocess.run([ruff, *check], cwd=TESTS.parent, capture_output=True, text=True)
         assert done.returncode == 0, f"ruff {check[0]}: " + (done.stdout + done.stderr)[-3000:]
+
+
+def test_the_files_run_first_exist():
+    """conftest's LONGEST_FIRST names files that exist (a renamed one would silently fall
+    back to the collection order)."""
+    from conftest import LONGEST_FIRST
+
+    assert [n for n in LONGEST_FIRST if not (TESTS / n).is_file()] == []
