@@ -10,9 +10,9 @@ A stopped trial keeps the best score it reached, which is what the tuner learns 
 Written here because KerasTuner 1.4.8 has no way to stop a running trial (its
 ``Oracle.update_trial`` keeps "to signal early stopping" as a to-do).
 
-The finished trials' curves are read from ``trial_meta/<id>.json``, where every trial's
-per-epoch history is written when it ends, at each epoch's end: a resumed search, every
-worker of a distributed one and every tuner side by side judges against the same curves.
+At each epoch's end the finished trials' curves are read from ``trial_meta/<id>.json``,
+where every trial's per-epoch history is written when it ends: a resumed search, every
+worker of a distributed one and every tuner side by side judge against the same curves.
 """
 
 from __future__ import annotations
