@@ -264,7 +264,8 @@ def test_the_chief_keeps_a_trial_whose_worker_beats_and_hands_on_a_silent_ones(t
 def test_a_reloaded_search_runs_a_trial_killed_before_the_oracle_saved_it(tmp_path):
     """Killed between a new trial's file and the oracle's: the re-run runs that trial (it
     would otherwise stay RUNNING, never run, and count against max_trials), and does not
-    run the finished one again."""
+    run the finished one again; killed between a finished trial's file and the oracle's:
+    the re-run counts it as ended and runs it not again."""
     import keras_tuner as kt
 
     from harness.search.kerastuner import mend_retries
@@ -291,6 +292,16 @@ def test_a_reloaded_search_runs_a_trial_killed_before_the_oracle_saved_it(tmp_pa
     resumed = again.create_trial("b")
     assert resumed.status == status.RUNNING and resumed.trial_id == killed.trial_id
     assert again.create_trial("c").status == status.STOPPED  # nothing else, nothing twice
+    before = state.read_text()
+    again.update_trial(resumed.trial_id, {"val_accuracy": 0.6})
+    resumed.status = status.COMPLETED
+    again.end_trial(resumed)
+    state.write_text(before)  # killed as it ended: the trial's file written, the oracle's not
+    last = oracle()
+    last.reload()
+    mend_retries(last)
+    assert last.end_order == [done.trial_id, resumed.trial_id] and not last._retry_queue
+    assert last.create_trial("d").status == status.STOPPED
 
 
 def test_a_bayesian_search_side_by_side_proposes_from_every_random_trial(tmp_path):

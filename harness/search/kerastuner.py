@@ -8,7 +8,7 @@ seven needs of harness to its private parts, each patched here and nowhere else:
   ``keras_tuner.src.distribute.oracle_client.OracleClient``);
 - the best epoch's weights written once (:class:`BestEpochOnce`: ``SaveBestEpoch``);
 - a resumed search that runs each unfinished trial once and no finished one again
-  (:func:`mend_retries`: ``Oracle._retry_queue``, ``start_order``);
+  (:func:`mend_retries`: ``Oracle._retry_queue``, ``start_order``, ``end_order``);
 - proposals that fit a device budget (:func:`constrain`: ``Oracle._random_values``,
   ``populate_space``, ``keras_tuner.src.engine.trial.TrialStatus``) and a chief that hands
   a silent worker's trial on (:func:`watch_workers`: ``create_trial``, ``update_trial``,
@@ -44,6 +44,7 @@ INTERNALS = (
     ("keras_tuner.src.engine.trial", "TrialStatus"),
     ("keras_tuner", "Oracle._retry_queue"),
     ("keras_tuner", "Oracle.start_order"),
+    ("keras_tuner", "Oracle.end_order"),
     ("keras_tuner", "Oracle._random_values"),
     ("keras_tuner", "Oracle.populate_space"),
     ("keras_tuner", "Oracle.create_trial"),
@@ -147,11 +148,13 @@ class BestEpochOnce(keras.callbacks.Callback):
 def mend_retries(oracle) -> None:
     """Make a reloaded oracle's retry queue hold exactly its unfinished trials.
 
-    KerasTuner 1.4.8 leaves two gaps for a search killed and run again:
+    KerasTuner 1.4.8 leaves these gaps for a search killed and run again:
 
     - ``Oracle.end_trial`` saves the oracle before it takes the trial off
       ``ongoing_trials``, and ``reload`` queues every ongoing trial for a retry: the resumed
       search would train its last finished trial again (and overwrite it);
+    - ``end_trial`` writes the trial's ``trial.json`` before the oracle's own file: a search
+      killed between the two reloads a finished trial missing from ``end_order``;
     - ``create_trial`` writes a new trial's ``trial.json`` before the oracle's own file, and
       ``reload`` reads the trials from their files: a search killed between the two writes
       reloads a RUNNING trial that nothing queues, which never ran yet counts against
@@ -160,10 +163,12 @@ def mend_retries(oracle) -> None:
     finished = {"COMPLETED", "FAILED"}
     queue = [t for t in oracle._retry_queue if str(oracle.trials[t].status) not in finished]
     for trial_id, trial in sorted(oracle.trials.items()):
+        if trial_id not in oracle.start_order:
+            oracle.start_order.append(trial_id)
         if str(trial.status) == "RUNNING" and trial_id not in queue:
             queue.append(trial_id)
-            if trial_id not in oracle.start_order:
-                oracle.start_order.append(trial_id)
+        elif str(trial.status) in finished and trial_id not in oracle.end_order:
+            oracle.end_order.append(trial_id)
     oracle._retry_queue = queue
 
 
