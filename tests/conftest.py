@@ -5,6 +5,7 @@ official format, by harness.data.synthetic.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -47,6 +48,27 @@ def archive(tmp_path_factory, batches):
     return synthetic.write_archive(
         tmp_path_factory.mktemp("data") / "cifar.tar.gz", batches=batches
     )
+
+
+@pytest.fixture
+def harness_command(archive):
+    """``harness_command(results, *args)``: the command line a user runs against the
+    synthetic archive, ``harness --archive ARCHIVE --results RESULTS ARGS``, for a process of
+    its own."""
+
+    def command(results, *args):
+        return [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "--archive",
+            str(archive),
+            "--results",
+            str(results),
+            *args,
+        ]
+
+    return command
 
 
 @pytest.fixture(autouse=True)

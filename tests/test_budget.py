@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -182,17 +181,13 @@ def test_tune_budget_errors_are_one_line(tmp_path, archive):
 
 
 @pytest.mark.slow
-def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp_path, archive):
+def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(
+    tmp_path, harness_command
+):
     """End to end on JAX: probes, constrained trials, the best one benchmarked and judged;
     behind an input pooling and a projection of the pooled images."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "--archive",
-        str(archive),
-        "--results",
-        str(tmp_path),
+    cmd = harness_command(
+        tmp_path,
         "tune",
         "--preset",
         "bn-elu-fast",
@@ -220,7 +215,7 @@ def test_a_budgeted_search_trains_only_fitting_networks_and_benches_its_best(tmp
         "1",
         "--name",
         "edge",
-    ]
+    )
     done = subprocess.run(
         cmd, env={**ENV, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600
     )

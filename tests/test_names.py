@@ -126,18 +126,12 @@ def _env(**extra):
 
 
 @pytest.mark.slow
-def test_training_prints_no_tensorflow_start_up_lines(archive, tmp_path):
+def test_training_prints_no_tensorflow_start_up_lines(harness_command, tmp_path):
     """On a machine without a GPU TensorFlow 2.21 logs oneDNN notes, 'Could not find cuda
     drivers' and 'failed call to cuInit' while it loads; harness hides them by default."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "--archive",
-            str(archive),
-            "--results",
-            str(tmp_path / "results"),
+        harness_command(
+            tmp_path / "results",
             "train",
             "--preset",
             "selu",
@@ -149,7 +143,7 @@ def test_training_prints_no_tensorflow_start_up_lines(archive, tmp_path):
             "1",
             "--name",
             "quiet",
-        ],
+        ),
         env=_env(),
         capture_output=True,
         text=True,

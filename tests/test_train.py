@@ -120,25 +120,14 @@ def test_nan_loss_is_recorded_as_failed(tmp_path, archive):
 
 
 @pytest.mark.slow
-def test_run_killed_midway_resumes(tmp_path, archive):
+def test_run_killed_midway_resumes(tmp_path, harness_command):
     """kill -9 during training, then the same command finishes the run where it stopped."""
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(
         "preset: selu\nlayers: 2\nunits: 32\nbatch-size: 4\nepochs: 12\n"
         "patience: 50\nname: killed\n"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "--archive",
-        str(archive),
-        "--results",
-        str(tmp_path / "results"),
-        "train",
-        "--config",
-        str(cfg_file),
-    ]
+    cmd = harness_command(tmp_path / "results", "train", "--config", str(cfg_file))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = RunDir.named(tmp_path / "results", "killed")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

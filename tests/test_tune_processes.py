@@ -5,7 +5,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,23 +19,10 @@ SEARCH_ARGS = ["tune", "--preset", "bn-elu", *SMALL_SPACE]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _cli(tmp_path, archive, *args):
-    return [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "--archive",
-        str(archive),
-        "--results",
-        str(tmp_path),
-        *args,
-    ]
-
-
 @pytest.mark.slow
-def test_interrupted_search_resumes_without_redoing_trials(tmp_path, archive):
-    cmd = _cli(
-        tmp_path, archive, *SEARCH_ARGS, "--max-trials", "3", "--epochs", "20", "--name", "r"
+def test_interrupted_search_resumes_without_redoing_trials(tmp_path, harness_command):
+    cmd = harness_command(
+        tmp_path, *SEARCH_ARGS, "--max-trials", "3", "--epochs", "20", "--name", "r"
     )
     meta0 = tmp_path / "tuning" / "r" / "trial_meta" / "0.json"
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,14 +57,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_distributed_search_spreads_trials_and_survives_a_killed_worker(tmp_path, archive):
+def test_distributed_search_spreads_trials_and_survives_a_killed_worker(tmp_path, harness_command):
     """A chief and two workers share the trials; tuner1, killed inside its second trial, is
     noticed by the chief, which hands that trial to tuner0, and the search completes. Then the
     finished search, re-run alone (as where its trials are judged), trains nothing again,
     although KerasTuner saved its last trial as still running."""
     port = str(_free_port())
     search = [*SEARCH_ARGS, "--max-trials", "6", "--epochs", "6", "--name", "d"]
-    args = _cli(tmp_path, archive, *search, "--oracle-ip", "127.0.0.1", "--oracle-port", port)
+    args = harness_command(tmp_path, *search, "--oracle-ip", "127.0.0.1", "--oracle-port", port)
     logs = {who: open(tmp_path / f"{who}.log", "w") for who in ("chief", "tuner0", "tuner1")}
     # A live worker is silent while it compiles (seconds on a loaded machine), so the
     # timeout that notices the killed one leaves room for that.
@@ -124,7 +110,7 @@ def test_distributed_search_spreads_trials_and_survives_a_killed_worker(tmp_path
     took = json.loads(summary.read_text())["search_seconds"]
     assert took > 0
     again = subprocess.run(
-        _cli(tmp_path, archive, *search), env=ENV, capture_output=True, text=True, timeout=300
+        harness_command(tmp_path, *search), env=ENV, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Epoch 1/" not in again.stdout + again.stderr
@@ -167,13 +153,12 @@ def test_tune_cli_errors(tmp_path, archive):
 
 
 @pytest.mark.slow
-def test_a_jax_search_side_by_side_resumes_and_completes_its_trials(tmp_path, archive):
+def test_a_jax_search_side_by_side_resumes_and_completes_its_trials(tmp_path, harness_command):
     """The fast preset's search on JAX, with async dispatch in its trials, two trials at once
     (--parallel 2): killed once its first trial is done, it resumes without running that
     trial again, and ends with each trial once, from both tuners."""
-    cmd = _cli(
+    cmd = harness_command(
         tmp_path,
-        archive,
         "tune",
         "--preset",
         "bn-elu-fast",
