@@ -409,6 +409,26 @@ def test_a_trial_draws_its_own_initial_weights_in_every_call_and_thread(archive)
     assert not np.allclose(kernel[:, :8], narrower)  # another trial: its own draw
 
 
+def test_a_trials_dropout_layers_are_seeded_by_the_trial_alone():
+    """Inside a trial's own seed, dropout layers get seeds drawn from it (the same ones in
+    every call); outside, None, and Keras seeds them as harness train always has."""
+    from harness.train.layers import weights_seeded
+    from harness.train.models import build_model
+
+    cfg = resolve("bn-elu", overrides={"dropout": 0.2, "layers": 2, "units": 8})
+
+    def seeds():
+        model = build_model(cfg, np.zeros(3), np.ones(3))
+        return [layer.seed for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+
+    with weights_seeded(5):
+        first = seeds()
+    with weights_seeded(5):
+        assert seeds() == first
+    assert len(first) == 2 and all(isinstance(seed, int) for seed in first)
+    assert seeds() == [None, None]
+
+
 def test_the_median_rule_stops_only_a_trial_behind_enough_finished_ones():
     from harness.search.stopping import STARTUP_TRIALS, WARMUP_EPOCHS, behind
 

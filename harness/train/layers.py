@@ -221,9 +221,10 @@ _THREAD = threading.local()  # .draws: this thread's generator of initial weight
 
 @contextlib.contextmanager
 def weights_seeded(seed: int):
-    """Initial weights drawn in this block, on this thread, from their own ``seed``, not
-    NumPy's global generator: a search's trials built side by side in threads each draw
-    the same weights whatever the other thread draws meanwhile."""
+    """Initial weights (and dropout layers' seeds, :func:`dropout_seed`) drawn in this
+    block, on this thread, from their own ``seed``, not NumPy's global generator: a search's
+    trials built side by side in threads each draw the same whatever the other thread draws
+    meanwhile."""
     _THREAD.draws = np.random.RandomState(seed)
     try:
         yield
@@ -234,6 +235,14 @@ def weights_seeded(seed: int):
 def _draws():
     """The thread's generator inside :func:`weights_seeded`, else NumPy's global one."""
     return getattr(_THREAD, "draws", None) or np.random
+
+
+def dropout_seed() -> int | None:
+    """A dropout layer's seed: drawn from the thread's generator inside
+    :func:`weights_seeded`, so a trial's dropout masks are its own too; else None (Keras
+    then seeds it from Python's generator, which ``keras.utils.set_random_seed`` seeds)."""
+    draws = getattr(_THREAD, "draws", None)
+    return None if draws is None else int(draws.randint(1, 2**31 - 1))
 
 
 def _truncated_unit_normal(shape) -> np.ndarray:

@@ -62,10 +62,12 @@ def _dense(cfg: TrainConfig, reads_pixels: bool = False, **kwargs):
 def _dropout(cfg: TrainConfig):
     import keras
 
+    from harness.train.layers import dropout_seed
+
     # SELU's self-normalization survives only AlphaDropout, which keeps mean and variance.
     if cfg.activation == "selu":
-        return keras.layers.AlphaDropout(cfg.dropout)
-    return keras.layers.Dropout(cfg.dropout)
+        return keras.layers.AlphaDropout(cfg.dropout, seed=dropout_seed())
+    return keras.layers.Dropout(cfg.dropout, seed=dropout_seed())
 
 
 def standardize_layer(mean: np.ndarray, variance: np.ndarray):
