@@ -146,7 +146,8 @@ class BestEpochOnce(keras.callbacks.Callback):
 
 
 def mend_retries(oracle) -> None:
-    """Make a reloaded oracle's retry queue hold exactly its unfinished trials.
+    """Mend a reloaded oracle's bookkeeping so that each unfinished trial runs once and no
+    finished one runs again.
 
     KerasTuner 1.4.8 leaves these gaps for a search killed and run again:
 

@@ -94,9 +94,9 @@ class SearchSpace:
 
 
 def trial_seed(seed: int, values: dict) -> int:
-    """A trial's own seed for its initial weights: the search's ``seed`` and the trial's
-    hyperparameter values, so a trial draws the same weights in every call of a search,
-    one trial at a time or side by side."""
+    """A trial's own seed for its initial weights and dropout: the search's ``seed`` and the
+    trial's hyperparameter values, so a trial draws the same in every call of a search, one
+    trial at a time or side by side."""
     text = json.dumps(values, sort_keys=True, default=str)
     return (seed * 1_000_003 + zlib.crc32(text.encode())) % 2**32
 

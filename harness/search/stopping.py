@@ -80,8 +80,6 @@ class MedianStop(keras.callbacks.Callback):
         if value is None:
             return
         self.so_far.append(float(value))
-        if len(self.so_far) <= WARMUP_EPOCHS:
-            return
         if behind(self.so_far, finished_curves(self.meta_dir, self.objective)):
             self.model.stop_training = True
             self.stopped_at = len(self.so_far)
