@@ -68,6 +68,14 @@ CHILD = textwrap.dedent(
 
     h = epochs.fit_compiled(c, cfg, x, y, (x, y), epochs=5, callbacks=[Stop()])
     out["stopped_after"] = len(h.history["loss"])
+    # The rate logged is the optimizer's after the epoch: a schedule's, and a plateau's.
+    out["rate"] = [h.history["learning_rate"][-1], float(np.asarray(c.optimizer.learning_rate))]
+    flat = resolve("bn-elu-fast", overrides={**{k: getattr(cfg, k) for k in
+                   ("layers", "units", "batch_size", "loop")}, "schedule": "plateau"})
+    f = build_model(flat, mean, var)
+    compile_model(f, flat, 64)
+    f.optimizer.learning_rate.assign(0.003)
+    out["flat_rate"] = epochs.fit_compiled(f, flat, x, y, (x, y), epochs=1).history["learning_rate"]
     bad = resolve("bn-elu-fast", overrides={**{k: getattr(cfg, k) for k in
                   ("layers", "units", "batch_size", "loop")}, "l2": 1e38})
     d = build_model(bad, mean, var)
@@ -122,7 +130,11 @@ def test_a_compiled_epoch_is_keras_own_step(child):
     soft_loss, hard_loss = out["soft"]
     assert abs(soft_loss - hard_loss) < 1e-4 * max(1, hard_loss), out
     assert out["stopped_after"] == 2  # a callback stopped it after its second epoch
-    assert out["seen"] == [["accuracy", "loss", "val_accuracy", "val_loss"]] * 2
+    assert out["seen"] == [["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]] * 2
+    logged, after = out["rate"]
+    # the rate after two epochs of a cosine schedule: not its peak
+    assert logged == pytest.approx(after, rel=1e-6) and logged != pytest.approx(1e-2)
+    assert out["flat_rate"] == [pytest.approx(0.003)]
     assert out["nan_epochs"] == 1  # a NaN loss ends the run after its epoch
 
 

@@ -103,6 +103,25 @@ def test_host_initializer_draws_what_keras_draws(name):
         HostInitializer("zeros")
 
 
+def test_zeros_and_ones_are_filled_on_the_host():
+    """Keras' Zeros and Ones (biases, normalization, optimizer slots) come as NumPy arrays
+    of Keras' values and dtype; a dtype NumPy lacks keeps Keras' own fill."""
+    import harness.train.layers  # noqa: F401  (patches the two initializers)
+
+    for cls, fill in ((keras.initializers.Zeros, 0.0), (keras.initializers.Ones, 1.0)):
+        value = cls()((4, 3))
+        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        np.testing.assert_array_equal(value, np.full((4, 3), fill, np.float32))
+        assert cls()((2,), dtype="int32").dtype == np.int32
+        low = cls()((2,), dtype="bfloat16")
+        assert keras.backend.standardize_dtype(low.dtype) == "bfloat16"
+        assert float(np.asarray(low, np.float32)[0]) == fill
+    optimizer = keras.optimizers.Nadam()
+    optimizer.build([keras.Variable(np.ones((3, 2), np.float32))])
+    slots = [v for v in optimizer.variables if tuple(v.shape) == (3, 2)]
+    assert len(slots) == 2 and all(not np.asarray(v).any() for v in slots)
+
+
 def test_leaky_relu_depth_width_dropout_and_penalties():
     cfg = resolve(
         "selu",

@@ -10,7 +10,7 @@ JAX": ``stateless_call``, ``optimizer.stateless_apply``) put inside one scan, wr
 because Keras 3's JAX trainer runs ``steps_per_execution`` steps as a Python loop of
 single-step calls. The step is the model's own forward pass, loss, regularization losses,
 optimizer, schedule and constraints; callbacks see the same per-epoch logs (loss,
-accuracy, val_loss, val_accuracy) and the model's variables after every epoch.
+accuracy, val_loss, val_accuracy, learning_rate) and the model's variables after every epoch.
 
 Used where it applies (:func:`applies`): JAX, arrays of integer labels or of target
 probabilities (a teacher's, without mixup; mixup's batches come from a generator). Every
@@ -96,8 +96,21 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
 
         _, (val_losses, val_hits, counts) = jax.lax.scan(val_step, None, (x_val, y_val, w_val))
         share = counts / counts.sum()  # each batch by its real images
-        logs = (losses.mean(), hits.mean(), (val_losses * share).sum(), (val_hits * share).sum())
+        logs = (
+            losses.mean(),
+            hits.mean(),
+            (val_losses * share).sum(),
+            (val_hits * share).sum(),
+            rate_after(state[2]),
+        )
         return state, logs
+
+    def rate_after(opt):
+        """The learning rate at the optimizer's state ``opt`` (its step counter, a
+        plateau's rate), as EpochLog would read it from the variables after the epoch."""
+        with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, opt))):
+            rate = optimizer.learning_rate
+            return jnp.asarray(rate.value if isinstance(rate, keras.Variable) else rate)
 
     compiled = jax.jit(train_epoch, donate_argnums=0)
     variables = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
@@ -112,7 +125,7 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
         callback_list.on_epoch_begin(epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x))[: steps * batch]
         state, logs = compiled(state, jnp.asarray(order, jnp.int32), data)
-        loss, accuracy, val_loss, val_accuracy = (float(v) for v in logs)
+        loss, accuracy, val_loss, val_accuracy, rate = (float(v) for v in logs)
         for group, values in zip(variables, state):
             for variable, value in zip(group, values):
                 variable.assign(value)
@@ -124,6 +137,7 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
                 "loss": loss,
                 "val_accuracy": val_accuracy,
                 "val_loss": val_loss,
+                "learning_rate": rate,  # read in the program: no schedule compiled per fit
             },
         )
         if model.stop_training or not math.isfinite(loss):

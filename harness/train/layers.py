@@ -216,6 +216,30 @@ class HostInitializer(keras.initializers.Initializer):
         return {"name": self.name}
 
 
+def _filled_on_host(cls: type, fill: float) -> None:
+    """Keras' ``cls`` initializer (Zeros, Ones) returning a NumPy array of ``fill``: the
+    same values, without the JAX program ``ops.zeros``/``ops.ones`` compile for every new
+    shape. Each trial of a search makes its model's and its optimizer's variables in new
+    shapes, and the optimizer's slots are made by Keras, so the class itself is patched
+    (once, for every backend alike). Dtypes NumPy lacks (bfloat16) keep Keras' way."""
+    keras_call = cls.__call__
+    if getattr(keras_call, "on_host", False):
+        return
+
+    def __call__(self, shape, dtype=None):
+        dtype = keras.backend.standardize_dtype(dtype)
+        try:
+            return np.full(shape, fill, np.dtype(dtype))
+        except TypeError:
+            return keras_call(self, shape, dtype=dtype)
+
+    __call__.on_host = True
+    cls.__call__ = __call__
+
+
+_filled_on_host(keras.initializers.Zeros, 0)
+_filled_on_host(keras.initializers.Ones, 1)
+
 _THREAD = threading.local()  # .draws: this thread's generator of initial weights, if set
 
 
