@@ -1,3 +1,7 @@
+import json
+import sys
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -120,6 +124,28 @@ def test_zeros_and_ones_are_filled_on_the_host():
     optimizer.build([keras.Variable(np.ones((3, 2), np.float32))])
     slots = [v for v in optimizer.variables if tuple(v.shape) == (3, 2)]
     assert len(slots) == 2 and all(not np.asarray(v).any() for v in slots)
+
+
+def test_saving_asks_for_tensorflow_only_once_it_is_loaded(monkeypatch, tmp_path):
+    """Keras' saving checks objects against TensorFlow's types only when TensorFlow is
+    loaded (asking whether it is installed would import it, seconds of a JAX run's first
+    save); the saved model is the same."""
+    from keras.src.saving import serialization_lib
+
+    import harness.train.layers  # noqa: F401  (sets serialization_lib.tf)
+
+    model = build_model(resolve("bn-elu"), MEAN, VAR)
+    model.save(tmp_path / "loaded.keras")
+    assert serialization_lib.tf.available  # this suite runs Keras on TensorFlow
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    assert not serialization_lib.tf.available
+    model.save(tmp_path / "unloaded.keras")
+    monkeypatch.undo()
+    configs = [
+        json.loads(zipfile.ZipFile(tmp_path / f"{n}.keras").read("config.json"))
+        for n in ("loaded", "unloaded")
+    ]
+    assert configs[0] == configs[1] and "tensorflow" in sys.modules
 
 
 def test_leaky_relu_depth_width_dropout_and_penalties():

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 
 import keras
 import numpy as np
 from keras import ops
+from keras.src.saving import serialization_lib
+from keras.src.utils.module_utils import LazyModule
 
 from harness.core.config import PRODUCTS
 
@@ -239,6 +242,20 @@ def _filled_on_host(cls: type, fill: float) -> None:
 
 _filled_on_host(keras.initializers.Zeros, 0)
 _filled_on_host(keras.initializers.Ones, 1)
+
+
+class _TensorFlowOnceLoaded(LazyModule):
+    """Keras' saving asks whether TensorFlow is installed before checking if an object is
+    one of its types, and asking imports it: seconds of a JAX run's first checkpoint or
+    saved model. No object is a TensorFlow type before TensorFlow is loaded, so here the
+    question is whether it is loaded (and installed); the files written are the same."""
+
+    @property
+    def available(self):
+        return "tensorflow" in sys.modules and super().available
+
+
+serialization_lib.tf = _TensorFlowOnceLoaded("tensorflow")
 
 _THREAD = threading.local()  # .draws: this thread's generator of initial weights, if set
 
