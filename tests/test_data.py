@@ -72,7 +72,10 @@ def test_split_sizes_and_order(archive):
     assert (len(s.train), len(s.val), len(s.test)) == (45000, 5000, 10000)
 
 
-def test_normalization_stats_come_from_train_split_only():
+@pytest.mark.parametrize("per_count", [data.PIXELS_PER_COUNT, 1000])
+def test_normalization_stats_come_from_train_split_only(monkeypatch, per_count):
+    """Exact, whether the histograms count all the pixels at once or slice by slice."""
+    monkeypatch.setattr(data, "PIXELS_PER_COUNT", per_count)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 100, size=(100, 32, 32, 3)).astype(np.uint8)
     x[:10] = 255  # the validation images: far brighter than the rest
