@@ -115,6 +115,30 @@ def child(tmp_path_factory, archive):
     return json.loads(done.stdout.strip().splitlines()[-1]), results
 
 
+def test_the_arrays_copied_to_the_device_are_kept_while_they_live():
+    """Trials on the same arrays share one device copy; other arrays, or another batch
+    size, get their own; the copy goes when its arrays do."""
+    import gc
+
+    import numpy as np
+
+    from harness.train import epochs
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (20, 4), dtype=np.uint8), np.arange(20) % 10
+    xv, yv = x[:6].copy(), y[:6].copy()
+    first = epochs._on_device(x, y, xv, yv, 4)
+    assert epochs._on_device(x, y, xv, yv, 4) is first
+    np.testing.assert_array_equal(np.asarray(first[0]), x)
+    assert np.asarray(first[2]).shape == (2, 4, 4)  # 6 images padded to two batches of 4
+    assert epochs._on_device(x, y, xv, yv, 3) is not first
+    again = epochs._on_device(x.copy(), y, xv, yv, 3)
+    assert again is not first and epochs._on_device(x, y, xv, yv, 3) is not again
+    del x
+    gc.collect()
+    assert "last" not in epochs._COPIES
+
+
 def test_a_compiled_epoch_is_keras_own_step(child):
     out, _ = child
     assert out["applies"] and not out["too_few"]  # fewer images than one batch
