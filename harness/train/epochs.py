@@ -77,6 +77,13 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
 
     grad = jax.value_and_grad(forward, has_aux=True)
 
+    def rate_after(opt):
+        """The learning rate at the optimizer's state ``opt`` (its step counter, a
+        plateau's rate), as EpochLog would read it from the variables after the epoch."""
+        with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, opt))):
+            rate = optimizer.learning_rate
+            return jnp.asarray(rate.value if isinstance(rate, keras.Variable) else rate)
+
     def train_epoch(state, order, data):
         x_train, y_train, x_val, y_val, w_val = data
 
@@ -89,7 +96,7 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
             return (trainable, non_trainable, opt), (loss, hits)
 
         state, (losses, hits) = jax.lax.scan(step, state, order.reshape(steps, batch))
-        trainable, non_trainable, _ = state
+        trainable, non_trainable, opt = state
 
         def val_step(_, part):
             xb, yb, wb = part
@@ -103,16 +110,9 @@ def fit_compiled(model, cfg, x, y, validation_data, epochs: int, callbacks=()):
             hits.mean(),
             (val_losses * share).sum(),
             (val_hits * share).sum(),
-            rate_after(state[2]),
+            rate_after(opt),
         )
         return state, logs
-
-    def rate_after(opt):
-        """The learning rate at the optimizer's state ``opt`` (its step counter, a
-        plateau's rate), as EpochLog would read it from the variables after the epoch."""
-        with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, opt))):
-            rate = optimizer.learning_rate
-            return jnp.asarray(rate.value if isinstance(rate, keras.Variable) else rate)
 
     compiled = jax.jit(train_epoch, donate_argnums=0)
     variables = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
